@@ -1,0 +1,303 @@
+"""One typed config for a run: a YAML file sets defaults, `section.key=value` overrides them.
+
+    python -m pipeline.train --config configs/alexnet.yaml optim.lr=0.02 data.backend=dali
+
+Each field carries its help text as metadata (not a comment) so the README's config reference
+is generated from this file and cannot drift (`python -m pipeline.config --markdown`).
+An unknown section or key is an error, never ignored. The resolved config is saved with every
+run and never mutated after start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override a user wrote is wrong; the message says how to fix it."""
+
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its help text (unit or meaning)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+Backend = Literal["folder", "wds", "dali"]
+DaliDecode = Literal["auto", "mixed", "cpu"]
+Arch = Literal["alexnet", "alexnet_bn", "alexnet_lrn"]
+Freeze = Literal["none", "features"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+ScheduleName = Literal["step", "cosine", "plateau", "constant"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+DeviceName = Literal["auto", "cuda", "cpu"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    backend: Backend = _field("wds", "loader: folder (ImageFolder), wds (WebDataset shards) or dali")
+    train_dir: str = _field("", "train data: class folders (folder/dali) or a shard directory with manifest.json (wds/dali)")
+    val_dir: str = _field("", "val data, same forms as train_dir")
+    global_batch_size: int = _field(256, "images per optimizer step summed over all ranks (and accumulation steps)")
+    num_workers: int = _field(8, "loader worker processes (DALI: threads) per rank")
+    train_crop: int = _field(224, "train RandomResizedCrop output size, pixels")
+    val_resize: int = _field(256, "val: short side is resized to this many pixels before the center crop")
+    val_crop: int = _field(224, "val center-crop size, pixels")
+    scale_min: float = _field(0.08, "RandomResizedCrop smallest area fraction")
+    scale_max: float = _field(1.0, "RandomResizedCrop largest area fraction")
+    ratio_min: float = _field(3 / 4, "RandomResizedCrop smallest aspect ratio (w/h)")
+    ratio_max: float = _field(4 / 3, "RandomResizedCrop largest aspect ratio (w/h)")
+    flip_prob: float = _field(0.5, "train horizontal-flip probability")
+    shuffle_buffer: int = _field(2000, "wds: in-worker shuffle buffer, samples (shards are also globally pre-shuffled)")
+    prefetch_factor: int = _field(4, "batches each loader worker prepares ahead")
+    pin_memory: bool = _field(True, "pin host batches for asynchronous copies to the GPU")
+    dali_decode: DaliDecode = _field("auto", "dali: mixed (nvJPEG on GPU), cpu, or auto (mixed when CUDA is present)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: Arch = _field("alexnet", "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or alexnet_lrn (2012 paper)")
+    num_classes: int = _field(0, "output classes; 0 takes the count from the training data")
+    dropout: float = _field(0.5, "classifier dropout probability")
+    kaiming_init: bool = _field(False, "Kaiming-normal init for conv/linear weights instead of PyTorch defaults")
+    init_from: str = _field("", "local weights file (state_dict) to start from; nothing is downloaded")
+    finetune: str = _field("", "checkpoint to fine-tune from: loads the model, replaces the head for num_classes")
+    freeze: Freeze = _field("none", "with finetune: 'features' freezes the conv base")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: OptimizerName = _field("sgd", "sgd, adam or adamw")
+    lr: float = _field(0.01, "learning rate per 256 images, scaled linearly with global_batch_size")
+    momentum: float = _field(0.9, "SGD momentum")
+    nesterov: bool = _field(False, "SGD Nesterov momentum")
+    betas: list = _field([0.9, 0.999], "Adam/AdamW betas")
+    weight_decay: float = _field(1e-4, "L2 / decoupled weight decay")
+    no_decay_bias_norm: bool = _field(False, "exclude biases and norm parameters from weight decay")
+    label_smoothing: float = _field(0.0, "cross-entropy label smoothing")
+    grad_accum_steps: int = _field(1, "micro-batches per optimizer step; the global batch is split across them")
+    clip_grad_norm: float = _field(0.0, "clip the gradient norm to this value; 0 disables")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    name: ScheduleName = _field("step", "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or constant")
+    step_epochs: int = _field(30, "step: epochs between decays")
+    gamma: float = _field(0.1, "step/plateau: decay factor")
+    warmup_epochs: float = _field(0.0, "linear warmup from 0 over this many epochs (fractions allowed)")
+    min_lr: float = _field(0.0, "cosine: final learning rate")
+    plateau_patience: int = _field(5, "plateau: epochs without val top-1 improvement before decaying")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _field(90, "training epochs")
+    seed: int = _field(0, "seed for init, shuffling and augmentation")
+    precision: Precision = _field("auto", "auto (bf16 where supported, else fp32 on CPU), bf16, fp16 (GradScaler) or fp32")
+    channels_last: bool = _field(True, "NHWC memory format for images and model (faster convs on tensor cores)")
+    compile: bool = _field(False, "torch.compile the model")
+    device: DeviceName = _field("auto", "auto (CUDA when available), cuda or cpu")
+    run_dir: str = _field("runs/alexnet", "checkpoints, metrics, config and plots go here; a rerun resumes from it")
+    eval_every: int = _field(1, "evaluate every N epochs (and always after the last)")
+    save_every: int = _field(10, "also keep a checkpoint every N epochs; last and best are always kept")
+    early_stop_patience: int = _field(0, "stop after N evaluations without val top-1 improvement; 0 disables")
+    max_steps: int = _field(0, "stop after this many optimizer steps in total; 0 runs all epochs")
+    log_every: int = _field(50, "log train metrics every N optimizer steps")
+    sanity_grid: bool = _field(True, "write a labelled grid of an augmented train batch at start")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    wandb: WandbMode = _field("auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled")
+    project: str = _field("imagenet-alexnet", "W&B project")
+    entity: str = _field("", "W&B entity (team); empty uses the key's default")
+    run_name: str = _field("", "W&B run name; empty uses the run dir's name")
+    plots: bool = _field(True, "write curves and prediction-grid PNGs at the end")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "log": LogConfig,
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a field annotation; ints are accepted for floats."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    raise AssertionError(f"{where}: unsupported annotation {hint!r}")
+
+
+def _section_hints(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls, globalns=vars(sys.modules[__name__]))
+
+
+def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
+    """A Config from nested {section: {key: value}}; unknown keys and bad types raise ConfigError."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(values).__name__}")
+    sections = {}
+    for name, value in values.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section {name!r}: expected one of {', '.join(SECTIONS)}")
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
+    for name, section_cls in SECTIONS.items():
+        given = values.get(name) or {}
+        hints = _section_hints(section_cls)
+        kwargs = {}
+        for key, value in given.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"unknown config key {name}.{key}: expected one of {', '.join(hints)}"
+                )
+            kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+        sections[name] = section_cls(**kwargs)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that need no data or world size."""
+    data = config.data
+    for name in ("global_batch_size", "train_crop", "val_resize", "val_crop"):
+        if getattr(data, name) < 1:
+            raise ConfigError(f"data.{name} must be positive, got {getattr(data, name)}")
+    if data.val_crop > data.val_resize:
+        raise ConfigError(f"data.val_crop {data.val_crop} is larger than data.val_resize {data.val_resize}")
+    if not 0 < data.scale_min <= data.scale_max <= 1:
+        raise ConfigError(f"data.scale_min/scale_max must satisfy 0 < min <= max <= 1, got {data.scale_min}, {data.scale_max}")
+    if not 0 < data.ratio_min <= data.ratio_max:
+        raise ConfigError(f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}")
+    if data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+    if config.optim.grad_accum_steps < 1:
+        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
+    if config.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
+    if config.model.freeze != "none" and not config.model.finetune:
+        raise ConfigError("model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` → (section, key, YAML-typed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} is not section.key=value (for example optim.lr=0.02)")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return section.strip(), key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (optional), apply `section.key=value` overrides, validate."""
+    values: dict[str, dict[str, Any]] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: pass --config configs/alexnet.yaml or another YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        for section, body in loaded.items():
+            if body is not None and not isinstance(body, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping")
+            values[section] = dict(body or {})
+    for text in overrides:
+        section, key, value = parse_override(text)
+        values.setdefault(section, {})[key] = value
+    return build_config(values)
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def replace(config: Config, section: str, **changes: Any) -> Config:
+    """A new Config with some keys of one section changed (the original is untouched)."""
+    values = config_to_dict(config)
+    values[section].update(changes)
+    return build_config(values)
+
+
+def markdown_reference() -> str:
+    """The README's config reference table, generated from the dataclasses."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, section_cls in SECTIONS.items():
+        for field in dataclasses.fields(section_cls):
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown = "`\"\"`" if default == "" else f"`{default}`"
+            lines.append(f"| `{name}.{field.name}` | {shown} | {field.metadata.get('help', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        print(markdown_reference(), end="")
+    else:
+        print(__doc__)

@@ -1,0 +1,69 @@
+"""The preprocessing CLI: raw ImageNet → class folders → 256 px JPEGs → WebDataset shards.
+
+    python -m preprocess sort-val VAL_DIR --labels LOC_val_solution.csv
+    python -m preprocess resize SRC DST --short-side 256
+    python -m preprocess shard SRC DST --split train
+    python -m preprocess prepare RAW DST
+    python -m preprocess verify DIR
+    python -m preprocess grid DIR -o grid.png
+    python -m preprocess merge DIR
+    python -m preprocess bench
+
+Each subcommand lives in its own module as `add_arguments(parser)` and `run(args) -> int`;
+this file only dispatches. Errors a user can cause (`UserError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from preprocess.errors import UserError
+
+# subcommand -> (module, one-line help). No module here imports torch, so the CLI starts fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sort-val": ("preprocess.sortval", "move or hard-link the flat val images into nXXXXXXXX/ class folders"),
+    "resize": ("preprocess.resize", "every image → RGB JPEG with the given short side (resumable, parallel)"),
+    "shard": ("preprocess.shards", "class folders → shuffled WebDataset tars + manifest + DALI index"),
+    "prepare": ("preprocess.prepare", "raw ImageNet (tars, Kaggle layout or folders) → shards, in one pass"),
+    "verify": ("preprocess.verify", "check folders or shards against their manifest"),
+    "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),
+    "merge": ("preprocess.merge", "merge the per-task manifests of a Slurm array run"),
+    "bench": ("preprocess.bench", "time ImageMagick loops against our resize on the same images"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The shard format: naming and the manifest schema, shared by the writer and every loader.
+
+This module is the one contract between `preprocess` (which writes shards) and `pipeline`
+(which reads them). It imports nothing heavier than the standard library, so loaders can use it
+without pulling in the preprocessing code, and the preprocessing CLI never imports torch.
+
+A shard directory holds:
+
+    imagenet-{split}-{index:06d}.tar   members {key}.jpg (RGB JPEG), {key}.cls (ASCII decimal
+                                       class index, sorted-WNID order), {key}.json (wnid,
+                                       source name, original size)
+    imagenet-{split}-{index:06d}.idx   DALI index for that tar (tools/wds2idx format)
+    manifest.json                      the Manifest below
+    _info.json                         timm's wds dataset-info format
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+Split = Literal["train", "val"]
+SPLITS: tuple[str, ...] = ("train", "val")
+
+MANIFEST_NAME = "manifest.json"
+TIMM_INFO_NAME = "_info.json"
+MANIFEST_VERSION = 1
+SHARD_PATTERN = re.compile(r"^imagenet-(train|val)-(\d{6})\.tar$")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or disagrees with the files next to it."""
+
+
+def shard_name(split: str, index: int) -> str:
+    """`imagenet-{split}-{index:06d}.tar`."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    return f"imagenet-{split}-{index:06d}.tar"
+
+
+def dali_index_name(tar_name: str) -> str:
+    """The DALI index file that sits next to a tar: same stem, `.idx`."""
+    return tar_name[: -len(".tar")] + ".idx" if tar_name.endswith(".tar") else tar_name + ".idx"
+
+
+def brace_pattern(split: str, num_shards: int) -> str:
+    """The WebDataset brace pattern for all shards of a split: `imagenet-val-{000000..000009}.tar`."""
+    if num_shards < 1:
+        raise ValueError("a split has at least one shard")
+    return f"imagenet-{split}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    name: str  # file name, relative to the manifest's directory
+    count: int  # samples in this shard
+    bytes: int  # size of the tar file in bytes
+    sha256: str  # hex digest of the whole tar file
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    split: str  # "train" or "val"
+    classes: list[str]  # WNIDs in class-index order (sorted); index = position
+    shards: list[ShardEntry]  # in index order
+    class_counts: dict[str, int]  # WNID -> number of samples of that class in this split
+    seed: int  # the global-shuffle seed the writer used
+    class_names: dict[str, str] = dataclasses.field(default_factory=dict)  # WNID -> words
+    short_side: int | None = None  # resize target the images were made with, if known
+    version: int = MANIFEST_VERSION
+
+    @property
+    def num_samples(self) -> int:
+        return sum(shard.count for shard in self.shards)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["num_samples"] = self.num_samples
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "manifest") -> "Manifest":
+        try:
+            if data.get("version") != MANIFEST_VERSION:
+                raise ManifestError(
+                    f"{source}: manifest version {data.get('version')!r}, expected "
+                    f"{MANIFEST_VERSION}: re-run `preprocess shard` with this version"
+                )
+            shards = [ShardEntry(**entry) for entry in data["shards"]]
+            manifest = cls(
+                split=data["split"],
+                classes=list(data["classes"]),
+                shards=shards,
+                class_counts={k: int(v) for k, v in data["class_counts"].items()},
+                seed=int(data["seed"]),
+                class_names=dict(data.get("class_names", {})),
+                short_side=data.get("short_side"),
+                version=int(data["version"]),
+            )
+        except (KeyError, TypeError) as err:
+            raise ManifestError(f"{source}: malformed manifest ({err!r}): re-run `preprocess shard`")
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = "manifest") -> None:
+        """Check internal consistency (not the files; see `check_files`)."""
+        if self.split not in SPLITS:
+            raise ManifestError(f"{source}: split {self.split!r} is not one of {SPLITS}")
+        if self.classes != sorted(self.classes) or len(set(self.classes)) != len(self.classes):
+            raise ManifestError(f"{source}: classes must be unique and sorted (class index = sorted WNID position)")
+        for index, shard in enumerate(self.shards):
+            if shard.name != shard_name(self.split, index):
+                raise ManifestError(
+                    f"{source}: shard {index} is named {shard.name!r}, expected {shard_name(self.split, index)!r}"
+                )
+        if sum(self.class_counts.values()) != self.num_samples:
+            raise ManifestError(
+                f"{source}: class counts sum to {sum(self.class_counts.values())} but shards hold "
+                f"{self.num_samples} samples"
+            )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same directory and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Atomically write `manifest.json` into `directory`; returns its path."""
+    manifest.validate(str(directory))
+    path = Path(directory) / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read and validate `directory/manifest.json`; raise ManifestError with a fix on failure."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ManifestError(f"{directory}: not a directory: pass the folder that holds the shards")
+    if not path.is_file():
+        raise ManifestError(
+            f"{directory}: no {MANIFEST_NAME}: run `python -m preprocess shard SRC {directory} --split ...` first"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err}): re-run `preprocess shard`")
+    return Manifest.from_json(data, str(path))
+
+
+def check_files(directory: Path, manifest: Manifest, split: str | None = None) -> list[Path]:
+    """Cheap file checks a loader runs at start: split, presence and byte sizes. Returns tar paths.
+
+    Hashing every tar is `preprocess verify`'s job; a loader only catches the usual mistakes
+    (the other split's directory, a missing or truncated tar) with one clear line.
+    """
+    directory = Path(directory)
+    if split is not None and manifest.split != split:
+        raise ManifestError(
+            f"{directory}: holds {manifest.split!r} shards but {split!r} was asked for: "
+            f"point the {split} path at the {split} shard directory"
+        )
+    if not manifest.shards:
+        raise ManifestError(f"{directory}: manifest lists no shards: re-run `preprocess shard`")
+    paths = []
+    for shard in manifest.shards:
+        path = directory / shard.name
+        if not path.is_file():
+            raise ManifestError(f"{path}: listed in the manifest but missing: re-run `preprocess shard` to resume")
+        size = path.stat().st_size
+        if size != shard.bytes:
+            raise ManifestError(
+                f"{path}: {size} bytes but the manifest says {shard.bytes}: the tar does not match "
+                f"the manifest; run `preprocess verify {directory}` and re-shard"
+            )
+        paths.append(path)
+    return paths
+
+
+def timm_info(manifests: dict[str, Manifest]) -> dict:
+    """timm's `_info.json` for a wds dataset: splits with shard brace patterns and counts."""
+    splits = {}
+    for split, manifest in manifests.items():
+        splits[split] = {
+            "name": split,
+            "filenames": brace_pattern(split, len(manifest.shards)),
+            "num_samples": manifest.num_samples,
+            "shard_lengths": [shard.count for shard in manifest.shards],
+        }
+    first = next(iter(manifests.values()))
+    return {"name": "imagenet", "num_classes": first.num_classes, "splits": splits}
