@@ -67,6 +67,8 @@ class ModelConfig:
     arch: Arch = _field("alexnet", "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or alexnet_lrn (2012 paper)")
     num_classes: int = _field(0, "output classes; 0 takes the count from the training data")
     dropout: float = _field(0.5, "classifier dropout probability")
+    width_mult: float = _field(1.0, "conv channel multiplier (1.0 = the published widths; small demos use less)")
+    classifier_width: int = _field(4096, "hidden units of the two classifier layers (4096 in AlexNet)")
     kaiming_init: bool = _field(False, "Kaiming-normal init for conv/linear weights instead of PyTorch defaults")
     init_from: str = _field("", "local weights file (state_dict) to start from; nothing is downloaded")
     finetune: str = _field("", "checkpoint to fine-tune from: loads the model, replaces the head for num_classes")
