@@ -114,6 +114,8 @@ class TrainConfig:
     max_steps: int = _field(0, "stop after this many optimizer steps in total; 0 runs all epochs")
     log_every: int = _field(50, "log train metrics every N optimizer steps")
     sanity_grid: bool = _field(True, "write a labelled grid of an augmented train batch at start")
+    check_overfit_steps: int = _field(300, "--check: optimizer steps allowed to reach 100% train accuracy on one batch")
+    check_loss_tolerance: float = _field(0.25, "--check: warn when the initial loss differs from ln(classes) by more than this fraction")
 
 
 @dataclasses.dataclass(frozen=True)
