@@ -10,3 +10,39 @@ Contract every backend honours (see pipeline/data/transforms.py for the augmenta
   * train: every rank yields the same number of batches (checked with an all-reduce);
     val: every sample is visited exactly once across ranks (batch counts may differ).
 """
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pipeline.config import Config
+from pipeline.data.base import Loader, LoaderError, per_rank_batch_size, split_directory
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from pipeline.distributed import DistInfo
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Loader", "LoaderError", "build_loader", "normalize"]
+
+
+def build_loader(cfg: Config, split: Literal["train", "val"], dist: DistInfo) -> Loader:
+    """The loader cfg.data.backend names over cfg.data.{split}_dir, for this rank of `dist`.
+
+    Raises LoaderError (one line: what was wrong and what to do) for bad paths, shards of the
+    other split, a manifest that does not match its tars, a batch that does not divide, or a
+    DALI request this machine cannot serve.
+    """
+    batch_size = per_rank_batch_size(cfg, dist)
+    directory = split_directory(cfg, split)
+    backend = cfg.data.backend
+    if backend == "folder":
+        from pipeline.data.folder import FolderLoader
+
+        return FolderLoader(cfg, split, dist, directory, batch_size)
+    if backend == "wds":
+        from pipeline.data.wds import WdsLoader
+
+        return WdsLoader(cfg, split, dist, directory, batch_size)
+    if backend == "dali":
+        from pipeline.data.dali import build_dali_loader
+
+        return build_dali_loader(cfg, split, dist, directory, batch_size)
+    raise LoaderError(f"data.backend {backend!r} is not one of folder, wds, dali")

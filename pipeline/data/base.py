@@ -1,0 +1,150 @@
+"""What every backend shares: the error type, the per-rank batch size and the Loader interface."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from pipeline.config import Config
+from pipeline.distributed import DistInfo, all_gather_ints
+
+logger = logging.getLogger(__name__)
+
+
+class LoaderError(ValueError):
+    """A data path, config or installation problem a user can fix; the message says how."""
+
+
+def per_rank_batch_size(cfg: Config, dist: DistInfo) -> int:
+    """cfg.data.global_batch_size // (world_size * grad_accum_steps); LoaderError if not divisible."""
+    global_batch = cfg.data.global_batch_size
+    parts = dist.world_size * cfg.optim.grad_accum_steps
+    if global_batch % parts != 0:
+        raise LoaderError(
+            f"data.global_batch_size {global_batch} is not divisible by world size {dist.world_size} x "
+            f"optim.grad_accum_steps {cfg.optim.grad_accum_steps} = {parts}: choose a multiple of {parts}"
+        )
+    return global_batch // parts
+
+
+def split_directory(cfg: Config, split: str) -> Path:
+    """The directory cfg.data names for `split`, checked to exist and be non-empty."""
+    if split not in ("train", "val"):
+        raise LoaderError(f"split {split!r} is not 'train' or 'val'")
+    key = f"{split}_dir"
+    value = getattr(cfg.data, key)
+    if not value:
+        raise LoaderError(f"data.{key} is empty: set data.{key}=PATH (class folders or a shard directory)")
+    directory = Path(value).expanduser()
+    if not directory.exists():
+        raise LoaderError(f"data.{key}={directory} does not exist: check the path or run `python -m preprocess prepare`")
+    if not directory.is_dir():
+        raise LoaderError(f"data.{key}={directory} is not a directory: pass the folder of class folders or of shards")
+    if not any(directory.iterdir()):
+        raise LoaderError(f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with manifest.json")
+    return directory
+
+
+def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous block of `num_samples` (DALI's reader sharding formula)."""
+    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
+
+
+def to_device_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
+    """uint8 [N,H,W,3] host batch → uint8 [N,3,H,W] on `device` (+ int64 labels).
+
+    Host batches are NHWC because that is how decoders write pixels; the permuted view is already
+    in channels_last memory format, so NHWC costs nothing and NCHW costs one copy on the device.
+    """
+    non_blocking = device.type == "cuda" and images.is_pinned()
+    images = images.to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
+    if not channels_last:
+        images = images.contiguous()
+    labels = labels.to(device, dtype=torch.int64, non_blocking=non_blocking)
+    return images, labels
+
+
+class Loader:
+    """The interface `build_loader` returns. Backends fill in `_planned_batches` and `_iterate`."""
+
+    backend: str = "base"
+
+    def __init__(
+        self,
+        *,
+        split: str,
+        classes: list[str],
+        class_names: dict[str, str],
+        num_samples: int,
+        batch_size: int,
+        dist: DistInfo,
+        channels_last: bool,
+    ) -> None:
+        self.split = split
+        self.classes = list(classes)
+        self.class_names = dict(class_names)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)  # per rank, per micro-batch
+        self.dist = dist
+        self.channels_last = channels_last
+        self.device = torch.device(dist.device)
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order (reproducible from the seed) and resume after `start_batch` batches."""
+        if epoch < 0 or start_batch < 0:
+            raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
+        full = self._planned_batches(epoch)
+        if start_batch > full:
+            raise ValueError(f"start_batch {start_batch} is past the end of epoch {epoch} ({full} batches on this rank)")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches_per_epoch(self) -> int:
+        """Batches this rank yields in a whole epoch (the current one)."""
+        return self._planned_batches(self.epoch)
+
+    def __len__(self) -> int:
+        return self._planned_batches(self.epoch) - self.start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.split == "train":
+            self.check_equal_batches()
+        remaining = len(self)
+        produced = 0
+        for images, labels in self._iterate():
+            yield to_device_batch(images, labels, self.device, self.channels_last)
+            produced += 1
+        assert produced == remaining, f"{self.backend} loader yielded {produced} batches, planned {remaining}"
+
+    def check_equal_batches(self) -> None:
+        """All-gather every rank's planned batch count; a mismatch would hang DDP at epoch end."""
+        counts = all_gather_ints(len(self), self.dist)
+        if len(set(counts)) != 1:
+            raise LoaderError(
+                f"ranks plan different numbers of {self.split} batches for epoch {self.epoch} "
+                f"(start_batch {self.start_batch}): {counts}; every rank must use the same data, config "
+                f"and resume point"
+            )
+
+    # Backends implement these.
+    def _planned_batches(self, epoch: int) -> int:
+        raise NotImplementedError
+
+    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Host batches (uint8 [N,H,W,3], int labels) for self.epoch from self.start_batch."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, samples={self.num_samples}, classes={self.num_classes}, "
+            f"batch_size={self.batch_size}, rank={self.dist.rank}/{self.dist.world_size}, batches={len(self)})"
+        )

@@ -1,0 +1,216 @@
+"""The augmentation contract, written once and honoured by every backend.
+
+    train: RandomResizedCrop(train_crop, scale=(scale_min, scale_max), ratio=(ratio_min, ratio_max)),
+           then a horizontal flip with probability flip_prob;
+    val:   resize the short side to val_resize, then center-crop val_crop.
+
+Sizes come from `cfg.data` (ImageNet: 224, 0.08–1, 3/4–4/3, 0.5; 256 → 224). Batches leave the
+loaders as uint8 and are normalized on the device by `normalize`, which moves a quarter of the
+bytes a float32 host batch would.
+
+The DataLoader backends (folder, wds) run `decode_train` / `decode_val` here: the crop box is
+sampled first in original coordinates (the same algorithm and fallback as torchvision's
+`RandomResizedCrop.get_params`), then the JPEG is decoded with `Image.draft` at the smallest DCT
+scale (1/2, 1/4, 1/8) that keeps the box at least as large as the output, so a 0.08-area crop
+decodes a fraction of the pixels. DALI runs the same contract with its own operators
+(pipeline/data/dali.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import random
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixels in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_NORMALIZE_CACHE: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def normalize(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [N,3,H,W] → `dtype` (x/255 - mean)/std, on the images' device, keeping the memory format."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 images, got {images_uint8.dtype}")
+    key = (images_uint8.device, dtype)
+    if key not in _NORMALIZE_CACHE:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32) * 255.0
+        scale = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32) * 255.0)
+        _NORMALIZE_CACHE[key] = (
+            mean.view(1, 3, 1, 1).to(images_uint8.device, dtype),
+            scale.view(1, 3, 1, 1).to(images_uint8.device, dtype),
+        )
+    mean, scale = _NORMALIZE_CACHE[key]
+    return (images_uint8.to(dtype) - mean).mul_(scale)
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalize`: float [N,3,H,W] → uint8 (for grids of what the model saw)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
+    return (images.float() * std + mean).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The contract's numbers, taken from cfg.data."""
+
+    train_crop: int = 224  # pixels, square
+    scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the original
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio w/h
+    flip_prob: float = 0.5
+    val_resize: int = 256  # short side before the center crop
+    val_crop: int = 224
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> "Augmentation":
+        return cls(
+            train_crop=data.train_crop,
+            scale=(data.scale_min, data.scale_max),
+            ratio=(data.ratio_min, data.ratio_max),
+            flip_prob=data.flip_prob,
+            val_resize=data.val_resize,
+            val_crop=data.val_crop,
+        )
+
+    def output_size(self, split: str) -> int:
+        return self.train_crop if split == "train" else self.val_crop
+
+
+class RandomSource(Protocol):
+    """What crop sampling draws from: `random.Random` has both methods."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+    def randint(self, a: int, b: int) -> int: ...  # inclusive of b
+
+
+def sample_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: RandomSource
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width): torchvision's RandomResizedCrop.get_params, draw for draw.
+
+    Ten tries at a random area fraction and log-uniform aspect ratio that fit inside the image,
+    then the same fallback: a center crop clamped to the ratio range.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = rng.randint(0, height - crop_height)
+            left = rng.randint(0, width - crop_width)
+            return top, left, crop_height, crop_width
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        crop_width = width
+        crop_height = int(round(crop_width / min(ratio)))
+    elif in_ratio > max(ratio):
+        crop_height = height
+        crop_width = int(round(crop_height * max(ratio)))
+    else:
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[float, float, float, float]:
+    """The source box (left, top, right, bottom) that Resize(resize) + CenterCrop(crop) reads.
+
+    Same rounding as torchvision: the long side is truncated, the crop offset rounded.
+    """
+    if width <= height:
+        resized_width, resized_height = resize, int(resize * height / width)
+    else:
+        resized_width, resized_height = int(resize * width / height), resize
+    crop_top = int(round((resized_height - crop) / 2.0))
+    crop_left = int(round((resized_width - crop) / 2.0))
+    scale_x = width / resized_width
+    scale_y = height / resized_height
+    return (crop_left * scale_x, crop_top * scale_y, (crop_left + crop) * scale_x, (crop_top + crop) * scale_y)
+
+
+def _open(data: bytes | str) -> Image.Image:
+    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+
+
+def _draft_for_box(image: Image.Image, box_width: float, box_height: float, out_size: int) -> float:
+    """Ask the JPEG decoder for the smallest DCT scale keeping the box >= out_size; returns the scale."""
+    if image.format != "JPEG":
+        return 1.0
+    reduction = 1
+    while reduction < 8 and box_width / (reduction * 2) >= out_size and box_height / (reduction * 2) >= out_size:
+        reduction *= 2
+    if reduction == 1:
+        return 1.0
+    width, height = image.size
+    image.draft("RGB", (width // reduction, height // reduction))
+    return float(round(width / image.size[0]))  # the DCT scale it chose (1, 2, 4 or 8)
+
+
+def decode_train(data: bytes | str, aug: Augmentation, rng: random.Random) -> np.ndarray:
+    """JPEG bytes (or a path) → uint8 [train_crop, train_crop, 3] RandomResizedCrop + flip."""
+    with _open(data) as image:
+        width, height = image.size
+        top, left, crop_height, crop_width = sample_crop_box(width, height, aug.scale, aug.ratio, rng)
+        flip = rng.random() < aug.flip_prob
+        factor = _draft_for_box(image, crop_width, crop_height, aug.train_crop)
+        image = image.convert("RGB")
+        # after draft the decoded image is 1/factor the size; the box scales with it (sub-pixel ok)
+        box = (left / factor, top / factor, (left + crop_width) / factor, (top + crop_height) / factor)
+        image = image.resize((aug.train_crop, aug.train_crop), Image.Resampling.BILINEAR, box=box)
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(image)
+
+
+def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
+    """JPEG bytes (or a path) → uint8 [val_crop, val_crop, 3]: short side to val_resize, center crop."""
+    with _open(data) as image:
+        width, height = image.size
+        left, top, right, bottom = val_geometry(width, height, aug.val_resize, aug.val_crop)
+        factor = _draft_for_box(image, right - left, bottom - top, aug.val_crop)
+        image = image.convert("RGB")
+        box = (left / factor, top / factor, right / factor, bottom / factor)
+        image = image.resize((aug.val_crop, aug.val_crop), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(image)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The per-sample random stream: a function of (seed, epoch, sample position) only.
+
+    Independent of rank, worker count and resume point, so a resumed epoch re-draws the very
+    same crops and flips.
+    """
+    return random.Random((seed * 1_000_003 + epoch) * 10**12 + index)
+
+
+def collate_uint8(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(HWC uint8, label)] → (uint8 [N,H,W,3], int64 [N]) written into one preallocated buffer.
+
+    In a DataLoader worker the buffer is allocated in shared memory, so sending the batch to
+    the main process copies nothing (what torch's default_collate does for its stack).
+    """
+    first = samples[0][0]
+    shape = (len(samples), *first.shape)
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.empty(0, dtype=torch.uint8).untyped_storage()._new_shared(int(np.prod(shape)))
+        images = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        images = torch.empty(shape, dtype=torch.uint8)
+    target = images.numpy()
+    labels = torch.empty(len(samples), dtype=torch.int64)
+    for position, (pixels, label) in enumerate(samples):
+        target[position] = pixels
+        labels[position] = label
+    return images, labels
