@@ -49,6 +49,13 @@ NUM_RANKS = 2
 FINAL_LINE = re.compile(r"final: val/top1=(?P<top1>[0-9.]+) val/top5=(?P<top5>[0-9.]+)")
 
 
+# What every demo run must leave behind (the CI test checks each one).
+EXPECTED_ARTEFACTS = (
+    "W&B offline run", "metrics (JSONL)", "accuracy curves PNG", "loss curves PNG",
+    "sample grid PNG", "prediction grid PNG", "checkpoints",
+)
+
+
 class StageFailed(Exception):
     """A stage's command failed; the message names the stage and its log."""
 
@@ -174,13 +181,16 @@ def find_artefacts(run_dir: Path) -> dict[str, Path]:
         if path.exists():
             found[name] = path
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
+    # pipeline.tracking writes accuracy.png + loss.png, train_batch.png and predictions.png;
+    # match by words so a renamed plot is still reported.
     for label, words in [
-        ("curves PNG", ("curve",)),
+        ("accuracy curves PNG", ("accuracy", "curve", "top1")),
+        ("loss curves PNG", ("loss",)),
         ("sample grid PNG", ("sample", "sanity", "batch")),
         ("prediction grid PNG", ("predict",)),
     ]:
         for plot in plots:
-            if any(word in plot.name for word in words):
+            if any(word in plot.stem for word in words) and plot not in found.values():
                 found[label] = plot
                 break
     return found
@@ -256,9 +266,7 @@ def report(result: DemoResult) -> str:
         lines.append(f"  {name:<{width}}  {path}")
     if "W&B offline run" in result.artefacts:
         lines.append(f"upload the W&B run later with:  wandb sync {result.artefacts['W&B offline run']}")
-    expected = {"W&B offline run", "metrics (JSONL)", "curves PNG", "sample grid PNG",
-                "prediction grid PNG", "checkpoints"}
-    missing = sorted(expected - set(result.artefacts))
+    missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
     if missing:
         lines.append(f"not written by this run: {', '.join(missing)} (see {result.run_dir})")
     lines.append("=" * 72)
