@@ -135,6 +135,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; manifests are read by other users' jobs too
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

@@ -1,0 +1,238 @@
+"""`bench`: ImageMagick shell loops against our `resize`, side by side on the same images.
+
+    python -m preprocess bench                       # 300 images from /work/shared/photos
+    python -m preprocess bench --images 500 --workers 2 --photos ~/Pictures
+    make bench
+
+The corpus is the photos folder copied (cycled) to --images files in a temp dir. Timed, on the
+same files, writing 256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
+
+1. the seed's serial loop:   for f in src/*; do convert "$f" -resize "256^>" out/$(basename $f); done
+2. the same with xargs:      find src -type f -print0 | xargs -0 -P <cores> -I{} convert {} -resize "256^>" ...
+3. our resize, all cores:    python -m preprocess resize src out --only-shrink --workers <cores>
+4. our resize, one core:     ... --workers 1
+
+and prints images/s and the ratios against the targets: >= 10x (1), >= 5x (2), and (3) >= 0.8 x
+cores x (4). It needs the real ImageMagick (`apt-get install imagemagick`); when `convert` is
+missing or is not ImageMagick it says so and times only our resize. The machine is shared with
+whatever else runs: close other work for stable figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import PIL
+
+from preprocess.errors import UserError
+from preprocess.images import is_image_file
+from preprocess.progress import default_workers
+from preprocess.resize import ResizeOptions, resize_folder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PHOTOS = Path("/work/shared/photos")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    name: str
+    command: str
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def imagemagick_version() -> str | None:
+    """The first line of `convert -version` when it is the real ImageMagick, else None."""
+    if shutil.which("convert") is None:
+        return None
+    try:
+        output = subprocess.run(
+            ["convert", "-version"], check=False, capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = output.splitlines()[0] if output else ""
+    return first if "ImageMagick" in first else None
+
+
+def build_corpus(photos: Path, directory: Path, count: int) -> list[Path]:
+    """Copy the photos (cycled) to `count` files in `directory`."""
+    sources = (
+        sorted(
+            path for path in Path(photos).iterdir() if path.is_file() and is_image_file(path.name)
+        )
+        if Path(photos).is_dir()
+        else []
+    )
+    if not sources:
+        raise UserError(f"{photos}: no photos found: pass --photos DIR with some JPEGs")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        source = sources[index % len(sources)]
+        target = directory / f"img_{index:05d}{source.suffix.lower()}"
+        shutil.copyfile(source, target)
+        paths.append(target)
+    return paths
+
+
+def _time_shell(name: str, command: str, images: int, cwd: Path) -> Timing:
+    started = time.perf_counter()
+    subprocess.run(["bash", "-c", command], cwd=cwd, check=True, capture_output=True)
+    return Timing(name, command, images, time.perf_counter() - started)
+
+
+def _time_resize(name: str, src: Path, dst: Path, workers: int, short_side: int) -> Timing:
+    started = time.perf_counter()
+    summary = resize_folder(src, dst, ResizeOptions(short_side, only_shrink=True), workers=workers)
+    seconds = time.perf_counter() - started
+    if summary.failed:
+        raise RuntimeError(
+            f"bench corpus has {summary.failed} undecodable images: {summary.errors[:3]}"
+        )
+    command = f"python -m preprocess resize src {dst.name} --short-side {short_side} --only-shrink --workers {workers}"
+    return Timing(name, command, summary.written, seconds)
+
+
+def cpu_model() -> str:
+    try:
+        for line in subprocess.run(
+            ["lscpu"], check=False, capture_output=True, text=True, timeout=10
+        ).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_bench(photos: Path, count: int, workers: int, short_side: int = 256) -> list[Timing]:
+    """Time every variant on one corpus; returns the timings (ImageMagick ones only when installed)."""
+    version = imagemagick_version()
+    timings: list[Timing] = []
+    with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as temp:
+        root = Path(temp)
+        src = root / "src"
+        build_corpus(photos, src, count)
+        geometry = f'"{short_side}^>"'
+        if version is None:
+            print(
+                "ImageMagick not found: `convert` is missing or is not ImageMagick (`convert -version` does not "
+                "say ImageMagick). Install it with `apt-get install -y imagemagick`; timing our resize only."
+            )
+        else:
+            (root / "im_serial").mkdir()
+            (root / "im_parallel").mkdir()
+            timings.append(
+                _time_shell(
+                    "ImageMagick, serial loop",
+                    f'for f in src/*; do convert "$f" -resize {geometry} im_serial/"$(basename "$f")"; done',
+                    count,
+                    root,
+                )
+            )
+            timings.append(
+                _time_shell(
+                    f"ImageMagick, xargs -P {workers}",
+                    f"find src -type f -print0 | xargs -0 -P {workers} -I{{}} sh -c "
+                    f'\'convert "$1" -resize {geometry} im_parallel/"$(basename "$1")"\' _ {{}}',
+                    count,
+                    root,
+                )
+            )
+        timings.append(
+            _time_resize(
+                f"preprocess resize, {workers} workers",
+                src,
+                root / "ours_parallel",
+                workers,
+                short_side,
+            )
+        )
+        timings.append(
+            _time_resize("preprocess resize, 1 worker", src, root / "ours_serial", 1, short_side)
+        )
+    return timings
+
+
+def report(timings: list[Timing], workers: int, count: int, photos: Path) -> str:
+    by_name = {timing.name: timing for timing in timings}
+    ours = by_name[f"preprocess resize, {workers} workers"]
+    single = by_name["preprocess resize, 1 worker"]
+    lines = [
+        (
+            f"corpus: {count} images cycled from {photos}; machine: {os.cpu_count()} cores, {cpu_model()}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        ),
+        f"versions: Python {platform.python_version()}, PIL {PIL.__version__}, {imagemagick_version() or 'no ImageMagick'}",
+        "",
+        f"{'variant':<34} {'images/s':>9} {'seconds':>8}",
+    ]
+    for timing in timings:
+        lines.append(f"{timing.name:<34} {timing.images_per_second:9.1f} {timing.seconds:8.2f}")
+    lines.append("")
+    targets = []
+    serial = by_name.get("ImageMagick, serial loop")
+    parallel = by_name.get(f"ImageMagick, xargs -P {workers}")
+    if serial is not None:
+        targets.append(
+            ("vs serial ImageMagick loop", ours.images_per_second / serial.images_per_second, 10.0)
+        )
+    if parallel is not None:
+        targets.append(
+            (
+                f"vs ImageMagick xargs -P {workers}",
+                ours.images_per_second / parallel.images_per_second,
+                5.0,
+            )
+        )
+    targets.append(
+        (
+            f"vs {workers} x single-core rate",
+            ours.images_per_second / (workers * single.images_per_second),
+            0.8,
+        )
+    )
+    for label, ratio, target in targets:
+        verdict = "met" if ratio >= target else "MISSED"
+        lines.append(f"{label:<34} {ratio:6.2f}x (target >= {target}x: {verdict})")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=300, help="corpus size (default 300)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="cores for the parallel variants (default all)"
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=DEFAULT_PHOTOS,
+        help=f"source photos (default {DEFAULT_PHOTOS})",
+    )
+    parser.add_argument(
+        "--short-side", type=int, default=256, help="target short side (default 256)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    workers = args.workers or default_workers()
+    if args.images < 1:
+        raise UserError(f"--images must be >= 1, got {args.images}")
+    timings = run_bench(args.photos, args.images, workers, args.short_side)
+    print(report(timings, workers, args.images, args.photos))
+    return 0

@@ -1,0 +1,108 @@
+"""`merge`: combine the per-task manifests of a sliced (Slurm array) `shard` run into manifest.json.
+
+    sbatch --array=0-7 --wrap "python -m preprocess shard train-256/ shards/train --split train"
+    python -m preprocess merge shards/train        # once every array task has finished
+
+Every task wrote the same `.shard_plan.json` and its own `manifest.task-{i:04d}-of-{n:04d}.json`.
+Merging checks that the partial manifests belong to that plan, that together they list every
+planned shard with the planned count, and that each tar is on disk with the recorded size; only
+then does it write manifest.json and _info.json (byte-identical to a single-task run).
+`preprocess verify DIR` rehashes every tar afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import re
+from pathlib import Path
+
+from preprocess.errors import UserError
+from preprocess.manifest import ShardEntry, shard_name
+from preprocess.shards import PLAN_NAME, build_manifest, read_plan, write_split_metadata
+
+logger = logging.getLogger(__name__)
+
+TASK_MANIFEST_PATTERN = re.compile(r"^manifest\.task-(\d{4})-of-(\d{4})\.json$")
+
+
+def merge_manifests(directory: Path) -> Path:
+    """Write DIR/manifest.json + _info.json from the partial manifests; UserError if incomplete."""
+    directory = Path(directory)
+    plan = read_plan(directory)
+    if plan is None:
+        raise UserError(
+            f"{directory}: no {PLAN_NAME}: expected the output directory of a sliced "
+            f"`preprocess shard ... --num-tasks N` run"
+        )
+    entries: dict[str, ShardEntry] = {}
+    class_counts: collections.Counter = collections.Counter()
+    tasks_seen: set[int] = set()
+    num_tasks = None
+    for path in sorted(directory.iterdir()):
+        match = TASK_MANIFEST_PATTERN.match(path.name)
+        if not match:
+            continue
+        partial = json.loads(path.read_text())
+        if partial.get("plan_sha256") != plan["plan_sha256"]:
+            logger.warning(
+                "%s belongs to an older plan (other input, seed or shard size): ignored", path
+            )
+            continue
+        if num_tasks is not None and int(match.group(2)) != num_tasks:
+            raise UserError(
+                f"{directory}: partial manifests from runs with {num_tasks} and {int(match.group(2))} tasks: "
+                f"delete the manifest.task-*.json of the run you abandoned and merge again"
+            )
+        num_tasks = int(match.group(2))
+        tasks_seen.add(int(match.group(1)))
+        for shard in partial["shards"]:
+            entries[shard["name"]] = ShardEntry(**shard)
+        class_counts.update(partial["class_counts"])
+    if num_tasks is None:
+        raise UserError(
+            f"{directory}: no manifest.task-*.json for the current plan: run the shard tasks first"
+        )
+    problems = []
+    missing_tasks = sorted(set(range(num_tasks)) - tasks_seen)
+    if missing_tasks:
+        problems.append(
+            f"tasks {missing_tasks} of {num_tasks} have not finished (no partial manifest)"
+        )
+    for index, count in enumerate(plan["shard_counts"]):
+        name = shard_name(plan["split"], index)
+        entry = entries.get(name)
+        path = directory / name
+        if entry is None:
+            if index % num_tasks not in missing_tasks:
+                problems.append(f"{name}: planned but listed by no task")
+        elif entry.count != count:
+            problems.append(f"{name}: holds {entry.count} samples, the plan says {count}")
+        elif not path.is_file() or path.stat().st_size != entry.bytes:
+            problems.append(f"{name}: missing or not {entry.bytes} bytes as its task recorded")
+    if problems:
+        raise UserError(
+            f"{directory}: cannot merge: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            + ": rerun the unfinished tasks (the same command resumes), then merge again"
+        )
+    manifest = build_manifest(
+        plan,
+        [entries[shard_name(plan["split"], i)] for i in range(len(plan["shard_counts"]))],
+        class_counts,
+    )
+    return write_split_metadata(directory, manifest)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", type=Path, help="the DST of a sliced `preprocess shard` run")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = merge_manifests(args.directory)
+    plan = read_plan(args.directory)
+    print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
+    return 0

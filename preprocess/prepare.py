@@ -1,0 +1,230 @@
+"""`prepare`: raw ImageNet (ILSVRC2012 tars, Kaggle CLS-LOC layout, or folders) → training-ready shards.
+
+    python -m preprocess prepare /data/raw-imagenet /data/imagenet --short-side 256 --shard-size 1000
+    python -m preprocess prepare raw/ out/ --labels LOC_val_solution.csv --workers 16
+
+    # Slurm: two array jobs (every task resizes its slice; sharding needs all of them done)
+    jid=$(sbatch --parsable --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage resize")
+    sbatch --dependency=afterok:$jid --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage shard"
+    python -m preprocess merge out/train && python -m preprocess merge out/val
+
+Writes, under DST:
+    folders/{train,val}/nXXXXXXXX/<key>.JPEG   resized RGB JPEGs (the `folder` backend reads these;
+                                               they also make prepare resumable)
+    train/, val/                               shards, DALI indexes, manifest.json, _info.json
+    LOC_synset_mapping.txt                     class names (copied from the raw data when present)
+
+Raw tars are streamed (the train tar's 1000 inner tars too); nothing is extracted. Every class
+gets a folder in both splits, even with no images, so class index = sorted-WNID position agrees
+between train and val. A rerun skips finished images and complete shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from preprocess.errors import UserError
+from preprocess.images import is_image_file
+from preprocess.manifest import SPLITS
+from preprocess.progress import add_workers_argument, rate
+from preprocess.resize import (
+    DEFAULT_OPTIONS,
+    ResizeOptions,
+    ResizeSummary,
+    add_resize_options,
+    resize_stream,
+    write_folder_manifest,
+)
+from preprocess.shards import ShardSummary, write_shards
+from preprocess.slices import add_slice_arguments, resolve_slice
+from preprocess.synsets import SYNSET_MAPPING_NAME, find_synset_mapping
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("all", "resize", "shard")
+
+
+def write_class_names(raw: Path, dst: Path, class_names: dict[str, str]) -> Path | None:
+    """DST/LOC_synset_mapping.txt: the raw data's file copied as is, else written from `class_names`."""
+    target = dst / SYNSET_MAPPING_NAME
+    source = find_synset_mapping(raw, parents=0)
+    if source is None:
+        candidates = [
+            path
+            for path in (raw / SYNSET_MAPPING_NAME, *raw.glob(f"*/{SYNSET_MAPPING_NAME}"))
+            if path.is_file()
+        ]
+        source = candidates[0] if candidates else None
+    if source is not None:
+        shutil.copyfile(source, target)
+        return target
+    if class_names:
+        target.write_text(
+            "".join(f"{wnid} {words}\n" for wnid, words in sorted(class_names.items()))
+        )
+        return target
+    logger.info("no class names found in %s: the grid and manifests will show WNIDs only", raw)
+    return None
+
+
+def count_folder_images(folder: Path) -> dict[str, int]:
+    return {
+        entry.name: sum(1 for name in os.listdir(entry) if is_image_file(name))
+        for entry in sorted(Path(folder).iterdir())
+        if entry.is_dir() and not entry.name.startswith(".")
+    }
+
+
+def prepare(
+    raw: Path,
+    dst: Path,
+    *,
+    options: ResizeOptions = DEFAULT_OPTIONS,
+    shard_size: int = 1000,
+    seed: int = 0,
+    workers: int | None = None,
+    labels: Path | None = None,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    stage: str = "all",
+    splits: tuple[str, ...] = SPLITS,
+) -> tuple[dict[str, ResizeSummary], dict[str, ShardSummary]]:
+    """Run the resize and/or shard stages for `splits`; returns their summaries by split."""
+    from preprocess import sources  # the raw-layout readers
+
+    raw, dst = Path(raw), Path(dst)
+    if stage not in STAGES:
+        raise UserError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
+    if num_tasks > 1 and stage == "all":
+        raise UserError(
+            f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs every resize "
+            f"task finished: run with --stage resize, then (afterok) with --stage shard, then "
+            f"`python -m preprocess merge {dst}/train` and `{dst}/val`"
+        )
+    if not raw.exists():
+        raise UserError(f"{raw} does not exist: pass the folder holding the raw ImageNet download")
+    options.check()
+    layout = sources.detect_layout(raw)
+    classes = sources.raw_classes(raw)
+    logger.info("%s: %s layout, %d classes", raw, layout, len(classes))
+    dst.mkdir(parents=True, exist_ok=True)
+    write_class_names(raw, dst, sources.raw_class_names(raw))
+    resized: dict[str, ResizeSummary] = {}
+    sharded: dict[str, ShardSummary] = {}
+    for split in splits:
+        folder = dst / "folders" / split
+        if stage in ("all", "resize"):
+            for wnid in classes:
+                (folder / wnid).mkdir(parents=True, exist_ok=True)
+            images = sources.iter_raw_images(
+                raw, split, labels=labels, task_index=task_index, num_tasks=num_tasks
+            )
+            resized[split] = resize_stream(
+                images,
+                folder,
+                options,
+                workers=workers,
+                task_index=task_index,
+                num_tasks=num_tasks,
+                description=f"resize {split}",
+            )
+            if num_tasks == 1:
+                write_folder_manifest(folder, count_folder_images(folder), options)
+        if stage in ("all", "shard"):
+            if not folder.is_dir():
+                raise UserError(
+                    f"{folder} does not exist: run the resize stage first (--stage resize)"
+                )
+            sharded[split] = write_shards(
+                folder,
+                dst / split,
+                split,
+                shard_size=shard_size,
+                seed=seed,
+                workers=workers,
+                task_index=task_index,
+                num_tasks=num_tasks,
+                short_side=options.short_side,
+            )
+    return resized, sharded
+
+
+def summary_line(
+    resized: dict[str, ResizeSummary], sharded: dict[str, ShardSummary], seconds: float
+) -> str:
+    parts = []
+    for split in SPLITS:
+        if split in resized:
+            summary = resized[split]
+            parts.append(
+                f"{split}: {summary.images} images (written {summary.written}, skipped {summary.skipped}, "
+                f"repaired {summary.repaired}, failed {summary.failed})"
+            )
+        if split in sharded:
+            parts.append(
+                f"{split}: {sharded[split].shards} shards (written {sharded[split].written}, skipped {sharded[split].skipped})"
+            )
+    images = sum(summary.written + summary.failed for summary in resized.values())
+    return f"prepare: {'; '.join(parts)}; {seconds:.1f} s, {rate(images, seconds):.1f} images/s resized"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "raw",
+        type=Path,
+        help="raw ImageNet: the ILSVRC2012 tars, the Kaggle download, or train/ val/ class folders",
+    )
+    parser.add_argument(
+        "dst", type=Path, help="output: folders/, train/, val/ and LOC_synset_mapping.txt go here"
+    )
+    add_resize_options(parser)
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, help="samples per shard (default 1000)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the global shuffle (default 0)"
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="val labels (devkit, LOC_val_solution.csv, val.txt); found in RAW when omitted",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="all",
+        help="run both stages (default) or one; Slurm arrays run them as two jobs",
+    )
+    add_workers_argument(parser)
+    add_slice_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    task_index, num_tasks = resolve_slice(args.task_index, args.num_tasks)
+    resized, sharded = prepare(
+        args.raw,
+        args.dst,
+        options=ResizeOptions(args.short_side, args.only_shrink, args.quality),
+        shard_size=args.shard_size,
+        seed=args.seed,
+        workers=args.workers,
+        labels=args.labels,
+        task_index=task_index,
+        num_tasks=num_tasks,
+        stage=args.stage,
+    )
+    for summary in resized.values():
+        if summary.error_file is not None:
+            print(f"{summary.failed} bad images listed in {summary.error_file}")
+    print(summary_line(resized, sharded, time.perf_counter() - started))
+    failed = any(summary.failed for summary in resized.values()) or any(
+        summary.failed for summary in sharded.values()
+    )
+    return 1 if failed else 0

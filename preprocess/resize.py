@@ -1,0 +1,408 @@
+"""`resize`: every image under SRC → an RGB JPEG with the given short side under DST.
+
+    python -m preprocess resize train/ train-256/ --short-side 256
+    python -m preprocess resize val/ val-256/ --short-side 256 --only-shrink --quality 90 --workers 16
+    sbatch --array=0-9 --wrap "python -m preprocess resize train/ train-256/"   # 10 disjoint slices
+
+DST mirrors SRC's relative layout (class folders or flat) with the extension `.JPEG`.
+
+- Resumable: an existing output is finished (writes are atomic), so it is skipped. Temp files are
+  `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace; their leading
+  dot keeps them from ever being read as outputs, and a rerun deletes stale ones left by kill -9.
+- Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
+  DST/resize_errors.txt (one file per task for Slurm slices), counted in the summary, and make
+  the exit status 1. Everything else still gets done. Sources are only ever read.
+- DST/resize_manifest.json records the planned image count per class folder and the settings, so
+  `preprocess verify DST` can check the output is complete.
+- Parallel: a pool of worker processes receives paths (never pixels) in chunks; the number of
+  chunks in flight is bounded, so memory stays flat for 1.28 M images or a streamed tar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from preprocess.errors import UserError
+from preprocess.images import BadImage, is_image_file, resize_image
+from preprocess.manifest import atomic_write_text
+from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
+from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SUFFIX = ".JPEG"
+TEMP_SUFFIX = ".resize-tmp"
+ERRORS_NAME = "resize_errors.txt"
+FOLDER_MANIFEST_NAME = "resize_manifest.json"
+FOLDER_MANIFEST_KIND = "resized-folders"
+CHUNK_SIZE = 16  # images per task sent to a worker: amortizes IPC without starving the pool
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeOptions:
+    short_side: int = 256  # output short side in pixels
+    only_shrink: bool = False  # ImageMagick "256^>": never enlarge
+    quality: int = 90  # JPEG quality of the outputs
+
+    def check(self) -> None:
+        if self.short_side < 1:
+            raise UserError(f"--short-side must be >= 1, got {self.short_side}")
+        if not 1 <= self.quality <= 100:
+            raise UserError(f"--quality must be in 1..100, got {self.quality}")
+
+
+DEFAULT_OPTIONS = ResizeOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeSummary:
+    images: int  # images this task looked at (written + skipped + failed)
+    written: int  # new outputs written by this run
+    skipped: int  # outputs that already existed (a resumed run)
+    repaired: int  # written outputs whose input needed a repair (CMYK, PNG, gray, alpha, 16-bit)
+    failed: int  # undecodable inputs
+    seconds: float
+    errors: tuple[tuple[str, str], ...] = ()  # (source, reason) for each failed input
+    error_file: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return rate(self.written + self.failed, self.seconds)
+
+    def line(self, command: str = "resize") -> str:
+        text = (
+            f"{command}: {self.images} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
+            f"written {self.written}, skipped {self.skipped} already done, repaired {self.repaired}, "
+            f"failed {self.failed}"
+        )
+        if self.failed and self.error_file is not None:
+            text += f" (listed in {self.error_file})"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    source: str
+    status: str  # "written" | "failed"
+    reason: str = ""
+    repaired: bool = False
+
+
+def output_path(dst: Path, relative: Path) -> Path:
+    """Where the resized copy of SRC/relative goes: same folders, extension .JPEG."""
+    return dst / relative.parent / (relative.stem + OUTPUT_SUFFIX)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via `.{name}.{pid}.resize-tmp` in the same folder + os.replace: never a partial file."""
+    temp = path.parent / f".{path.name}.{os.getpid()}{TEMP_SUFFIX}"
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(dst: Path) -> int:
+    """Delete temp files a killed run left under `dst` (only our own `.…resize-tmp` names)."""
+    removed = 0
+    for folder, _, files in os.walk(dst):
+        for name in files:
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d unfinished temp files left by an interrupted run", removed)
+    return removed
+
+
+def plan_folder(src: Path, dst: Path) -> list[Path]:
+    """Image paths under `src` relative to it, sorted; hidden entries and `dst` itself are skipped."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise UserError(
+            f"{src} is not a directory: expected class folders (SRC/n01440764/*.JPEG) or flat images"
+        )
+    dst_resolved = dst.resolve()
+    relatives: list[Path] = []
+    for folder, dirs, files in os.walk(src):
+        folder_path = Path(folder)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and (folder_path / d).resolve() != dst_resolved
+        )
+        for name in sorted(files):
+            if is_image_file(name):
+                relatives.append((folder_path / name).relative_to(src))
+    relatives.sort()
+    seen: dict[Path, Path] = {}
+    for relative in relatives:
+        target = output_path(Path(), relative)
+        if target in seen:
+            raise UserError(
+                f"{src / seen[target]} and {src / relative} would both become {target}: rename one of them"
+            )
+        seen[target] = relative
+    return relatives
+
+
+def _resize_one(
+    data_or_path: bytes | Path | None, destination: Path, options: ResizeOptions, source: str
+) -> _Outcome:
+    if data_or_path is None:  # the caller found the output already there
+        return _Outcome(source, "skipped")
+    try:
+        data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
+        jpeg, info = resize_image(
+            data,
+            options.short_side,
+            only_shrink=options.only_shrink,
+            quality=options.quality,
+            source=PurePosixPath(source).name,
+        )
+    except BadImage as err:
+        return _Outcome(source, "failed", str(err))
+    except OSError as err:  # unreadable source file
+        return _Outcome(source, "failed", f"cannot read: {err.strerror or err}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(destination, jpeg)
+    return _Outcome(source, "written", repaired=info.repaired)
+
+
+def _resize_chunk(jobs: Sequence[tuple[Any, str, ResizeOptions, str]]) -> list[_Outcome]:
+    return [
+        _resize_one(item, Path(destination), options, source)
+        for item, destination, options, source in jobs
+    ]
+
+
+def _chunks(jobs: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for job in jobs:
+        chunk.append(job)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_bounded(
+    function: Callable[[Any], list[Any]],
+    chunks: Iterable[Any],
+    workers: int,
+    in_flight_per_worker: int = 4,
+) -> Iterator[list[Any]]:
+    """Map `function` over `chunks` in a process pool, at most workers x 4 chunks queued at a time.
+
+    Pool.imap would read the whole input ahead (all of a 140 GB tar stream); this never holds
+    more than a few chunks. Results come back in submission order. workers == 1 runs inline.
+    """
+    if workers == 1:
+        for chunk in chunks:
+            yield function(chunk)
+        return
+    # spawn, not fork: the caller may have threads (tqdm's monitor, torch in tests) that fork copies badly.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(function, (chunk,)))
+            while len(pending) >= workers * in_flight_per_worker:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def error_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
+    """DST/resize_errors.txt, or one file per task for Slurm slices."""
+    if num_tasks == 1:
+        return dst / ERRORS_NAME
+    return dst / f"resize_errors.task-{task_index:04d}-of-{num_tasks:04d}.txt"
+
+
+def _finish(
+    outcomes: Iterable[list[_Outcome]],
+    dst: Path,
+    total: int | None,
+    skipped: int,
+    started: float,
+    task_index: int,
+    num_tasks: int,
+    description: str,
+) -> ResizeSummary:
+    """Drain the outcomes behind a progress bar, write the error list, return the summary."""
+    written = repaired = 0
+    errors: list[tuple[str, str]] = []
+    with progress_bar(total, description) as bar:
+        bar.update(skipped)
+        for chunk in outcomes:
+            for outcome in chunk:
+                if outcome.status == "written":
+                    written += 1
+                    repaired += outcome.repaired
+                elif outcome.status == "skipped":
+                    skipped += 1
+                else:
+                    errors.append((outcome.source, outcome.reason))
+                    logger.warning("bad image %s: %s", outcome.source, outcome.reason)
+            bar.update(len(chunk))
+    error_file = error_file_path(dst, task_index, num_tasks)
+    if errors:
+        errors.sort()
+        atomic_write_text(error_file, "".join(f"{source}\t{reason}\n" for source, reason in errors))
+    else:
+        error_file.unlink(missing_ok=True)  # a clean rerun clears the list of an earlier failed run
+    return ResizeSummary(
+        images=written + skipped + len(errors),
+        written=written,
+        skipped=skipped,
+        repaired=repaired,
+        failed=len(errors),
+        seconds=time.perf_counter() - started,
+        errors=tuple(errors),
+        error_file=error_file if errors else None,
+    )
+
+
+def write_folder_manifest(dst: Path, class_counts: dict[str, int], options: ResizeOptions) -> Path:
+    """DST/resize_manifest.json: planned images per class folder ("." for flat) and the settings."""
+    data = {
+        "kind": FOLDER_MANIFEST_KIND,
+        "short_side": options.short_side,
+        "only_shrink": options.only_shrink,
+        "quality": options.quality,
+        "num_images": sum(class_counts.values()),
+        "class_counts": dict(sorted(class_counts.items())),
+    }
+    path = dst / FOLDER_MANIFEST_NAME
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def resize_folder(
+    src: Path,
+    dst: Path,
+    options: ResizeOptions = DEFAULT_OPTIONS,
+    *,
+    workers: int | None = None,
+    task_index: int = 0,
+    num_tasks: int = 1,
+) -> ResizeSummary:
+    """Resize every image under `src` into `dst` (this task's slice only); see the module doc."""
+    options.check()
+    src, dst = Path(src), Path(dst)
+    started = time.perf_counter()
+    relatives = plan_folder(src, dst)
+    if not relatives:
+        raise UserError(
+            f"{src}: no images found (looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
+        )
+    dst.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dst)
+    class_counts = collections.Counter(str(relative.parent) for relative in relatives)
+    write_folder_manifest(dst, dict(class_counts), options)
+    mine = [
+        relative
+        for index, relative in enumerate(relatives)
+        if in_slice(index, task_index, num_tasks)
+    ]
+    todo = [relative for relative in mine if not output_path(dst, relative).exists()]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info("resuming: %d of %d outputs already exist and are skipped", skipped, len(mine))
+    jobs = (
+        (src / relative, str(output_path(dst, relative)), options, str(relative))
+        for relative in todo
+    )
+    outcomes = run_bounded(_resize_chunk, _chunks(jobs, CHUNK_SIZE), resolve_workers(workers))
+    return _finish(
+        outcomes, dst, len(mine), skipped, started, task_index, num_tasks, f"resize {src.name}"
+    )
+
+
+def resize_stream(
+    images: Iterable[Any],
+    dst_dir: Path,
+    options: ResizeOptions = DEFAULT_OPTIONS,
+    *,
+    workers: int | None = None,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    total: int | None = None,
+    description: str = "resize",
+) -> ResizeSummary:
+    """Resize a stream of `sources.RawImage` (bytes from tars, or paths) to dst_dir/WNID/KEY.JPEG.
+
+    Outputs that already exist are skipped without decoding; the stream itself is consumed once.
+    The slice (task_index/num_tasks) only names this task's error file: the caller slices the
+    stream (sources.iter_raw_images does).
+    """
+    options.check()
+    dst_dir = Path(dst_dir)
+    started = time.perf_counter()
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dst_dir)
+
+    def jobs() -> Iterator[tuple[Any, str, ResizeOptions, str]]:
+        for image in images:
+            destination = dst_dir / image.wnid / (image.key + OUTPUT_SUFFIX)
+            if destination.exists():
+                payload = None  # counted as skipped; a tar stream has read the bytes already anyway
+            elif image.data is None and image.path is not None:
+                payload = image.path  # workers read files themselves: no pixels through the pipe
+            else:
+                payload = image.read()
+            yield payload, str(destination), options, image.source
+
+    outcomes = run_bounded(_resize_chunk, _chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
+    return _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", type=Path, help="input: class folders (SRC/n01440764/*.JPEG) or flat images"
+    )
+    parser.add_argument("dst", type=Path, help="output folder; same relative layout, .JPEG files")
+    add_resize_options(parser)
+    add_workers_argument(parser)
+    add_slice_arguments(parser)
+
+
+def add_resize_options(parser: argparse.ArgumentParser) -> None:
+    """--short-side/--only-shrink/--quality, shared with `prepare`."""
+    parser.add_argument(
+        "--short-side", type=int, default=256, help="output short side in pixels (default 256)"
+    )
+    parser.add_argument(
+        "--only-shrink",
+        action="store_true",
+        help='never enlarge small images (ImageMagick "256^>" semantics)',
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
+
+
+def run(args: argparse.Namespace) -> int:
+    task_index, num_tasks = resolve_slice(args.task_index, args.num_tasks)
+    options = ResizeOptions(args.short_side, args.only_shrink, args.quality)
+    summary = resize_folder(
+        args.src,
+        args.dst,
+        options,
+        workers=args.workers,
+        task_index=task_index,
+        num_tasks=num_tasks,
+    )
+    print(summary.line())
+    return 1 if summary.failed else 0

@@ -1,0 +1,77 @@
+"""Slurm-array slicing: split any preprocessing command into disjoint, deterministic slices.
+
+    sbatch --array=0-9 --wrap "python -m preprocess shard SRC DST --split train"   # 10 tasks
+    python -m preprocess shard SRC DST --split train --task-index 3 --num-tasks 10  # by hand
+
+Every task enumerates the same work in the same order and keeps item i when
+i % num_tasks == task_index, so slices are disjoint, complete and independent of timing.
+Without flags, the slice comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT, with
+SLURM_ARRAY_TASK_MIN subtracted (an array `--array=1-10` has ids 1..10 → indices 0..9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from preprocess.errors import UserError
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(
+            f"{name}={value!r} is not an integer: unset it or pass --task-index/--num-tasks"
+        ) from None
+
+
+def resolve_slice(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
+    """(task_index, num_tasks) from the flags, else from the Slurm array variables, else (0, 1)."""
+    if num_tasks is None:
+        num_tasks = _env_int("SLURM_ARRAY_TASK_COUNT")
+    if task_index is None:
+        slurm_id = _env_int("SLURM_ARRAY_TASK_ID")
+        if slurm_id is not None:
+            task_index = slurm_id - (_env_int("SLURM_ARRAY_TASK_MIN") or 0)
+    if num_tasks is None and task_index is None:
+        return 0, 1
+    if num_tasks is None:
+        raise UserError(f"task index {task_index} given without a task count: pass --num-tasks N")
+    if task_index is None:
+        raise UserError(
+            f"{num_tasks} tasks given without a task index: pass --task-index I (0 <= I < {num_tasks})"
+        )
+    if num_tasks < 1:
+        raise UserError(f"--num-tasks must be >= 1, got {num_tasks}")
+    if not 0 <= task_index < num_tasks:
+        raise UserError(
+            f"task index {task_index} is outside 0..{num_tasks - 1}: for a Slurm array --array=A-B the "
+            f"index is SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN"
+        )
+    return task_index, num_tasks
+
+
+def in_slice(index: int, task_index: int, num_tasks: int) -> bool:
+    """True when work item `index` belongs to task `task_index` of `num_tasks` (round robin)."""
+    return index % num_tasks == task_index
+
+
+def add_slice_arguments(parser: argparse.ArgumentParser) -> None:
+    """--task-index/--num-tasks, shared by resize, shard and prepare."""
+    group = parser.add_argument_group("Slurm array slices")
+    group.add_argument(
+        "--task-index",
+        type=int,
+        default=None,
+        help="this task's slice, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)",
+    )
+    group.add_argument(
+        "--num-tasks",
+        type=int,
+        default=None,
+        help="number of slices (default: SLURM_ARRAY_TASK_COUNT, else 1)",
+    )

@@ -1,0 +1,361 @@
+"""`verify`: check shards or resized class folders against their manifest; non-zero exit on any mismatch.
+
+    python -m preprocess verify shards/train             # sizes, sha256, per-shard counts, labels
+    python -m preprocess verify shards/train --decode    # ... and decode every image
+    python -m preprocess verify train-256/               # resized folders vs resize_manifest.json
+    python -m preprocess verify out/                     # a `prepare` output: every split inside
+
+Shard checks: every tar in the manifest is present with the recorded bytes and sha256; reading
+its members gives the recorded number of samples, each with .jpg/.cls/.json; every label is in
+range and agrees with the WNID in the .json; per-class totals match; the DALI index lists the
+same samples at the right offsets; no unlisted tar sits in the folder. Folder checks: image count
+per class against resize_manifest.json; with --decode, every image decodes as RGB with the
+promised short side. Prints one line per problem and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from preprocess.errors import UserError
+from preprocess.images import is_image_file
+from preprocess.manifest import (
+    MANIFEST_NAME,
+    SHARD_PATTERN,
+    ManifestError,
+    ShardEntry,
+    dali_index_name,
+    read_manifest,
+)
+from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
+from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, run_bounded
+from preprocess.shards import file_sha256
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    directory: Path
+    kind: str  # "shards" | "folders"
+    items: int  # samples or images checked
+    problems: tuple[str, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        state = "OK" if self.ok else f"{len(self.problems)} problems"
+        return (
+            f"verify {self.directory} ({self.kind}): {self.items} images in {self.seconds:.1f} s "
+            f"({rate(self.items, self.seconds):.1f} images/s): {state}"
+        )
+
+
+def _check_image(data: bytes, short_side: int | None, only_shrink: bool = False) -> str | None:
+    """None when `data` decodes as an RGB JPEG with the right short side, else the reason."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.format != "JPEG" or image.mode != "RGB":
+                return f"is {image.format} {image.mode}, expected an RGB JPEG"
+            short = min(image.size)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is the finding
+        return f"does not decode: {err}"
+    if short_side is not None and short != short_side and not (only_shrink and short < short_side):
+        return f"short side {short}, expected {short_side}"
+    return None
+
+
+def _check_index(
+    directory: Path, entry: ShardEntry, offsets: dict[str, tuple[int, int]]
+) -> list[str]:
+    path = directory / dali_index_name(entry.name)
+    if not path.is_file():
+        return [
+            f"{path}: DALI index missing: re-run `preprocess shard` (it rewrites incomplete shards)"
+        ]
+    lines = path.read_text().splitlines()
+    header = lines[0].split() if lines else []
+    if (
+        len(header) != 2
+        or header[0] != "v1.2"
+        or header[1] != str(entry.count)
+        or len(lines) - 1 != entry.count
+    ):
+        return [
+            f"{path}: header {lines[0] if lines else ''!r} / {len(lines) - 1} sample lines, expected 'v1.2 {entry.count}'"
+        ]
+    for line in lines[1:]:
+        fields = line.split()
+        for start in range(0, len(fields), 4):
+            _, offset, size, name = fields[start : start + 4]
+            if offsets.get(name) != (int(offset), int(size)):
+                return [
+                    f"{path}: {name} at offset {offset} size {size}, but the tar has {offsets.get(name)}"
+                ]
+    return []
+
+
+def verify_shard(
+    directory: Path, entry: ShardEntry, classes: Sequence[str], decode: bool, short_side: int | None
+) -> tuple[list[str], dict[str, int]]:
+    """Problems found in one shard, and its per-class sample counts."""
+    path = Path(directory) / entry.name
+    counts: collections.Counter = collections.Counter()
+    if not path.is_file():
+        return [
+            f"{path}: missing (listed in the manifest): re-run `preprocess shard` to resume"
+        ], counts
+    size = path.stat().st_size
+    if size != entry.bytes:
+        return [
+            f"{path}: {size} bytes, manifest says {entry.bytes}: re-run `preprocess shard` to rewrite it"
+        ], counts
+    if file_sha256(path) != entry.sha256:
+        return [
+            f"{path}: sha256 differs from the manifest (corrupted): re-run `preprocess shard` to rewrite it"
+        ], counts
+    problems: list[str] = []
+    samples: dict[str, dict[str, bytes]] = {}
+    offsets: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
+                offsets[member.name] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as err:
+        return [f"{path}: unreadable tar ({err})"], counts
+    if len(samples) != entry.count:
+        problems.append(f"{path}: {len(samples)} samples, manifest says {entry.count}")
+    for key, members in samples.items():
+        if set(members) != {"jpg", "cls", "json"}:
+            problems.append(
+                f"{path}: sample {key} has members {sorted(members)}, expected jpg, cls, json"
+            )
+            continue
+        try:
+            label = int(members["cls"])
+            wnid = json.loads(members["json"])["wnid"]
+        except (ValueError, KeyError) as err:
+            problems.append(f"{path}: sample {key}: bad .cls or .json ({err})")
+            continue
+        if not 0 <= label < len(classes):
+            problems.append(f"{path}: sample {key}: label {label} outside 0..{len(classes) - 1}")
+            continue
+        if classes[label] != wnid:
+            problems.append(
+                f"{path}: sample {key}: label {label} is {classes[label]} but its .json says {wnid}"
+            )
+        counts[classes[label]] += 1
+        if decode:
+            reason = _check_image(members["jpg"], short_side, only_shrink=True)
+            if reason:
+                problems.append(f"{path}: sample {key}: image {reason}")
+    problems.extend(_check_index(directory, entry, offsets))
+    return problems, dict(counts)
+
+
+def _verify_shard_chunk(jobs: Sequence[tuple]) -> list[tuple[list[str], dict[str, int], int]]:
+    return [(*verify_shard(*job), job[1].count) for job in jobs]
+
+
+def verify_shards(
+    directory: Path, decode: bool = False, workers: int | None = None
+) -> VerifyReport:
+    started = time.perf_counter()
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError as err:
+        return VerifyReport(directory, "shards", 0, (str(err),), time.perf_counter() - started)
+    problems: list[str] = []
+    listed = {entry.name for entry in manifest.shards}
+    for name in sorted(os.listdir(directory)):
+        if SHARD_PATTERN.match(name) and name not in listed:
+            problems.append(
+                f"{directory / name}: a tar the manifest does not list (left from another run?)"
+            )
+    if not (directory / "_info.json").is_file():
+        problems.append(
+            f"{directory / '_info.json'}: missing (timm's dataset info): re-run `preprocess shard`"
+        )
+    totals: collections.Counter = collections.Counter()
+    jobs = [
+        [(directory, entry, manifest.classes, decode, manifest.short_side)]
+        for entry in manifest.shards
+    ]
+    with progress_bar(manifest.num_samples, f"verify {directory.name}") as bar:
+        for chunk in run_bounded(
+            _verify_shard_chunk, jobs, min(resolve_workers(workers), len(jobs))
+        ):
+            for shard_problems, counts, count in chunk:
+                problems.extend(shard_problems)
+                totals.update(counts)
+                bar.update(count)
+    if not any(
+        "sha256" in problem or "missing" in problem or "bytes" in problem for problem in problems
+    ):
+        for wnid in manifest.classes:
+            if totals.get(wnid, 0) != manifest.class_counts.get(wnid, 0):
+                problems.append(
+                    f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, manifest says {manifest.class_counts.get(wnid, 0)}"
+                )
+    return VerifyReport(
+        directory, "shards", manifest.num_samples, tuple(problems), time.perf_counter() - started
+    )
+
+
+def _decode_chunk(jobs: Sequence[tuple[str, int | None, bool]]) -> list[tuple[str, str | None]]:
+    results = []
+    for path, short_side, only_shrink in jobs:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            results.append((path, f"unreadable: {err.strerror or err}"))
+            continue
+        results.append((path, _check_image(data, short_side, only_shrink)))
+    return results
+
+
+def verify_folders(
+    directory: Path, decode: bool = False, workers: int | None = None
+) -> VerifyReport:
+    """Resized class folders against DIR/resize_manifest.json (counts; with decode, every image)."""
+    started = time.perf_counter()
+    directory = Path(directory)
+    try:
+        folder_manifest = json.loads((directory / FOLDER_MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"{directory / FOLDER_MANIFEST_NAME}: unreadable ({err}): re-run `preprocess resize`"
+        ) from None
+    if folder_manifest.get("kind") != FOLDER_MANIFEST_KIND:
+        raise UserError(f"{directory / FOLDER_MANIFEST_NAME}: not a resize manifest")
+    expected: dict[str, int] = folder_manifest["class_counts"]
+    problems: list[str] = []
+    paths: list[str] = []
+    for class_dir, count in sorted(expected.items()):
+        folder = directory / class_dir
+        names = (
+            sorted(name for name in os.listdir(folder) if is_image_file(name))
+            if folder.is_dir()
+            else []
+        )
+        paths.extend(str(folder / name) for name in names)
+        if len(names) != count:
+            problems.append(
+                f"{folder}: {len(names)} images, resize planned {count}"
+                + (
+                    " (failed inputs are listed in resize_errors*.txt)"
+                    if len(names) < count
+                    else ""
+                )
+            )
+    unexpected = sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in expected
+    )
+    for name in unexpected:
+        problems.append(f"{directory / name}: a folder resize_manifest.json does not list")
+    for errors_file in sorted(directory.glob("resize_errors*.txt")):
+        lines = errors_file.read_text().splitlines()
+        if lines:
+            problems.append(
+                f"{errors_file}: {len(lines)} inputs failed to resize (first: {lines[0]})"
+            )
+    if decode:
+        jobs = [
+            (path, folder_manifest.get("short_side"), bool(folder_manifest.get("only_shrink")))
+            for path in paths
+        ]
+        chunks = [jobs[start : start + 64] for start in range(0, len(jobs), 64)]
+        with progress_bar(len(paths), f"verify {directory.name}") as bar:
+            for chunk in run_bounded(
+                _decode_chunk, chunks, min(resolve_workers(workers), max(1, len(chunks)))
+            ):
+                for path, reason in chunk:
+                    if reason:
+                        problems.append(f"{path}: {reason}")
+                bar.update(len(chunk))
+    return VerifyReport(
+        directory, "folders", len(paths), tuple(problems), time.perf_counter() - started
+    )
+
+
+def find_targets(directory: Path) -> list[tuple[str, Path]]:
+    """What DIR holds: shards, resized folders, or a `prepare` output with several of each."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(
+            f"{directory} is not a directory: pass a shard directory, resized class folders or a prepare output"
+        )
+    if (directory / MANIFEST_NAME).is_file() or any(
+        SHARD_PATTERN.match(name) for name in os.listdir(directory)
+    ):
+        return [("shards", directory)]
+    if (directory / FOLDER_MANIFEST_NAME).is_file():
+        return [("folders", directory)]
+    targets: list[tuple[str, Path]] = []
+    for child in sorted(
+        path for path in directory.iterdir() if path.is_dir() and not path.name.startswith(".")
+    ):
+        if child.name in ("train", "val", "folders"):
+            targets.extend(
+                find_targets(child)
+                if child.name != "folders"
+                else [
+                    target
+                    for grandchild in sorted(child.iterdir())
+                    if grandchild.is_dir()
+                    for target in find_targets(grandchild)
+                ]
+            )
+    if not targets:
+        raise UserError(
+            f"{directory}: neither {MANIFEST_NAME} (shards) nor {FOLDER_MANIFEST_NAME} (resized folders) found: "
+            f"nothing to verify against; pass the output of `preprocess shard`, `resize` or `prepare`"
+        )
+    return targets
+
+
+def verify(directory: Path, decode: bool = False, workers: int | None = None) -> list[VerifyReport]:
+    reports = []
+    for kind, target in find_targets(directory):
+        check = verify_shards if kind == "shards" else verify_folders
+        reports.append(check(target, decode=decode, workers=workers))
+    return reports
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "directory", type=Path, help="shards, resized class folders, or a `prepare` output"
+    )
+    parser.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    add_workers_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = verify(args.directory, decode=args.decode, workers=args.workers)
+    for report in reports:
+        for problem in report.problems:
+            print(problem)
+    for report in reports:
+        print(report.line())
+    return 0 if all(report.ok for report in reports) else 1
