@@ -80,6 +80,26 @@ class DemoResult:
     seconds: dict[str, float]  # stage → wall seconds
 
 
+# A line that names the cause: "error: ..." from our CLIs, or a worker's "[rank0]: SomeError: ...".
+CAUSE_LINE = re.compile(r"^(\[rank\d+\]:\s*)?(error:|\w*(Error|Exception)\b:?)")
+
+GLOG_LINE = re.compile(r"^[IWE]\d{4} ")  # torchrun's own "W1123 00:13:40 ..." log lines
+
+
+def cause_line(output: str) -> str:
+    """The most telling line of a failed command's output: the first error, else the last line.
+
+    torchrun ends a failure with its own ChildFailedError report, so the worker's first
+    exception is the useful line, not the last one.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if CAUSE_LINE.match(line) and "ChildFailedError" not in line:
+            return line
+    meaningful = [line for line in lines if line.strip("=-") and not GLOG_LINE.match(line)]
+    return (meaningful or lines or ["(no output)"])[-1]
+
+
 def run_stage(stage: str, command: list[str], log_path: Path, *, env: dict[str, str], echo: bool) -> str:
     """Run one stage's command, teeing its output to `log_path` (and the console); return the output."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +124,8 @@ def run_stage(stage: str, command: list[str], log_path: Path, *, env: dict[str, 
         returncode = process.wait()
     output = b"".join(chunks).decode(errors="replace")
     if returncode != 0:
-        last = [line for line in output.splitlines() if line.strip()][-1:] or ["(no output)"]
         raise StageFailed(
-            f"stage '{stage}' failed with exit status {returncode}: last line: {last[0].strip()!r}; "
+            f"stage '{stage}' failed with exit status {returncode}: {cause_line(output)!r}; "
             f"full log: {log_path}"
         )
     return output

@@ -93,3 +93,19 @@ def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
     assert main(["--workdir", str(blocker), "--quiet"]) == 1
     error = capsys.readouterr().err
     assert "stage 'raw data' failed" in error
+
+
+def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
+    from pipeline.demo import cause_line
+
+    output = "\n".join([
+        "starting",
+        "[rank0]: Traceback (most recent call last):",
+        "[rank0]: ValueError: data.train_dir /x does not exist",
+        "W1123 00:13:40.434000 11638 api.py:1028] Sending process 11745 closing signal SIGTERM",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+    ])
+    assert cause_line(output) == "[rank0]: ValueError: data.train_dir /x does not exist"
+    assert cause_line("resizing\nerror: /raw has no train images\n") == "error: /raw has no train images"
+    assert cause_line("one\ntwo\n=====\n") == "two"

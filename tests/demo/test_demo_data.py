@@ -144,3 +144,15 @@ def test_render_digit_draws_dark_ink_on_white_paper():
     image = np.asarray(Image.open(io.BytesIO(render_digit(pixels, 64))).convert("L"), dtype=np.int64)
     assert image[0:8, 0:8].mean() > 240  # paper
     assert image[28:36, 28:36].mean() < 40  # ink
+
+
+def test_preprocess_sees_a_kaggle_download_with_ten_named_classes(demo_raw):
+    from preprocess.sources import detect_layout, iter_raw_images, raw_class_names, raw_classes
+
+    assert detect_layout(demo_raw) == "kaggle"
+    assert raw_classes(demo_raw) == list(DEMO_WNIDS)
+    assert raw_class_names(demo_raw)["n03445777"] == "golf ball"
+    val = list(iter_raw_images(demo_raw, "val"))
+    assert len(val) == 40
+    labels = load_val_labels(demo_raw / "LOC_val_solution.csv")
+    assert all(labels[image.key + ".JPEG"] == image.wnid for image in val)
