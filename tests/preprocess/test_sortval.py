@@ -12,23 +12,12 @@ from pathlib import Path
 import pytest
 from rawfixtures import DEFAULT_WNIDS, build_flat_val, write_labels
 
-import argparse
-import sys
-
-from preprocess import sortval
-from preprocess.errors import UserError
+from preprocess.cli import main
 
 
 def sort_val(*argv: object) -> int:
-    # TEMPORARY until every subcommand module exists: mirrors preprocess.cli.main
-    parser = argparse.ArgumentParser()
-    sortval.add_arguments(parser)
-    args = parser.parse_args(list(map(str, argv)))
-    try:
-        return sortval.run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """`python -m preprocess sort-val ARGV...`, in process; returns the exit code."""
+    return main(["sort-val", *map(str, argv)])
 
 
 def tree(directory: Path) -> dict[str, bytes]:
