@@ -1,0 +1,153 @@
+"""Atomic checkpoints: written by global rank 0 only, read with torch.load(weights_only=True).
+
+    run_dir/checkpoints/last.pt       after every epoch, at max_steps and on a stop signal
+    run_dir/checkpoints/best.pt       the checkpoint with the highest val top-1 so far
+    run_dir/checkpoints/epoch_NNN.pt  every train.save_every epochs
+
+A checkpoint holds only tensors and plain containers (dict/list/tuple/str/int/float/bool/None),
+so `weights_only=True` loads it and loading never runs pickled code. Writes go to a temporary
+file in the same directory, are fsynced, then `os.replace`d over the target: a job killed while
+saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file is missing, unreadable or needs more than weights_only loading."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """run_dir/checkpoints/last.pt when it exists (what auto-resume loads), else None."""
+    path = checkpoint_dir(run_dir) / "last.pt"
+    return path if path.is_file() else None
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
+    """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def atomic_copy(source: Path, target: Path) -> Path:
+    """Copy a finished checkpoint (best/epoch files) with the same temp + rename discipline."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle, open(source, "rb") as src:
+            shutil.copyfileobj(src, handle, length=16 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+    return target
+
+
+def save_checkpoints(state: dict[str, Any], run_dir: str | Path, *, is_best: bool, epoch_file: bool) -> Path:
+    """Write last.pt, and copy it to best.pt and/or epoch_NNN.pt (epoch = state["epoch"])."""
+    directory = checkpoint_dir(run_dir)
+    last = atomic_save(state, directory / "last.pt")
+    if is_best:
+        atomic_copy(last, directory / "best.pt")
+    if epoch_file:
+        atomic_copy(last, directory / f"epoch_{state['epoch']:03d}.pt")
+    return last
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
+    """torch.load(path, weights_only=True) on CPU; any failure is one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist: check the path (checkpoints live in RUN_DIR/checkpoints/)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()
+        hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0] if reason else "")
+        raise CheckpointError(
+            f"refusing {what} {path}: it needs more than tensors and plain containers to load "
+            f"(weights_only=True: {hint.strip()}); re-save its state_dict with torch.save(model.state_dict(), PATH)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"cannot read {what} {path}: {first}") from None
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "algorithm": numpy_state[0],
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of capture_rng_state (CUDA states only when the device count matches)."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+        numpy_state["has_gauss"], numpy_state["cached_gaussian"],
+    ))
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)

@@ -1,0 +1,108 @@
+"""Sanity checks before a long run (`python -m pipeline.train --config FILE --check`).
+
+1. Initial loss: a freshly initialized classifier should be unsure of every class, so its
+   cross-entropy on a real batch is close to ln(num_classes) (6.91 for ImageNet's 1000). A much
+   larger value means badly scaled logits (init or normalization); a much smaller one means the
+   labels leak or the task is trivial. Past train.check_loss_tolerance (a fraction) it warns.
+2. Overfit one batch: with dropout and weight decay off, the model must reach 100% train
+   accuracy on one fixed batch within train.check_overfit_steps steps. If it cannot, the
+   labels, the loss or the backward pass is broken, whatever the learning rate. The check uses
+   Adam at lr 1e-3 (a forgiving choice) so it tests the model and data path, not the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from typing import Callable
+
+import torch
+
+from pipeline.config import Config, replace
+from pipeline.data.transforms import normalize
+from pipeline.models import build_model
+
+log = logging.getLogger(__name__)
+
+OVERFIT_LR = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    num_classes: int
+    batch_size: int
+    initial_loss: float
+    expected_loss: float  # ln(num_classes)
+    loss_tolerance: float  # allowed |initial - expected| / expected
+    overfit_steps: int  # steps taken (stops early at 100%)
+    overfit_accuracy: float  # percent, train mode, on the fixed batch
+    overfit_limit: int
+
+    @property
+    def loss_ok(self) -> bool:
+        return abs(self.initial_loss - self.expected_loss) <= self.loss_tolerance * self.expected_loss
+
+    @property
+    def overfit_ok(self) -> bool:
+        return self.overfit_accuracy >= 100.0
+
+    def lines(self) -> list[str]:
+        loss_verdict = "ok" if self.loss_ok else f"WARNING: more than {self.loss_tolerance:.0%} away from ln(C)"
+        overfit_verdict = (
+            f"ok: 100% in {self.overfit_steps} steps" if self.overfit_ok
+            else f"FAILED: {self.overfit_accuracy:.1f}% after {self.overfit_steps} steps (limit {self.overfit_limit})"
+        )
+        return [
+            f"check initial loss: {self.initial_loss:.4f} vs ln({self.num_classes}) = {self.expected_loss:.4f}: {loss_verdict}",
+            f"check overfit one batch of {self.batch_size}: {overfit_verdict}",
+        ]
+
+
+def run_checks(
+    cfg: Config,
+    num_classes: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> CheckReport:
+    """Both checks on one train batch (uint8 images [N,3,H,W] and labels [N] on the target device)."""
+    device = images.device
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    inputs = normalize(images)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format)
+    model.eval()  # dropout off: the loss of the function at init, not of a random sub-network
+    with torch.no_grad(), autocast():
+        initial_loss = float(torch.nn.functional.cross_entropy(model(inputs).float(), labels))
+
+    torch.manual_seed(cfg.train.seed)
+    quiet = replace(cfg, "model", dropout=0.0)
+    model = build_model(quiet.model, num_classes).to(device, memory_format=memory_format)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR, weight_decay=0.0)
+    limit = cfg.train.check_overfit_steps
+    accuracy, steps = 0.0, 0
+    while True:
+        with autocast():
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        accuracy = 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+        if accuracy >= 100.0 or steps >= limit:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    return CheckReport(
+        num_classes=num_classes,
+        batch_size=int(labels.numel()),
+        initial_loss=initial_loss,
+        expected_loss=math.log(num_classes),
+        loss_tolerance=cfg.train.check_loss_tolerance,
+        overfit_steps=steps,
+        overfit_accuracy=accuracy,
+        overfit_limit=limit,
+    )

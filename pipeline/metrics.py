@@ -1,0 +1,144 @@
+"""Exact evaluation metrics and throughput meters.
+
+Eval accumulates sums and counts only (a confusion matrix, a top-k hit count, a loss sum),
+all-reduces them, then divides: the result is identical whatever the number of ranks or the
+way the val set is split between them. Averaging per-rank means would weight ranks with a
+short last batch wrongly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.distributed import DistInfo, all_reduce_sum
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the k highest logits, for each k (k capped at the class count)."""
+    # logits: [B, C], labels: [B]
+    max_k = min(max(ks), logits.shape[1])
+    top = logits.topk(max_k, dim=1).indices  # [B, max_k]
+    hits = top.eq(labels.unsqueeze(1))  # [B, max_k]
+    return [int(hits[:, : min(k, max_k)].any(dim=1).sum()) for k in ks]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent
+    loss: float  # mean cross-entropy per sample
+    macro_f1: float  # percent, over classes present in labels or predictions (as sklearn)
+    num_samples: int
+    per_class_correct: list[int]
+    per_class_support: list[int]
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        return [100.0 * c / s if s else float("nan") for c, s in zip(self.per_class_correct, self.per_class_support)]
+
+    def as_metrics(self, prefix: str = "val") -> dict[str, float]:
+        return {f"{prefix}/top1": self.top1, f"{prefix}/top5": self.top5, f"{prefix}/loss": self.loss, f"{prefix}/macro_f1": self.macro_f1}
+
+
+class EvalAccumulator:
+    """Per-rank sums for exact eval: confusion matrix [C, C] (rows true), top-5 hits, loss sum."""
+
+    def __init__(self, num_classes: int, device: torch.device | str):
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, samples
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float()
+        predictions = logits.argmax(dim=1)
+        index = labels * self.num_classes + predictions
+        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+        loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        top5 = topk_correct(logits, labels, (5,))[0]
+        self.sums += torch.stack([loss_sum.double(), torch.tensor(float(top5), dtype=torch.float64, device=logits.device),
+                                  torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)])
+
+    def reduce(self, dist: DistInfo) -> EvalResult:
+        """All-reduce the sums over ranks (every rank must call this) and compute the metrics."""
+        all_reduce_sum(self.confusion, dist)
+        all_reduce_sum(self.sums, dist)
+        return compute_result(self.confusion.cpu(), self.sums.cpu())
+
+
+def compute_result(confusion: torch.Tensor, sums: torch.Tensor) -> EvalResult:
+    confusion = confusion.to(torch.int64)
+    loss_sum, top5_hits, count = (float(v) for v in sums)
+    true_positive = confusion.diag()
+    support = confusion.sum(dim=1)
+    predicted = confusion.sum(dim=0)
+    present = (support + predicted) > 0
+    f1 = (2 * true_positive).double() / (support + predicted).clamp(min=1).double()
+    macro_f1 = 100.0 * float(f1[present].mean()) if bool(present.any()) else 0.0
+    total = max(count, 1.0)
+    return EvalResult(
+        top1=100.0 * float(true_positive.sum()) / total,
+        top5=100.0 * top5_hits / total,
+        loss=loss_sum / total,
+        macro_f1=macro_f1,
+        num_samples=int(count),
+        per_class_correct=true_positive.tolist(),
+        per_class_support=support.tolist(),
+    )
+
+
+def write_per_class_csv(result: EvalResult, classes: list[str], class_names: dict[str, str], path: str | Path) -> Path:
+    """class_index, wnid, name, support, correct, accuracy (percent) for every class."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".csv.tmp")
+    with open(temp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class_index", "wnid", "name", "support", "correct", "accuracy"])
+        for index, (correct, support) in enumerate(zip(result.per_class_correct, result.per_class_support)):
+            wnid = classes[index] if index < len(classes) else str(index)
+            accuracy = f"{100.0 * correct / support:.2f}" if support else ""
+            writer.writerow([index, wnid, class_names.get(wnid, ""), support, correct, accuracy])
+    temp.replace(path)
+    return path
+
+
+class StepTimer:
+    """Wall time split into waiting for data and everything else, for perf/data_wait_frac.
+
+    Call `data_ready()` when a batch arrives and `step_done(images)` after the optimizer step.
+    On CUDA the step time includes kernel time only when something synchronizes (the loss
+    read-out at log time does), so the fraction is exact over a logging window, not per step.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        now = time.perf_counter()
+        self.window_start = now
+        self.last = now
+        self.data_wait = 0.0
+        self.images = 0
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.data_wait += now - self.last
+        self.last = now
+
+    def step_done(self, images: int) -> None:
+        self.images += images
+        self.last = time.perf_counter()
+
+    def summary(self, world_size: int) -> dict[str, float]:
+        """perf/images_per_s (global: this rank's rate times world size) and perf/data_wait_frac."""
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        return {
+            "perf/images_per_s": self.images * world_size / elapsed,
+            "perf/data_wait_frac": min(1.0, self.data_wait / elapsed),
+        }

@@ -1,0 +1,695 @@
+"""Train, evaluate or sanity-check AlexNet with DDP and AMP.
+
+    python -m pipeline.train --config configs/alexnet.yaml data.train_dir=DST/train data.val_dir=DST/val
+    torchrun --nproc_per_node=8 -m pipeline.train --config configs/alexnet.yaml   # one node, 8 GPUs
+    python -m pipeline.train --config configs/alexnet.yaml --evaluate              # latest checkpoint
+    python -m pipeline.train --config configs/alexnet.yaml --evaluate --init-from alexnet-owt.pth
+    python -m pipeline.train --config configs/tiny.yaml --check                    # ln(C) + overfit one batch
+    python -m pipeline.train --config configs/alexnet.yaml --finetune best.pt --freeze features
+
+Any `section.key=value` after the flags overrides the YAML (see pipeline/config.py).
+
+Resuming: a rerun with the same train.run_dir continues from RUN_DIR/checkpoints/last.pt with no
+flag; `--resume PATH` picks another checkpoint. The checkpoint records the optimizer step and
+the batch inside the epoch, and the learning rate and dropout masks are functions of the step
+(the torch generator is reseeded from (seed, rank, step) before every optimizer step, so nothing
+the loaders draw in between can shift it): a resumed run takes exactly the steps an
+uninterrupted one would have taken and ends with the same step count.
+
+Stopping: SIGTERM, SIGUSR1 or SIGUSR2 set a flag. After the current optimizer step every rank
+learns of it (a one-element MAX all-reduce per step, on a CPU gloo group when training on
+nccl so it never waits for the GPU), rank 0 writes last.pt, which resumes at the next batch, and
+every rank exits with code 75 (EX_TEMPFAIL). torchrun forwards only TERM/INT/HUP/QUIT to its
+workers and SIGKILLs them 30 s after TERM; a signal save writes last.pt only (AlexNet + SGD
+momentum is about 0.5 GB: seconds on local disk), so keep train.run_dir on a file system that
+can take that in well under 30 s. Ctrl-C (SIGINT) aborts without saving.
+
+Exit codes: 0 done, 1 `--check` failed, 2 bad config, paths or checkpoint (one line on
+stderr), 75 stopped by a signal after writing a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, shutdown
+from pipeline.logging_setup import setup_logging
+from pipeline.metrics import EvalAccumulator, EvalResult, write_per_class_csv
+from pipeline.models import AlexNet, build_model, check_input_size, load_for_finetune, load_weights, set_train_mode
+from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
+from pipeline.tracking import NullTracker, build_tracker
+
+log = logging.getLogger("pipeline.train")
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again"; Slurm scripts requeue on it
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+# ----------------------------------------------------------------------------- small parts
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU."""
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def build_autocast(precision: Precision, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts (fresh each use) for the resolved precision."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed for one optimizer step of one rank: dropout depends on (seed, rank, step) only."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 2_654_435_761) % (2**63 - 1)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1/SIGUSR2; `agreed()` is true on every rank once any rank got one."""
+
+    def __init__(self, dist: DistInfo):
+        self.received: int | None = None
+        self.dist = dist
+        self.group = None
+        if dist.is_distributed and dist.backend == "nccl":
+            # A gloo side group: the per-step flag all-reduce runs on CPU and never syncs the GPU.
+            self.group = torch_dist.new_group(backend="gloo")
+        self.previous = {}
+        for signum in STOP_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            # logging from a handler is not re-entrant safe; write one line directly
+            sys.stderr.write(f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n")
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
+        if self.dist.is_distributed:
+            if self.group is not None:
+                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.group)
+            else:
+                all_reduce_max(flag, self.dist)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where training is; everything here goes into the checkpoint as plain values."""
+
+    epoch: int = 0  # current epoch (epochs completed when batch_in_epoch == 0)
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # loader (micro-)batches consumed in `epoch`
+    best_top1: float = -1.0
+    evals_without_improvement: int = 0
+    finished: bool = False  # all epochs/max_steps done or stopped early: a rerun only evaluates
+    wandb_run_id: str = ""
+    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def record_launch(cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], resumed_from: Path | None) -> None:
+    """Rank 0 writes the resolved config.yaml and appends this launch to launches.jsonl."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    entry = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, "-m", "pipeline.train", *argv]),
+        "git_sha": git_sha(),
+        "world_size": dist.world_size,
+        "backend": dist.backend,
+        "device": dist.device,
+        "torch": torch.__version__,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+    }
+    with open(run_dir / "launches.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclasses.dataclass
+class EvalOutput:
+    result: EvalResult
+    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rank-local images, labels, predictions
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
+             autocast: Callable[[], contextlib.AbstractContextManager], keep_examples: int = 32) -> EvalOutput:
+    """Exact val metrics: this rank's batches with the unwrapped model (no DDP collectives, so
+    ranks with different batch counts cannot hang), then one all-reduce of sums and counts."""
+    from pipeline.data.transforms import normalize
+
+    was_training = model.training
+    model.eval()
+    accumulator = EvalAccumulator(num_classes, dist.torch_device)
+    examples = None
+    loader.set_epoch(0)
+    for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
+        with autocast():
+            logits = model(normalize(images))
+        accumulator.update(logits, labels)
+        if examples is None and keep_examples:
+            examples = (images[:keep_examples].cpu(), labels[:keep_examples].cpu(), logits[:keep_examples].argmax(1).cpu())
+    result = accumulator.reduce(dist)
+    model.train(was_training)
+    return EvalOutput(result, examples)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Builds loaders, model, optimizer and schedule from a Config, then trains or evaluates."""
+
+    def __init__(self, cfg: Config, dist: DistInfo, argv: list[str] | None = None):
+        self.cfg = cfg
+        self.dist = dist
+        self.argv = list(argv or [])
+        self.device = dist.torch_device
+        self.run_dir = Path(cfg.train.run_dir)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.precision=bf16 but this GPU has no bf16 support: use fp16 or auto")
+        self.autocast = build_autocast(self.precision, self.device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        check_input_size(cfg.data.train_crop, "data.train_crop")
+        check_input_size(cfg.data.val_crop, "data.val_crop")
+
+    # -- building -----------------------------------------------------------------------------
+    def build_data(self, need_train: bool = True) -> None:
+        from pipeline.data import build_loader
+
+        self.train_loader = build_loader(self.cfg, "train", self.dist) if need_train else None
+        self.val_loader = build_loader(self.cfg, "val", self.dist)
+        reference = self.train_loader or self.val_loader
+        self.classes = reference.classes
+        self.class_names = reference.class_names
+        if self.train_loader is not None and self.val_loader.classes != self.train_loader.classes:
+            raise ConfigError(
+                f"train and val class lists differ ({len(self.train_loader.classes)} vs {len(self.val_loader.classes)} classes): "
+                "both splits must come from the same preprocessing run"
+            )
+        self.num_classes = self.cfg.model.num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes: use 0 (from the data)")
+
+    def build_model(self) -> None:
+        torch.manual_seed(self.cfg.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        model = build_model(self.cfg.model, self.num_classes)
+        if self.cfg.model.finetune:
+            load_for_finetune(model, self.cfg.model.finetune, self.cfg.model.freeze)
+        elif self.cfg.model.init_from:
+            load_weights(model, self.cfg.model.init_from)
+        self.model: AlexNet = model.to(self.device, memory_format=self.memory_format)
+
+    def class_name_list(self) -> list[str]:
+        return [self.class_names.get(wnid, wnid) for wnid in self.classes]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_state(self, state: TrainState) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "schedule": self.schedule.state_dict(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "batch_in_epoch": state.batch_in_epoch,
+            "best_top1": state.best_top1,
+            "evals_without_improvement": state.evals_without_improvement,
+            "finished": state.finished,
+            "wandb_run_id": state.wandb_run_id,
+            "last_eval": dict(state.last_eval),
+            "rng": ckpt.capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+            "world_size": self.dist.world_size,
+            "classes": list(self.classes),
+        }
+
+    def save(self, state: TrainState, *, is_best: bool = False, epoch_file: bool = False) -> None:
+        """Rank 0 writes atomically; every rank waits so nobody exits before the file exists."""
+        if self.dist.is_main:
+            started = time.perf_counter()
+            path = ckpt.save_checkpoints(self.checkpoint_state(state), self.run_dir, is_best=is_best, epoch_file=epoch_file)
+            log.info("saved %s (epoch %d, step %d, batch %d) in %.1fs%s", path, state.epoch, state.step,
+                     state.batch_in_epoch, time.perf_counter() - started, " [best]" if is_best else "")
+        barrier(self.dist)
+
+    def restore(self, path: Path, state: TrainState) -> None:
+        data = ckpt.load_checkpoint(path)
+        if not isinstance(data, dict) or data.get("format") != ckpt.FORMAT_VERSION or "model" not in data:
+            raise ckpt.CheckpointError(f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): "
+                                       "to start from plain weights use model.init_from=PATH")
+        if data.get("classes") and list(data["classes"]) != list(self.classes):
+            raise ckpt.CheckpointError(f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
+                                       f"{len(self.classes)}: use model.finetune=PATH for a new class set")
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        if data.get("scaler") is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(data["scaler"])
+        self.schedule.load_state_dict(data["schedule"])
+        ckpt.restore_rng_state(data["rng"])
+        for name in ("epoch", "step", "batch_in_epoch", "best_top1", "evals_without_improvement", "finished", "wandb_run_id"):
+            setattr(state, name, data[name])
+        state.last_eval = dict(data.get("last_eval") or {})
+        if data.get("world_size") != self.dist.world_size and state.batch_in_epoch:
+            log.warning("checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
+                        data.get("world_size"), self.dist.world_size, state.epoch)
+        changed = _changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
+        if changed:
+            log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
+        log.info("resumed from %s: epoch %d, step %d, batch %d", path, state.epoch, state.step, state.batch_in_epoch)
+
+    # -- training -----------------------------------------------------------------------------
+    def setup_training(self) -> None:
+        self.build_data(need_train=True)
+        self.build_model()
+        self.optimizer = build_optimizer(self.cfg, self.model)
+        self.criterion = build_loss(self.cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.accum = self.cfg.optim.grad_accum_steps
+        self.train_loader.set_epoch(0)
+        self.steps_per_epoch = self.train_loader.batches_per_epoch() // self.accum
+        total = self.cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+        self.schedule = LearningRateSchedule(self.cfg, self.steps_per_epoch, self.total_steps)
+
+    def wrap_model(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the module the step calls, the DDP module or None). Eval always uses self.model."""
+        ddp = None
+        step_model: nn.Module = self.model
+        if self.dist.is_distributed:
+            ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
+            step_model = ddp
+        if self.cfg.train.compile:
+            step_model = torch.compile(step_model)
+        return step_model, ddp
+
+    def train(self, resume: Path | None) -> int:
+        cfg, dist = self.cfg, self.dist
+        self.setup_training()
+        state = TrainState()
+        resume = resume or ckpt.find_latest(self.run_dir)
+        if resume is not None:
+            self.restore(resume, state)
+        if dist.is_main:
+            record_launch(cfg, dist, self.run_dir, self.argv, resume)
+        tracker = build_tracker(cfg, dist, self.run_dir, state.wandb_run_id or None)
+        state.wandb_run_id = tracker.run_id if dist.is_main else state.wandb_run_id
+        log.info("%s: %d classes, %d train / %d val images, %d steps per epoch, %d steps in all, precision %s, world %d",
+                 cfg.model.arch, self.num_classes, self.train_loader.num_samples, self.val_loader.num_samples,
+                 self.steps_per_epoch, self.total_steps, self.precision, dist.world_size)
+        stop = StopFlag(dist)
+        try:
+            code = self.train_loop(state, tracker, stop, fresh=resume is None)
+        finally:
+            stop.restore()
+        if code == EXIT_STOPPED:
+            tracker.finish(plots=False)
+            return code
+        return self.finish(state, tracker)
+
+    def train_loop(self, state: TrainState, tracker: NullTracker, stop: StopFlag, fresh: bool) -> int:
+        from pipeline.data.transforms import normalize
+
+        cfg, dist = self.cfg, self.dist
+        step_model, ddp = self.wrap_model()
+        window = _Window(self.device)
+        first_batch = fresh
+        while not state.finished and state.step < self.total_steps:
+            epoch = state.epoch
+            self.train_loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
+            set_train_mode(self.model, cfg.model.freeze)
+            batches_left = self.steps_per_epoch * self.accum - state.batch_in_epoch
+            progress = _progress(dist, total=self.steps_per_epoch, initial=state.batch_in_epoch // self.accum, desc=f"epoch {epoch}")
+            window.restart()
+            micro = 0
+            for images, labels in self.train_loader:  # images: [B, 3, H, W] uint8 on device
+                window.data_ready()
+                if first_batch and cfg.train.sanity_grid:
+                    tracker.save_batch_grid(images, labels, self.class_name_list())
+                first_batch = False
+                if micro == 0:
+                    torch.manual_seed(step_seed(cfg.train.seed, dist.rank, state.step))
+                    lr = self.schedule.apply(self.optimizer, state.step)
+                sync = ddp.no_sync() if ddp is not None and micro < self.accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with self.autocast():
+                        logits = step_model(normalize(images))  # [B, C]
+                        loss = self.criterion(logits.float(), labels)
+                    self.scaler.scale(loss / self.accum).backward()
+                window.add(loss, logits, labels)
+                micro += 1
+                batches_left -= 1
+                if micro < self.accum:
+                    if batches_left <= 0:
+                        break
+                    continue
+                micro = 0
+                if cfg.optim.clip_grad_norm > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.batch_in_epoch += self.accum
+                window.step_done(images.shape[0] * self.accum)
+                progress.update(1)
+                if state.step % cfg.train.log_every == 0:
+                    metrics = window.reduce(dist)
+                    metrics["opt/lr"] = lr
+                    if self.scaler.is_enabled():
+                        metrics["opt/loss_scale"] = float(self.scaler.get_scale())
+                    progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}")
+                    tracker.log(metrics, state.step, epoch + state.batch_in_epoch / (self.steps_per_epoch * self.accum))
+                    window.restart()
+                if stop.agreed():
+                    progress.close()
+                    self.save(state)
+                    log.warning("stopped by %s at step %d (epoch %d, batch %d): rerun with the same run dir to resume",
+                                signal.Signals(stop.received).name if stop.received else "a signal on another rank",
+                                state.step, state.epoch, state.batch_in_epoch)
+                    return EXIT_STOPPED
+                if state.step >= self.total_steps or batches_left <= 0:
+                    break
+            progress.close()
+            if state.batch_in_epoch >= self.steps_per_epoch * self.accum:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            if state.step >= self.total_steps:
+                state.finished = True
+            epoch_done = state.batch_in_epoch == 0
+            due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch >= cfg.train.epochs)
+            is_best = False
+            if due or state.finished:
+                output = self.evaluate_and_report(state, tracker)
+                top1 = output.result.top1
+                self.schedule.observe(top1)
+                if top1 > state.best_top1:
+                    state.best_top1 = top1
+                    state.evals_without_improvement = 0
+                    is_best = True
+                else:
+                    state.evals_without_improvement += 1
+                patience = cfg.train.early_stop_patience
+                if patience and state.evals_without_improvement >= patience and not state.finished:
+                    log.info("early stop: val top-1 has not improved for %d evaluations (best %.2f%%)", patience, state.best_top1)
+                    state.finished = True
+            save_epoch = epoch_done and cfg.train.save_every > 0 and state.epoch % cfg.train.save_every == 0
+            self.save(state, is_best=is_best, epoch_file=save_epoch)
+            stopped = stop.agreed()  # every rank calls it: it is a collective
+            if stopped and not state.finished:
+                log.warning("stopped by a signal after epoch %d: rerun with the same run dir to resume", state.epoch)
+                return EXIT_STOPPED
+        return EXIT_OK
+
+    def evaluate_and_report(self, state: TrainState, tracker: NullTracker) -> EvalOutput:
+        output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast)
+        result = output.result
+        state.last_eval = result.as_metrics()
+        epoch_position = state.epoch + state.batch_in_epoch / max(1, self.steps_per_epoch * self.accum)
+        tracker.log(result.as_metrics(), state.step, epoch_position)
+        log.info("eval at step %d: val/top1=%.2f val/top5=%.2f val/loss=%.4f val/macro_f1=%.2f (%d images)",
+                 state.step, result.top1, result.top5, result.loss, result.macro_f1, result.num_samples)
+        if self.dist.is_main:
+            write_per_class_csv(result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv")
+        self.last_examples = output.examples
+        return output
+
+    def finish(self, state: TrainState, tracker: NullTracker) -> int:
+        """After training (or on a rerun of a finished run): final metrics line, grids, plots."""
+        if not state.last_eval or getattr(self, "last_examples", None) is None:
+            self.evaluate_and_report(state, tracker)
+        if self.cfg.log.plots and getattr(self, "last_examples", None) is not None:
+            images, labels, predictions = self.last_examples
+            tracker.save_prediction_grid(images, labels, predictions, self.class_name_list())
+        tracker.finish(summary=state.last_eval, plots=self.cfg.log.plots)
+        print_final(state.last_eval, self.dist)
+        return EXIT_OK
+
+    # -- --evaluate and --check ----------------------------------------------------------------
+    def evaluate_only(self, resume: Path | None) -> int:
+        self.build_data(need_train=False)
+        self.build_model()
+        explicit_weights = bool(self.cfg.model.init_from or self.cfg.model.finetune)
+        source = resume or (None if explicit_weights else ckpt.find_latest(self.run_dir))
+        if source is not None:
+            data = ckpt.load_checkpoint(source)
+            weights = data["model"] if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+            if weights is None:
+                load_weights(self.model, source)
+            else:
+                self.model.load_state_dict(weights)
+            log.info("evaluating weights from %s", source)
+        elif not explicit_weights:
+            raise ConfigError(f"nothing to evaluate: no checkpoint in {self.run_dir / 'checkpoints'}; "
+                              "pass --resume PATH or --init-from WEIGHTS")
+        output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast)
+        if self.dist.is_main:
+            write_per_class_csv(output.result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv")
+        log.info("val/loss=%.4f val/macro_f1=%.2f on %d images", output.result.loss, output.result.macro_f1, output.result.num_samples)
+        print_final(output.result.as_metrics(), self.dist)
+        return EXIT_OK
+
+    def check(self) -> int:
+        from pipeline.checks import run_checks
+
+        self.build_data(need_train=True)
+        self.train_loader.set_epoch(0)
+        images, labels = next(iter(self.train_loader))
+        report = run_checks(self.cfg, self.num_classes, images, labels, self.autocast)
+        ok = torch.tensor([1 if report.overfit_ok else 0], dtype=torch.int32, device=self.device)
+        all_reduce_sum(ok, self.dist)
+        if self.dist.is_main:
+            for line in report.lines():
+                print(line, flush=True)
+        return EXIT_OK if int(ok.item()) == self.dist.world_size else EXIT_CHECK_FAILED
+
+
+class _Window:
+    """Train metrics over a logging window, kept on the device until `reduce` (no per-step sync)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
+        self.images = 0
+        self.data_wait = 0.0
+        self.started = self.last = time.perf_counter()
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.data_wait += now - self.last
+        self.last = now
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        count = labels.numel()
+        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        self.sums += torch.stack([loss.detach().double() * count, correct.double(),
+                                  torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+
+    def step_done(self, images: int) -> None:
+        self.images += images
+        self.last = time.perf_counter()
+
+    def reduce(self, dist: DistInfo) -> dict[str, float]:
+        """Global train/loss, train/top1, perf/images_per_s, perf/data_wait_frac (+ perf/gpu_mem_gb on CUDA)."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        extra = torch.tensor([self.images, self.data_wait / elapsed], dtype=torch.float64, device=self.device)
+        totals = all_reduce_sum(torch.cat([self.sums, extra]), dist).tolist()
+        loss_sum, correct, samples, images, wait_fraction_sum = totals
+        metrics = {
+            "train/loss": loss_sum / max(samples, 1.0),
+            "train/top1": 100.0 * correct / max(samples, 1.0),
+            "perf/images_per_s": images / elapsed,
+            "perf/data_wait_frac": wait_fraction_sum / dist.world_size,
+        }
+        if self.device.type == "cuda":
+            metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        return metrics
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(dist: DistInfo, total: int, initial: int, desc: str):
+    """tqdm on rank 0 only (and only on a terminal or when asked), a no-op elsewhere."""
+    if not dist.is_main:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+                disable=not sys.stderr.isatty())
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    changed = []
+    for section, values in new.items():
+        for key, value in values.items():
+            before = (old.get(section) or {}).get(key, value)
+            if before != value and (section, key) not in {("train", "run_dir")}:
+                changed.append(f"{section}.{key} ({before!r} → {value!r})")
+    return changed
+
+
+def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
+    """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0 only."""
+    if dist.is_main:
+        print(f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}", flush=True)
+
+
+def render_predictions_from_run(run_dir: str | Path) -> Path | None:
+    """`python -m pipeline.tracking plots RUN_DIR`: prediction grid from best.pt (or last.pt) on val data."""
+    from pipeline.tracking import save_prediction_grid
+
+    run_dir = Path(run_dir)
+    source = next((p for p in (run_dir / "checkpoints/best.pt", run_dir / "checkpoints/last.pt") if p.is_file()), None)
+    if source is None or not (run_dir / "config.yaml").is_file():
+        log.warning("no checkpoint or config.yaml in %s: skipping the prediction grid", run_dir)
+        return None
+    cfg = load_config(run_dir / "config.yaml", ["data.num_workers=0", "train.device=cpu"])
+    dist = DistInfo()
+    trainer = Trainer(cfg, dist)
+    trainer.build_data(need_train=False)
+    trainer.build_model()
+    trainer.model.load_state_dict(ckpt.load_checkpoint(source)["model"])
+    output = evaluate(trainer.model, _first_batches(trainer.val_loader, 1), trainer.num_classes, dist, trainer.autocast)
+    images, labels, predictions = output.examples
+    return save_prediction_grid(images, labels, predictions, trainer.class_name_list(), run_dir / "plots" / "predictions.png")
+
+
+class _first_batches:
+    """A loader view that yields only the first `count` batches (for a quick prediction grid)."""
+
+    def __init__(self, loader, count: int):
+        self.loader, self.count = loader, count
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.loader.set_epoch(epoch, start_batch)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index >= self.count:
+                break
+            yield batch
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else the run dir's last.pt, else --init-from")
+    mode.add_argument("--check", action="store_true", help="sanity checks: initial loss vs ln(C) and overfitting one batch")
+    parser.add_argument("--resume", type=Path, help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--init-from", help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)")
+    parser.add_argument("--finetune", help="shortcut for model.finetune=PATH")
+    parser.add_argument("--freeze", choices=["none", "features"], help="shortcut for model.freeze")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.train` / `imagenet-train`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.init_from, "model.init_from"), (args.finetune, "model.finetune"), (args.freeze, "model.freeze")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    from pipeline.data.base import LoaderError
+
+    user_errors = (ConfigError, LoaderError)
+    try:
+        cfg = load_config(args.config, overrides)
+    except user_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.resume is not None and not args.resume.is_file():
+        print(f"error: --resume {args.resume} does not exist: pass a checkpoint file (RUN_DIR/checkpoints/last.pt)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        dist = init_distributed(cfg.train.device)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(dist)
+    try:
+        trainer = Trainer(cfg, dist, argv)
+        if args.check:
+            return trainer.check()
+        if args.evaluate:
+            return trainer.evaluate_only(args.resume)
+        return trainer.train(args.resume)
+    except user_errors as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        shutdown(dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
