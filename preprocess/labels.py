@@ -50,7 +50,7 @@ LabelSource = Path | str | Sequence[Path | str]
 
 
 def val_stem(file_name: str) -> str:
-    """"ILSVRC2012_val_00000001.JPEG" → "ILSVRC2012_val_00000001" (the key labels are stored under)."""
+    """ "ILSVRC2012_val_00000001.JPEG" → "ILSVRC2012_val_00000001" (the key labels are stored under)."""
     return PurePosixPath(file_name).stem
 
 
@@ -149,7 +149,9 @@ def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...
     if path.suffix == ".mat":
         ground_truth = path.parent / GROUND_TRUTH_NAME
         if not ground_truth.is_file():
-            raise UserError(f"got {path} but no {GROUND_TRUTH_NAME} beside it: pass the devkit folder or both files")
+            raise UserError(
+                f"got {path} but no {GROUND_TRUTH_NAME} beside it: pass the devkit folder or both files"
+            )
         return "devkit-files", (path, ground_truth)
 
     first_line = _first_line(path)
@@ -178,16 +180,25 @@ def read_kaggle_csv(path: Path) -> dict[str, str]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header is None or [column.strip() for column in header[:2]] != ["ImageId", "PredictionString"]:
-            raise UserError(f"{path}: expected the header 'ImageId,PredictionString', got {header!r}")
+        if header is None or [column.strip() for column in header[:2]] != [
+            "ImageId",
+            "PredictionString",
+        ]:
+            raise UserError(
+                f"{path}: expected the header 'ImageId,PredictionString', got {header!r}"
+            )
         for row in reader:
             if not row:
                 continue
             if len(row) < 2 or not row[1].split():
-                raise UserError(f"{path}:{reader.line_num}: expected 'ImageId,WNID ...', got {','.join(row)[:80]!r}")
+                raise UserError(
+                    f"{path}:{reader.line_num}: expected 'ImageId,WNID ...', got {','.join(row)[:80]!r}"
+                )
             wnid = row[1].split()[0]
             if not is_wnid(wnid):
-                raise UserError(f"{path}:{reader.line_num}: {wnid!r} is not a WNID (expected nXXXXXXXX)")
+                raise UserError(
+                    f"{path}:{reader.line_num}: {wnid!r} is not a WNID (expected nXXXXXXXX)"
+                )
             _add_label(labels, val_stem(row[0].strip()), wnid, path)
     return _non_empty(labels, path)
 
@@ -202,7 +213,9 @@ def read_caffe_val_txt(path: Path, *, classes: Sequence[str] | None = None) -> d
                 continue
             match = CAFFE_LINE.match(line.strip())
             if match is None:
-                raise UserError(f"{path}:{line_number}: expected 'NAME.JPEG INDEX', got {line.strip()[:80]!r}")
+                raise UserError(
+                    f"{path}:{line_number}: expected 'NAME.JPEG INDEX', got {line.strip()[:80]!r}"
+                )
             index = int(match.group(2))
             if index >= len(wnids):
                 raise UserError(
@@ -215,7 +228,9 @@ def read_caffe_val_txt(path: Path, *, classes: Sequence[str] | None = None) -> d
 
 def read_devkit_files(meta_mat: Path, ground_truth: Path) -> dict[str, str]:
     """Stem → WNID from the devkit's meta.mat and ILSVRC2012_validation_ground_truth.txt."""
-    return _translate_ground_truth(devkit_id_to_wnid(meta_mat), ground_truth.read_text(encoding="ascii"), ground_truth)
+    return _translate_ground_truth(
+        devkit_id_to_wnid(meta_mat), ground_truth.read_text(encoding="ascii"), ground_truth
+    )
 
 
 def read_devkit_tar(path: Path) -> dict[str, str]:
@@ -270,7 +285,9 @@ def _translate_ground_truth(id_to_wnid: dict[int, str], text: str, source: Path)
         if not line.strip():
             continue
         if not GROUND_TRUTH_LINE.match(line.strip()):
-            raise UserError(f"{source}: ground truth line {line_number} is {line[:40]!r}: expected one ILSVRC2012_ID")
+            raise UserError(
+                f"{source}: ground truth line {line_number} is {line[:40]!r}: expected one ILSVRC2012_ID"
+            )
         synset_id = int(line)
         if synset_id not in id_to_wnid:
             raise UserError(
@@ -287,7 +304,11 @@ def _caffe_classes_beside(path: Path) -> list[str]:
         return sorted(read_synset_mapping(mapping))
     synsets_txt = path.parent / CAFFE_CLASSES_NAME
     if synsets_txt.is_file():
-        wnids = [line.split()[0] for line in synsets_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+        wnids = [
+            line.split()[0]
+            for line in synsets_txt.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         return sorted(wnids)
     raise UserError(
         f"{path} is a caffe val.txt of class indices, which need the class list: put LOC_synset_mapping.txt "

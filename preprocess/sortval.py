@@ -54,7 +54,9 @@ class SortResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("val_dir", type=Path, metavar="VAL_DIR", help="folder holding the flat val images")
+    parser.add_argument(
+        "val_dir", type=Path, metavar="VAL_DIR", help="folder holding the flat val images"
+    )
     parser.add_argument(
         "--labels",
         type=Path,
@@ -70,15 +72,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LOC_synset_mapping.txt",
         help="class list for a caffe val.txt (default: LOC_synset_mapping.txt beside it)",
     )
-    parser.add_argument("--link", action="store_true", help="hard-link instead of moving (sources stay)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="put the class folders here (default: VAL_DIR)")
+    parser.add_argument(
+        "--link", action="store_true", help="hard-link instead of moving (sources stay)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="put the class folders here (default: VAL_DIR)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; move nothing")
-    parser.add_argument("--expect-classes", type=int, default=1000, help="warn unless there are this many classes")
-    parser.add_argument("--expect-per-class", type=int, default=50, help="warn unless each class has this many files")
+    parser.add_argument(
+        "--expect-classes", type=int, default=1000, help="warn unless there are this many classes"
+    )
+    parser.add_argument(
+        "--expect-per-class",
+        type=int,
+        default=50,
+        help="warn unless each class has this many files",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    labels_source: Path | list[Path] = args.labels[0] if len(args.labels) == 1 else list(args.labels)
+    labels_source: Path | list[Path] = (
+        args.labels[0] if len(args.labels) == 1 else list(args.labels)
+    )
     classes = _read_class_list(args.classes) if args.classes is not None else None
     result = sort_val(
         args.val_dir,
@@ -144,7 +159,9 @@ def plan_sort(
     """Compare the files in VAL_DIR (flat and already sorted) with the labels; raise UserError on any mismatch."""
     val_dir = Path(val_dir)
     if not val_dir.is_dir():
-        raise UserError(f"VAL_DIR {val_dir} is not a directory: expected the folder of flat ILSVRC2012_val_*.JPEG files")
+        raise UserError(
+            f"VAL_DIR {val_dir} is not a directory: expected the folder of flat ILSVRC2012_val_*.JPEG files"
+        )
     out_dir = Path(out_dir) if out_dir is not None else val_dir
     ignored = {path.resolve() for path in ignore}
 
@@ -163,7 +180,11 @@ def plan_sort(
 
     present = {**flat, **placed}.keys()
     unlabelled = sorted(
-        path.name for found in (flat, placed) for stem, paths in found.items() if stem not in labels for path in paths
+        path.name
+        for found in (flat, placed)
+        for stem, paths in found.items()
+        if stem not in labels
+        for path in paths
     )
     missing = sorted(stem for stem in labels if stem not in present)
     misplaced = sorted(
@@ -184,7 +205,11 @@ def plan_sort(
         _describe(unlabelled, "file not in the labels", "files not in the labels"),
         _describe(missing, "label with no file", "labels with no file"),
         _describe(misplaced, "file in the wrong class folder", "files in the wrong class folder"),
-        _describe(duplicated, "name present twice (flat and sorted, or two extensions)", "names present twice (flat and sorted, or two extensions)"),
+        _describe(
+            duplicated,
+            "name present twice (flat and sorted, or two extensions)",
+            "names present twice (flat and sorted, or two extensions)",
+        ),
     ]
     problems = [problem for problem in problems if problem]
     if problems:
@@ -194,12 +219,16 @@ def plan_sort(
         )
 
     operations = [
-        (paths[0], out_dir / labels[stem] / paths[0].name) for stem, paths in flat.items() if stem not in placed
+        (paths[0], out_dir / labels[stem] / paths[0].name)
+        for stem, paths in flat.items()
+        if stem not in placed
     ]
     if operations:
         _require_same_filesystem(val_dir, out_dir, mode)
     class_counts = dict(sorted(Counter(labels.values()).items()))
-    return SortPlan(mode, out_dir, operations, already_sorted=len(placed), class_counts=class_counts)
+    return SortPlan(
+        mode, out_dir, operations, already_sorted=len(placed), class_counts=class_counts
+    )
 
 
 def apply_plan(plan: SortPlan) -> int:
@@ -223,7 +252,9 @@ def apply_plan(plan: SortPlan) -> int:
     return done
 
 
-def warn_on_unexpected_counts(class_counts: Mapping[str, int], expect_classes: int | None, expect_per_class: int | None) -> bool:
+def warn_on_unexpected_counts(
+    class_counts: Mapping[str, int], expect_classes: int | None, expect_per_class: int | None
+) -> bool:
     """Log one warning line unless there are `expect_classes` classes of `expect_per_class` files each."""
     if not class_counts:
         return False
@@ -236,14 +267,21 @@ def warn_on_unexpected_counts(class_counts: Mapping[str, int], expect_classes: i
     log.warning(
         "labels cover %d classes x %s files each; ILSVRC2012 val is %s x %s: fine for a subset, "
         "otherwise check --labels",
-        len(class_counts), spread, expect_classes, expect_per_class,
+        len(class_counts),
+        spread,
+        expect_classes,
+        expect_per_class,
     )
     return True
 
 
 def _read_class_list(path: Path) -> list[str]:
     """WNIDs from a LOC_synset_mapping.txt, or from a plain one-WNID-per-line list (caffe synsets.txt)."""
-    lines = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    lines = (
+        [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.is_file()
+        else []
+    )
     if lines and all(is_wnid(line) for line in lines):
         return lines
     return list(read_synset_mapping(path))

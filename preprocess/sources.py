@@ -57,7 +57,9 @@ VAL_TAR_NAME = "ILSVRC2012_img_val.tar"
 KAGGLE_DATA_DIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 KAGGLE_LABELS_NAME = "LOC_val_solution.csv"
 # Files we treat as images in folders and tars; anything else (README, .csv, .txt) is skipped.
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +83,9 @@ def detect_layout(raw: Path) -> Layout:
     """Which raw layout RAW holds; UserError naming what was looked for when none."""
     raw = Path(raw)
     if not raw.is_dir():
-        raise UserError(f"RAW {raw} is not a directory: expected the folder holding the raw ImageNet download")
+        raise UserError(
+            f"RAW {raw} is not a directory: expected the folder holding the raw ImageNet download"
+        )
     if (raw / TRAIN_TAR_NAME).is_file() or (raw / VAL_TAR_NAME).is_file():
         return "ilsvrc-tars"
     if (raw / KAGGLE_DATA_DIR).is_dir():
@@ -112,18 +116,24 @@ def iter_raw_images(
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of {SPLITS}")
     if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise UserError(f"task index {task_index} of {num_tasks} tasks: expected 0 <= task index < num tasks")
+        raise UserError(
+            f"task index {task_index} of {num_tasks} tasks: expected 0 <= task index < num tasks"
+        )
     layout = detect_layout(raw)
     if layout == "ilsvrc-tars":
         tar_path = raw / (TRAIN_TAR_NAME if split == "train" else VAL_TAR_NAME)
         if not tar_path.is_file():
-            raise UserError(f"{raw} has no {tar_path.name}: the {split} split of the ILSVRC2012 tars is missing")
+            raise UserError(
+                f"{raw} has no {tar_path.name}: the {split} split of the ILSVRC2012 tars is missing"
+            )
         if split == "train":
             return _iter_train_tar(tar_path, task_index, num_tasks)
         return _iter_val_tar(tar_path, _load_labels(raw, labels), task_index, num_tasks)
     split_dir = raw / KAGGLE_DATA_DIR / split if layout == "kaggle" else raw / split
     if not split_dir.is_dir():
-        raise UserError(f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder for the {split} split")
+        raise UserError(
+            f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder for the {split} split"
+        )
     return _iter_folder(raw, split_dir, split, labels, task_index, num_tasks)
 
 
@@ -151,7 +161,9 @@ def raw_classes(raw: Path) -> list[str]:
     if source is not None:
         classes |= set(read_val_labels(source).values())
     if not classes:
-        raise UserError(f"cannot tell the classes of {raw}: no train split, LOC_synset_mapping.txt, devkit or val labels")
+        raise UserError(
+            f"cannot tell the classes of {raw}: no train split, LOC_synset_mapping.txt, devkit or val labels"
+        )
     return sorted(classes)
 
 
@@ -183,13 +195,23 @@ def check_member_name(member: tarfile.TarInfo, archive: str) -> None:
 
 
 def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator[RawImage]:
-    mode = "r|*" if num_tasks == 1 else "r:*"  # see the module docstring: seek past other tasks' classes
+    mode = (
+        "r|*" if num_tasks == 1 else "r:*"
+    )  # see the module docstring: seek past other tasks' classes
     with _open_tar(tar_path, mode) as outer:
         class_index = 0
         for member in _regular_members(outer, tar_path.name):
-            wnid = PurePosixPath(member.name).name[: -len(".tar")] if member.name.endswith(".tar") else ""
+            wnid = (
+                PurePosixPath(member.name).name[: -len(".tar")]
+                if member.name.endswith(".tar")
+                else ""
+            )
             if not is_wnid(wnid):
-                log.warning("%s: skipping member %s: expected per-class tars nXXXXXXXX.tar", tar_path.name, member.name)
+                log.warning(
+                    "%s: skipping member %s: expected per-class tars nXXXXXXXX.tar",
+                    tar_path.name,
+                    member.name,
+                )
                 continue
             index, class_index = class_index, class_index + 1
             if index % num_tasks != task_index:
@@ -199,7 +221,12 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
             with _open_tar(class_tar, "r|*", name=f"{tar_path.name}:{member.name}") as inner:
                 for image_member in _regular_members(inner, f"{tar_path.name}:{member.name}"):
                     if not _is_image_name(image_member.name):
-                        log.warning("%s:%s: skipping non-image member %s", tar_path.name, member.name, image_member.name)
+                        log.warning(
+                            "%s:%s: skipping non-image member %s",
+                            tar_path.name,
+                            member.name,
+                            image_member.name,
+                        )
                         continue
                     yield RawImage(
                         split="train",
@@ -211,7 +238,9 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
         _check_complete(tar_path, outer)
 
 
-def _iter_val_tar(tar_path: Path, labels: dict[str, str], task_index: int, num_tasks: int) -> Iterator[RawImage]:
+def _iter_val_tar(
+    tar_path: Path, labels: dict[str, str], task_index: int, num_tasks: int
+) -> Iterator[RawImage]:
     mode = "r|*" if num_tasks == 1 else "r:*"
     with _open_tar(tar_path, mode) as archive:
         image_index = 0
@@ -228,7 +257,13 @@ def _iter_val_tar(tar_path: Path, labels: dict[str, str], task_index: int, num_t
                     f"{tar_path.name}: {member.name} has no val label: the labels do not match this val tar; "
                     "pass the ILSVRC2012 devkit or LOC_val_solution.csv"
                 )
-            yield RawImage("val", labels[key], key, f"{tar_path.name}:{member.name}", data=_read_member(archive, member, tar_path.name))
+            yield RawImage(
+                "val",
+                labels[key],
+                key,
+                f"{tar_path.name}:{member.name}",
+                data=_read_member(archive, member, tar_path.name),
+            )
         _check_complete(tar_path, archive)
 
 
@@ -262,10 +297,14 @@ def _iter_folder(
     seen: dict[str, Path] = {}
     for _, key, path in entries:
         if key in seen:
-            raise UserError(f"{split_dir}: two files share the key {key!r} ({seen[key]} and {path}): keys must be unique")
+            raise UserError(
+                f"{split_dir}: two files share the key {key!r} ({seen[key]} and {path}): keys must be unique"
+            )
         seen[key] = path
     if not entries:
-        raise UserError(f"{split_dir} holds no images: expected nXXXXXXXX/ class folders of image files")
+        raise UserError(
+            f"{split_dir} holds no images: expected nXXXXXXXX/ class folders of image files"
+        )
     for index, (wnid, key, path) in enumerate(entries):
         if index % num_tasks == task_index:
             yield RawImage(split, wnid, key, str(path), path=path)
@@ -283,7 +322,10 @@ def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:
             f"{KAGGLE_LABELS_NAME} and val.txt; pass --labels FILE_OR_DEVKIT"
         )
     classes = None
-    if detect_label_format(source)[0] == "caffe" and find_synset_mapping(Path(source).parent) is None:
+    if (
+        detect_label_format(source)[0] == "caffe"
+        and find_synset_mapping(Path(source).parent) is None
+    ):
         classes = raw_classes(raw)  # a caffe val.txt indexes the sorted classes
     return read_val_labels(source, classes=classes)
 
@@ -293,7 +335,8 @@ def _train_tar_classes(tar_path: Path) -> list[str]:
         return [
             PurePosixPath(member.name).name[: -len(".tar")]
             for member in _regular_members(outer, tar_path.name)
-            if member.name.endswith(".tar") and is_wnid(PurePosixPath(member.name).name[: -len(".tar")])
+            if member.name.endswith(".tar")
+            and is_wnid(PurePosixPath(member.name).name[: -len(".tar")])
         ]
 
 
@@ -304,7 +347,9 @@ def _open_tar(source: Path | IO[bytes], mode: str, name: str | None = None) -> t
             return tarfile.open(source, mode)
         return tarfile.open(fileobj=source, mode=mode)
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise UserError(f"cannot read tar {label}: it is truncated or corrupt ({err}): re-download it") from err
+        raise UserError(
+            f"cannot read tar {label}: it is truncated or corrupt ({err}): re-download it"
+        ) from err
 
 
 def _regular_members(archive: tarfile.TarFile, archive_name: str) -> Iterator[tarfile.TarInfo]:
@@ -315,7 +360,9 @@ def _regular_members(archive: tarfile.TarFile, archive_name: str) -> Iterator[ta
             if member.isfile():
                 yield member
             elif not member.isdir():
-                log.warning("%s: skipping %s, which is not a regular file", archive_name, member.name)
+                log.warning(
+                    "%s: skipping %s, which is not a regular file", archive_name, member.name
+                )
     except (tarfile.TarError, EOFError) as err:  # a truncated download
         raise UserError(f"{archive_name} is truncated or corrupt ({err}): re-download it") from err
 
@@ -344,7 +391,9 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, archive_name
         assert handle is not None, f"regular member {member.name} has no data"
         data = handle.read()
     except (tarfile.TarError, EOFError) as err:
-        raise UserError(f"{archive_name} is truncated or corrupt at {member.name} ({err}): re-download it") from err
+        raise UserError(
+            f"{archive_name} is truncated or corrupt at {member.name} ({err}): re-download it"
+        ) from err
     if len(data) != member.size:
         raise UserError(f"{archive_name} is truncated at {member.name}: re-download it")
     return data

@@ -48,7 +48,9 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
             raise UserError(f"{path}:{line_number}: WNID {wnid} is listed twice")
         mapping[wnid] = words.strip()
     if not mapping:
-        raise UserError(f"synset mapping {path} is empty: expected one 'nXXXXXXXX words' line per class")
+        raise UserError(
+            f"synset mapping {path} is empty: expected one 'nXXXXXXXX words' line per class"
+        )
     return mapping
 
 
@@ -75,8 +77,14 @@ def folder_classes(directory: Path) -> list[str]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise UserError(f"{directory} is not a directory: expected class folders such as {directory}/n01440764/")
-    return sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+        raise UserError(
+            f"{directory} is not a directory: expected class folders such as {directory}/n01440764/"
+        )
+    return sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
 
 
 def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]:
@@ -95,12 +103,16 @@ def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"cannot read devkit meta.mat {name}: {err}") from err
     if "synsets" not in contents:
-        raise UserError(f"{name} has no 'synsets' struct: expected the ILSVRC2012 devkit's data/meta.mat")
+        raise UserError(
+            f"{name} has no 'synsets' struct: expected the ILSVRC2012 devkit's data/meta.mat"
+        )
     synsets = contents["synsets"].reshape(-1)
     fields = synsets.dtype.names or ()
     missing = {"ILSVRC2012_ID", "WNID", "num_children"} - set(fields)
     if missing:
-        raise UserError(f"{name}: 'synsets' lacks fields {sorted(missing)}: expected the ILSVRC2012 devkit's meta.mat")
+        raise UserError(
+            f"{name}: 'synsets' lacks fields {sorted(missing)}: expected the ILSVRC2012 devkit's meta.mat"
+        )
     leaves: list[tuple[int, str, str]] = []
     for entry in synsets:
         if int(entry["num_children"]) != 0:

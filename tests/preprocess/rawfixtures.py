@@ -32,8 +32,17 @@ REAL_KAGGLE_VAL = FIXTURES_DATA / "LOC_val_solution.csv"  # the real 50,000 val 
 REAL_CAFFE_VAL = FIXTURES_DATA / "val_sorted_index.txt"  # the same labels, caffe val.txt form
 
 OddballKind = Literal["cmyk", "png-as-jpeg", "grayscale", "rgba", "truncated", "empty"]
-ODDBALL_KINDS: tuple[OddballKind, ...] = ("cmyk", "png-as-jpeg", "grayscale", "rgba", "truncated", "empty")
-REPAIRABLE_KINDS: frozenset[str] = frozenset({"cmyk", "png-as-jpeg", "grayscale", "rgba"})  # decodable, odd
+ODDBALL_KINDS: tuple[OddballKind, ...] = (
+    "cmyk",
+    "png-as-jpeg",
+    "grayscale",
+    "rgba",
+    "truncated",
+    "empty",
+)
+REPAIRABLE_KINDS: frozenset[str] = frozenset(
+    {"cmyk", "png-as-jpeg", "grayscale", "rgba"}
+)  # decodable, odd
 BROKEN_KINDS: frozenset[str] = frozenset({"truncated", "empty"})  # not decodable at all
 
 LabelsForm = Literal["kaggle", "caffe", "devkit"]
@@ -81,7 +90,9 @@ def make_jpeg(
     width, height = size
     ramp_x = np.linspace(0.4, 1.0, width, dtype=np.float32)[None, :, None]
     ramp_y = np.linspace(1.0, 0.6, height, dtype=np.float32)[:, None, None]
-    pixels = (np.asarray(color, dtype=np.float32)[None, None, :] * ramp_x * ramp_y).astype(np.uint8)  # [H, W, 3]
+    pixels = (np.asarray(color, dtype=np.float32)[None, None, :] * ramp_x * ramp_y).astype(
+        np.uint8
+    )  # [H, W, 3]
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=quality)
     return _maybe_write(path, buffer.getvalue())
@@ -94,7 +105,9 @@ def image_bytes_for(split: str, key: str) -> bytes:
     return make_jpeg(None, (width, height), (digest[2], digest[3], digest[4]))
 
 
-def make_oddball(kind: OddballKind, path: Path | None = None, size: tuple[int, int] = (56, 44)) -> bytes:
+def make_oddball(
+    kind: OddballKind, path: Path | None = None, size: tuple[int, int] = (56, 44)
+) -> bytes:
     """One of the odd files real ImageNet contains, as bytes (written to `path` if given).
 
     cmyk: a CMYK JPEG (22 train files); png-as-jpeg: PNG bytes under a .JPEG name
@@ -104,7 +117,9 @@ def make_oddball(kind: OddballKind, path: Path | None = None, size: tuple[int, i
     width, height = size
     buffer = io.BytesIO()
     if kind == "cmyk":
-        Image.new("CMYK", (width, height), (10, 200, 30, 40)).save(buffer, format="JPEG", quality=90)
+        Image.new("CMYK", (width, height), (10, 200, 30, 40)).save(
+            buffer, format="JPEG", quality=90
+        )
     elif kind == "png-as-jpeg":
         Image.new("RGB", (width, height), (30, 120, 220)).save(buffer, format="PNG")
     elif kind == "grayscale":
@@ -123,7 +138,9 @@ def make_oddball(kind: OddballKind, path: Path | None = None, size: tuple[int, i
 
 def plan_train(wnids: Sequence[str], per_class: int) -> dict[str, str]:
     """Train key → WNID: "nXXXXXXXX_<n>" as in the real train tars."""
-    return {f"{wnid}_{10 + 7 * index}": wnid for wnid in sorted(wnids) for index in range(per_class)}
+    return {
+        f"{wnid}_{10 + 7 * index}": wnid for wnid in sorted(wnids) for index in range(per_class)
+    }
 
 
 def plan_val(wnids: Sequence[str], per_class: int, seed: int = 0) -> dict[str, str]:
@@ -148,7 +165,9 @@ def shuffled_ids(wnids: Sequence[str], seed: int = 0) -> dict[str, int]:
     return {wnid: index for index, wnid in enumerate(order, start=1)}
 
 
-def write_meta_mat(path: Path | None, wnids: Sequence[str], *, shuffled: bool = True, seed: int = 0) -> tuple[bytes, dict[str, int]]:
+def write_meta_mat(
+    path: Path | None, wnids: Sequence[str], *, shuffled: bool = True, seed: int = 0
+) -> tuple[bytes, dict[str, int]]:
     """A devkit-style meta.mat (struct array `synsets`) with scipy; returns (bytes, WNID → ILSVRC2012_ID).
 
     Leaves get IDs 1..N in a non-sorted order when `shuffled`; two non-leaf synsets
@@ -156,24 +175,55 @@ def write_meta_mat(path: Path | None, wnids: Sequence[str], *, shuffled: bool = 
     """
     import scipy.io
 
-    ids = shuffled_ids(wnids, seed) if shuffled else {wnid: index for index, wnid in enumerate(sorted(wnids), start=1)}
+    ids = (
+        shuffled_ids(wnids, seed)
+        if shuffled
+        else {wnid: index for index, wnid in enumerate(sorted(wnids), start=1)}
+    )
     names = real_class_names()
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height", "num_train_images"]
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
     leaves = sorted(ids, key=ids.__getitem__)
     synsets = np.zeros((len(leaves) + 2, 1), dtype=[(field, object) for field in fields])
     for row, wnid in enumerate(leaves):
         synsets[row, 0] = (
-            float(ids[wnid]), wnid, names.get(wnid, wnid), "a leaf class", 0.0,
-            np.zeros((1, 0)), 0.0, 1300.0,
+            float(ids[wnid]),
+            wnid,
+            names.get(wnid, wnid),
+            "a leaf class",
+            0.0,
+            np.zeros((1, 0)),
+            0.0,
+            1300.0,
         )
     parent_ids = [len(leaves) + 1, len(leaves) + 2]
     synsets[len(leaves), 0] = (
-        float(parent_ids[0]), "n00001740", "entity", "the root", 1.0,
-        np.array([[float(parent_ids[1])]]), 19.0, 0.0,
+        float(parent_ids[0]),
+        "n00001740",
+        "entity",
+        "the root",
+        1.0,
+        np.array([[float(parent_ids[1])]]),
+        19.0,
+        0.0,
     )
     synsets[len(leaves) + 1, 0] = (
-        float(parent_ids[1]), "n00002684", "object, physical object", "an inner node",
-        float(len(leaves)), np.array([[float(ids[wnid]) for wnid in leaves]]), 18.0, 0.0,
+        float(parent_ids[1]),
+        "n00002684",
+        "object, physical object",
+        "an inner node",
+        float(len(leaves)),
+        np.array([[float(ids[wnid]) for wnid in leaves]]),
+        18.0,
+        0.0,
     )
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {"synsets": synsets})
@@ -188,12 +238,21 @@ def ground_truth_text(val: Mapping[str, str], ids: Mapping[str, int]) -> str:
     return "".join(f"{ids[val[stem]]}\n" for stem in stems)
 
 
-def write_devkit_tar(path: Path, val: Mapping[str, str], wnids: Sequence[str], *, shuffled: bool = True, seed: int = 0) -> dict[str, int]:
+def write_devkit_tar(
+    path: Path,
+    val: Mapping[str, str],
+    wnids: Sequence[str],
+    *,
+    shuffled: bool = True,
+    seed: int = 0,
+) -> dict[str, int]:
     """ILSVRC2012_devkit_t12.tar.gz with data/meta.mat and data/ILSVRC2012_validation_ground_truth.txt."""
     meta, ids = write_meta_mat(None, wnids, shuffled=shuffled, seed=seed)
     members = {
         "ILSVRC2012_devkit_t12/data/meta.mat": meta,
-        "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": ground_truth_text(val, ids).encode(),
+        "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": ground_truth_text(
+            val, ids
+        ).encode(),
         "ILSVRC2012_devkit_t12/COPYING": b"fixture\n",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +267,14 @@ def write_devkit_tar(path: Path, val: Mapping[str, str], wnids: Sequence[str], *
     return ids
 
 
-def write_devkit_dir(directory: Path, val: Mapping[str, str], wnids: Sequence[str], *, shuffled: bool = True, seed: int = 0) -> dict[str, int]:
+def write_devkit_dir(
+    directory: Path,
+    val: Mapping[str, str],
+    wnids: Sequence[str],
+    *,
+    shuffled: bool = True,
+    seed: int = 0,
+) -> dict[str, int]:
     """An extracted devkit: directory/data/meta.mat + directory/data/ILSVRC2012_validation_ground_truth.txt."""
     data_dir = directory / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +288,9 @@ def write_kaggle_csv(path: Path, val: Mapping[str, str], *, box_coordinates: boo
     rows = ["ImageId,PredictionString"]
     for index, (stem, wnid) in enumerate(sorted(val.items(), key=lambda item: item[0][::-1])):
         if box_coordinates:
-            boxes = [f"{wnid} {10 + index} {12 + index} {40 + index} {44 + index}"] * (1 + index % 2)
+            boxes = [f"{wnid} {10 + index} {12 + index} {40 + index} {44 + index}"] * (
+                1 + index % 2
+            )
             rows.append(f"{stem},{' '.join(boxes)} ")
         else:
             rows.append(f"{stem},{wnid}")
@@ -232,7 +300,9 @@ def write_kaggle_csv(path: Path, val: Mapping[str, str], *, box_coordinates: boo
 def write_caffe_val_txt(path: Path, val: Mapping[str, str], classes: Sequence[str]) -> Path:
     """caffe val.txt: "ILSVRC2012_val_00000001.JPEG <0-based sorted-WNID index>"."""
     index_of = {wnid: index for index, wnid in enumerate(sorted(classes))}
-    return _write_text(path, "".join(f"{stem}.JPEG {index_of[wnid]}\n" for stem, wnid in sorted(val.items())))
+    return _write_text(
+        path, "".join(f"{stem}.JPEG {index_of[wnid]}\n" for stem, wnid in sorted(val.items()))
+    )
 
 
 def write_synset_mapping(path: Path, wnids: Sequence[str]) -> Path:
@@ -241,7 +311,9 @@ def write_synset_mapping(path: Path, wnids: Sequence[str]) -> Path:
     return _write_text(path, "".join(f"{wnid} {names.get(wnid, wnid)}\n" for wnid in sorted(wnids)))
 
 
-def write_labels(directory: Path, form: LabelsForm, val: Mapping[str, str], wnids: Sequence[str]) -> Path:
+def write_labels(
+    directory: Path, form: LabelsForm, val: Mapping[str, str], wnids: Sequence[str]
+) -> Path:
     """Write val labels in `form` into `directory`; returns what to pass as --labels."""
     directory.mkdir(parents=True, exist_ok=True)
     if form == "kaggle":
@@ -254,7 +326,9 @@ def write_labels(directory: Path, form: LabelsForm, val: Mapping[str, str], wnid
     return path
 
 
-def build_flat_val(directory: Path, wnids: Sequence[str] | None = None, per_class: int = 2) -> dict[str, str]:
+def build_flat_val(
+    directory: Path, wnids: Sequence[str] | None = None, per_class: int = 2
+) -> dict[str, str]:
     """Flat val images ILSVRC2012_val_%08d.JPEG in `directory`; returns file name → WNID."""
     val = plan_val(wnids or DEFAULT_WNIDS, per_class)
     directory.mkdir(parents=True, exist_ok=True)
@@ -339,7 +413,9 @@ def build_folder_layout(
     return dataclasses.replace(layout, labels=labels)
 
 
-def add_tar_member(archive: tarfile.TarFile, name: str, data: bytes, *, mtime: int = 1_300_000_000) -> None:
+def add_tar_member(
+    archive: tarfile.TarFile, name: str, data: bytes, *, mtime: int = 1_300_000_000
+) -> None:
     """Add a regular file member `name` holding `data`."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -348,7 +424,9 @@ def add_tar_member(archive: tarfile.TarFile, name: str, data: bytes, *, mtime: i
     archive.addfile(info, io.BytesIO(data))
 
 
-def _plan_layout(root: Path, wnids: list[str], per_class: int, val_per_class: int, oddballs: bool) -> RawLayout:
+def _plan_layout(
+    root: Path, wnids: list[str], per_class: int, val_per_class: int, oddballs: bool
+) -> RawLayout:
     train = plan_train(wnids, per_class)
     odd = plan_oddballs(wnids[0]) if oddballs else {}
     train.update({key: wnids[0] for key in odd})

@@ -1,6 +1,6 @@
 """Val labels in every published form give the same mapping; devkit IDs go through meta.mat.
 
-    .venv/bin/pytest tests/preprocess/test_labels.py
+.venv/bin/pytest tests/preprocess/test_labels.py
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from rawfixtures import (
 )
 
 from preprocess.errors import UserError
-from preprocess.labels import detect_label_format, devkit_class_names, load_val_labels, read_val_labels
+from preprocess.labels import (
+    detect_label_format,
+    devkit_class_names,
+    load_val_labels,
+)
 from preprocess.synsets import devkit_meta, find_class_names, folder_classes, read_synset_mapping
 
 VAL = plan_val(DEFAULT_WNIDS, per_class=3)  # stem → WNID, 12 files, classes interleaved
@@ -91,11 +95,16 @@ def test_caffe_val_txt_uses_a_class_list_passed_in(tmp_path):
 
 def test_devkit_ids_are_translated_through_meta_mat_not_used_as_sorted_indices(tmp_path):
     ids = shuffled_ids(DEFAULT_WNIDS)
-    assert sorted(ids, key=ids.__getitem__) != sorted(ids), "fixture meta.mat ID order must not be the sorted WNID order"
+    assert sorted(ids, key=ids.__getitem__) != sorted(ids), (
+        "fixture meta.mat ID order must not be the sorted WNID order"
+    )
     path = write_form(tmp_path, "devkit-tar")
     ground_truth = [ids[VAL[stem]] for stem in sorted(VAL)]
     # the classic bug: ILSVRC2012_ID - 1 taken as the sorted-WNID index
-    naive = {f"{stem}.JPEG": sorted(DEFAULT_WNIDS)[synset_id - 1] for stem, synset_id in zip(sorted(VAL), ground_truth)}
+    naive = {
+        f"{stem}.JPEG": sorted(DEFAULT_WNIDS)[synset_id - 1]
+        for stem, synset_id in zip(sorted(VAL), ground_truth)
+    }
     assert naive != EXPECTED
     assert load_val_labels(path) == EXPECTED
 
@@ -140,7 +149,12 @@ def test_val_files_select_the_given_names_with_any_extension(tmp_path):
 
 @pytest.mark.parametrize(
     ("form", "detected"),
-    [("devkit-tar", "devkit-tar"), ("devkit-dir", "devkit-dir"), ("kaggle-plain", "kaggle"), ("caffe-mapping-beside", "caffe")],
+    [
+        ("devkit-tar", "devkit-tar"),
+        ("devkit-dir", "devkit-dir"),
+        ("kaggle-plain", "kaggle"),
+        ("caffe-mapping-beside", "caffe"),
+    ],
 )
 def test_the_format_is_detected_without_being_told(tmp_path, form, detected):
     assert detect_label_format(write_form(tmp_path, form))[0] == detected
@@ -186,7 +200,9 @@ def test_an_unknown_label_file_is_one_error_naming_it_and_the_accepted_forms(tmp
 def test_devkit_meta_lists_only_leaf_synsets_in_meta_mat_order(tmp_path):
     _, ids = write_meta_mat(tmp_path / "meta.mat", DEFAULT_WNIDS)
     leaves = devkit_meta(tmp_path / "meta.mat")
-    assert [(synset_id, wnid) for synset_id, wnid, _ in leaves] == sorted((i, w) for w, i in ids.items())
+    assert [(synset_id, wnid) for synset_id, wnid, _ in leaves] == sorted(
+        (i, w) for w, i in ids.items()
+    )
     assert [wnid for _, wnid, _ in leaves] != sorted(DEFAULT_WNIDS)
     assert "n00001740" not in {wnid for _, wnid, _ in leaves}  # the non-leaf root
     names = devkit_class_names(tmp_path / "meta.mat")

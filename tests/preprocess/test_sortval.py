@@ -1,6 +1,6 @@
 """sort-val: every label form gives the same folders; reruns, half-done runs, dry runs, links, bad input.
 
-    .venv/bin/pytest tests/preprocess/test_sortval.py
+.venv/bin/pytest tests/preprocess/test_sortval.py
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ def sort_val(*argv: object) -> int:
 
 def tree(directory: Path) -> dict[str, bytes]:
     """relative path → bytes of every file under `directory`."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 def expected_tree(files: dict[str, str], originals: dict[str, bytes]) -> dict[str, bytes]:
@@ -42,10 +46,14 @@ def stems(files: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("form", ["kaggle", "caffe", "devkit"])
-def test_each_label_format_sorts_the_files_into_the_same_class_folders(tmp_path, flat_val, form, capsys):
+def test_each_label_format_sorts_the_files_into_the_same_class_folders(
+    tmp_path, flat_val, form, capsys
+):
     val_dir, files, originals = flat_val
     labels = write_labels(tmp_path / "labels", form, stems(files), DEFAULT_WNIDS)
-    assert sort_val(val_dir, "--labels", labels, "--expect-classes", 4, "--expect-per-class", 2) == 0
+    assert (
+        sort_val(val_dir, "--labels", labels, "--expect-classes", 4, "--expect-per-class", 2) == 0
+    )
     assert tree(val_dir) == expected_tree(files, originals)
     assert "sort-val: moved 8 files into 4 class folders" in capsys.readouterr().out
 
@@ -56,7 +64,12 @@ def test_devkit_given_as_its_two_files_sorts_the_same(tmp_path, flat_val):
 
     write_devkit_dir(tmp_path / "devkit", stems(files), DEFAULT_WNIDS)
     data = tmp_path / "devkit" / "data"
-    argv = ["--labels", data / "meta.mat", "--labels", data / "ILSVRC2012_validation_ground_truth.txt"]
+    argv = [
+        "--labels",
+        data / "meta.mat",
+        "--labels",
+        data / "ILSVRC2012_validation_ground_truth.txt",
+    ]
     assert sort_val(val_dir, *argv) == 0
     assert tree(val_dir) == expected_tree(files, originals)
 
@@ -93,7 +106,9 @@ def test_dry_run_prints_the_plan_and_moves_nothing(tmp_path, flat_val, capsys):
     assert sort_val(val_dir, "--labels", labels, "--dry-run") == 0
     out = capsys.readouterr().out.splitlines()
     plan = [line for line in out if line.startswith("move ")]
-    assert sorted(plan) == sorted(f"move {val_dir / name} -> {val_dir / wnid / name}" for name, wnid in files.items())
+    assert sorted(plan) == sorted(
+        f"move {val_dir / name} -> {val_dir / wnid / name}" for name, wnid in files.items()
+    )
     assert out[-1].startswith("dry run: would move 8 files into 4 class folders")
     assert tree(val_dir) == originals
     assert not any(path.is_dir() for path in val_dir.iterdir())
@@ -146,20 +161,26 @@ def test_labels_with_no_file_are_one_error_line_and_nothing_moves(tmp_path, flat
     assert sort_val(val_dir, "--labels", labels) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "4 labels with no file (first: ILSVRC2012_val_00000005, ILSVRC2012_val_00000006, ILSVRC2012_val_00000007, ...)" in err
+    assert (
+        "4 labels with no file (first: ILSVRC2012_val_00000005, ILSVRC2012_val_00000006, ILSVRC2012_val_00000007, ...)"
+        in err
+    )
     assert tree(val_dir) == before
 
 
 def test_a_file_already_in_the_wrong_class_folder_is_refused(tmp_path, flat_val, capsys):
     val_dir, files, _ = flat_val
     labels = write_labels(tmp_path / "labels", "kaggle", stems(files), DEFAULT_WNIDS)
-    name = sorted(files)[0]
+    name = min(files)
     wrong = next(wnid for wnid in DEFAULT_WNIDS if wnid != files[name])
     (val_dir / wrong).mkdir()
     os.rename(val_dir / name, val_dir / wrong / name)
     before = tree(val_dir)
     assert sort_val(val_dir, "--labels", labels) == 2
-    assert f"1 file in the wrong class folder (first: {wrong}/{name} (labelled {files[name]}))" in capsys.readouterr().err
+    assert (
+        f"1 file in the wrong class folder (first: {wrong}/{name} (labelled {files[name]}))"
+        in capsys.readouterr().err
+    )
     assert tree(val_dir) == before
 
 
@@ -168,11 +189,18 @@ def test_counts_other_than_1000_by_50_give_one_warning(tmp_path, flat_val, caplo
     labels = write_labels(tmp_path / "labels", "kaggle", stems(files), DEFAULT_WNIDS)
     with caplog.at_level(logging.WARNING, logger="preprocess.sortval"):
         assert sort_val(val_dir, "--labels", labels, "--dry-run") == 0
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == ["labels cover 4 classes x 2 files each; ILSVRC2012 val is 1000 x 50: fine for a subset, otherwise check --labels"]
+    warnings = [
+        record.getMessage() for record in caplog.records if record.levelno == logging.WARNING
+    ]
+    assert warnings == [
+        "labels cover 4 classes x 2 files each; ILSVRC2012 val is 1000 x 50: fine for a subset, otherwise check --labels"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="preprocess.sortval"):
-        assert sort_val(val_dir, "--labels", labels, "--expect-classes", 4, "--expect-per-class", 2) == 0
+        assert (
+            sort_val(val_dir, "--labels", labels, "--expect-classes", 4, "--expect-per-class", 2)
+            == 0
+        )
     assert not [record for record in caplog.records if record.levelno == logging.WARNING]
 
 

@@ -1,6 +1,6 @@
 """Raw sources: the three layouts stream the same images; slices are disjoint and complete; bad tars are refused.
 
-    .venv/bin/pytest tests/preprocess/test_sources.py
+.venv/bin/pytest tests/preprocess/test_sources.py
 """
 
 from __future__ import annotations
@@ -31,15 +31,22 @@ BUILDERS = {
 
 
 def listing(directory: Path) -> dict[str, int]:
-    return {str(path.relative_to(directory)): path.stat().st_size for path in sorted(directory.rglob("*"))}
+    return {
+        str(path.relative_to(directory)): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+    }
 
 
 def stream(raw: Path, split: str, **kwargs) -> list[tuple[str, str, bytes]]:
-    return [(image.key, image.wnid, image.read()) for image in iter_raw_images(raw, split, **kwargs)]
+    return [
+        (image.key, image.wnid, image.read()) for image in iter_raw_images(raw, split, **kwargs)
+    ]
 
 
 def expected(layout, split: str) -> set[tuple[str, str, bytes]]:
-    return {(key, wnid, layout.images[(split, key)]) for key, wnid in getattr(layout, split).items()}
+    return {
+        (key, wnid, layout.images[(split, key)]) for key, wnid in getattr(layout, split).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,10 @@ def test_the_order_is_deterministic_and_folder_layouts_list_sorted(layouts):
 @pytest.mark.parametrize("num_tasks", [2, 3, 5])
 def test_slices_are_disjoint_and_their_union_is_everything(layouts, name, split, num_tasks):
     layout = layouts[name]
-    slices = [stream(layout.root, split, task_index=task, num_tasks=num_tasks) for task in range(num_tasks)]
+    slices = [
+        stream(layout.root, split, task_index=task, num_tasks=num_tasks)
+        for task in range(num_tasks)
+    ]
     keys = [key for images in slices for key, _, _ in images]
     assert len(keys) == len(set(keys)), "an image is in two slices"
     assert set().union(*map(set, slices)) == expected(layout, split)
@@ -132,21 +142,27 @@ def class_tar(members: list[tuple[str, bytes]]) -> bytes:
     ],
 )
 @pytest.mark.parametrize("num_tasks", [1, 2])
-def test_a_tar_member_with_an_absolute_path_or_dot_dot_is_refused_by_name(tmp_path, where, member, num_tasks):
+def test_a_tar_member_with_an_absolute_path_or_dot_dot_is_refused_by_name(
+    tmp_path, where, member, num_tasks
+):
     raw = tmp_path / "raw"
     raw.mkdir()
     good = ("n01440764_1.JPEG", image_bytes_for("train", "n01440764_1"))
     if where == "outer":
         write_tar(raw / "ILSVRC2012_img_train.tar", [(member, class_tar([good]))])
     elif where == "inner":
-        write_tar(raw / "ILSVRC2012_img_train.tar", [("n01440764.tar", class_tar([good, (member, b"x")]))])
+        write_tar(
+            raw / "ILSVRC2012_img_train.tar", [("n01440764.tar", class_tar([good, (member, b"x")]))]
+        )
     else:
         write_tar(raw / "ILSVRC2012_img_val.tar", [(member, b"x")])
         write_kaggle_csv(raw / "LOC_val_solution.csv", {"ILSVRC2012_val_00000001": "n01440764"})
     split = "val" if where == "val" else "train"
     with pytest.raises(UserError, match=f"member '{member}' has an absolute path or '..'"):
         list(iter_raw_images(raw, split, task_index=0, num_tasks=num_tasks))
-    assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(path.name for path in raw.iterdir()) + ["raw"]
+    assert sorted(path.name for path in tmp_path.rglob("*")) == sorted(
+        path.name for path in raw.iterdir()
+    ) + ["raw"]
 
 
 def test_links_and_folders_inside_a_tar_are_skipped(tmp_path):
@@ -162,7 +178,10 @@ def test_links_and_folders_inside_a_tar_are_skipped(tmp_path):
         link.linkname = "/etc/passwd"
         archive.addfile(link)
         add_tar_member(archive, "ILSVRC2012_val_00000001.JPEG", image)
-    write_kaggle_csv(raw / "LOC_val_solution.csv", {"ILSVRC2012_val_00000001": "n01440764", "ILSVRC2012_val_00000002": "n01440764"})
+    write_kaggle_csv(
+        raw / "LOC_val_solution.csv",
+        {"ILSVRC2012_val_00000001": "n01440764", "ILSVRC2012_val_00000002": "n01440764"},
+    )
     assert stream(raw, "val") == [("ILSVRC2012_val_00000001", "n01440764", image)]
 
 
@@ -178,7 +197,9 @@ def test_tar_val_labels_can_be_passed_in_any_form(tmp_path, form):
 
 def test_tar_val_without_labels_names_what_was_looked_for(tmp_path):
     layout = build_ilsvrc_tars(tmp_path / "raw", devkit=False)
-    with pytest.raises(UserError, match="no val labels in .*ILSVRC2012_devkit_t12.tar.gz.*--labels"):
+    with pytest.raises(
+        UserError, match="no val labels in .*ILSVRC2012_devkit_t12.tar.gz.*--labels"
+    ):
         list(iter_raw_images(layout.root, "val"))
 
 
@@ -198,9 +219,11 @@ def test_a_flat_folder_val_takes_its_labels_from_the_csv_beside_it(tmp_path):
 
 def test_a_half_sorted_val_folder_mixes_class_folders_and_labels(tmp_path):
     layout = build_folder_layout(tmp_path / "raw", val_sorted=False)
-    first = sorted(layout.val)[0]
+    first = min(layout.val)
     (layout.root / "val" / layout.val[first]).mkdir()
-    (layout.root / "val" / f"{first}.JPEG").rename(layout.root / "val" / layout.val[first] / f"{first}.JPEG")
+    (layout.root / "val" / f"{first}.JPEG").rename(
+        layout.root / "val" / layout.val[first] / f"{first}.JPEG"
+    )
     assert set(stream(layout.root, "val")) == expected(layout, "val")
 
 
@@ -215,7 +238,9 @@ def test_two_files_with_the_same_key_are_refused(tmp_path):
 
 def test_an_unrecognised_layout_names_what_was_looked_for(tmp_path):
     (tmp_path / "images").mkdir()
-    with pytest.raises(UserError, match=r"ILSVRC2012_img_train.tar.*ILSVRC/Data/CLS-LOC.*train/ or val/"):
+    with pytest.raises(
+        UserError, match=r"ILSVRC2012_img_train.tar.*ILSVRC/Data/CLS-LOC.*train/ or val/"
+    ):
         detect_layout(tmp_path)
     with pytest.raises(UserError, match="not a directory"):
         detect_layout(tmp_path / "missing")
@@ -236,7 +261,9 @@ def test_a_missing_split_is_named(tmp_path):
 @pytest.mark.parametrize("cut", ["inside-data", "at-a-header", "inside-a-header"])
 def test_a_truncated_tar_is_one_clear_error(tmp_path, split, num_tasks, cut):
     layout = build_ilsvrc_tars(tmp_path / "raw")
-    tar_path = layout.root / ("ILSVRC2012_img_train.tar" if split == "train" else "ILSVRC2012_img_val.tar")
+    tar_path = layout.root / (
+        "ILSVRC2012_img_train.tar" if split == "train" else "ILSVRC2012_img_val.tar"
+    )
     with tarfile.open(tar_path) as archive:
         members = archive.getmembers()
     last = members[-1]
