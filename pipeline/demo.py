@@ -43,7 +43,7 @@ DEMO_CONFIG = REPOSITORY_ROOT / "configs" / "demo.yaml"
 RAW_IMAGE_SIZE = 96
 SHORT_SIDE = 72
 SHARD_SIZE = 128  # samples per shard: ~12 train shards, so 2 ranks x workers all get whole shards
-FAST_EPOCHS = 4  # --fast: the same demo with fewer epochs (what the CI test runs)
+FAST_EPOCHS = 6  # --fast: the same demo with fewer epochs (what the CI test runs)
 NUM_RANKS = 2
 
 FINAL_LINE = re.compile(r"final: val/top1=(?P<top1>[0-9.]+) val/top5=(?P<top5>[0-9.]+)")
@@ -51,8 +51,13 @@ FINAL_LINE = re.compile(r"final: val/top1=(?P<top1>[0-9.]+) val/top5=(?P<top5>[0
 
 # What every demo run must leave behind (the CI test checks each one).
 EXPECTED_ARTEFACTS = (
-    "W&B offline run", "metrics (JSONL)", "accuracy curves PNG", "loss curves PNG",
-    "sample grid PNG", "prediction grid PNG", "checkpoints",
+    "W&B offline run",
+    "metrics (JSONL)",
+    "accuracy curves PNG",
+    "loss curves PNG",
+    "sample grid PNG",
+    "prediction grid PNG",
+    "checkpoints",
 )
 
 
@@ -100,7 +105,9 @@ def cause_line(output: str) -> str:
     return (meaningful or lines or ["(no output)"])[-1]
 
 
-def run_stage(stage: str, command: list[str], log_path: Path, *, env: dict[str, str], echo: bool) -> str:
+def run_stage(
+    stage: str, command: list[str], log_path: Path, *, env: dict[str, str], echo: bool
+) -> str:
     """Run one stage's command, teeing its output to `log_path` (and the console); return the output."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     chunks: list[bytes] = []
@@ -109,7 +116,11 @@ def run_stage(stage: str, command: list[str], log_path: Path, *, env: dict[str, 
         log.flush()
         try:
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPOSITORY_ROOT
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPOSITORY_ROOT,
             )
         except OSError as err:
             raise StageFailed(f"stage '{stage}' could not start {command[0]}: {err}") from err
@@ -146,8 +157,16 @@ def stage_environment() -> dict[str, str]:
 def prepare_command(raw: Path, prepared: Path) -> list[str]:
     """`python -m preprocess prepare RAW DST` with the demo's small sizes."""
     return [
-        sys.executable, "-m", "preprocess", "prepare", str(raw), str(prepared),
-        "--short-side", str(SHORT_SIDE), "--shard-size", str(SHARD_SIZE),
+        sys.executable,
+        "-m",
+        "preprocess",
+        "prepare",
+        str(raw),
+        str(prepared),
+        "--short-side",
+        str(SHORT_SIDE),
+        "--shard-size",
+        str(SHARD_SIZE),
     ]
 
 
@@ -172,8 +191,16 @@ def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[s
         overrides.append(f"train.epochs={epochs}")
     overrides.extend(options.overrides)
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NUM_RANKS}",
-        "-m", "pipeline.train", "--config", str(DEMO_CONFIG), *overrides,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={NUM_RANKS}",
+        "-m",
+        "pipeline.train",
+        "--config",
+        str(DEMO_CONFIG),
+        *overrides,
     ]
 
 
@@ -181,14 +208,18 @@ def parse_final_line(output: str) -> tuple[float, float]:
     """(top1, top5) percent from the trainer's `final: val/top1=.. val/top5=..` line."""
     matches = list(FINAL_LINE.finditer(output))
     if not matches:
-        raise StageFailed("stage 'train' finished without printing 'final: val/top1=.. val/top5=..'")
+        raise StageFailed(
+            "stage 'train' finished without printing 'final: val/top1=.. val/top5=..'"
+        )
     return float(matches[-1]["top1"]), float(matches[-1]["top5"])
 
 
 def find_artefacts(run_dir: Path) -> dict[str, Path]:
     """What the run wrote, by name: the W&B offline run, metrics, plots and checkpoints."""
     found: dict[str, Path] = {}
-    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*")) if (run_dir / "wandb").is_dir() else []
+    wandb_runs = (
+        sorted((run_dir / "wandb").glob("offline-run-*")) if (run_dir / "wandb").is_dir() else []
+    )
     if wandb_runs:
         found["W&B offline run"] = wandb_runs[-1]
     for name, path in [
@@ -238,33 +269,53 @@ def run_demo(options: DemoOptions) -> DemoResult:
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    print(f"[demo 1/3] raw data: real handwritten digits as a Kaggle-layout ImageNet in {raw}", flush=True)
+    print(
+        f"[demo 1/3] raw data: real handwritten digits as a Kaggle-layout ImageNet in {raw}",
+        flush=True,
+    )
     try:
         dataset = build_demo_raw(raw, image_size=RAW_IMAGE_SIZE)
     except (OSError, ValueError) as err:
         raise StageFailed(f"stage 'raw data' failed writing {raw}: {err}") from err
     seconds["raw data"] = time.perf_counter() - start
-    print(f"[demo 1/3] {dataset.train_count} train + {dataset.val_count} val images, "
-          f"{len(dataset.classes)} classes ({seconds['raw data']:.1f} s)", flush=True)
+    print(
+        f"[demo 1/3] {dataset.train_count} train + {dataset.val_count} val images, "
+        f"{len(dataset.classes)} classes ({seconds['raw data']:.1f} s)",
+        flush=True,
+    )
 
     start = time.perf_counter()
     print(f"[demo 2/3] prepare: {raw} -> {prepared} (log: {logs / 'prepare.log'})", flush=True)
-    run_stage("prepare", prepare_command(raw, prepared), logs / "prepare.log", env=env, echo=options.echo)
+    run_stage(
+        "prepare", prepare_command(raw, prepared), logs / "prepare.log", env=env, echo=options.echo
+    )
     seconds["prepare"] = time.perf_counter() - start
 
     # Each demo trains from scratch: a leftover run dir would otherwise auto-resume and finish at once.
     if run_dir.exists():
         shutil.rmtree(run_dir)
     start = time.perf_counter()
-    print(f"[demo 3/3] train: {NUM_RANKS} DDP ranks on CPU (gloo), {options.backend} loader, "
-          f"run dir {run_dir} (log: {logs / 'train.log'})", flush=True)
-    output = run_stage("train", train_command(options, prepared, run_dir), logs / "train.log",
-                       env=env, echo=options.echo)
+    print(
+        f"[demo 3/3] train: {NUM_RANKS} DDP ranks on CPU (gloo), {options.backend} loader, "
+        f"run dir {run_dir} (log: {logs / 'train.log'})",
+        flush=True,
+    )
+    output = run_stage(
+        "train",
+        train_command(options, prepared, run_dir),
+        logs / "train.log",
+        env=env,
+        echo=options.echo,
+    )
     seconds["train"] = time.perf_counter() - start
     top1, top5 = parse_final_line(output)
     return DemoResult(
-        top1=top1, top5=top5, chance=100.0 / len(DEMO_WNIDS), run_dir=run_dir,
-        artefacts=find_artefacts(run_dir), seconds=seconds,
+        top1=top1,
+        top5=top5,
+        chance=100.0 / len(DEMO_WNIDS),
+        run_dir=run_dir,
+        artefacts=find_artefacts(run_dir),
+        seconds=seconds,
     )
 
 
@@ -273,10 +324,13 @@ def report(result: DemoResult) -> str:
     lines = [
         "",
         "=" * 72,
-        f"demo finished: val top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
-        f"(chance is {result.chance:.0f}%: top-1 is {result.top1 / result.chance:.1f}x chance, "
-        f"{result.top1 - result.chance:+.1f} points)",
-        "time: " + ", ".join(f"{stage} {value:.0f} s" for stage, value in result.seconds.items())
+        (
+            f"demo finished: val top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
+            f"(chance is {result.chance:.0f}%: top-1 is {result.top1 / result.chance:.1f}x chance, "
+            f"{result.top1 - result.chance:+.1f} points)"
+        ),
+        "time: "
+        + ", ".join(f"{stage} {value:.0f} s" for stage, value in result.seconds.items())
         + f", total {sum(result.seconds.values()):.0f} s",
         "artefacts:",
     ]
@@ -284,7 +338,9 @@ def report(result: DemoResult) -> str:
     for name, path in result.artefacts.items():
         lines.append(f"  {name:<{width}}  {path}")
     if "W&B offline run" in result.artefacts:
-        lines.append(f"upload the W&B run later with:  wandb sync {result.artefacts['W&B offline run']}")
+        lines.append(
+            f"upload the W&B run later with:  wandb sync {result.artefacts['W&B offline run']}"
+        )
     missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
     if missing:
         lines.append(f"not written by this run: {', '.join(missing)} (see {result.run_dir})")
@@ -297,12 +353,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.demo",
         description="Real handwritten digits → raw ImageNet layout → prepare → 2-rank DDP training on CPU.",
     )
-    parser.add_argument("--backend", choices=["folder", "wds", "dali"], default="wds", help="data loader (default wds)")
-    parser.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, logs and the run go (default ./demo)")
-    parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: configs/demo.yaml)")
-    parser.add_argument("--fast", action="store_true", help=f"the same demo with {FAST_EPOCHS} epochs (what CI runs)")
-    parser.add_argument("--quiet", action="store_true", help="stage output only to WORKDIR/logs, not the console")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="extra config overrides for pipeline.train")
+    parser.add_argument(
+        "--backend",
+        choices=["folder", "wds", "dali"],
+        default="wds",
+        help="data loader (default wds)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo"),
+        help="where data, logs and the run go (default ./demo)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=0, help="training epochs (default: configs/demo.yaml)"
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"the same demo with {FAST_EPOCHS} epochs (what CI runs)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="stage output only to WORKDIR/logs, not the console"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="extra config overrides for pipeline.train",
+    )
     return parser
 
 
@@ -312,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --epochs must be positive, got {args.epochs}", file=sys.stderr)
         return 2
     if not DEMO_CONFIG.is_file():
-        print(f"error: {DEMO_CONFIG} is missing: run the demo from a checkout of the repository", file=sys.stderr)
+        print(
+            f"error: {DEMO_CONFIG} is missing: run the demo from a checkout of the repository",
+            file=sys.stderr,
+        )
         return 2
     options = DemoOptions(
-        backend=args.backend, workdir=args.workdir, epochs=args.epochs, fast=args.fast,
-        overrides=tuple(args.overrides), echo=not args.quiet,
+        backend=args.backend,
+        workdir=args.workdir,
+        epochs=args.epochs,
+        fast=args.fast,
+        overrides=tuple(args.overrides),
+        echo=not args.quiet,
     )
     try:
         result = run_demo(options)

@@ -69,7 +69,7 @@ def demo_synset_lines(wnids: tuple[str, ...] = DEMO_WNIDS) -> list[str]:
     """The real LOC_synset_mapping.txt lines ("nXXXXXXXX words") for `wnids`, in their order."""
     by_wnid = {}
     for line in SYNSET_MAPPING_PATH.read_text().splitlines():
-        wnid, _, words = line.partition(" ")
+        wnid = line.partition(" ")[0]
         by_wnid[wnid] = line
     missing = [wnid for wnid in wnids if wnid not in by_wnid]
     assert not missing, f"WNIDs {missing} are not in {SYNSET_MAPPING_PATH}"
@@ -85,14 +85,16 @@ def render_digit(pixels: np.ndarray, image_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def split_indices(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    targets: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split of sample indices into (train, val), each sorted."""
     generator = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)
         generator.shuffle(members)
-        val_count = int(round(len(members) * val_fraction))
+        val_count = round(len(members) * val_fraction)
         val.extend(members[:val_count])
         train.extend(members[val_count:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
@@ -115,13 +117,20 @@ def build_demo_raw(
     from sklearn.datasets import load_digits  # the data ships inside the scikit-learn wheel
 
     root = Path(root)
-    parameters = {"image_size": image_size, "val_fraction": val_fraction, "seed": seed, "per_class": per_class}
+    parameters = {
+        "image_size": image_size,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "per_class": per_class,
+    }
     marker = root / COMPLETE_MARKER
     if marker.is_file():
         recorded = json.loads(marker.read_text())
         if recorded.get("parameters") == parameters:
             logger.info("raw demo dataset already complete in %s", root)
-            return DemoDataset(root, DEMO_WNIDS, recorded["train_count"], recorded["val_count"], image_size)
+            return DemoDataset(
+                root, DEMO_WNIDS, recorded["train_count"], recorded["val_count"], image_size
+            )
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise FileExistsError(
             f"{root} exists and is not a finished demo dataset: choose an empty directory or remove it"
@@ -142,7 +151,9 @@ def build_demo_raw(
     if staging.exists():
         shutil.rmtree(staging)
     if root.exists():
-        shutil.rmtree(root)  # only ever a finished demo dataset with other parameters (checked above)
+        shutil.rmtree(
+            root
+        )  # only ever a finished demo dataset with other parameters (checked above)
     for wnid in DEMO_WNIDS:
         (staging / TRAIN_SUBDIR / wnid).mkdir(parents=True)
     (staging / VAL_SUBDIR).mkdir(parents=True)
@@ -159,36 +170,53 @@ def build_demo_raw(
     last = image_size - 1
     for number, index in enumerate(val_order, start=1):
         image_id = f"ILSVRC2012_val_{number:08d}"
-        (staging / VAL_SUBDIR / f"{image_id}.JPEG").write_bytes(render_digit(images[index], image_size))
+        (staging / VAL_SUBDIR / f"{image_id}.JPEG").write_bytes(
+            render_digit(images[index], image_size)
+        )
         # Kaggle's form: "WNID xmin ymin xmax ymax" per box; the digit fills the whole image.
         rows.append(f"{image_id},{DEMO_WNIDS[targets[index]]} 0 0 {last} {last} ")
     (staging / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     (staging / "LOC_synset_mapping.txt").write_text("\n".join(demo_synset_lines()) + "\n")
     (staging / COMPLETE_MARKER).write_text(
         json.dumps(
-            {"parameters": parameters, "train_count": len(train_indices), "val_count": len(val_indices),
-             "source": "sklearn.datasets.load_digits"},
+            {
+                "parameters": parameters,
+                "train_count": len(train_indices),
+                "val_count": len(val_indices),
+                "source": "sklearn.datasets.load_digits",
+            },
             indent=2,
         )
     )
     staging.rename(root)
-    logger.info("wrote %d train and %d val digits to %s", len(train_indices), len(val_indices), root)
+    logger.info(
+        "wrote %d train and %d val digits to %s", len(train_indices), len(val_indices), root
+    )
     return DemoDataset(root, DEMO_WNIDS, len(train_indices), len(val_indices), image_size)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo_data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.demo_data", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("root", type=Path, help="directory to create (reused if already complete)")
     parser.add_argument("--image-size", type=int, default=96, help="JPEG side in pixels")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out for val")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of each class held out for val"
+    )
     parser.add_argument("--seed", type=int, default=0, help="split and val-order seed")
-    parser.add_argument("--per-class", type=int, default=0, help="first N digits per class only (0 = all)")
+    parser.add_argument(
+        "--per-class", type=int, default=0, help="first N digits per class only (0 = all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         dataset = build_demo_raw(
-            args.root, image_size=args.image_size, val_fraction=args.val_fraction,
-            seed=args.seed, per_class=args.per_class,
+            args.root,
+            image_size=args.image_size,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            per_class=args.per_class,
         )
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import re
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -45,7 +44,11 @@ def test_fast_demo_learns_far_above_chance_and_says_so(fast_demo):
     assert top5 >= top1
     assert "chance is 10%" in output
     final = json.loads(
-        [line for line in (workdir / "run-wds-fast" / "metrics.jsonl").read_text().splitlines() if "val/top1" in line][-1]
+        [
+            line
+            for line in (workdir / "run-wds-fast" / "metrics.jsonl").read_text().splitlines()
+            if "val/top1" in line
+        ][-1]
     )
     assert abs(final["val/top1"] - top1) < 0.01  # the printed figure is the logged one
 
@@ -65,7 +68,12 @@ def test_fast_demo_leaves_every_artefact_it_lists(fast_demo):
     assert any("val/top1" in row for row in history)
     assert (artefacts["checkpoints"] / "last.pt").is_file()
     assert (artefacts["checkpoints"] / "best.pt").is_file()
-    for name in ("accuracy curves PNG", "loss curves PNG", "sample grid PNG", "prediction grid PNG"):
+    for name in (
+        "accuracy curves PNG",
+        "loss curves PNG",
+        "sample grid PNG",
+        "prediction grid PNG",
+    ):
         with Image.open(artefacts[name]) as image:
             assert image.format == "PNG" and min(image.size) >= 64, name
     # Each stage kept its full log.
@@ -98,14 +106,17 @@ def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
 def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
     from pipeline.demo import cause_line
 
-    output = "\n".join([
-        "starting",
-        "[rank0]: Traceback (most recent call last):",
-        "[rank0]: ValueError: data.train_dir /x does not exist",
-        "W1123 00:13:40.434000 11638 api.py:1028] Sending process 11745 closing signal SIGTERM",
-        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
-        "============================================================",
-    ])
+    output = (
+        "starting\n"
+        "[rank0]: Traceback (most recent call last):\n"
+        "[rank0]: ValueError: data.train_dir /x does not exist\n"
+        "W1123 00:13:40.434000 11638 api.py:1028] Sending process 11745 closing signal SIGTERM\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "============================================================\n"
+    )
     assert cause_line(output) == "[rank0]: ValueError: data.train_dir /x does not exist"
-    assert cause_line("resizing\nerror: /raw has no train images\n") == "error: /raw has no train images"
+    assert (
+        cause_line("resizing\nerror: /raw has no train images\n")
+        == "error: /raw has no train images"
+    )
     assert cause_line("one\ntwo\n=====\n") == "two"

@@ -1,6 +1,6 @@
 """The demo's raw dataset: real digits in Kaggle's ImageNet layout, read back by our own readers.
 
-    .venv/bin/pytest tests/demo/test_demo_data.py
+.venv/bin/pytest tests/demo/test_demo_data.py
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def test_synset_mapping_holds_the_real_imagenet_lines_for_the_ten_wnids(demo_raw
     assert list(DEMO_WNIDS) == sorted(DEMO_WNIDS)  # so class index d is digit d
 
 
-@pytest.mark.skipif(not SHARED_MAPPING.is_file(), reason="the shared ImageNet metadata is not on this machine")
+@pytest.mark.skipif(
+    not SHARED_MAPPING.is_file(), reason="the shared ImageNet metadata is not on this machine"
+)
 def test_bundled_synset_mapping_is_identical_to_kaggles_file():
     assert SYNSET_MAPPING_PATH.read_bytes() == SHARED_MAPPING.read_bytes()
 
@@ -141,7 +143,9 @@ def test_a_finished_build_is_reused_and_a_foreign_directory_is_refused(tmp_path)
 def test_render_digit_draws_dark_ink_on_white_paper():
     pixels = np.zeros((8, 8))
     pixels[2:6, 3:5] = 16.0  # a bar of full ink
-    image = np.asarray(Image.open(io.BytesIO(render_digit(pixels, 64))).convert("L"), dtype=np.int64)
+    image = np.asarray(
+        Image.open(io.BytesIO(render_digit(pixels, 64))).convert("L"), dtype=np.int64
+    )
     assert image[0:8, 0:8].mean() > 240  # paper
     assert image[28:36, 28:36].mean() < 40  # ink
 
