@@ -51,7 +51,9 @@ LabelSource = Path | str | Sequence[Path | str]
 
 def val_stem(file_name: str) -> str:
     """ "ILSVRC2012_val_00000001.JPEG" → "ILSVRC2012_val_00000001" (the key labels are stored under)."""
-    return PurePosixPath(file_name).stem
+    name = file_name.rsplit("/", 1)[-1]  # string ops, not PurePosixPath: this runs for every file
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
 
 
 def devkit_val_stem(index: int) -> str:

@@ -164,19 +164,24 @@ def plan_sort(
         )
     out_dir = Path(out_dir) if out_dir is not None else val_dir
     ignored = {path.resolve() for path in ignore}
+    ignored_names = {path.name for path in ignored}
 
+    # os.scandir, not Path.iterdir + is_file: one syscall per directory instead of one per file
     flat: dict[str, list[Path]] = {}  # stem → flat files with that stem
-    for entry in sorted(val_dir.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file() or entry.resolve() in ignored:
-            continue
-        flat.setdefault(val_stem(entry.name), []).append(entry)
+    for name in _file_names(val_dir):
+        if name in ignored_names and (val_dir / name).resolve() in ignored:
+            continue  # the label file itself
+        flat.setdefault(val_stem(name), []).append(val_dir / name)
     placed: dict[str, list[Path]] = {}  # stem → files already inside a class folder of out_dir
     if out_dir.is_dir():
-        for folder in sorted(out_dir.iterdir()):
-            if folder.is_dir() and not folder.name.startswith("."):
-                for entry in sorted(folder.iterdir()):
-                    if entry.is_file() and not entry.name.startswith("."):
-                        placed.setdefault(val_stem(entry.name), []).append(entry)
+        folders = sorted(
+            entry.name
+            for entry in os.scandir(out_dir)
+            if entry.is_dir() and not entry.name.startswith(".")
+        )
+        for folder in folders:
+            for name in _file_names(out_dir / folder):
+                placed.setdefault(val_stem(name), []).append(out_dir / folder / name)
 
     present = {**flat, **placed}.keys()
     unlabelled = sorted(
@@ -285,6 +290,14 @@ def _read_class_list(path: Path) -> list[str]:
     if lines and all(is_wnid(line) for line in lines):
         return lines
     return list(read_synset_mapping(path))
+
+
+def _file_names(directory: Path) -> list[str]:
+    """Sorted names of the regular (or symlinked) non-hidden files in `directory`."""
+    with os.scandir(directory) as entries:
+        return sorted(
+            entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file()
+        )
 
 
 def _same_file(first: Path, second: Path) -> bool:
