@@ -218,3 +218,35 @@ def test_caffe_labels_take_the_class_list_from_classes(tmp_path, flat_val):
     assert sort_val(val_dir, "--labels", labels) == 2  # no class list found beside val.txt
     assert sort_val(val_dir, "--labels", labels, "--classes", tmp_path / "classes.txt") == 0
     assert tree(val_dir) == expected_tree(files, originals)
+
+
+def test_a_half_done_link_run_completes(tmp_path, flat_val, capsys):
+    val_dir, files, originals = flat_val
+    labels = write_labels(tmp_path / "labels", "kaggle", stems(files), DEFAULT_WNIDS)
+    out_dir = tmp_path / "sorted"
+    assert sort_val(val_dir, "--labels", labels, "--link", "--out", out_dir) == 0
+    for name in sorted(files)[:5]:  # as if the first run had stopped after 3 of 8 links
+        (out_dir / files[name] / name).unlink()
+    capsys.readouterr()
+    assert sort_val(val_dir, "--labels", labels, "--link", "--out", out_dir) == 0
+    out = capsys.readouterr().out
+    assert "linked 5 files" in out and "3 already sorted" in out
+    assert tree(out_dir) == expected_tree(files, originals)
+    assert tree(val_dir) == originals
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+@pytest.mark.skipif(
+    not SHARED_MEMORY.is_dir() or os.stat(SHARED_MEMORY).st_dev == os.stat("/tmp").st_dev,
+    reason="needs /dev/shm on another filesystem than /tmp",
+)
+def test_out_on_another_filesystem_is_refused_before_anything_moves(tmp_path, flat_val, capsys):
+    val_dir, files, originals = flat_val
+    labels = write_labels(tmp_path / "labels", "kaggle", stems(files), DEFAULT_WNIDS)
+    out_dir = SHARED_MEMORY / f"sortval-test-{os.getpid()}" / "sorted"
+    assert sort_val(val_dir, "--labels", labels, "--link", "--out", out_dir) == 2
+    assert "on another filesystem" in capsys.readouterr().err
+    assert not out_dir.parent.exists()
+    assert tree(val_dir) == originals
