@@ -158,6 +158,11 @@ def plan_folder(src: Path, dst: Path) -> list[Path]:
     return relatives
 
 
+def source_name(source: str) -> str:
+    """The original's file name from a path or a "TAR:MEMBER/INNER" source: what shards record."""
+    return PurePosixPath(source.rsplit(":", 1)[-1]).name
+
+
 def _resize_one(
     data_or_path: bytes | Path | None, destination: Path, options: ResizeOptions, source: str
 ) -> _Outcome:
@@ -170,7 +175,7 @@ def _resize_one(
             options.short_side,
             only_shrink=options.only_shrink,
             quality=options.quality,
-            source=PurePosixPath(source).name,
+            source=source_name(source),
         )
     except BadImage as err:
         return _Outcome(source, "failed", str(err))

@@ -1,0 +1,106 @@
+"""`prepare`: the ILSVRC tars, the Kaggle layout and plain folders give the same shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from imagefixtures import tree_digest
+from rawfixtures import build_folder_layout, build_ilsvrc_tars, build_kaggle_layout
+
+from preprocess.cli import main
+from preprocess.manifest import read_manifest
+
+
+def published(directory: Path) -> dict[str, str]:
+    return {
+        name: digest
+        for name, digest in tree_digest(directory).items()
+        if not Path(name).name.startswith(".")
+    }
+
+
+@pytest.mark.slow
+def test_tars_kaggle_and_folders_give_identical_shards(tmp_path, capsys):
+    builders = {
+        "tars": build_ilsvrc_tars,
+        "kaggle": build_kaggle_layout,
+        "folders": build_folder_layout,
+    }
+    outputs = {}
+    for name, build in builders.items():
+        layout = build(tmp_path / f"raw-{name}")
+        dst = tmp_path / f"out-{name}"
+        argv = [
+            "prepare",
+            str(layout.root),
+            str(dst),
+            "--short-side",
+            "32",
+            "--shard-size",
+            "5",
+            "--workers",
+            "1",
+        ]
+        assert main(argv) == 0, capsys.readouterr()
+        outputs[name] = dst
+    train = read_manifest(outputs["tars"] / "train")
+    val = read_manifest(outputs["tars"] / "val")
+    assert train.num_samples == 12 and val.num_samples == 8  # 4 classes x 3 train, x 2 val
+    assert train.classes == val.classes == layout.classes and train.short_side == 32
+    for split in ("train", "val"):
+        tars = {name: published(outputs[name] / split) for name in builders}
+        tar_only = {
+            name: {k: v for k, v in files.items() if k.endswith((".tar", ".idx"))}
+            for name, files in tars.items()
+        }
+        assert tar_only["tars"] == tar_only["kaggle"] == tar_only["folders"], split
+    assert (outputs["kaggle"] / "LOC_synset_mapping.txt").is_file()
+    # resized class folders are kept for the folder backend, with every class in both splits
+    assert (
+        sorted(p.name for p in (outputs["tars"] / "folders" / "val").iterdir() if p.is_dir())
+        == layout.classes
+    )
+
+
+@pytest.mark.slow
+def test_prepare_repairs_oddballs_reports_broken_files_and_resumes(tmp_path, capsys):
+    layout = build_kaggle_layout(tmp_path / "raw", oddballs=True)
+    dst = tmp_path / "out"
+    argv = [
+        "prepare",
+        str(layout.root),
+        str(dst),
+        "--short-side",
+        "32",
+        "--shard-size",
+        "4",
+        "--workers",
+        "2",
+    ]
+    assert main(argv) == 1  # the truncated and the empty file
+    first = capsys.readouterr().out
+    assert "failed 2" in first and "repaired 4" in first
+    errors = (dst / "folders" / "train" / "resize_errors.txt").read_text()
+    assert errors.count("\n") == 2
+    repaired = [
+        key
+        for key, kind in layout.oddballs.items()
+        if kind in ("cmyk", "png-as-jpeg", "grayscale", "rgba")
+    ]
+    manifest = read_manifest(dst / "train")
+    assert manifest.num_samples == len(layout.train) - 2
+    keys = set()
+    import tarfile
+
+    for shard in manifest.shards:
+        with tarfile.open(dst / "train" / shard.name) as tar:
+            keys |= {member.name.split(".")[0] for member in tar}
+    assert set(repaired) <= keys
+
+    assert main(argv) == 1  # the same two still fail; everything else is skipped
+    second = capsys.readouterr().out
+    assert "written 0" in second and f"skipped {len(layout.train) - 2}" in second
+    record = json.loads((dst / "train" / "manifest.json").read_text())
+    assert record["num_samples"] == len(layout.train) - 2
