@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -271,19 +272,18 @@ def _iter_folder(
     raw: Path, split_dir: Path, split: str, labels: Path | None, task_index: int, num_tasks: int
 ) -> Iterator[RawImage]:
     """Class subfolders give the WNID; flat files (an unsorted val) take it from the labels."""
+    # os.scandir: the file type comes with the listing, no stat per file (1.28M files on Lustre)
     entries: list[tuple[str, str, Path]] = []  # (wnid, key, path)
     flat: list[Path] = []
-    for entry in sorted(split_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
+    for name, is_dir in _list_dir(split_dir):
+        if is_dir:
             entries.extend(
-                (entry.name, val_stem(file.name), file)
-                for file in sorted(entry.iterdir())
-                if file.is_file() and not file.name.startswith(".") and _is_image_name(file.name)
+                (name, val_stem(file_name), split_dir / name / file_name)
+                for file_name, file_is_dir in _list_dir(split_dir / name)
+                if not file_is_dir and _is_image_name(file_name)
             )
-        elif entry.is_file() and _is_image_name(entry.name):
-            flat.append(entry)
+        elif _is_image_name(name):
+            flat.append(split_dir / name)
     if flat:
         by_stem = _load_labels(raw, labels)
         unlabelled = [file.name for file in flat if val_stem(file.name) not in by_stem]
@@ -308,6 +308,16 @@ def _iter_folder(
     for index, (wnid, key, path) in enumerate(entries):
         if index % num_tasks == task_index:
             yield RawImage(split, wnid, key, str(path), path=path)
+
+
+def _list_dir(directory: Path) -> list[tuple[str, bool]]:
+    """Sorted (name, is_dir) of the non-hidden folders and files in `directory` (symlinks followed)."""
+    with os.scandir(directory) as entries:
+        return sorted(
+            (entry.name, entry.is_dir())
+            for entry in entries
+            if not entry.name.startswith(".") and (entry.is_dir() or entry.is_file())
+        )
 
 
 def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:
