@@ -300,8 +300,26 @@ def markdown_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START = "<!-- config-reference:start -->\n"
+README_END = "<!-- config-reference:end -->"
+
+
+def update_readme(path: str | Path) -> bool:
+    """Rewrite the config reference between the README's markers; True when it changed."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    updated = text[:start] + markdown_reference() + text[end:]
+    path.write_text(updated)
+    return updated != text
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--markdown"]:
+    # python -m pipeline.config --markdown            print the reference table
+    # python -m pipeline.config --update-readme FILE  rewrite it between the README's markers
+    if sys.argv[1:2] == ["--markdown"]:
         print(markdown_reference(), end="")
+    elif sys.argv[1:2] == ["--update-readme"] and len(sys.argv) == 3:
+        print("updated" if update_readme(sys.argv[2]) else "unchanged")
     else:
         print(__doc__)
