@@ -78,3 +78,23 @@ def tiny_config(train_dir, val_dir, backend="folder", **data):
 
 def single_rank() -> DistInfo:
     return DistInfo()
+
+
+def make_shards(src: Path, dst: Path, split: str, shard_size: int) -> Path:
+    """Shard class folders with the real writer (`python -m preprocess shard`)."""
+    from preprocess.cli import main
+
+    status = main(["shard", str(src), str(dst), "--split", split, "--shard-size", str(shard_size), "--workers", "1"])
+    assert status == 0, f"preprocess shard exited {status}"
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_folders) -> dict:
+    """The tiny folders as shards: train in shards of 10 (61 → 6×10 + 1), val in shards of 4 (27 → 6×4 + 3)."""
+    root = tiny_folders["root"]
+    return {
+        **tiny_folders,
+        "train": make_shards(tiny_folders["train"], root / "shards" / "train", "train", 10),
+        "val": make_shards(tiny_folders["val"], root / "shards" / "val", "val", 4),
+    }
