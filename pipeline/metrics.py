@@ -59,7 +59,7 @@ class EvalAccumulator:
         predictions = logits.argmax(dim=1)
         index = labels * self.num_classes + predictions
         self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
-        loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        loss_sum = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="sum")  # float64: exact enough that rank splits agree to 1e-12
         top5 = topk_correct(logits, labels, (5,))[0]
         self.sums += torch.stack([loss_sum.double(), torch.tensor(float(top5), dtype=torch.float64, device=logits.device),
                                   torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)])

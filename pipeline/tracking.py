@@ -121,12 +121,11 @@ def _start_wandb(cfg: Config, run_dir: Path, run_id: str | None, mode: str):
     import wandb
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = run_id or wandb.util.generate_id()
     return wandb.init(
         project=cfg.log.project,
         entity=cfg.log.entity or None,
         name=cfg.log.run_name or run_dir.resolve().name,
-        id=run_id,
+        id=run_id or None,  # None: wandb generates one, which the checkpoint then keeps
         resume="allow",
         dir=str(run_dir),
         mode=mode,

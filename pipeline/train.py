@@ -136,7 +136,8 @@ class TrainState:
     batch_in_epoch: int = 0  # loader (micro-)batches consumed in `epoch`
     best_top1: float = -1.0
     evals_without_improvement: int = 0
-    finished: bool = False  # all epochs/max_steps done or stopped early: a rerun only evaluates
+    stopped_early: bool = False  # early stopping fired: a rerun only evaluates
+    finished: bool = False  # informational: all steps done (a rerun with more epochs/max_steps continues)
     wandb_run_id: str = ""
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -263,6 +264,7 @@ class Trainer:
             "batch_in_epoch": state.batch_in_epoch,
             "best_top1": state.best_top1,
             "evals_without_improvement": state.evals_without_improvement,
+            "stopped_early": state.stopped_early,
             "finished": state.finished,
             "wandb_run_id": state.wandb_run_id,
             "last_eval": dict(state.last_eval),
@@ -273,10 +275,18 @@ class Trainer:
         }
 
     def save(self, state: TrainState, *, is_best: bool = False, epoch_file: bool = False) -> None:
-        """Rank 0 writes atomically; every rank waits so nobody exits before the file exists."""
+        """Rank 0 writes atomically; every rank waits so nobody exits before the file exists.
+
+        Every rank's weight fingerprint goes in too: DDP replicas must be identical, and the
+        checkpoint shows that they were (and training stops with an error if they are not)."""
+        fingerprints = replica_fingerprints(self.model, self.dist)
+        if any(not torch.equal(fingerprints[0], other) for other in fingerprints[1:]):
+            raise RuntimeError(f"DDP replicas diverged at step {state.step}: weight fingerprints differ across ranks")
         if self.dist.is_main:
             started = time.perf_counter()
-            path = ckpt.save_checkpoints(self.checkpoint_state(state), self.run_dir, is_best=is_best, epoch_file=epoch_file)
+            data = self.checkpoint_state(state)
+            data["replica_fingerprints"] = [f.cpu() for f in fingerprints]
+            path = ckpt.save_checkpoints(data, self.run_dir, is_best=is_best, epoch_file=epoch_file)
             log.info("saved %s (epoch %d, step %d, batch %d) in %.1fs%s", path, state.epoch, state.step,
                      state.batch_in_epoch, time.perf_counter() - started, " [best]" if is_best else "")
         barrier(self.dist)
@@ -295,7 +305,7 @@ class Trainer:
             self.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
         ckpt.restore_rng_state(data["rng"])
-        for name in ("epoch", "step", "batch_in_epoch", "best_top1", "evals_without_improvement", "finished", "wandb_run_id"):
+        for name in ("epoch", "step", "batch_in_epoch", "best_top1", "evals_without_improvement", "stopped_early", "wandb_run_id"):
             setattr(state, name, data[name])
         state.last_eval = dict(data.get("last_eval") or {})
         if data.get("world_size") != self.dist.world_size and state.batch_in_epoch:
@@ -365,7 +375,8 @@ class Trainer:
         step_model, ddp = self.wrap_model()
         window = _Window(self.device)
         first_batch = fresh
-        while not state.finished and state.step < self.total_steps:
+        state.finished = state.stopped_early or state.step >= self.total_steps
+        while not state.finished:
             epoch = state.epoch
             self.train_loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
             set_train_mode(self.model, cfg.model.freeze)
@@ -426,8 +437,7 @@ class Trainer:
             if state.batch_in_epoch >= self.steps_per_epoch * self.accum:
                 state.epoch += 1
                 state.batch_in_epoch = 0
-            if state.step >= self.total_steps:
-                state.finished = True
+            state.finished = state.step >= self.total_steps
             epoch_done = state.batch_in_epoch == 0
             due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch >= cfg.train.epochs)
             is_best = False
@@ -444,7 +454,7 @@ class Trainer:
                 patience = cfg.train.early_stop_patience
                 if patience and state.evals_without_improvement >= patience and not state.finished:
                     log.info("early stop: val top-1 has not improved for %d evaluations (best %.2f%%)", patience, state.best_top1)
-                    state.finished = True
+                    state.stopped_early = state.finished = True
             save_epoch = epoch_done and cfg.train.save_every > 0 and state.epoch % cfg.train.save_every == 0
             self.save(state, is_best=is_best, epoch_file=save_epoch)
             stopped = stop.agreed()  # every rank calls it: it is a collective
@@ -497,6 +507,9 @@ class Trainer:
         output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast)
         if self.dist.is_main:
             write_per_class_csv(output.result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv")
+            report = {**output.result.as_metrics(), "val/num_samples": output.result.num_samples,
+                      "weights": str(source or self.cfg.model.init_from or self.cfg.model.finetune), "world_size": self.dist.world_size}
+            (self.run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
         log.info("val/loss=%.4f val/macro_f1=%.2f on %d images", output.result.loss, output.result.macro_f1, output.result.num_samples)
         print_final(output.result.as_metrics(), self.dist)
         return EXIT_OK
@@ -514,6 +527,17 @@ class Trainer:
             for line in report.lines():
                 print(line, flush=True)
         return EXIT_OK if int(ok.item()) == self.dist.world_size else EXIT_CHECK_FAILED
+
+
+def replica_fingerprints(model: nn.Module, dist: DistInfo) -> list[torch.Tensor]:
+    """Every rank's [sum, sum of squares] per parameter tensor (float64), in rank order."""
+    with torch.no_grad():
+        local = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()]).flatten()
+    if not dist.is_distributed:
+        return [local]
+    gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
+    torch_dist.all_gather(gathered, local)
+    return gathered
 
 
 class _Window:

@@ -1,0 +1,181 @@
+"""pipeline.train through main(argv) in-process (one rank): run dir, rerun, --evaluate, --check,
+AMP fp16, early stopping, fine-tuning, accumulation, W&B offline, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.tracking import read_wandb_history
+from pipeline.train import main
+from train_helpers import tiny_args
+
+STEPS_PER_EPOCH = 10  # 160 train images / global batch 16
+
+
+def final_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("final: ")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def read_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_fills_the_run_dir_and_a_rerun_only_evaluates_and_evaluate_agrees(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = tiny_args(tiny_data, run_dir, "train.epochs=2", "train.log_every=2", "log.plots=true", "train.sanity_grid=true",
+                     "train.save_every=1")
+    assert main(argv) == 0
+    first = final_line(capsys.readouterr().out)
+    assert (run_dir / "config.yaml").read_text().count("global_batch_size: 16") == 1
+    launch = json.loads((run_dir / "launches.jsonl").read_text().splitlines()[0])
+    assert launch["git_sha"] and "pipeline.train" in launch["command"] and launch["world_size"] == 1
+    rows = read_rows(run_dir)
+    train_rows = [r for r in rows if "train/loss" in r]
+    val_rows = [r for r in rows if "val/top1" in r]
+    assert [r["step"] for r in train_rows] == list(range(2, 21, 2))
+    assert {"train/top1", "opt/lr", "perf/images_per_s", "perf/data_wait_frac", "epoch"} <= set(train_rows[0])
+    assert [r["step"] for r in val_rows] == [10, 20]
+    assert {"val/top5", "val/loss", "val/macro_f1"} <= set(val_rows[0])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["accuracy.png", "loss.png", "predictions.png", "train_batch.png"]
+    csv_rows = list(csv.DictReader((run_dir / "per_class_accuracy.csv").open()))
+    assert len(csv_rows) == 4 and sum(int(r["support"]) for r in csv_rows) == 17
+    assert csv_rows[1]["name"] == "goldfish, Carassius auratus"
+    state = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (state["epoch"], state["step"], state["batch_in_epoch"], state["finished"]) == (2, 20, 0, True)
+    assert f"val/top1={state['last_eval']['val/top1']:.2f}" in first
+
+    assert main(argv) == 0  # same run dir: auto-resume finds a finished run and only evaluates
+    assert final_line(capsys.readouterr().out) == first
+    assert load_checkpoint(run_dir / "checkpoints/last.pt")["step"] == 20
+
+    assert main([*argv, "--evaluate"]) == 0
+    assert final_line(capsys.readouterr().out) == first
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["val/num_samples"] == 17 and report["weights"].endswith("last.pt")
+
+
+def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(tiny_data, tmp_path, capsys):
+    assert main([*tiny_args(tiny_data, tmp_path / "run"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"vs ln(4) = {math.log(4):.4f}: ok" in out and "check overfit one batch of 16: ok: 100% in" in out
+    assert main([*tiny_args(tiny_data, tmp_path / "run"), "train.check_overfit_steps=1", "--check"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_fp16_autocast_with_grad_scaler_steps_once_per_batch_and_resumes_the_scaler_state(tiny_data, tmp_path):
+    """CPU autocast supports float16 in torch 2.13, so this runs the real fp16 + GradScaler path."""
+    calls = []
+    handle = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: calls.append(1))
+    try:
+        run_dir = tmp_path / "run"
+        assert main(tiny_args(tiny_data, run_dir, "train.precision=fp16", "train.max_steps=6", "train.log_every=1")) == 0
+        first = load_checkpoint(run_dir / "checkpoints/last.pt")
+        # a skipped step (inf/nan gradients) halves the scale; every other batch steps exactly once
+        backoffs = round(math.log2(65536.0 / first["scaler"]["scale"]))
+        assert first["step"] == 6 and len(calls) + backoffs == 6 and len(calls) >= 4
+        if backoffs == 0:
+            assert first["scaler"]["_growth_tracker"] == 6  # one successful step per batch
+        rows = read_rows(run_dir)
+        assert [r["opt/loss_scale"] for r in rows if "opt/loss_scale" in r][-1] == first["scaler"]["scale"]
+
+        calls.clear()
+        assert main(tiny_args(tiny_data, run_dir, "train.precision=fp16", "train.max_steps=9", "train.log_every=1")) == 0
+        second = load_checkpoint(run_dir / "checkpoints/last.pt")
+        more_backoffs = round(math.log2(first["scaler"]["scale"] / second["scaler"]["scale"]))
+        assert second["step"] == 9 and len(calls) + more_backoffs == 3
+        if backoffs == 0 and more_backoffs == 0:  # the growth tracker continued from the checkpoint, not from 0
+            assert second["scaler"]["_growth_tracker"] == 9
+    finally:
+        handle.remove()
+
+
+def test_early_stopping_ends_training_after_patience_evals_without_improvement(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    # a vanishing lr cannot move val top-1, so evals 2 and 3 do not improve on eval 1
+    assert main(tiny_args(tiny_data, run_dir, "train.epochs=6", "train.early_stop_patience=2", "optim.lr=1.0e-12")) == 0
+    state = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (state["epoch"], state["step"], state["finished"], state["evals_without_improvement"]) == (3, 30, True, 2)
+
+
+def test_finetuning_loads_the_body_freezes_features_and_trains_a_new_head(tiny_data, tmp_path):
+    source = tmp_path / "source"
+    assert main(tiny_args(tiny_data, source, "train.max_steps=3")) == 0
+    weights = source / "checkpoints/last.pt"
+    run_dir = tmp_path / "finetune"
+    assert main(tiny_args(tiny_data, run_dir, "train.max_steps=4", "--finetune", str(weights), "--freeze", "features")) == 0
+    before, after = load_checkpoint(weights)["model"], load_checkpoint(run_dir / "checkpoints/last.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("features."))
+    assert not torch.equal(before["classifier.6.weight"], after["classifier.6.weight"])
+    assert not torch.equal(before["classifier.1.weight"], after["classifier.1.weight"])
+
+
+def test_gradient_accumulation_takes_the_same_steps_as_one_big_batch(tiny_data, tmp_path):
+    common = ("train.max_steps=3", "model.dropout=0.0")
+    assert main(tiny_args(tiny_data, tmp_path / "one", *common)) == 0
+    assert main(tiny_args(tiny_data, tmp_path / "two", *common, "optim.grad_accum_steps=2")) == 0
+    one = load_checkpoint(tmp_path / "one/checkpoints/last.pt")
+    two = load_checkpoint(tmp_path / "two/checkpoints/last.pt")
+    assert one["step"] == two["step"] == 3 and two["batch_in_epoch"] == 6
+    for key in one["model"]:
+        torch.testing.assert_close(one["model"][key], two["model"][key], rtol=1e-4, atol=1e-5)
+
+
+def test_wandb_offline_run_holds_the_logged_keys_and_the_api_key_never_reaches_disk(tiny_data, tmp_path, capsys, monkeypatch):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    argv = [*tiny_args(tiny_data, run_dir, "train.max_steps=4", "train.log_every=2"), "log.wandb=offline"]
+    assert main(argv) == 0
+    history = read_wandb_history(run_dir)
+    keys = set().union(*history)
+    assert {"train/loss", "train/top1", "opt/lr", "perf/images_per_s", "perf/data_wait_frac",
+            "val/top1", "val/top5", "val/loss", "val/macro_f1"} <= keys
+    assert [row["train/loss"] for row in history if "train/loss" in row] == [
+        row["train/loss"] for row in read_rows(run_dir) if "train/loss" in row]
+    run_id = load_checkpoint(run_dir / "checkpoints/last.pt")["wandb_run_id"]
+    assert run_id and list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    captured = capsys.readouterr()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in captured.out + captured.err
+
+    # resuming continues the same W&B run id
+    assert main([*tiny_args(tiny_data, run_dir, "train.max_steps=6", "train.log_every=2"), "log.wandb=offline"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints/last.pt")["wandb_run_id"] == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
+    assert {"train/loss"} <= set().union(*read_wandb_history(run_dir))
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["optim.lrr=0.1"], "unknown config key optim.lrr"),
+    (["data.train_dir=/nonexistent/train"], "does not exist"),
+    (["data.global_batch_size=15", "optim.grad_accum_steps=2"], "not divisible"),
+    (["data.train_crop=32"], "too small for AlexNet"),
+    (["train.precision=fp8"], "is not one of"),
+    (["--resume", "/nonexistent/last.pt"], "--resume /nonexistent/last.pt does not exist"),
+    (["--init-from", "/nonexistent/weights.pth"], "does not exist"),
+])
+def test_bad_config_or_paths_exit_2_with_one_error_line(tiny_data, tmp_path, capsys, extra, expected):
+    assert main([*tiny_args(tiny_data, tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_a_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: config file")
