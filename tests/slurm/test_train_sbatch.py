@@ -1,0 +1,154 @@
+"""slurm/train.sbatch on a real two-node Slurm: a 2 x 2 gloo job, preemption + requeue, a bad host.
+
+Each job runs the real script end to end: sbatch → one srun task per node → launch/ (preflight,
+then torchrun c10d on the first node's NodeAddr) → pipeline.train on 4 CPU ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SBATCH = REPO / "slurm" / "train.sbatch"
+# 64 train images, global batch 8 → 8 steps per epoch; 8 epochs = 64 steps: several seconds of
+# training to signal into, short on CPU. Every step is logged so metrics.jsonl shows progress.
+EPOCHS = 8
+STEPS = 64
+JOB_TIMEOUT_S = 240
+
+
+def training_overrides(data: Path) -> str:
+    return " ".join(
+        [
+            f"data.train_dir={data / 'train'}",
+            f"data.val_dir={data / 'val'}",
+            f"train.epochs={EPOCHS}",
+            "data.global_batch_size=8",
+            "train.log_every=1",
+            "train.sanity_grid=false",
+            "log.plots=false",
+        ]
+    )
+
+
+def submit_training(cluster, data: Path, run_dir: Path, output: Path, *, wandb: str = "disabled", **env: str) -> str:
+    """sbatch the real script as a 2-node x 2-process CPU job; returns the job id."""
+    exports = {
+        "PYTHON": sys.executable,
+        "PROJECT_DIR": str(REPO),
+        "NPROC_PER_NODE": "2",
+        "CONFIG": "configs/tiny.yaml",
+        "RUN_DIR": str(run_dir),
+        "OVERRIDES": f"{training_overrides(data)} log.wandb={wandb}",
+        "RDZV_TIMEOUT": "120",
+        **env,
+    }
+    export = ",".join(["ALL", *(f"{key}={value}" for key, value in exports.items())])
+    result = cluster.run(
+        "sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", f"--output={output}",
+        f"--export={export}", str(SBATCH),
+    )
+    return result.stdout.strip().split(";")[0]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_step(run_dir: Path) -> int:
+    return max(row["step"] for row in read_metrics(run_dir))
+
+
+def wait_until(condition, timeout_s: float, what: str, cluster=None, poll_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{cluster.log_tail()}" if cluster else ""))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm_cluster, tiny_images, tmp_path_factory):
+    """One complete 2 x 2 run of the real script: (job id, run dir, output file)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_dir, output = root / "run", root / "job.out"
+    job = submit_training(slurm_cluster, tiny_images, run_dir, output)
+    state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{output.read_text()}"
+    return job, run_dir, output
+
+
+def test_two_node_job_of_two_processes_each_trains_with_world_size_four(uninterrupted):
+    job, run_dir, output = uninterrupted
+    log = output.read_text()
+    assert "preflight ok: world_size=4 backend=gloo nodes=2" in log
+    assert re.search(r"--nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=127\.0\.0\.1:\d+ "
+                     rf"--rdzv-id={job} ", log), log
+    assert "world 4" in log  # pipeline.train's start-up line
+    assert "final: val/top1=" in log
+    assert "training finished (exit 0): not requeueing" in log
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_size > 0
+    steps = [row["step"] for row in read_metrics(run_dir)]
+    assert max(steps) == STEPS
+    assert steps == sorted(steps)
+
+
+def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(slurm_cluster, tiny_images, uninterrupted, tmp_path):
+    _, reference_dir, _ = uninterrupted
+    run_dir, output = tmp_path / "run", tmp_path / "job.out"
+    # W&B offline: the requeued job must continue the same run (the id is in the checkpoint).
+    job = submit_training(slurm_cluster, tiny_images, run_dir, output, wandb="offline", PREFLIGHT="0")
+    wait_until(lambda: any("train/loss" in row for row in read_metrics(run_dir)), JOB_TIMEOUT_S,
+               "the first logged training step", slurm_cluster, poll_s=0.2)
+    # What Slurm does --signal=B:USR2@S before the time limit: signal the batch shell only.
+    slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
+    wait_until(lambda: slurm_cluster.job_field(job, "Restarts") == "1", JOB_TIMEOUT_S, "the requeue", slurm_cluster)
+    stopped_at = last_step(run_dir)
+    assert stopped_at < STEPS, "the run finished before the signal: it did not test preemption"
+    # Slurm holds a requeued job for about 2 minutes (BeginTime); release it now.
+    wait_until(lambda: slurm_cluster.job_state(job) == "PENDING", 60, "the requeued job to be pending", slurm_cluster)
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
+    log = output.read_text()
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{log}"
+    assert "got SIGUSR2: passing USR2 to the training step" in log
+    assert "stopped by SIGUSR2 at step" in log
+    assert f"requeueing job {job}" in log
+    assert f"job {job} restart 1" in log
+    assert "resumed from" in log
+    assert "training finished (exit 0): not requeueing" in log
+    assert last_step(run_dir) == last_step(reference_dir) == STEPS
+    # Steps logged before the stop are not repeated after the resume, and none are missing.
+    train_steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
+    assert train_steps == list(range(1, STEPS + 1))
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2, wandb_runs
+    assert len({path.name.rsplit("-", 1)[1] for path in wandb_runs}) == 1, wandb_runs
+
+
+def test_unreachable_rendezvous_host_fails_the_job_naming_host_and_port(slurm_cluster, tiny_images, tmp_path):
+    output = tmp_path / "job.out"
+    # 192.0.2.1 is TEST-NET-1: reserved, never assigned, so nothing answers there.
+    job = submit_training(slurm_cluster, tiny_images, tmp_path / "run", output,
+                          RDZV_HOST="192.0.2.1", RDZV_PORT="29999", RDZV_TIMEOUT="10")
+    # The bound: rendezvous timeout (10 s) plus start-up; wait_for_job fails the test past it.
+    state = slurm_cluster.wait_for_job(job, 120)
+    log = output.read_text()
+    assert state == "FAILED", log
+    assert "error: preflight failed" in log
+    assert "rendezvous at 192.0.2.1:29999" in log and "did not form 2 nodes within 10 s" in log
+    assert "training failed" in log and "not requeueing" in log
+    assert not (tmp_path / "run" / "checkpoints").exists()
