@@ -33,3 +33,58 @@ def child_env(**extra: str) -> dict[str, str]:
     env.pop("WANDB_API_KEY", None)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subprocess.Popen]:
+    """Start `python -m pipeline.train ARGV` once per rank with RANK/WORLD_SIZE/MASTER_* set, as srun
+    without torchrun does (pipeline.distributed reads the same variables)."""
+    port = free_port()
+    processes = []
+    for rank in range(world_size):
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        log = open(log_dir / f"rank{rank}.log", "w")
+        processes.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", *argv], cwd=REPO, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def start_torchrun(nproc: int, argv: list[str], log_path: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+               "--standalone", "-m", "pipeline.train", *argv]
+    return subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children
+
+
+def latest_step(run_dir: Path) -> int:
+    """The highest step logged to RUN_DIR/metrics.jsonl so far (-1 when none)."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return -1
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            pass  # a line being written right now
+    return max(steps, default=-1)
