@@ -98,3 +98,56 @@ def tiny_shards(tiny_folders) -> dict:
         "train": make_shards(tiny_folders["train"], root / "shards" / "train", "train", 10),
         "val": make_shards(tiny_folders["val"], root / "shards" / "val", "val", 4),
     }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir: str) -> None:
+    """One gloo rank: records what each backend yields on it (spawned by test_distributed.py)."""
+    import json
+
+    import torch.distributed as torch_dist
+
+    from pipeline.data import LoaderError, build_loader
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist = DistInfo(rank=rank, local_rank=rank, world_size=world_size, local_world_size=world_size, backend="gloo")
+    report = {}
+    try:
+        for backend, train_dir, val_dir in combos:
+            cfg = tiny_config(train_dir, val_dir, backend=backend, num_workers=0)
+            train = build_loader(cfg, "train", dist)
+            entry = {"train_batches": [], "train_ids": [], "val_ids": [], "val_labels_ok": True}
+            for epoch in (0, 1):
+                train.set_epoch(epoch)
+                entry["train_batches"].append(len(train))
+                ids = []
+                for images, labels in train:
+                    decoded = decode_identity(images)
+                    entry["val_labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
+                    ids.extend(sample_id for _, sample_id in decoded)
+                entry["train_ids"].append(ids)
+            train.set_epoch(1, start_batch=2)
+            entry["resumed_ids"] = [i for images, _ in train for _, i in decode_identity(images)]
+            val = build_loader(cfg, "val", dist)
+            for images, labels in val:
+                decoded = decode_identity(images)
+                entry["val_labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
+                entry["val_ids"].extend(sample_id for _, sample_id in decoded)
+            # a rank resuming at another batch than its peers must fail before the epoch, not hang
+            train.set_epoch(1, start_batch=rank)
+            try:
+                next(iter(train))
+                entry["mismatch_error"] = ""
+            except LoaderError as err:
+                entry["mismatch_error"] = str(err)
+            report[f"{backend}:{Path(train_dir).parent.name}"] = entry
+    finally:
+        torch_dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))

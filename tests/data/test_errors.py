@@ -1,0 +1,137 @@
+"""Every mistake a user can make with data paths gets one LoaderError line saying what to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import pipeline.data.dali as dali_module
+from loaderfixtures import single_rank, tiny_config
+from pipeline.data import LoaderError, build_loader
+from pipeline.distributed import DistInfo
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("backend", ["folder", "wds", "dali"])
+def test_a_missing_directory_is_named(tmp_path, backend):
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tmp_path / "nope", tmp_path / "nope", backend=backend), "train", single_rank())
+    assert_one_line(err, "data.train_dir", "does not exist")
+
+
+@pytest.mark.parametrize("backend", ["folder", "wds", "dali"])
+def test_an_empty_directory_is_named(tmp_path, backend):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tmp_path / "empty", tmp_path / "empty", backend=backend), "val", single_rank())
+    assert_one_line(err, "data.val_dir", "is empty")
+
+
+def test_class_folders_without_images_are_rejected(tmp_path):
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tmp_path / "train", tmp_path / "train"), "train", single_rank())
+    assert_one_line(err, "no images")
+
+
+def test_folder_backend_pointed_at_shards_says_to_use_wds_or_dali(tiny_shards):
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], tiny_shards["val"], backend="folder"), "train", single_rank())
+    assert_one_line(err, "data.backend=wds")
+
+
+def test_wds_backend_pointed_at_class_folders_says_how_to_shard(tiny_folders):
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"], backend="wds"), "train", single_rank())
+    assert_one_line(err, "manifest.json", "preprocess shard")
+
+
+@pytest.mark.parametrize("backend", ["wds", "dali"])
+def test_shards_of_the_other_split_are_rejected(tiny_shards, backend):
+    cfg = tiny_config(tiny_shards["val"], tiny_shards["train"], backend=backend)  # swapped
+    with pytest.raises(LoaderError) as err:
+        build_loader(cfg, "train", single_rank())
+    assert_one_line(err, "'val' shards but 'train' was asked for")
+
+
+@pytest.mark.parametrize("backend", ["wds", "dali"])
+def test_a_manifest_that_does_not_match_its_tars_is_rejected(tiny_shards, tmp_path, backend):
+    copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
+    with open(copy / "imagenet-val-000002.tar", "ab") as handle:
+        handle.write(b"\0" * 512)  # a tar that is no longer the one the manifest describes
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], copy, backend=backend), "val", single_rank())
+    assert_one_line(err, "imagenet-val-000002.tar", "does not match")
+    (copy / "imagenet-val-000002.tar").unlink()
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], copy, backend=backend), "val", single_rank())
+    assert_one_line(err, "missing")
+
+
+def test_a_malformed_manifest_is_rejected(tiny_shards, tmp_path):
+    copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
+    data = json.loads((copy / "manifest.json").read_text())
+    data["shards"][0]["count"] += 1
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], copy, backend="wds"), "val", single_rank())
+    assert_one_line(err, "class counts")
+
+
+def test_dali_index_that_disagrees_with_the_manifest_is_rejected(tiny_shards, tmp_path):
+    copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
+    index = copy / "imagenet-val-000001.idx"
+    lines = index.read_text().splitlines()
+    index.write_text(f"v1.2 {len(lines) - 2}\n" + "\n".join(lines[1:-1]) + "\n")
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], copy, backend="dali"), "val", single_rank())
+    assert_one_line(err, "imagenet-val-000001.idx", "does not match")
+
+
+def test_dali_without_dali_installed_says_what_to_install(tiny_folders, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_dali(name, *args, **kwargs):
+        if name.startswith("nvidia.dali"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_dali)
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali"), "train", single_rank())
+    assert_one_line(err, "nvidia-dali", "data.backend=folder")
+
+
+def test_mixed_decoding_without_a_gpu_says_to_use_cpu(tiny_folders):
+    cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali", dali_decode="mixed")
+    with pytest.raises(LoaderError) as err:
+        build_loader(cfg, "train", single_rank())
+    assert_one_line(err, "data.dali_decode=cpu")
+    assert dali_module.resolve_decode("auto", single_rank()) == "cpu"
+
+
+def test_a_global_batch_that_does_not_divide_over_ranks_and_accumulation_is_rejected(tiny_folders):
+    cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], global_batch_size=12)
+    from pipeline.config import replace
+
+    cfg = replace(cfg, "optim", grad_accum_steps=2)
+    with pytest.raises(LoaderError) as err:
+        build_loader(cfg, "train", DistInfo(rank=0, world_size=4))
+    assert_one_line(err, "12", "world size 4", "multiple of 8")
+
+
+def test_too_few_images_for_one_batch_is_rejected(tiny_folders):
+    cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], global_batch_size=64)
+    with pytest.raises(LoaderError) as err:
+        build_loader(cfg, "train", single_rank())
+    assert_one_line(err, "no full batch")
