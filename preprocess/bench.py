@@ -8,7 +8,7 @@ The corpus is the photos folder copied (cycled) to --images files in a temp dir.
 same files, writing 256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
 
 1. the seed's serial loop:   for f in src/*; do convert "$f" -resize "256^>" out/$(basename $f); done
-2. the same with xargs:      find src -type f -print0 | xargs -0 -P <cores> -I{} convert {} -resize "256^>" ...
+2. the same with xargs:      cd src && find . -type f -print0 | xargs -0 -P <cores> -I{} convert {} -resize "256^>" ../out/{}
 3. our resize, all cores:    python -m preprocess resize src out --only-shrink --workers <cores>
 4. our resize, one core:     ... --workers 1
 
@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -55,18 +56,39 @@ class Timing:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def imagemagick_version() -> str | None:
-    """The first line of `convert -version` when it is the real ImageMagick, else None."""
-    if shutil.which("convert") is None:
-        return None
+def _version_line(executable: str) -> str:
     try:
         output = subprocess.run(
-            ["convert", "-version"], check=False, capture_output=True, text=True, timeout=30
+            [executable, "-version"], check=False, capture_output=True, text=True, timeout=30
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    first = output.splitlines()[0] if output else ""
-    return first if "ImageMagick" in first else None
+        return ""
+    return output.splitlines()[0] if output else ""
+
+
+def find_imagemagick() -> tuple[str, str] | None:
+    """(path of a real ImageMagick `convert`, its version line), searching all of PATH.
+
+    Some machines put a stand-in `convert` first on PATH; the seed's loop means ImageMagick's.
+    """
+    first = shutil.which("convert")
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder, "convert")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            version = _version_line(candidate)
+            if "ImageMagick" in version:
+                if first and os.path.realpath(first) != os.path.realpath(candidate):
+                    print(
+                        f"note: the `convert` first on PATH ({first}) is not ImageMagick; using {candidate}"
+                    )
+                return candidate, version
+    return None
+
+
+def imagemagick_version() -> str | None:
+    """The version line of the real ImageMagick `convert` on PATH, else None."""
+    found = find_imagemagick()
+    return found[1] if found else None
 
 
 def build_corpus(photos: Path, directory: Path, count: int) -> list[Path]:
@@ -122,25 +144,26 @@ def cpu_model() -> str:
 
 def run_bench(photos: Path, count: int, workers: int, short_side: int = 256) -> list[Timing]:
     """Time every variant on one corpus; returns the timings (ImageMagick ones only when installed)."""
-    version = imagemagick_version()
+    found = find_imagemagick()
     timings: list[Timing] = []
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as temp:
         root = Path(temp)
         src = root / "src"
         build_corpus(photos, src, count)
         geometry = f'"{short_side}^>"'
-        if version is None:
+        if found is None:
             print(
                 "ImageMagick not found: `convert` is missing or is not ImageMagick (`convert -version` does not "
                 "say ImageMagick). Install it with `apt-get install -y imagemagick`; timing our resize only."
             )
         else:
+            convert = shlex.quote(found[0])
             (root / "im_serial").mkdir()
             (root / "im_parallel").mkdir()
             timings.append(
                 _time_shell(
                     "ImageMagick, serial loop",
-                    f'for f in src/*; do convert "$f" -resize {geometry} im_serial/"$(basename "$f")"; done',
+                    f'for f in src/*; do {convert} "$f" -resize {geometry} im_serial/"$(basename "$f")"; done',
                     count,
                     root,
                 )
@@ -148,8 +171,8 @@ def run_bench(photos: Path, count: int, workers: int, short_side: int = 256) -> 
             timings.append(
                 _time_shell(
                     f"ImageMagick, xargs -P {workers}",
-                    f"find src -type f -print0 | xargs -0 -P {workers} -I{{}} sh -c "
-                    f'\'convert "$1" -resize {geometry} im_parallel/"$(basename "$1")"\' _ {{}}',
+                    f"cd src && find . -type f -print0 | xargs -0 -P {workers} -I{{}} "
+                    f"{convert} {{}} -resize {geometry} ../im_parallel/{{}}",
                     count,
                     root,
                 )

@@ -36,6 +36,11 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
+# tqdm's monitor thread only tunes refresh intervals; without it the process holds no extra
+# thread when it forks the worker pool.
+tqdm.monitor_interval = 0
+
+
 def progress_bar(total: int | None, description: str, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr (PREPROCESS_PROGRESS=0 turns bars off).
 
