@@ -130,8 +130,7 @@ def run_stage(
             log.write(chunk)
             log.flush()
             if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
+                echo_bytes(chunk)
         returncode = process.wait()
     output = b"".join(chunks).decode(errors="replace")
     if returncode != 0:
@@ -140,6 +139,17 @@ def run_stage(
             f"full log: {log_path}"
         )
     return output
+
+
+def echo_bytes(chunk: bytes) -> None:
+    """Pass a stage's raw output through (progress bars' carriage returns included)."""
+    stream = getattr(sys.stdout, "buffer", None)  # absent when stdout is a StringIO or a notebook
+    if stream is not None:
+        stream.write(chunk)
+        stream.flush()
+    else:
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
 
 
 def stage_environment() -> dict[str, str]:
@@ -217,11 +227,13 @@ def parse_final_line(output: str) -> tuple[float, float]:
 def find_artefacts(run_dir: Path) -> dict[str, Path]:
     """What the run wrote, by name: the W&B offline run, metrics, plots and checkpoints."""
     found: dict[str, Path] = {}
-    wandb_runs = (
-        sorted((run_dir / "wandb").glob("offline-run-*")) if (run_dir / "wandb").is_dir() else []
-    )
-    if wandb_runs:
-        found["W&B offline run"] = wandb_runs[-1]
+    wandb_dir = run_dir / "wandb"
+    offline_runs = sorted(wandb_dir.glob("offline-run-*")) if wandb_dir.is_dir() else []
+    online_runs = sorted(wandb_dir.glob("run-*")) if wandb_dir.is_dir() else []
+    if offline_runs:
+        found["W&B offline run"] = offline_runs[-1]
+    if online_runs:  # log.wandb=online: already uploaded, the local copy is still here
+        found["W&B run (synced online)"] = online_runs[-1]
     for name, path in [
         ("metrics (JSONL)", run_dir / "metrics.jsonl"),
         ("resolved config", run_dir / "config.yaml"),
@@ -344,6 +356,7 @@ def report(result: DemoResult) -> str:
     missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
     if missing:
         lines.append(f"not written by this run: {', '.join(missing)} (see {result.run_dir})")
+    lines.append("next: real ImageNet on GPUs, see README.md, 'Real ImageNet, end to end'")
     lines.append("=" * 72)
     return "\n".join(lines)
 
