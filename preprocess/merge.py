@@ -97,12 +97,28 @@ def merge_manifests(directory: Path) -> Path:
     return write_split_metadata(directory, manifest)
 
 
+def merge_targets(directory: Path) -> list[Path]:
+    """DIR itself when it holds a shard plan, else its train/ and val/ (a `prepare` output)."""
+    directory = Path(directory)
+    if (directory / PLAN_NAME).is_file():
+        return [directory]
+    targets = [
+        directory / split for split in ("train", "val") if (directory / split / PLAN_NAME).is_file()
+    ]
+    return targets or [directory]  # merge_manifests explains what is missing
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="the DST of a sliced `preprocess shard` run")
+    parser.add_argument(
+        "directory",
+        type=Path,
+        help="the DST of a sliced `shard` run, or of a sliced `prepare` (merges train/ and val/)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    path = merge_manifests(args.directory)
-    plan = read_plan(args.directory)
-    print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
+    for target in merge_targets(args.directory):
+        path = merge_manifests(target)
+        plan = read_plan(target)
+        print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
     return 0

@@ -6,7 +6,7 @@
     # Slurm: two array jobs (every task resizes its slice; sharding needs all of them done)
     jid=$(sbatch --parsable --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage resize")
     sbatch --dependency=afterok:$jid --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage shard"
-    python -m preprocess merge out/train && python -m preprocess merge out/val
+    python -m preprocess merge out/          # merges out/train and out/val
 
 Writes, under DST:
     folders/{train,val}/nXXXXXXXX/<key>.JPEG   resized RGB JPEGs (the `folder` backend reads these;
@@ -104,7 +104,7 @@ def prepare(
         raise UserError(
             f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs every resize "
             f"task finished: run with --stage resize, then (afterok) with --stage shard, then "
-            f"`python -m preprocess merge {dst}/train` and `{dst}/val`"
+            f"`python -m preprocess merge {dst}`"
         )
     if not raw.exists():
         raise UserError(f"{raw} does not exist: pass the folder holding the raw ImageNet download")

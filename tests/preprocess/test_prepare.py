@@ -104,3 +104,33 @@ def test_prepare_repairs_oddballs_reports_broken_files_and_resumes(tmp_path, cap
     assert "written 0" in second and f"skipped {len(layout.train) - 2}" in second
     record = json.loads((dst / "train" / "manifest.json").read_text())
     assert record["num_samples"] == len(layout.train) - 2
+
+
+@pytest.mark.slow
+def test_a_two_stage_slurm_array_prepare_and_merge_equal_a_single_run(
+    tmp_path, monkeypatch, capsys
+):
+    layout = build_ilsvrc_tars(tmp_path / "raw")
+    common = ["--short-side", "32", "--shard-size", "3", "--workers", "1"]
+    assert main(["prepare", str(layout.root), str(tmp_path / "single"), *common]) == 0
+    sliced = tmp_path / "sliced"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    assert (
+        main(["prepare", str(layout.root), str(sliced), *common]) == 2
+    )  # one job cannot do both stages
+    assert "--stage resize, then (afterok) with --stage shard" in capsys.readouterr().err
+    for stage in ("resize", "shard"):
+        for task in range(2):
+            monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+            assert main(["prepare", str(layout.root), str(sliced), *common, "--stage", stage]) == 0
+    assert main(["merge", str(sliced)]) == 0
+    for split in ("train", "val"):
+        single = published(tmp_path / "single" / split)
+        merged = {
+            name: digest
+            for name, digest in published(sliced / split).items()
+            if ".task-" not in name
+        }
+        assert merged == single, split
