@@ -10,6 +10,9 @@ import torch
 
 from pipeline.config import Config
 from pipeline.distributed import DistInfo, all_gather_ints
+from preprocess.errors import UserError
+from preprocess.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from preprocess.synsets import folder_classes
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,35 @@ def split_directory(cfg: Config, split: str) -> Path:
     if not any(directory.iterdir()):
         raise LoaderError(f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with manifest.json")
     return directory
+
+
+def train_classes(cfg: Config, split: str) -> list[str] | None:
+    """For val: the train split's class list, which val labels must index too (None if unreadable).
+
+    A val split missing a class would otherwise shift every later class index by one.
+    """
+    if split != "val" or not cfg.data.train_dir:
+        return None
+    train_dir = Path(cfg.data.train_dir).expanduser()
+    if not train_dir.is_dir():
+        return None
+    try:
+        if (train_dir / MANIFEST_NAME).is_file():
+            return read_manifest(train_dir).classes
+        return folder_classes(train_dir) or None
+    except (ManifestError, UserError):
+        return None
+
+
+def check_same_classes(directory: Path, classes: list[str], reference: list[str] | None) -> None:
+    """Shards carry their labels: a val manifest must list exactly the train classes."""
+    if reference is not None and list(classes) != list(reference):
+        missing = sorted(set(reference) - set(classes))[:3]
+        raise LoaderError(
+            f"{directory}: lists {len(classes)} classes but the train data lists {len(reference)} "
+            f"(missing e.g. {', '.join(missing) or 'none'}): shard val from class folders holding every train "
+            f"class (an empty folder is enough) so the class indices agree"
+        )
 
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:

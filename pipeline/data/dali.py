@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError
+from pipeline.data.base import Loader, LoaderError, check_same_classes, train_classes
 from pipeline.data.folder import list_class_folders
 from pipeline.data.samplers import IndexPlan
 from pipeline.data.transforms import Augmentation
@@ -174,14 +174,7 @@ class DaliLoader(Loader):
 
 class DaliFolderLoader(DaliLoader):
     def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str) -> None:
-        train_classes = None
-        if split == "val" and cfg.data.train_dir and Path(cfg.data.train_dir).is_dir():
-            train_dir = Path(cfg.data.train_dir)
-            if not (train_dir / MANIFEST_NAME).is_file():
-                from preprocess.synsets import folder_classes
-
-                train_classes = folder_classes(train_dir) or None
-        classes, paths, labels = list_class_folders(directory, train_classes)
+        classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
         super().__init__(
             cfg, split, dist, decode,
             classes=classes, class_names=find_class_names(directory), num_samples=len(paths), batch_size=batch_size,
@@ -234,6 +227,7 @@ def read_index_lines(tar: Path, expected: int) -> list[str]:
 class DaliShardLoader(DaliLoader):
     def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str) -> None:
         manifest, paths = open_manifest(directory, split)
+        check_same_classes(directory, manifest.classes, train_classes(cfg, split))
         super().__init__(
             cfg, split, dist, decode,
             classes=manifest.classes, class_names=manifest.class_names or find_class_names(directory),

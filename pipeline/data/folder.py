@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError
+from pipeline.data.base import Loader, LoaderError, train_classes
 from pipeline.data.samplers import IndexPlan
 from pipeline.data.transforms import Augmentation, collate_uint8, decode_train, decode_val, sample_rng
 from pipeline.distributed import DistInfo
@@ -128,12 +128,7 @@ class FolderLoader(Loader):
     backend = "folder"
 
     def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int) -> None:
-        train_classes = None
-        if split == "val" and cfg.data.train_dir and Path(cfg.data.train_dir).is_dir():
-            train_dir = Path(cfg.data.train_dir)
-            if not (train_dir / MANIFEST_NAME).is_file():
-                train_classes = folder_classes(train_dir) or None
-        classes, paths, labels = list_class_folders(directory, train_classes)
+        classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
         super().__init__(
             split=split,
             classes=classes,

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, rank_range
+from pipeline.data.base import Loader, LoaderError, check_same_classes, rank_range, train_classes
 from pipeline.data.transforms import Augmentation, collate_uint8, decode_train, decode_val, sample_rng
 from pipeline.distributed import DistInfo
 from preprocess.manifest import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
@@ -219,6 +219,7 @@ class WdsLoader(Loader):
 
     def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int) -> None:
         manifest, paths = open_manifest(directory, split)
+        check_same_classes(directory, manifest.classes, train_classes(cfg, split))
         super().__init__(
             split=split,
             classes=manifest.classes,

@@ -135,3 +135,28 @@ def test_too_few_images_for_one_batch_is_rejected(tiny_folders):
     with pytest.raises(LoaderError) as err:
         build_loader(cfg, "train", single_rank())
     assert_one_line(err, "no full batch")
+
+
+def test_val_folders_missing_a_class_keep_the_train_class_indices(tiny_folders, tmp_path):
+    from loaderfixtures import WNIDS, decode_identity
+
+    for wnid in (WNIDS[1], WNIDS[5]):
+        shutil.copytree(tiny_folders["val"] / wnid, tmp_path / "val" / wnid)
+    loader = build_loader(tiny_config(tiny_folders["train"], tmp_path / "val"), "val", single_rank())
+    assert loader.classes == WNIDS
+    labels = [label for _, batch_labels in loader for label in batch_labels.tolist()]
+    assert sorted(set(labels)) == [1, 5]
+    images, batch_labels = next(iter(loader))
+    assert [class_index for class_index, _ in decode_identity(images)] == batch_labels.tolist()
+
+
+@pytest.mark.parametrize("backend", ["wds", "dali"])
+def test_val_shards_with_other_classes_than_train_are_rejected(tiny_shards, tmp_path, backend):
+    from loaderfixtures import WNIDS, make_shards
+
+    for wnid in (WNIDS[1], WNIDS[5]):
+        shutil.copytree(tiny_shards["root"] / "folders" / "val" / wnid, tmp_path / "folders" / wnid)
+    shards = make_shards(tmp_path / "folders", tmp_path / "val", "val", 4)
+    with pytest.raises(LoaderError) as err:
+        build_loader(tiny_config(tiny_shards["train"], shards, backend=backend), "val", single_rank())
+    assert_one_line(err, "lists 2 classes but the train data lists 8", "empty folder")

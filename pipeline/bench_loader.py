@@ -1,0 +1,192 @@
+"""Loader throughput, images/s per backend on the same data and cores, next to the seed's baseline.
+
+    python -m pipeline.bench_loader                       # 4096 images, 2 workers, batches of 64, 20 s each
+    python -m pipeline.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10
+    python -m pipeline.bench_loader --backends baseline folder wds
+
+The data: the real photos in /work/shared/photos (or --photos DIR), each replicated as random
+80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
+folders and as WebDataset shards, built once under --cache-dir and reused.
+
+The baseline is the seed's loader: torchvision ImageFolder + Compose([RandomResizedCrop(224),
+RandomHorizontalFlip(), ToTensor(), Normalize()]) + DataLoader(shuffle=True). Ours are
+`build_loader(cfg, "train", ...)` with the same batch size and workers, iterated to the
+training device (normalization then happens on the device, so it is not in the loader's time).
+Each measurement skips a warm-up (the workers' first batches), then counts images for
+--seconds. Figures and the machine they came from are recorded in docs/bench/loader.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("bench_loader")
+
+DEFAULT_PHOTOS = Path("/work/shared/photos")
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet-pipeline" / "bench-loader"
+BACKENDS = ("baseline", "folder", "wds", "dali-cpu", "dali-mixed")
+
+
+def build_dataset(photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0) -> Path:
+    """cache_dir/images-N/{folders/train, shards/train}: 256 px JPEGs from the photos; reused if complete."""
+    from PIL import Image
+
+    from preprocess.cli import main as preprocess_main
+    from preprocess.images import resize_image
+
+    root = cache_dir / f"images-{num_images}"
+    done = root / "complete.json"
+    if done.is_file():
+        return root
+    sources = sorted(path for path in photos.iterdir() if path.suffix.lower() in (".jpg", ".jpeg"))
+    if not sources:
+        raise SystemExit(f"no JPEG photos in {photos}: pass --photos DIR")
+    rng = random.Random(seed)
+    folders = root / "folders" / "train"
+    decoded = [Image.open(path).convert("RGB") for path in sources]
+    for index in range(num_images):
+        image = decoded[index % len(decoded)]
+        width, height = image.size
+        fraction = rng.uniform(0.8, 1.0)
+        crop_width, crop_height = int(width * fraction), int(height * fraction)
+        left, top = rng.randint(0, width - crop_width), rng.randint(0, height - crop_height)
+        crop = image.crop((left, top, left + crop_width, top + crop_height))
+        buffer = io.BytesIO()
+        crop.save(buffer, format="JPEG", quality=95)
+        data, _ = resize_image(buffer.getvalue(), 256)
+        folder = folders / f"n{index % num_classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"bench_{index:07d}.JPEG").write_bytes(data)
+    status = preprocess_main(["shard", str(folders), str(root / "shards" / "train"), "--split", "train", "--shard-size", "500"])
+    if status != 0:
+        raise SystemExit(f"preprocess shard failed with exit status {status}")
+    done.write_text(json.dumps({"images": num_images, "photos": str(photos)}))
+    return root
+
+
+def time_iterable(make_batches, seconds: float, warmup_batches: int) -> tuple[float, int]:
+    """(images/s, images counted) over `seconds` after `warmup_batches`; restarts epochs as needed."""
+    counted = 0
+    seen_batches = 0
+    start = None
+    epoch = 0
+    while True:
+        for images, _ in make_batches(epoch):
+            seen_batches += 1
+            if seen_batches == warmup_batches:
+                start = time.perf_counter()
+                continue
+            if start is not None:
+                counted += images.shape[0]
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds:
+                    return counted / elapsed, counted
+        epoch += 1
+
+
+def baseline_batches(root: Path, batch_size: int, workers: int, device: torch.device):
+    """The seed's loader: ImageFolder + torchvision transforms (float, normalized on the CPU)."""
+    from torchvision import datasets, transforms
+
+    dataset = datasets.ImageFolder(
+        str(root / "folders" / "train"),
+        transforms.Compose(
+            [
+                transforms.RandomResizedCrop(224),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        ),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+        drop_last=True, persistent_workers=workers > 0,
+    )
+
+    def batches(epoch):
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    return batches
+
+
+def our_batches(root: Path, backend: str, batch_size: int, workers: int, device: torch.device):
+    from pipeline.config import build_config
+    from pipeline.data import build_loader
+    from pipeline.distributed import DistInfo
+
+    data_backend, decode = (backend.split("-") + ["auto"])[:2] if backend.startswith("dali") else (backend, "auto")
+    layout = "shards" if backend == "wds" else "folders"
+    cfg = build_config(
+        {
+            "data": {
+                "backend": data_backend,
+                "train_dir": str(root / layout / "train"),
+                "val_dir": str(root / layout / "train"),
+                "global_batch_size": batch_size,
+                "num_workers": workers,
+                "dali_decode": decode,
+            },
+        }
+    )
+    loader = build_loader(cfg, "train", DistInfo(device=str(device)))
+
+    def batches(epoch):
+        loader.set_epoch(epoch)
+        return iter(loader)
+
+    return batches
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_loader", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=4096, help="benchmark images (default 4096)")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers / DALI threads (default 2)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per backend (default 20)")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="source JPEGs (default /work/shared/photos)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the benchmark data is built once")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = build_dataset(args.photos, args.cache_dir, args.images)
+    warmup = 2 * max(1, args.workers) + 2
+    results: dict[str, float] = {}
+    print(f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
+          f"{args.workers} workers, {args.seconds:.0f} s per backend, device {device}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.node()}")
+    for backend in args.backends:
+        if backend == "dali-mixed" and device.type != "cuda":
+            print(f"{backend:>10}: skipped (needs CUDA)")
+            continue
+        if backend == "baseline":
+            batches = baseline_batches(root, args.batch_size, args.workers, device)
+        else:
+            batches = our_batches(root, backend, args.batch_size, args.workers, device)
+        rate, counted = time_iterable(batches, args.seconds, warmup)
+        results[backend] = rate
+        ratio = f"  {rate / results['baseline']:.2f}x baseline" if "baseline" in results else ""
+        print(f"{backend:>10}: {rate:8.0f} images/s ({counted} images){ratio}", flush=True)
+        del batches
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "images_per_s": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
