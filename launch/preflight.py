@@ -41,7 +41,12 @@ def describe_device(dist: DistInfo) -> str:
 
 def gather_rank_info(dist: DistInfo) -> list[dict]:
     """Every rank's host, local rank and device, in rank order."""
-    mine = {"rank": dist.rank, "local_rank": dist.local_rank, "host": socket.gethostname(), "device": describe_device(dist)}
+    mine = {
+        "rank": dist.rank,
+        "local_rank": dist.local_rank,
+        "host": socket.gethostname(),
+        "device": describe_device(dist),
+    }
     if not dist.is_distributed:
         return [mine]
     gathered: list[dict | None] = [None] * dist.world_size
@@ -74,14 +79,18 @@ def summarize(dist: DistInfo, ranks: list[dict], reduced: float, seconds: float)
 
 
 def format_report(report: dict) -> str:
-    parts = [
+    head = (
         f"preflight ok: world_size={report['world_size']} backend={report['backend']} "
-        f"nodes={len(report['nodes'])} all_reduce={report['all_reduce']:g} ({report['all_reduce_s'] * 1000:.1f} ms)"
-    ]
+        f"nodes={len(report['nodes'])} all_reduce={report['all_reduce']:g} "
+        f"({report['all_reduce_s'] * 1000:.1f} ms)"
+    )
+    parts = [head]
     for node in report["nodes"]:
         ranks = node["ranks"]
         span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
-        parts.append(f"node {node['node']} {node['host']}: ranks {span} {', '.join(node['devices'])}")
+        parts.append(
+            f"node {node['node']} {node['host']}: ranks {span} {', '.join(node['devices'])}"
+        )
     return " | ".join(parts)
 
 
@@ -97,7 +106,9 @@ def run_preflight(device: str, timeout_s: float, report_file: Path | None) -> di
         reduced = float(all_reduce_sum(ones, dist).item())
         seconds = time.perf_counter() - started
         if reduced != dist.world_size:
-            raise RuntimeError(f"all-reduce of ones gave {reduced:g}, expected the world size {dist.world_size}")
+            raise RuntimeError(
+                f"all-reduce of ones gave {reduced:g}, expected the world size {dist.world_size}"
+            )
         ranks = gather_rank_info(dist)
         report = summarize(dist, ranks, reduced, seconds)
         if dist.is_main:
@@ -110,20 +121,37 @@ def run_preflight(device: str, timeout_s: float, report_file: Path | None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.preflight", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
-                        help="auto: nccl on CUDA when present, else gloo on CPU")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="process-group timeout in seconds: bounds the all-reduce (default 120)")
-    parser.add_argument("--report-file", type=Path, default=None,
-                        help="local rank 0 writes the JSON report here (used by python -m launch)")
+    parser = argparse.ArgumentParser(
+        prog="python -m launch.preflight", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="auto: nccl on CUDA when present, else gloo on CPU",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="process-group timeout in seconds: bounds the all-reduce (default 120)",
+    )
+    parser.add_argument(
+        "--report-file",
+        type=Path,
+        default=None,
+        help="local rank 0 writes the JSON report here (used by python -m launch)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="preflight: %(levelname)s %(message)s")
     try:
         run_preflight(args.device, args.timeout, args.report_file)
     except Exception as err:  # noqa: BLE001 - any failure here is reported as one line per rank
         rank, _, world_size, _ = read_env()
-        print(f"error: preflight rank {rank}/{world_size} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(
+            f"error: preflight rank {rank}/{world_size} failed: {type(err).__name__}: {err}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

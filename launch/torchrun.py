@@ -104,7 +104,9 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 def is_loopback(addresses: list[str]) -> bool:
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )
 
 
 def count_visible_gpus() -> int:
@@ -121,7 +123,9 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
         raise LaunchError(f"--nproc {args.nproc}: need at least 1 process per node")
     for name in ("rdzv_timeout", "shutdown_timeout", "preflight_timeout"):
         if getattr(args, name) < 1:
-            raise LaunchError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1 second")
+            raise LaunchError(
+                f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1 second"
+            )
     nproc = args.nproc
     if nproc is None:
         nproc = count_visible_gpus()
@@ -136,7 +140,10 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
         if args.nnodes > 1 and is_loopback(addresses):
             log.warning(
                 "rendezvous host %s is a loopback address (%s): with %d nodes this only works when "
-                "every node is this machine", host, ", ".join(addresses), args.nnodes,
+                "every node is this machine",
+                host,
+                ", ".join(addresses),
+                args.nnodes,
             )
     elif args.nnodes > 1:
         raise LaunchError(
@@ -144,7 +151,9 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
             "every node); there is no localhost default, which would leave each node waiting alone"
         )
     if not args.rdzv_id or any(c.isspace() or c in ",=" for c in args.rdzv_id):
-        raise LaunchError(f"--rdzv-id {args.rdzv_id!r}: use a non-empty id without spaces, ',' or '='")
+        raise LaunchError(
+            f"--rdzv-id {args.rdzv_id!r}: use a non-empty id without spaces, ',' or '='"
+        )
     return LaunchPlan(
         nproc_per_node=nproc,
         nnodes=args.nnodes,
@@ -157,7 +166,9 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
     )
 
 
-def build_torchrun_command(plan: LaunchPlan, payload: list[str], rdzv_id: str | None = None) -> list[str]:
+def build_torchrun_command(
+    plan: LaunchPlan, payload: list[str], rdzv_id: str | None = None
+) -> list[str]:
     """The torchrun command line that runs `payload` (e.g. ['-m', 'pipeline.train', ...])."""
     command = [*TORCHRUN, f"--nnodes={plan.nnodes}", f"--nproc-per-node={plan.nproc_per_node}"]
     if plan.rdzv_host is None:
@@ -184,7 +195,12 @@ def build_torchrun_command(plan: LaunchPlan, payload: list[str], rdzv_id: str | 
 
 def build_preflight_command(plan: LaunchPlan, report_file: Path) -> list[str]:
     """torchrun running launch.preflight over the same world (its own rendezvous id)."""
-    payload = ["-m", "launch.preflight", f"--timeout={plan.preflight_timeout_s}", f"--report-file={report_file}"]
+    payload = [
+        "-m",
+        "launch.preflight",
+        f"--timeout={plan.preflight_timeout_s}",
+        f"--report-file={report_file}",
+    ]
     return build_torchrun_command(plan, payload, rdzv_id=f"{plan.rdzv_id}-preflight")
 
 
@@ -240,7 +256,9 @@ def run_preflight(plan: LaunchPlan) -> int:
     if report is None:
         # torchrun only starts workers once the rendezvous has completed.
         if plan.rdzv_host is None:
-            reason = "the preflight workers did not start on this node (see torchrun's output above)"
+            reason = (
+                "the preflight workers did not start on this node (see torchrun's output above)"
+            )
         else:
             reason = (
                 f"rendezvous at {plan.endpoint} (id {plan.rdzv_id}) did not form "
@@ -273,21 +291,45 @@ def build_parser() -> argparse.ArgumentParser:
         usage="python -m launch [options] -- -m pipeline.train --config FILE [section.key=value ...]",
         description=__doc__.split("\n")[0],
     )
-    parser.add_argument("--nproc", type=int, default=None,
-                        help="processes per node (default: the visible GPUs; required on CPU)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="processes per node (default: the visible GPUs; required on CPU)",
+    )
     parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
-    parser.add_argument("--rdzv-endpoint", default="",
-                        help="HOST:PORT of the first node, the same on every node (required for --nnodes > 1)")
-    parser.add_argument("--rdzv-id", default="imagenet",
-                        help="rendezvous id, the same on every node; distinct for concurrent jobs")
-    parser.add_argument("--rdzv-timeout", type=int, default=300,
-                        help="seconds to wait for all nodes to join, or to reach HOST:PORT (default 300)")
-    parser.add_argument("--shutdown-timeout", type=int, default=120,
-                        help="seconds workers get to checkpoint after a forwarded signal before SIGKILL (default 120)")
-    parser.add_argument("--preflight-timeout", type=int, default=120,
-                        help="seconds the preflight all-reduce may take once the world has formed (default 120)")
+    parser.add_argument(
+        "--rdzv-endpoint",
+        default="",
+        help="HOST:PORT of the first node, the same on every node (required for --nnodes > 1)",
+    )
+    parser.add_argument(
+        "--rdzv-id",
+        default="imagenet",
+        help="rendezvous id, the same on every node; distinct for concurrent jobs",
+    )
+    parser.add_argument(
+        "--rdzv-timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for all nodes to join, or to reach HOST:PORT (default 300)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        default=120,
+        help="seconds workers get to checkpoint after a forwarded signal before SIGKILL (default 120)",
+    )
+    parser.add_argument(
+        "--preflight-timeout",
+        type=int,
+        default=120,
+        help="seconds the preflight all-reduce may take once the world has formed (default 120)",
+    )
     parser.add_argument("--no-preflight", action="store_true", help="skip the preflight all-reduce")
-    parser.add_argument("--dry-run", action="store_true", help="print the torchrun commands and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the torchrun commands and exit"
+    )
     return parser
 
 
@@ -297,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(options)
     if not payload:
-        parser.error("nothing to run: put the command after '--', e.g. -- -m pipeline.train --config FILE")
+        parser.error(
+            "nothing to run: put the command after '--', e.g. -- -m pipeline.train --config FILE"
+        )
     try:
         plan = build_plan(args)
     except LaunchError as err:
@@ -306,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     command = build_torchrun_command(plan, payload)
     if args.dry_run:
         if not args.no_preflight:
-            print(f"launch: preflight: {shlex.join(build_preflight_command(plan, Path('REPORT.json')))}")
+            print(
+                f"launch: preflight: {shlex.join(build_preflight_command(plan, Path('REPORT.json')))}"
+            )
         print(f"launch: {shlex.join(command)}")
         return 0
     if not args.no_preflight:

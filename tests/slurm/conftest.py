@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm_cluster import SlurmCluster, missing_programs  # noqa: E402
+from slurm_cluster import SlurmCluster, missing_programs
 
-REPO = Path(__file__).resolve().parents[2]
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 
 

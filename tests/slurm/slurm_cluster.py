@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]  # the checkout whose slurm/ scripts the tests submit
 NODE_NAMES = ("node1", "node2")
 CPUS_PER_NODE = 4  # advertised, not real: jobs may oversubscribe this 2-core machine
 REQUIRED_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sinfo")
@@ -102,16 +103,20 @@ class SlurmCluster:
         """The environment for sbatch/srun/scontrol against this cluster."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def run(self, *command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        self, *command: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """Run a Slurm client command against this cluster; returns the completed process."""
-        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and result.returncode != 0:
             raise RuntimeError(
                 f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}\n{self.log_tail()}"
             )
         return result
 
-    def start(self, timeout_s: float = 60) -> "SlurmCluster":
+    def start(self, timeout_s: float = 60) -> SlurmCluster:
         """Generate the munge key and slurm.conf, start munged, slurmctld and both slurmd."""
         for sub in ("munge", "state", "run", "log", *(f"spool/{name}" for name in NODE_NAMES)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -125,14 +130,27 @@ class SlurmCluster:
         # munged refuses to run as root unless forced; its socket and key live in our directory.
         self._spawn(
             "munged",
-            ["munged", "--foreground", "--force", f"--socket={munge_dir}/munge.socket",
-             f"--key-file={key}", f"--pid-file={munge_dir}/munged.pid",
-             f"--log-file={self.root}/log/munged.log", f"--seed-file={munge_dir}/munged.seed"],
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={munge_dir}/munge.socket",
+                f"--key-file={key}",
+                f"--pid-file={munge_dir}/munged.pid",
+                f"--log-file={self.root}/log/munged.log",
+                f"--seed-file={munge_dir}/munged.seed",
+            ],
         )
         self._wait_for(lambda: (munge_dir / "munge.socket").exists(), timeout_s, "munged socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._wait_for(lambda: self.run("scontrol", "ping", check=False).returncode == 0
-                       and "UP" in self.run("scontrol", "ping", check=False).stdout, timeout_s, "slurmctld")
+        self._wait_for(
+            lambda: (
+                self.run("scontrol", "ping", check=False).returncode == 0
+                and "UP" in self.run("scontrol", "ping", check=False).stdout
+            ),
+            timeout_s,
+            "slurmctld",
+        )
         for name in NODE_NAMES:
             self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-N", name, "-f", str(self.conf)])
         self._wait_for(self._nodes_idle, timeout_s, "both nodes idle in sinfo")
@@ -144,24 +162,27 @@ class SlurmCluster:
         return all(states.get(name) == "idle" for name in NODE_NAMES)
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "ab")
         # A new session: the daemons must not receive the test runner's Ctrl-C, and we stop
         # them ourselves, by pid.
-        self.processes[name] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        log.close()
+        with open(self.root / "log" / f"{name}.stdout", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
 
     def _wait_for(self, ready, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode} while waiting for {what}\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"{name} exited with {process.returncode} while waiting for {what}\n{self.log_tail()}"
+                    )
             if ready():
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.log_tail()}")
+        raise RuntimeError(
+            f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of every daemon log, for failure messages."""
@@ -173,7 +194,10 @@ class SlurmCluster:
 
     def stop(self, timeout_s: float = 20) -> None:
         """Stop the daemons we started, by pid: slurmd first, then slurmctld, then munged."""
-        order = [name for name in self.processes if name.startswith("slurmd")] + ["slurmctld", "munged"]
+        order = [name for name in self.processes if name.startswith("slurmd")] + [
+            "slurmctld",
+            "munged",
+        ]
         for name in order:
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
@@ -187,12 +211,27 @@ class SlurmCluster:
         self.processes.clear()
 
     def wait_for_job(self, job_id: str, timeout_s: float) -> str:
-        """Poll until the job leaves the queue's active states; returns its final state."""
+        """Poll until the job ends (or can never start); returns its final state."""
         deadline = time.monotonic() + timeout_s
         state = "UNKNOWN"
         while time.monotonic() < deadline:
             state = self.job_state(job_id)
-            if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}:
+            if (
+                state == "PENDING"
+                and self.job_field(job_id, "Reason") == "DependencyNeverSatisfied"
+            ):
+                return "DependencyNeverSatisfied"  # a job it depends on failed: it will never run
+            if state in {
+                "COMPLETED",
+                "FAILED",
+                "CANCELLED",
+                "TIMEOUT",
+                "NODE_FAIL",
+                "OUT_OF_MEMORY",
+                "BOOT_FAIL",
+                "DEADLINE",
+                "PREEMPTED",
+            }:
                 return state
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still {state} after {timeout_s:.0f} s\n{self.log_tail()}")
@@ -216,7 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.directory.resolve()
     if args.stop:
-        for pid_file in ["run/slurmd-node1.pid", "run/slurmd-node2.pid", "run/slurmctld.pid", "munge/munged.pid"]:
+        for pid_file in [
+            "run/slurmd-node1.pid",
+            "run/slurmd-node2.pid",
+            "run/slurmctld.pid",
+            "munge/munged.pid",
+        ]:
             path = root / pid_file
             if path.exists():
                 try:
@@ -225,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                     pass
         return 0
     if missing := missing_programs():
-        print(f"error: {', '.join(missing)} not found: apt-get install slurm-wlm munge", file=sys.stderr)
+        print(
+            f"error: {', '.join(missing)} not found: apt-get install slurm-wlm munge",
+            file=sys.stderr,
+        )
         return 2
     cluster = SlurmCluster(root).start()
     print(f"cluster up: export SLURM_CONF={cluster.conf}   (stop: {sys.argv[0]} {root} --stop)")

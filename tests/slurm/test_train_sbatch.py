@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO
+from slurm_cluster import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -40,7 +39,9 @@ def training_overrides(data: Path) -> str:
     )
 
 
-def submit_training(cluster, data: Path, run_dir: Path, output: Path, *, wandb: str = "disabled", **env: str) -> str:
+def submit_training(
+    cluster, data: Path, run_dir: Path, output: Path, *, wandb: str = "disabled", **env: str
+) -> str:
     """sbatch the real script as a 2-node x 2-process CPU job; returns the job id."""
     exports = {
         "PYTHON": sys.executable,
@@ -54,8 +55,13 @@ def submit_training(cluster, data: Path, run_dir: Path, output: Path, *, wandb: 
     }
     export = ",".join(["ALL", *(f"{key}={value}" for key, value in exports.items())])
     result = cluster.run(
-        "sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", f"--output={output}",
-        f"--export={export}", str(SBATCH),
+        "sbatch",
+        "--parsable",
+        "--nodes=2",
+        "--gpus-per-node=0",
+        f"--output={output}",
+        f"--export={export}",
+        str(SBATCH),
     )
     return result.stdout.strip().split(";")[0]
 
@@ -77,7 +83,9 @@ def wait_until(condition, timeout_s: float, what: str, cluster=None, poll_s: flo
         if condition():
             return
         time.sleep(poll_s)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{cluster.log_tail()}" if cluster else ""))
+    raise AssertionError(
+        f"timed out waiting for {what}" + (f"\n{cluster.log_tail()}" if cluster else "")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +103,11 @@ def test_two_node_job_of_two_processes_each_trains_with_world_size_four(uninterr
     job, run_dir, output = uninterrupted
     log = output.read_text()
     assert "preflight ok: world_size=4 backend=gloo nodes=2" in log
-    assert re.search(r"--nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=127\.0\.0\.1:\d+ "
-                     rf"--rdzv-id={job} ", log), log
+    assert re.search(
+        r"--nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=127\.0\.0\.1:\d+ "
+        rf"--rdzv-id={job} ",
+        log,
+    ), log
     assert "world 4" in log  # pipeline.train's start-up line
     assert "final: val/top1=" in log
     assert "training finished (exit 0): not requeueing" in log
@@ -106,20 +117,39 @@ def test_two_node_job_of_two_processes_each_trains_with_world_size_four(uninterr
     assert steps == sorted(steps)
 
 
-def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(slurm_cluster, tiny_images, uninterrupted, tmp_path):
+def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(
+    slurm_cluster, tiny_images, uninterrupted, tmp_path
+):
     _, reference_dir, _ = uninterrupted
     run_dir, output = tmp_path / "run", tmp_path / "job.out"
     # W&B offline: the requeued job must continue the same run (the id is in the checkpoint).
-    job = submit_training(slurm_cluster, tiny_images, run_dir, output, wandb="offline", PREFLIGHT="0")
-    wait_until(lambda: any("train/loss" in row for row in read_metrics(run_dir)), JOB_TIMEOUT_S,
-               "the first logged training step", slurm_cluster, poll_s=0.2)
+    job = submit_training(
+        slurm_cluster, tiny_images, run_dir, output, wandb="offline", PREFLIGHT="0"
+    )
+    wait_until(
+        lambda: any("train/loss" in row for row in read_metrics(run_dir)),
+        JOB_TIMEOUT_S,
+        "the first logged training step",
+        slurm_cluster,
+        poll_s=0.2,
+    )
     # What Slurm does --signal=B:USR2@S before the time limit: signal the batch shell only.
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
-    wait_until(lambda: slurm_cluster.job_field(job, "Restarts") == "1", JOB_TIMEOUT_S, "the requeue", slurm_cluster)
+    wait_until(
+        lambda: slurm_cluster.job_field(job, "Restarts") == "1",
+        JOB_TIMEOUT_S,
+        "the requeue",
+        slurm_cluster,
+    )
     stopped_at = last_step(run_dir)
     assert stopped_at < STEPS, "the run finished before the signal: it did not test preemption"
     # Slurm holds a requeued job for about 2 minutes (BeginTime); release it now.
-    wait_until(lambda: slurm_cluster.job_state(job) == "PENDING", 60, "the requeued job to be pending", slurm_cluster)
+    wait_until(
+        lambda: slurm_cluster.job_state(job) == "PENDING",
+        60,
+        "the requeued job to be pending",
+        slurm_cluster,
+    )
     slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
     log = output.read_text()
@@ -139,11 +169,20 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(slurm_clus
     assert len({path.name.rsplit("-", 1)[1] for path in wandb_runs}) == 1, wandb_runs
 
 
-def test_unreachable_rendezvous_host_fails_the_job_naming_host_and_port(slurm_cluster, tiny_images, tmp_path):
+def test_unreachable_rendezvous_host_fails_the_job_naming_host_and_port(
+    slurm_cluster, tiny_images, tmp_path
+):
     output = tmp_path / "job.out"
     # 192.0.2.1 is TEST-NET-1: reserved, never assigned, so nothing answers there.
-    job = submit_training(slurm_cluster, tiny_images, tmp_path / "run", output,
-                          RDZV_HOST="192.0.2.1", RDZV_PORT="29999", RDZV_TIMEOUT="10")
+    job = submit_training(
+        slurm_cluster,
+        tiny_images,
+        tmp_path / "run",
+        output,
+        RDZV_HOST="192.0.2.1",
+        RDZV_PORT="29999",
+        RDZV_TIMEOUT="10",
+    )
     # The bound: rendezvous timeout (10 s) plus start-up; wait_for_job fails the test past it.
     state = slurm_cluster.wait_for_job(job, 120)
     log = output.read_text()
