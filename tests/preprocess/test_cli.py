@@ -65,7 +65,10 @@ def test_render_grid_rejects_mismatched_captions(tmp_path):
 
 
 def test_bench_times_our_resize_and_reports_ratios(tmp_path, capsys):
-    assert main(["bench", "--images", "4", "--workers", "1", "--photos", str(PHOTOS)]) == 0
+    assert (
+        main(["bench", "--images", "4", "--workers", "1", "--repeat", "1", "--photos", str(PHOTOS)])
+        == 0
+    )
     output = capsys.readouterr().out
     assert "preprocess resize, 1 worker" in output and "single-core rate" in output
 
