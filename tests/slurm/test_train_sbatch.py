@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -191,3 +192,29 @@ def test_unreachable_rendezvous_host_fails_the_job_naming_host_and_port(
     assert "rendezvous at 192.0.2.1:29999" in log and "did not form 2 nodes within 10 s" in log
     assert "training failed" in log and "not requeueing" in log
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_first_node_that_does_not_resolve_fails_the_script_naming_it(slurm_cluster, tmp_path):
+    """No localhost fallback: the real script with a node list whose first host is unknown."""
+    result = subprocess.run(
+        ["bash", str(SBATCH)],
+        env={
+            **slurm_cluster.env,
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NODELIST": "ghost1.invalid,ghost2.invalid",
+            "SLURM_NNODES": "2",
+            "PROJECT_DIR": str(REPO),
+            "CONFIG": "configs/tiny.yaml",
+        },
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        "rendezvous host ghost1.invalid (NodeAddr ghost1.invalid) does not resolve" in result.stderr
+    )
+    assert "set RDZV_HOST" in result.stderr
+    assert "srun" not in result.stdout + result.stderr  # failed before launching anything
