@@ -30,8 +30,8 @@ import logging
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -52,9 +52,8 @@ logger = logging.getLogger(__name__)
 def import_dali():
     """The DALI modules, or a LoaderError saying how to get them."""
     try:
-        import nvidia.dali as dali
-        import nvidia.dali.fn as fn
-        import nvidia.dali.types as types
+        from nvidia import dali
+        from nvidia.dali import fn, types
     except ImportError as err:
         raise LoaderError(
             f"data.backend=dali needs NVIDIA DALI, which is not importable here ({err}): install "

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pipeline.config import Config
 from pipeline.data.base import Loader, LoaderError, train_classes
 from pipeline.data.samplers import IndexPlan
-from pipeline.data.transforms import Augmentation, collate_uint8, decode_train, decode_val, sample_rng
+from pipeline.data.transforms import (
+    Augmentation,
+    collate_uint8,
+    decode_train,
+    decode_val,
+    sample_rng,
+)
 from pipeline.distributed import DistInfo
 from preprocess.errors import UserError
 from preprocess.manifest import MANIFEST_NAME
@@ -112,7 +118,7 @@ class FolderBatches(Dataset):
 class _EpochSampler(Sampler):
     """Yields (epoch, indices) per batch for the loader's current epoch and start batch."""
 
-    def __init__(self, loader: "FolderLoader") -> None:
+    def __init__(self, loader: FolderLoader) -> None:
         self.loader = loader
 
     def __iter__(self):

@@ -9,8 +9,8 @@ If the crops, flips or labels are wrong, it shows here before any GPU hour is sp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -15,7 +15,7 @@ Resuming at batch k of an epoch skips the first k batches of the same plan.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -71,7 +71,7 @@ class Augmentation:
     val_crop: int = 224
 
     @classmethod
-    def from_config(cls, data: DataConfig) -> "Augmentation":
+    def from_config(cls, data: DataConfig) -> Augmentation:
         return cls(
             train_crop=data.train_crop,
             scale=(data.scale_min, data.scale_max),
@@ -106,8 +106,8 @@ def sample_crop_box(
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect_ratio = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
-        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        crop_width = round(math.sqrt(target_area * aspect_ratio))
+        crop_height = round(math.sqrt(target_area / aspect_ratio))
         if 0 < crop_width <= width and 0 < crop_height <= height:
             top = rng.randint(0, height - crop_height)
             left = rng.randint(0, width - crop_width)
@@ -115,10 +115,10 @@ def sample_crop_box(
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
         crop_width = width
-        crop_height = int(round(crop_width / min(ratio)))
+        crop_height = round(crop_width / min(ratio))
     elif in_ratio > max(ratio):
         crop_height = height
-        crop_width = int(round(crop_height * max(ratio)))
+        crop_width = round(crop_height * max(ratio))
     else:
         crop_width, crop_height = width, height
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
@@ -133,8 +133,8 @@ def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[float
         resized_width, resized_height = resize, int(resize * height / width)
     else:
         resized_width, resized_height = int(resize * width / height), resize
-    crop_top = int(round((resized_height - crop) / 2.0))
-    crop_left = int(round((resized_width - crop) / 2.0))
+    crop_top = round((resized_height - crop) / 2.0)
+    crop_left = round((resized_width - crop) / 2.0)
     scale_x = width / resized_width
     scale_y = height / resized_height
     return (crop_left * scale_x, crop_top * scale_y, (crop_left + crop) * scale_x, (crop_top + crop) * scale_y)

@@ -32,8 +32,8 @@ import itertools
 import logging
 import multiprocessing
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -43,7 +43,13 @@ from webdataset.tariterators import tarfile_samples
 
 from pipeline.config import Config
 from pipeline.data.base import Loader, LoaderError, check_same_classes, rank_range, train_classes
-from pipeline.data.transforms import Augmentation, collate_uint8, decode_train, decode_val, sample_rng
+from pipeline.data.transforms import (
+    Augmentation,
+    collate_uint8,
+    decode_train,
+    decode_val,
+    sample_rng,
+)
 from pipeline.distributed import DistInfo
 from preprocess.manifest import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
 from preprocess.synsets import find_class_names

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -35,8 +34,8 @@ def decode_identity(images: torch.Tensor) -> list[tuple[int, int]]:
     means = images.float().mean(dim=(2, 3)).cpu().numpy()  # [N, 3]
     result = []
     for red, green, blue in means:
-        class_index = int(round((red - 16) / 28))
-        sample_id = int(round((green - 8) / 16)) * 15 + int(round((blue - 8) / 16))
+        class_index = round((red - 16) / 28)
+        sample_id = round((green - 8) / 16) * 15 + round((blue - 8) / 16)
         result.append((class_index, sample_id))
     return result
 
@@ -70,8 +69,8 @@ def tiny_folders(tmp_path_factory) -> dict:
 
 def tiny_config(train_dir, val_dir, backend="folder", **data):
     """A Config with test-sized crops (32 px) and few workers."""
-    values = dict(backend=backend, train_dir=str(train_dir), val_dir=str(val_dir), global_batch_size=8,
-                  num_workers=0, train_crop=32, val_resize=36, val_crop=32, prefetch_factor=2)
+    values = {"backend": backend, "train_dir": str(train_dir), "val_dir": str(val_dir), "global_batch_size": 8,
+                  "num_workers": 0, "train_crop": 32, "val_resize": 36, "val_crop": 32, "prefetch_factor": 2}
     values.update(data)
     return build_config({"data": values, "train": {"seed": 3, "channels_last": False}})
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loaderfixtures import WNIDS, decode_identity, single_rank, tiny_config
+
 from pipeline.config import replace
 from pipeline.data import build_loader
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch.multiprocessing as mp
-
 from loaderfixtures import free_port, two_rank_worker
 
 

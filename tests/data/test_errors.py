@@ -6,9 +6,9 @@ import json
 import shutil
 
 import pytest
+from loaderfixtures import single_rank, tiny_config
 
 import pipeline.data.dali as dali_module
-from loaderfixtures import single_rank, tiny_config
 from pipeline.data import LoaderError, build_loader
 from pipeline.distributed import DistInfo
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from loaderfixtures import single_rank, tiny_config
 from PIL import Image
 
-from loaderfixtures import single_rank, tiny_config
 from pipeline.data import build_loader, normalize
 from pipeline.data.grid import save_batch_grid
 
