@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from pipeline.config import ConfigError, load_config
 from pipeline.demo_data import DEMO_WNIDS, build_demo_raw
 
 Backend = Literal["folder", "wds", "dali"]
@@ -187,8 +188,8 @@ def data_directories(prepared: Path, backend: Backend) -> tuple[Path, Path]:
     return prepared / "train", prepared / "val"
 
 
-def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[str]:
-    """torchrun with 2 CPU ranks running pipeline.train on configs/demo.yaml."""
+def train_overrides(options: DemoOptions, prepared: Path, run_dir: Path) -> list[str]:
+    """The `section.key=value` list pipeline.train gets on top of configs/demo.yaml."""
     train_dir, val_dir = data_directories(prepared, options.backend)
     overrides = [
         f"data.backend={options.backend}",
@@ -200,6 +201,11 @@ def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[s
     if epochs:
         overrides.append(f"train.epochs={epochs}")
     overrides.extend(options.overrides)
+    return overrides
+
+
+def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[str]:
+    """torchrun with 2 CPU ranks running pipeline.train on configs/demo.yaml."""
     return [
         sys.executable,
         "-m",
@@ -210,7 +216,7 @@ def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[s
         "pipeline.train",
         "--config",
         str(DEMO_CONFIG),
-        *overrides,
+        *train_overrides(options, prepared, run_dir),
     ]
 
 
@@ -279,6 +285,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
     run_dir = workdir / ("run-" + options.backend + ("-fast" if options.fast else ""))
     env = stage_environment()
     seconds: dict[str, float] = {}
+
+    # A typo in an override fails here, at once, not after the data stages and torchrun's start.
+    try:
+        load_config(DEMO_CONFIG, train_overrides(options, prepared, run_dir))
+    except ConfigError as err:
+        raise StageFailed(f"stage 'config' rejected the overrides: {err}") from err
 
     start = time.perf_counter()
     print(

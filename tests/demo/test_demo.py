@@ -88,11 +88,21 @@ def test_fast_demo_leaves_every_artefact_it_lists(fast_demo):
 def test_a_failing_stage_is_named_with_its_log(fast_demo, capsys):
     workdir, code, _ = fast_demo
     assert code == 0
-    # Raw data and shards are reused; the trainer rejects the unknown architecture.
-    assert main(["--workdir", str(workdir), "--quiet", "model.arch=resnet50"]) == 1
+    # Raw data and shards are reused; the config is valid but the trainer finds no val data.
+    missing = workdir / "no-such-val"
+    assert main(["--workdir", str(workdir), "--quiet", f"data.val_dir={missing}"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("demo failed: stage 'train' failed with exit status")
+    assert str(missing) in error  # the worker's own error line, not torchrun's banner
     assert str(workdir / "logs" / "train.log") in error
+
+
+def test_a_bad_override_fails_before_any_stage_runs(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path), "--quiet", "model.arch=resnet50"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("demo failed: stage 'config' rejected the overrides: model.arch:")
+    assert "alexnet" in error
+    assert list(tmp_path.iterdir()) == []  # no data built, no run dir touched
 
 
 def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
