@@ -181,8 +181,16 @@ def _resize_one(
         return _Outcome(source, "failed", str(err))
     except OSError as err:  # unreadable source file
         return _Outcome(source, "failed", f"cannot read: {err.strerror or err}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(destination, jpeg)
+    except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop 1.28 M others
+        return _Outcome(source, "failed", f"unexpected {type(err).__name__}: {err}")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(destination, jpeg)
+    except OSError as err:  # disk full, permissions: no point going on
+        raise UserError(
+            f"cannot write {destination}: {err.strerror or err}: free space or fix permissions, "
+            f"then rerun the same command to resume"
+        ) from None
     return _Outcome(source, "written", repaired=info.repaired)
 
 
