@@ -9,6 +9,19 @@ Contract every backend honours (see pipeline/data/transforms.py for the augmenta
     of the whole split (all ranks);
   * train: every rank yields the same number of batches (checked with an all-reduce);
     val: every sample is visited exactly once across ranks (batch counts may differ).
+
+    loader = build_loader(cfg, "train", dist)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        loader.set_epoch(epoch, start_batch=resume_batch if epoch == start_epoch else 0)
+        for images, labels in loader:          # uint8 [N,3,H,W] on the device
+            logits = model(normalize(images))  # ImageNet mean/std, on the device
+
+Choosing a backend (all three read the same samples on the same rank; see each module):
+  * folder: class folders (DST/folders/{train,val}); nothing to convert, many small files;
+  * wds: shards (DST/{train,val}); sequential tar reads, the choice for network storage;
+  * dali: either layout; `mixed` decodes on the GPU (nvJPEG) when the CPU is the bottleneck.
+Modules: base.py (Loader, LoaderError, rank arithmetic), transforms.py (the augmentation
+contract), samplers.py (index plan), folder.py, wds.py, dali.py, grid.py (sanity grid).
 """
 
 from __future__ import annotations
