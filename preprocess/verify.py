@@ -313,20 +313,15 @@ def find_targets(directory: Path) -> list[tuple[str, Path]]:
     if (directory / FOLDER_MANIFEST_NAME).is_file():
         return [("folders", directory)]
     targets: list[tuple[str, Path]] = []
-    for child in sorted(
-        path for path in directory.iterdir() if path.is_dir() and not path.name.startswith(".")
-    ):
-        if child.name in ("train", "val", "folders"):
-            targets.extend(
-                find_targets(child)
-                if child.name != "folders"
-                else [
-                    target
-                    for grandchild in sorted(child.iterdir())
-                    if grandchild.is_dir()
-                    for target in find_targets(grandchild)
-                ]
-            )
+    # a `prepare` output: DIR/train, DIR/val (shards) and DIR/folders/{train,val} (resized images)
+    for split in ("train", "val"):
+        if (directory / split / MANIFEST_NAME).is_file() or (
+            directory / split / FOLDER_MANIFEST_NAME
+        ).is_file():
+            targets.extend(find_targets(directory / split))
+    for split in ("train", "val"):
+        if (directory / "folders" / split / FOLDER_MANIFEST_NAME).is_file():
+            targets.append(("folders", directory / "folders" / split))
     if not targets:
         raise UserError(
             f"{directory}: neither {MANIFEST_NAME} (shards) nor {FOLDER_MANIFEST_NAME} (resized folders) found: "

@@ -57,6 +57,15 @@ def test_tars_kaggle_and_folders_give_identical_shards(tmp_path, capsys):
         }
         assert tar_only["tars"] == tar_only["kaggle"] == tar_only["folders"], split
     assert (outputs["kaggle"] / "LOC_synset_mapping.txt").is_file()
+    assert main(["verify", str(outputs["kaggle"]), "--decode", "--workers", "1"]) == 0
+    report = capsys.readouterr().out
+    for part in (
+        "kaggle/train (shards)",
+        "kaggle/val (shards)",
+        "folders/train (folders)",
+        "folders/val (folders)",
+    ):
+        assert part in report
     # resized class folders are kept for the folder backend, with every class in both splits
     assert (
         sorted(p.name for p in (outputs["tars"] / "folders" / "val").iterdir() if p.is_dir())
