@@ -1,0 +1,65 @@
+"""Rank and worker arithmetic, checked without a process group over many world sizes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from pipeline.data.samplers import IndexPlan
+from pipeline.data.wds import ShardPlan
+
+CASES = list(itertools.product([1, 2, 3, 5, 8], [7, 64, 101], [1, 4]))  # world, samples, batch
+
+
+@pytest.mark.parametrize(("world", "samples", "batch"), CASES)
+def test_index_plan_val_covers_every_sample_once_and_train_counts_are_equal(world, samples, batch):
+    val = [IndexPlan(samples, batch, rank, world, train=False, seed=0) for rank in range(world)]
+    seen = [int(index) for plan in val for indices in plan.batches(0) for index in indices]
+    assert sorted(seen) == list(range(samples))
+    train = [IndexPlan(samples, batch, rank, world, train=True, seed=0) for rank in range(world)]
+    counts = {plan.num_batches(0) for plan in train}
+    assert counts == {samples // world // batch}
+    chosen = [int(index) for plan in train for indices in plan.batches(3) for index in indices]
+    assert len(chosen) == len(set(chosen)) == world * (samples // world // batch) * batch
+
+
+def shard_counts(total: int, shard_size: int) -> tuple[int, ...]:
+    return tuple([shard_size] * (total // shard_size) + ([total % shard_size] if total % shard_size else []))
+
+
+@pytest.mark.parametrize(("world", "samples", "batch"), CASES)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, workers):
+    counts = shard_counts(samples, 10)
+    paths = tuple(f"shard{index}.tar" for index in range(len(counts)))
+
+    def positions(plan: ShardPlan, epoch: int) -> list[tuple[str, int]]:
+        """(tar, sample number) of every sample the rank's workers read, worker by worker."""
+        read = []
+        for worker in range(workers):
+            block = plan.worker_block(epoch, worker)
+            assert sum(segment.take for segment in block.segments) == block.size
+            read.extend((segment.path, segment.skip + offset) for segment in block.segments for offset in range(segment.take))
+        return read
+
+    everything = [(path, number) for path, count in zip(paths, counts) for number in range(count)]
+    val = [ShardPlan(paths, counts, batch, rank, world, workers, train=False, seed=0) for rank in range(world)]
+    assert sorted(sample for plan in val for sample in positions(plan, 0)) == sorted(everything)
+    for rank, plan in enumerate(val):  # rank r holds [N*r//W, N*(r+1)//W), with a partial last batch
+        size = samples * (rank + 1) // world - samples * rank // world
+        assert plan.num_batches() == -(-size // batch)
+    train = [ShardPlan(paths, counts, batch, rank, world, workers, train=True, seed=0) for rank in range(world)]
+    assert {plan.num_batches() for plan in train} == {samples // world // batch}
+    for epoch in (0, 1):
+        read = [sample for plan in train for sample in positions(plan, epoch)]
+        assert len(read) == len(set(read)) == world * (samples // world // batch) * batch
+
+
+def test_shard_order_changes_per_epoch_and_repeats_per_seed():
+    counts = (10,) * 12
+    paths = tuple(f"shard{index}.tar" for index in range(12))
+    plan = ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5)
+    assert list(plan.shard_order(0)) != list(plan.shard_order(1))
+    assert list(plan.shard_order(1)) == list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1))
+    assert list(plan.shard_order(1)) != list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1))
