@@ -11,8 +11,10 @@ Stages, each a real command whose full output also goes to WORKDIR/logs/<stage>.
                LOC_val_solution.csv, LOC_synset_mapping.txt): pipeline/demo_data.py.
   2. prepare   python -m preprocess prepare RAW DST: val sorted by the CSV, images resized,
                class folders and shuffled WebDataset shards + manifest written.
-  3. train     torchrun --nproc_per_node=2 -m pipeline.train --config configs/demo.yaml: DDP
-               over gloo, evaluation after every epoch, checkpoints, metrics, W&B offline, plots.
+  3. train     python -m launch --nproc 2 -- -m pipeline.train --config configs/demo.yaml: the
+               project's torchrun wrapper (a preflight all-reduce, then torchrun --standalone
+               with 2 ranks), DDP over gloo, evaluation after every epoch, checkpoints,
+               metrics, a W&B offline run and plots.
 Then it prints the final val top-1/top-5 against chance and where every artefact is.
 A rerun reuses the raw data and the prepared shards and trains a fresh run.
 """
@@ -205,13 +207,14 @@ def train_overrides(options: DemoOptions, prepared: Path, run_dir: Path) -> list
 
 
 def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[str]:
-    """torchrun with 2 CPU ranks running pipeline.train on configs/demo.yaml."""
+    """The project's launcher (torchrun after a preflight all-reduce): 2 CPU ranks, gloo."""
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={NUM_RANKS}",
+        "launch",
+        "--nproc",
+        str(NUM_RANKS),
+        "--",
         "-m",
         "pipeline.train",
         "--config",
