@@ -175,17 +175,18 @@ def _ddp_worker(rank: int, world_size: int, port: int, args, queue) -> None:
     ddp = nn.parallel.DistributedDataParallel(runner.model)
     runner.step_model = ddp
     images, labels = synthetic_batch(args, torch.device("cpu"), runner.memory_format)
-    timings = {}
-    for name, context in (("no_sync", ddp.no_sync), ("ddp", contextlib.nullcontext)):
-        for _ in range(args.warmup):
-            runner(images, labels, context)
-        per_step = []
-        for _ in range(args.steps):
+    # Alternate synced and no_sync steps so both see the same machine load; report medians.
+    for _ in range(args.warmup):
+        runner(images, labels, ddp.no_sync)
+        runner(images, labels)
+    per_step: dict[str, list[float]] = {"ddp": [], "no_sync": []}
+    for _ in range(args.steps):
+        for name, context in (("no_sync", ddp.no_sync), ("ddp", contextlib.nullcontext)):
             torch.distributed.barrier()
             started = time.perf_counter()
             runner(images, labels, context)
-            per_step.append(time.perf_counter() - started)
-        timings[name] = statistics.median(per_step)
+            per_step[name].append(time.perf_counter() - started)
+    timings = {name: statistics.median(values) for name, values in per_step.items()}
     if dist.is_main:
         gradient_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
         queue.put((timings["ddp"], timings["no_sync"], gradient_bytes))

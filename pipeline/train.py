@@ -239,10 +239,13 @@ class Trainer:
         if self.num_classes < len(self.classes):
             raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes: use 0 (from the data)")
 
-    def build_model(self) -> None:
+    def build_model(self, load_initial_weights: bool = True) -> None:
+        """The model on the device; model.finetune / model.init_from are applied unless a checkpoint will be."""
         torch.manual_seed(self.cfg.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         model = build_model(self.cfg.model, self.num_classes)
-        if self.cfg.model.finetune:
+        if not load_initial_weights:
+            pass
+        elif self.cfg.model.finetune:
             load_for_finetune(model, self.cfg.model.finetune, self.cfg.model.freeze)
         elif self.cfg.model.init_from:
             load_weights(model, self.cfg.model.init_from)
@@ -317,9 +320,9 @@ class Trainer:
         log.info("resumed from %s: epoch %d, step %d, batch %d", path, state.epoch, state.step, state.batch_in_epoch)
 
     # -- training -----------------------------------------------------------------------------
-    def setup_training(self) -> None:
+    def setup_training(self, resuming: bool) -> None:
         self.build_data(need_train=True)
-        self.build_model()
+        self.build_model(load_initial_weights=not resuming)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.criterion = build_loss(self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -346,9 +349,9 @@ class Trainer:
 
     def train(self, resume: Path | None) -> int:
         cfg, dist = self.cfg, self.dist
-        self.setup_training()
-        state = TrainState()
         resume = resume or ckpt.find_latest(self.run_dir)
+        self.setup_training(resuming=resume is not None)
+        state = TrainState()
         if resume is not None:
             self.restore(resume, state)
         if dist.is_main:
