@@ -141,7 +141,20 @@ def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[float
 
 
 def _open(data: bytes | str) -> Image.Image:
-    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        # one read() of the whole file: PIL reading a file object makes ~40 small reads per JPEG,
+        # which cost as much as a third of the decode here
+        with open(data, "rb") as handle:
+            data = handle.read()
+    return Image.open(io.BytesIO(data))
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """Decode to RGB (convert() of an RGB image would copy it once more)."""
+    if image.mode == "RGB":
+        image.load()
+        return image
+    return image.convert("RGB")
 
 
 def _draft_for_box(image: Image.Image, box_width: float, box_height: float, out_size: int) -> float:
@@ -165,7 +178,7 @@ def decode_train(data: bytes | str, aug: Augmentation, rng: random.Random) -> np
         top, left, crop_height, crop_width = sample_crop_box(width, height, aug.scale, aug.ratio, rng)
         flip = rng.random() < aug.flip_prob
         factor = _draft_for_box(image, crop_width, crop_height, aug.train_crop)
-        image = image.convert("RGB")
+        image = _rgb(image)
         # after draft the decoded image is 1/factor the size; the box scales with it (sub-pixel ok)
         box = (left / factor, top / factor, (left + crop_width) / factor, (top + crop_height) / factor)
         image = image.resize((aug.train_crop, aug.train_crop), Image.Resampling.BILINEAR, box=box)
@@ -180,7 +193,7 @@ def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
         width, height = image.size
         left, top, right, bottom = val_geometry(width, height, aug.val_resize, aug.val_crop)
         factor = _draft_for_box(image, right - left, bottom - top, aug.val_crop)
-        image = image.convert("RGB")
+        image = _rgb(image)
         box = (left / factor, top / factor, right / factor, bottom / factor)
         image = image.resize((aug.val_crop, aug.val_crop), Image.Resampling.BILINEAR, box=box)
     return np.asarray(image)
@@ -190,7 +203,7 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The per-sample random stream: a function of (seed, epoch, sample position) only.
 
     Independent of rank, worker count and resume point, so a resumed epoch re-draws the very
-    same crops and flips.
+    same crops and flips. (Seeding costs ~13 µs, under 1 % of a decode.)
     """
     return random.Random((seed * 1_000_003 + epoch) * 10**12 + index)
 
