@@ -266,6 +266,8 @@ class DaliShardLoader(DaliLoader):
 
     def _reader(self, epoch: int, start_batch: int):
         order = self.epoch_order(epoch)[start_batch * self.batch_size :]
+        for stale in self.workdir.glob("*.idx"):  # the previous epoch's plan (~80 bytes per sample)
+            stale.unlink()
         tars, indexes = [], []
         run_start = 0
         for position in range(1, len(order) + 1):
