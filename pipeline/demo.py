@@ -3,7 +3,7 @@
     make demo                                     # installs with uv, then runs the line below
     python -m pipeline.demo                       # wds shards, 2 DDP ranks over gloo on CPU
     python -m pipeline.demo --backend folder      # or dali; same data, another loader
-    python -m pipeline.demo --workdir /tmp/demo --epochs 4 optim.lr=0.05   # any config override
+    python -m pipeline.demo --workdir /tmp/demo --epochs 20 optim.lr=0.004  # any config override
 
 Stages, each a real command whose full output also goes to WORKDIR/logs/<stage>.log:
   1. raw data  scikit-learn's 1,797 real handwritten digits, written as a raw ImageNet in

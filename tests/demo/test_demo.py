@@ -130,3 +130,25 @@ def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
         == "error: /raw has no train images"
     )
     assert cause_line("one\ntwo\n=====\n") == "two"
+
+
+@pytest.mark.parametrize(
+    ("backend", "train_subdir"),
+    [("folder", "folders/train"), ("wds", "train"), ("dali", "train")],
+)
+def test_each_backend_trains_on_the_data_prepare_wrote_for_it(tmp_path, backend, train_subdir):
+    from pipeline.config import load_config
+    from pipeline.demo import DEMO_CONFIG, DemoOptions, train_command, train_overrides
+
+    options = DemoOptions(
+        backend=backend, workdir=tmp_path, fast=True, overrides=("optim.lr=0.004",)
+    )
+    overrides = train_overrides(options, tmp_path / "prepared", tmp_path / "run")
+    config = load_config(DEMO_CONFIG, overrides)
+    assert config.data.backend == backend
+    assert config.data.train_dir == str(tmp_path / "prepared" / train_subdir)
+    assert config.data.val_dir == str(tmp_path / "prepared" / train_subdir.replace("train", "val"))
+    assert config.train.epochs == 6 and config.optim.lr == 0.004  # user overrides come last
+    command = train_command(options, tmp_path / "prepared", tmp_path / "run")
+    assert command[1:5] == ["-m", "launch", "--nproc", "2"]
+    assert command[command.index("--") + 1 : command.index("--") + 3] == ["-m", "pipeline.train"]
