@@ -103,12 +103,14 @@ def augment(jpegs, *, split: str, aug: Augmentation, decode: str, fn, types):
 
 def images_to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     """A dense DALI batch → a torch uint8 tensor (copied: DALI reuses its buffers)."""
-    if hasattr(tensor_list, "as_cpu") and type(tensor_list).__name__ == "TensorListGPU":
+    from nvidia.dali.backend import TensorListGPU
+
+    if isinstance(tensor_list, TensorListGPU):
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        dense = tensor_list.as_tensor()
+        dense = tensor_list.as_tensor()  # [N, H, W, 3] on the pipeline's GPU
         out = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))  # ordered before later kernels
         return out
     return torch.from_numpy(np.array(tensor_list.as_tensor()))
 

@@ -99,3 +99,22 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(setup):
         assert decode_identity(expected) == decode_identity(got)  # the same samples, in the same order
         if backend != "dali":  # DALI redraws the crops of a resumed epoch (see dali.py)
             assert torch.equal(expected, got)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decode", ["mixed", "cpu"])
+def test_batches_land_on_the_gpu_with_mixed_and_cpu_dali_decoding(tiny_shards, decode):
+    from pipeline.distributed import DistInfo
+
+    gpu = DistInfo(device="cuda:0")
+    folders = {"train": tiny_shards["root"] / "folders" / "train", "val": tiny_shards["root"] / "folders" / "val"}
+    for backend, paths in [("dali", tiny_shards), ("dali", folders), ("folder", folders), ("wds", tiny_shards)]:
+        cfg = tiny_config(paths["train"], paths["val"], backend=backend, dali_decode=decode)
+        for split in ("train", "val"):
+            seen = []
+            for images, labels in build_loader(cfg, split, gpu):
+                assert images.device.type == "cuda" and labels.device.type == "cuda" and images.dtype == torch.uint8
+                decoded = decode_identity(images)
+                assert [class_index for class_index, _ in decoded] == labels.tolist()
+                seen.extend(sample_id for _, sample_id in decoded)
+            assert len(seen) == (56 if split == "train" else 27)
