@@ -133,13 +133,14 @@ def prepare(
                 num_tasks=num_tasks,
                 description=f"resize {split}",
             )
-            if num_tasks == 1:
-                write_folder_manifest(folder, count_folder_images(folder), options)
         if stage in ("all", "shard"):
             if not folder.is_dir():
                 raise UserError(
                     f"{folder} does not exist: run the resize stage first (--stage resize)"
                 )
+            # every resize task is done by now: record what the folders hold, for `verify`
+            # (identical content from every shard task, written atomically)
+            write_folder_manifest(folder, count_folder_images(folder), options)
             sharded[split] = write_shards(
                 folder,
                 dst / split,
