@@ -78,9 +78,14 @@ def test_array_job_shards_are_identical_to_one_local_prepare_run(
         == f"afterok:{jobs['resize']}_*(unfulfilled)"
     )
 
-    state = slurm_cluster.wait_for_job(jobs["finish"], 180)
-    log_text = "\n".join(f"--- {path.name}\n{path.read_text()}" for path in sorted(logs.iterdir()))
-    assert state == "COMPLETED", log_text
+    def job_logs() -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()}" for path in sorted(logs.iterdir()))
+
+    # Wait stage by stage, so that a failed resize task fails the test now, not at the timeout.
+    for stage in ("shard", "finish"):
+        state = slurm_cluster.wait_for_job(jobs[stage], 180)
+        assert state == "COMPLETED", f"{stage} job {jobs[stage]} ended {state}:\n{job_logs()}"
+    log_text = job_logs()
     # Each array task took its own slice (2 resize + 2 shard tasks) and the final job merged + verified.
     assert log_text.count("(array ids 0-1, 2 tasks): python -m preprocess prepare") == 4
     assert "merged and verified" in log_text
