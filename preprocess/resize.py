@@ -319,6 +319,30 @@ def write_folder_manifest(dst: Path, class_counts: dict[str, int], options: Resi
     return path
 
 
+def check_settings_match(dst: Path, options: ResizeOptions) -> None:
+    """Refuse to resume into a DST made with other settings: skipped files would silently differ."""
+    path = Path(dst) / FOLDER_MANIFEST_NAME
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a fresh DST (or one from before manifests): nothing to compare with
+    wanted = {
+        "short_side": options.short_side,
+        "only_shrink": options.only_shrink,
+        "quality": options.quality,
+    }
+    differing = {
+        key: recorded.get(key) for key, value in wanted.items() if recorded.get(key, value) != value
+    }
+    if differing:
+        made = ", ".join(f"{key}={value}" for key, value in differing.items())
+        asked = ", ".join(f"{key}={wanted[key]}" for key in differing)
+        raise UserError(
+            f"{dst} holds images made with {made} but this run asks for {asked}: resuming would mix "
+            f"the two; pass a new DST (or delete {dst} to redo it)"
+        )
+
+
 def resize_folder(
     src: Path,
     dst: Path,
@@ -337,6 +361,7 @@ def resize_folder(
         raise UserError(
             f"{src}: no images found (looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
         )
+    check_settings_match(dst, options)
     dst.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dst)
     class_counts = collections.Counter(str(relative.parent) for relative in relatives)
@@ -381,6 +406,7 @@ def resize_stream(
     options.check()
     dst_dir = Path(dst_dir)
     started = time.perf_counter()
+    check_settings_match(dst_dir, options)
     dst_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dst_dir)
 

@@ -80,6 +80,15 @@ def test_a_rerun_skips_finished_outputs_and_only_retries_failures(tmp_path):
     assert not (dst / ERRORS_NAME).exists()  # the stale error list is gone
 
 
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_class_folders(src, per_class=1)
+    assert main(["resize", str(src), str(dst), "--short-side", "32", "--workers", "1"]) == 0
+    assert main(["resize", str(src), str(dst), "--short-side", "48", "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "holds images made with short_side=32 but this run asks for short_side=48" in error
+
+
 def test_flat_folders_are_resized_too(tmp_path):
     src = tmp_path / "flat"
     src.mkdir()
