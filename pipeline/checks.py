@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -63,7 +63,7 @@ class AlexNet(nn.Module):
 
 
 def _scaled(channels: int, width_mult: float) -> int:
-    return max(1, int(round(channels * width_mult)))
+    return max(1, round(channels * width_mult))
 
 
 def _build_features(convs, width_mult: float, norm: str) -> tuple[nn.Sequential, int]:

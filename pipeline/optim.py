@@ -90,7 +90,7 @@ class LearningRateSchedule:
         self.patience = schedule.plateau_patience
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, total_steps)
-        self.warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
+        self.warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
         # plateau state (plain numbers: they go into checkpoints)
         self.plateau_decays = 0
         self.plateau_best = -math.inf

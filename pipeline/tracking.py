@@ -21,8 +21,9 @@ import math
 import os
 import struct
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -36,14 +36,14 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as torch_dist
@@ -51,10 +51,24 @@ from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config, ConfigError, config_to_dict, dump_config, load_config
-from pipeline.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, shutdown
+from pipeline.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from pipeline.logging_setup import setup_logging
 from pipeline.metrics import EvalAccumulator, EvalResult, write_per_class_csv
-from pipeline.models import AlexNet, build_model, check_input_size, load_for_finetune, load_weights, set_train_mode
+from pipeline.models import (
+    AlexNet,
+    build_model,
+    check_input_size,
+    load_for_finetune,
+    load_weights,
+    set_train_mode,
+)
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.tracking import NullTracker, build_tracker
 
@@ -144,9 +158,9 @@ class TrainState:
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True,
                                timeout=10, cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -158,7 +172,7 @@ def record_launch(cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], r
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     entry = {
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, "-m", "pipeline.train", *argv]),
         "git_sha": git_sha(),
         "world_size": dist.world_size,

@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
+from train_helpers import child_pids, latest_step, launch_ranks, start_torchrun, tiny_args, torchrun
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.train import main
-from train_helpers import child_pids, latest_step, launch_ranks, start_torchrun, tiny_args, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,9 @@ def test_eval_over_two_ranks_with_uneven_shards_equals_one_rank(reference_run, t
 
 def tiny_data_dir(run_dir):
     """The data dirs the reference run used (from its saved config)."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     return Path(cfg["data"]["train_dir"]).parent

@@ -8,7 +8,13 @@ import torchvision
 from torch import nn
 
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.models import build_model, check_input_size, load_for_finetune, load_weights, set_train_mode
+from pipeline.models import (
+    build_model,
+    check_input_size,
+    load_for_finetune,
+    load_weights,
+    set_train_mode,
+)
 
 
 def test_alexnet_has_torchvision_parameter_names_and_shapes_and_loads_its_state_dict(tmp_path):

@@ -6,16 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from train_helpers import tiny_args
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.tracking import read_wandb_history
 from pipeline.train import main
-from train_helpers import tiny_args
 
 STEPS_PER_EPOCH = 10  # 160 train images / global batch 16
 

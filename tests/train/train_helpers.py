@@ -24,7 +24,7 @@ def torchrun(nproc: int, argv: list[str], timeout: float = 240, **popen) -> subp
     """`python -m torch.distributed.run --nproc_per_node=N -m pipeline.train ARGV` on CPU (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
                "--standalone", "-m", "pipeline.train", *argv]
-    return subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(command, check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -51,7 +51,7 @@ def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subpro
     for rank in range(world_size):
         env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
                         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        log = open(log_dir / f"rank{rank}.log", "w")
+        log = open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 (the rank process writes to it after we return)
         processes.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", *argv], cwd=REPO, env=env,
                                           stdout=log, stderr=subprocess.STDOUT))
     return processes
