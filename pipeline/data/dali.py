@@ -94,11 +94,34 @@ def augment(jpegs, *, split: str, aug: Augmentation, decode: str, fn, types):
         images = fn.resize(images, resize_x=aug.train_crop, resize_y=aug.train_crop, interp_type=types.INTERP_LINEAR, antialias=True)
         mirror = fn.random.coin_flip(probability=aug.flip_prob)
         return fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
+    # val, with torchvision's rounding (resize_shorter would round the long side, not truncate it,
+    # and center crops round half away from zero): the same pixels as Resize + CenterCrop ±1
+    import nvidia.dali.math as dali_math
+
     images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB)
-    images = fn.resize(images, resize_shorter=aug.val_resize, interp_type=types.INTERP_LINEAR, antialias=True)
-    return fn.crop_mirror_normalize(
-        images, dtype=types.UINT8, output_layout="HWC", crop=(aug.val_crop, aug.val_crop)
+    shape = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # [H, W, C] of the encoded image
+    short_side = dali_math.min(shape[0], shape[1])
+    resized_height = dali_math.floor(shape[0] * float(aug.val_resize) / short_side)
+    resized_width = dali_math.floor(shape[1] * float(aug.val_resize) / short_side)
+    images = fn.resize(images, resize_x=resized_width, resize_y=resized_height, interp_type=types.INTERP_LINEAR, antialias=True)
+    crop = float(aug.val_crop)
+
+    def crop_position(size):
+        """int(round((size - crop) / 2)) with Python's round half to even, as a 0..1 position."""
+        half = (size - crop) * 0.5
+        low = dali_math.floor(half)
+        low_is_odd = low - 2.0 * dali_math.floor(low * 0.5)
+        anchor = low + 2.0 * (half - low) * low_is_odd  # a .5 tie moves up only from an odd number
+        return anchor / dali_math.max(size - crop, 1.0)
+
+    images = fn.crop(
+        images,
+        crop_h=aug.val_crop,
+        crop_w=aug.val_crop,
+        crop_pos_y=crop_position(resized_height),
+        crop_pos_x=crop_position(resized_width),
     )
+    return images
 
 
 def images_to_torch(tensor_list, device: torch.device) -> torch.Tensor:

@@ -118,3 +118,38 @@ def test_batches_land_on_the_gpu_with_mixed_and_cpu_dali_decoding(tiny_shards, d
                 assert [class_index for class_index, _ in decoded] == labels.tolist()
                 seen.extend(sample_id for _, sample_id in decoded)
             assert len(seen) == (56 if split == "train" else 27)
+
+
+@pytest.fixture(scope="module")
+def photo_data(tmp_path_factory):
+    """One real photograph (570x401) as a one-class folder and as a shard."""
+    import shutil
+
+    from loaderfixtures import FIXTURES, make_shards
+
+    root = tmp_path_factory.mktemp("photo")
+    (root / "folders" / WNIDS[0]).mkdir(parents=True)
+    shutil.copy(FIXTURES / "photo.jpg", root / "folders" / WNIDS[0] / "photo.JPEG")
+    return {"folders": root / "folders", "shards": make_shards(root / "folders", root / "shards", "val", 10)}
+
+
+@pytest.mark.parametrize(
+    ("backend", "layout"),
+    [("folder", "folders"), ("wds", "shards"), pytest.param("dali", "folders", marks=pytest.mark.dali),
+     pytest.param("dali", "shards", marks=pytest.mark.dali)],
+)
+def test_val_pixels_equal_torchvision_resize_256_center_crop_224_for_every_backend(photo_data, backend, layout):
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as tv
+
+    from loaderfixtures import FIXTURES
+
+    directory = photo_data[layout]
+    cfg = tiny_config(directory, directory, backend=backend, global_batch_size=1, val_resize=256, val_crop=224)
+    images, labels = next(iter(build_loader(cfg, "val", single_rank())))
+    ours = images[0].permute(1, 2, 0).numpy().astype(np.int16)
+    reference = tv.Compose([tv.Resize(256), tv.CenterCrop(224)])(Image.open(FIXTURES / "photo.jpg").convert("RGB"))
+    difference = np.abs(ours - np.asarray(reference).astype(np.int16))
+    assert labels.tolist() == [0]
+    assert difference.mean() < 0.25 and difference.max() <= 2
