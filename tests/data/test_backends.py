@@ -140,10 +140,9 @@ def photo_data(tmp_path_factory):
 )
 def test_val_pixels_equal_torchvision_resize_256_center_crop_224_for_every_backend(photo_data, backend, layout):
     import numpy as np
+    from loaderfixtures import FIXTURES
     from PIL import Image
     from torchvision import transforms as tv
-
-    from loaderfixtures import FIXTURES
 
     directory = photo_data[layout]
     cfg = tiny_config(directory, directory, backend=backend, global_batch_size=1, val_resize=256, val_crop=224)
