@@ -1,4 +1,4 @@
-"""Exact evaluation metrics and throughput meters.
+"""Exact evaluation metrics: top-k, loss, macro-F1 and per-class accuracy from all-reduced sums.
 
 Eval accumulates sums and counts only (a confusion matrix, a top-k hit count, a loss sum),
 all-reduces them, then divides: the result is identical whatever the number of ranks or the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
@@ -106,39 +105,3 @@ def write_per_class_csv(result: EvalResult, classes: list[str], class_names: dic
             writer.writerow([index, wnid, class_names.get(wnid, ""), support, correct, accuracy])
     temp.replace(path)
     return path
-
-
-class StepTimer:
-    """Wall time split into waiting for data and everything else, for perf/data_wait_frac.
-
-    Call `data_ready()` when a batch arrives and `step_done(images)` after the optimizer step.
-    On CUDA the step time includes kernel time only when something synchronizes (the loss
-    read-out at log time does), so the fraction is exact over a logging window, not per step.
-    """
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        now = time.perf_counter()
-        self.window_start = now
-        self.last = now
-        self.data_wait = 0.0
-        self.images = 0
-
-    def data_ready(self) -> None:
-        now = time.perf_counter()
-        self.data_wait += now - self.last
-        self.last = now
-
-    def step_done(self, images: int) -> None:
-        self.images += images
-        self.last = time.perf_counter()
-
-    def summary(self, world_size: int) -> dict[str, float]:
-        """perf/images_per_s (global: this rank's rate times world size) and perf/data_wait_frac."""
-        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
-        return {
-            "perf/images_per_s": self.images * world_size / elapsed,
-            "perf/data_wait_frac": min(1.0, self.data_wait / elapsed),
-        }

@@ -678,11 +678,11 @@ class _first_batches:
 # ----------------------------------------------------------------------------- entry point
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else the run dir's last.pt, else --init-from")
+    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else --init-from/--finetune weights, else RUN_DIR/checkpoints/last.pt")
     mode.add_argument("--check", action="store_true", help="sanity checks: initial loss vs ln(C) and overfitting one batch")
     parser.add_argument("--resume", type=Path, help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt")
     parser.add_argument("--init-from", help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)")

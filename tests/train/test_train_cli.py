@@ -63,6 +63,13 @@ def test_training_fills_the_run_dir_and_a_rerun_only_evaluates_and_evaluate_agre
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["val/num_samples"] == 17 and report["weights"].endswith("last.pt")
 
+    # plain state_dict weights (as torchvision publishes them) evaluate the same through --init-from
+    weights = tmp_path / "weights.pth"
+    torch.save(load_checkpoint(run_dir / "checkpoints/last.pt")["model"], weights)
+    other = tiny_args(tiny_data, tmp_path / "other")
+    assert main([*other, "--evaluate", "--init-from", str(weights)]) == 0
+    assert final_line(capsys.readouterr().out) == first
+
 
 def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(tiny_data, tmp_path, capsys):
     assert main([*tiny_args(tiny_data, tmp_path / "run"), "--check"]) == 0
