@@ -100,8 +100,11 @@ def uninterrupted(slurm_cluster, tiny_images, tmp_path_factory):
     return job, run_dir, output
 
 
-def test_two_node_job_of_two_processes_each_trains_with_world_size_four(uninterrupted):
+def test_two_node_job_of_two_processes_each_trains_with_world_size_four(
+    slurm_cluster, uninterrupted
+):
     job, run_dir, output = uninterrupted
+    assert slurm_cluster.job_field(job, "Restarts") == "0"  # a clean finish is not requeued
     log = output.read_text()
     assert "preflight ok: world_size=4 backend=gloo nodes=2" in log
     assert re.search(
