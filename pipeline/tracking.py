@@ -76,10 +76,8 @@ class Tracker(NullTracker):
 
     def save_batch_grid(self, images, labels, class_names: list[str]) -> None:
         """The sanity grid of an augmented train batch (pipeline.data.grid.save_batch_grid)."""
-        try:
-            from pipeline.data.grid import save_batch_grid
-        except ImportError:  # older checkouts without the loader's grid helper: render it here
-            save_batch_grid = _save_batch_grid
+        from pipeline.data.grid import save_batch_grid
+
         path = save_batch_grid(images, labels, class_names, self.plots_dir / "train_batch.png")
         log.info("wrote sanity grid of an augmented train batch to %s", path)
 
@@ -274,17 +272,6 @@ def save_prediction_grid(images, labels, predictions, class_names: list[str], pa
         true_index, predicted_index = int(labels[index]), int(predictions[index])
         mark = "ok" if true_index == predicted_index else "WRONG"
         captions.append(f"{mark}: {_short(class_names, predicted_index)} / {_short(class_names, true_index)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return render_grid(pictures, captions, path, columns=8)
-
-
-def _save_batch_grid(images, labels, class_names: list[str], path: Path, max_images: int = 32) -> Path:
-    """uint8 [N,3,H,W] images captioned with their class names (preprocess.grid.render_grid)."""
-    from preprocess.grid import render_grid
-
-    count = min(len(images), max_images)
-    pictures = [np.ascontiguousarray(images[i].detach().cpu().permute(1, 2, 0).numpy()) for i in range(count)]
-    captions = [_short(class_names, int(labels[i])) for i in range(count)]
     path.parent.mkdir(parents=True, exist_ok=True)
     return render_grid(pictures, captions, path, columns=8)
 
