@@ -221,3 +221,26 @@ def test_a_first_node_that_does_not_resolve_fails_the_script_naming_it(slurm_clu
     )
     assert "set RDZV_HOST" in result.stderr
     assert "srun" not in result.stdout + result.stderr  # failed before launching anything
+
+
+def test_sigterm_checkpoints_but_does_not_requeue(slurm_cluster, tiny_images, tmp_path):
+    """scancel means stop: the trainer still saves, but the script leaves the job ended."""
+    run_dir, output = tmp_path / "run", tmp_path / "job.out"
+    job = submit_training(slurm_cluster, tiny_images, run_dir, output, PREFLIGHT="0")
+    wait_until(
+        lambda: any("train/loss" in row for row in read_metrics(run_dir)),
+        JOB_TIMEOUT_S,
+        "the first logged training step",
+        slurm_cluster,
+        poll_s=0.2,
+    )
+    slurm_cluster.run("scancel", "--signal=TERM", "--batch", job)
+    state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
+    log = output.read_text()
+    assert state == "FAILED", log
+    assert slurm_cluster.job_field(job, "Restarts") == "0"
+    assert "got SIGTERM: passing USR2 to the training step" in log
+    assert "stopped by SIGUSR2 at step" in log
+    assert "not requeueing (scancel means stop" in log
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_size > 0
+    assert last_step(run_dir) < STEPS
