@@ -155,7 +155,7 @@ class DaliLoader(Loader):
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
 
     def _reader(self, epoch: int, start_batch: int):
-        """(DALI graph: encoded images, labels) for the epoch's remaining samples; and their count."""
+        """The reader of this rank's remaining samples of `epoch`: (encoded images, labels) graph nodes."""
         raise NotImplementedError
 
     def _labels(self, tensor_list) -> torch.Tensor:
