@@ -343,9 +343,10 @@ class Trainer:
         self.accum = self.cfg.optim.grad_accum_steps
         self.train_loader.set_epoch(0)
         self.steps_per_epoch = self.train_loader.batches_per_epoch() // self.accum
-        total = self.cfg.train.epochs * self.steps_per_epoch
-        self.total_steps = min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
-        self.schedule = LearningRateSchedule(self.cfg, self.steps_per_epoch, self.total_steps)
+        planned = self.cfg.train.epochs * self.steps_per_epoch
+        # max_steps truncates the run but not the schedule: the lr at step s is the same whatever max_steps is
+        self.total_steps = min(planned, self.cfg.train.max_steps) if self.cfg.train.max_steps else planned
+        self.schedule = LearningRateSchedule(self.cfg, self.steps_per_epoch, planned)
 
     def wrap_model(self) -> tuple[nn.Module, nn.Module | None]:
         """(the module the step calls, the DDP module or None). Eval always uses self.model."""

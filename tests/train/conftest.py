@@ -46,3 +46,16 @@ def tiny_data(tmp_path_factory) -> Path:
     write_split(root / "val", [5, 4, 4, 4], seed=2)
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(WNIDS, NAMES)))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_data, tmp_path_factory) -> Path:
+    """The tiny data as WebDataset shards (DIR/train, DIR/val), written by `preprocess shard`."""
+    from preprocess.cli import main as preprocess_main
+
+    root = tmp_path_factory.mktemp("tiny-shards")
+    for split, shard_size in (("train", 48), ("val", 8)):
+        code = preprocess_main(["shard", str(tiny_data / split), str(root / split), "--split", split,
+                                "--shard-size", str(shard_size), "--workers", "1"])
+        assert code == 0, f"preprocess shard {split} failed"
+    return root

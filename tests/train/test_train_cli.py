@@ -71,6 +71,29 @@ def test_training_fills_the_run_dir_and_a_rerun_only_evaluates_and_evaluate_agre
     assert final_line(capsys.readouterr().out) == first
 
 
+@pytest.mark.parametrize("backend", ["folder", "wds"])
+def test_a_run_stopped_mid_epoch_resumes_at_the_exact_batch_and_matches_an_uninterrupted_run(
+        backend, tiny_data, tiny_shards, tmp_path):
+    """max_steps=13 stops 3 batches into epoch 2 and saves; a rerun with max_steps=25 resumes there
+    (set_epoch(1, start_batch=3)) and must end bit-identical to one uninterrupted 25-step run.
+    max_steps truncates a run but never changes its lr schedule, so the two runs share one."""
+    data = tiny_shards if backend == "wds" else tiny_data
+    common = (f"data.backend={backend}", "data.num_workers=1", "train.log_every=1")
+    assert main(tiny_args(data, tmp_path / "whole", *common, "train.max_steps=25")) == 0
+    assert main(tiny_args(data, tmp_path / "parts", *common, "train.max_steps=13")) == 0
+    middle = load_checkpoint(tmp_path / "parts/checkpoints/last.pt")
+    assert (middle["epoch"], middle["batch_in_epoch"], middle["step"]) == (1, 3, 13)
+    assert main(tiny_args(data, tmp_path / "parts", *common, "train.max_steps=25")) == 0
+    whole = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")
+    parts = load_checkpoint(tmp_path / "parts/checkpoints/last.pt")
+    assert whole["step"] == parts["step"] == 25
+    for key, value in whole["model"].items():
+        assert torch.equal(parts["model"][key], value), key
+    whole_losses = {r["step"]: r["train/loss"] for r in read_rows(tmp_path / "whole") if "train/loss" in r}
+    parts_losses = {r["step"]: r["train/loss"] for r in read_rows(tmp_path / "parts") if "train/loss" in r}
+    assert parts_losses == whole_losses and len(whole_losses) == 25
+
+
 def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(tiny_data, tmp_path, capsys):
     assert main([*tiny_args(tiny_data, tmp_path / "run"), "--check"]) == 0
     out = capsys.readouterr().out
