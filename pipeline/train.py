@@ -566,7 +566,8 @@ class _Window:
         self.restart()
 
     def restart(self) -> None:
-        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+        self.samples = 0  # host-side counts: creating device tensors per step would sync the GPU
         self.images = 0
         self.data_wait = 0.0
         self.started = self.last = time.perf_counter()
@@ -578,9 +579,9 @@ class _Window:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         count = labels.numel()
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
-        self.sums += torch.stack([loss.detach().double() * count, correct.double(),
-                                  torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+        self.sums[0] += loss.detach().double() * count
+        self.sums[1] += (logits.detach().argmax(dim=1) == labels).sum()
+        self.samples += count
 
     def step_done(self, images: int) -> None:
         self.images += images
@@ -589,7 +590,7 @@ class _Window:
     def reduce(self, dist: DistInfo) -> dict[str, float]:
         """Global train/loss, train/top1, perf/images_per_s, perf/data_wait_frac (+ perf/gpu_mem_gb on CUDA)."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        extra = torch.tensor([self.images, self.data_wait / elapsed], dtype=torch.float64, device=self.device)
+        extra = torch.tensor([self.samples, self.images, self.data_wait / elapsed], dtype=torch.float64, device=self.device)
         totals = all_reduce_sum(torch.cat([self.sums, extra]), dist).tolist()
         loss_sum, correct, samples, images, wait_fraction_sum = totals
         metrics = {
