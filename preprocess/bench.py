@@ -3,6 +3,7 @@
     python -m preprocess bench                       # 300 images from /work/shared/photos
     python -m preprocess bench --images 500 --workers 2 --photos ~/Pictures
     make bench
+    nice -n -15 python -m preprocess bench            # on a shared machine (root): less noise
 
 The corpus is the photos folder copied (cycled) to --images files in a temp dir. Timed, on the
 same files, writing 256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
