@@ -152,3 +152,13 @@ def test_val_pixels_equal_torchvision_resize_256_center_crop_224_for_every_backe
     difference = np.abs(ours - np.asarray(reference).astype(np.int16))
     assert labels.tolist() == [0]
     assert difference.mean() < 0.25 and difference.max() <= 2
+
+
+def test_val_with_two_workers_on_each_of_two_ranks_reads_every_sample_once(setup):
+    from pipeline.distributed import DistInfo
+
+    cfg = config_for(setup, num_workers=2, global_batch_size=4)  # batches of 2: 7 per rank over 2 workers
+    seen = []
+    for rank in range(2):  # val needs no process group: each rank's plan is computed locally
+        seen.extend(identities(build_loader(cfg, "val", DistInfo(rank=rank, world_size=2))))
+    assert sorted(seen) == sorted(sample_id for _, sample_id in setup[1]["val_ids"])
