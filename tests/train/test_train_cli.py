@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from train_helpers import tiny_args
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline.tracking import main as tracking_main
 from pipeline.tracking import read_wandb_history
 from pipeline.train import main
 
@@ -62,6 +64,12 @@ def test_training_fills_the_run_dir_and_a_rerun_only_evaluates_and_evaluate_agre
     assert final_line(capsys.readouterr().out) == first
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["val/num_samples"] == 17 and report["weights"].endswith("last.pt")
+
+    # on demand: `python -m pipeline.tracking plots RUN_DIR` redraws curves and the prediction grid
+    shutil.rmtree(run_dir / "plots")
+    assert tracking_main(["plots", str(run_dir)]) == 0
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["accuracy.png", "loss.png", "predictions.png"]
+    capsys.readouterr()
 
     # plain state_dict weights (as torchvision publishes them) evaluate the same through --init-from
     weights = tmp_path / "weights.pth"
