@@ -54,7 +54,7 @@ def test_wds_backend_pointed_at_class_folders_says_how_to_shard(tiny_folders):
     assert_one_line(err, "manifest.json", "preprocess shard")
 
 
-@pytest.mark.parametrize("backend", ["wds", "dali"])
+@pytest.mark.parametrize("backend", ["wds", pytest.param("dali", marks=pytest.mark.dali)])
 def test_shards_of_the_other_split_are_rejected(tiny_shards, backend):
     cfg = tiny_config(tiny_shards["val"], tiny_shards["train"], backend=backend)  # swapped
     with pytest.raises(LoaderError) as err:
@@ -62,7 +62,7 @@ def test_shards_of_the_other_split_are_rejected(tiny_shards, backend):
     assert_one_line(err, "'val' shards but 'train' was asked for")
 
 
-@pytest.mark.parametrize("backend", ["wds", "dali"])
+@pytest.mark.parametrize("backend", ["wds", pytest.param("dali", marks=pytest.mark.dali)])
 def test_a_manifest_that_does_not_match_its_tars_is_rejected(tiny_shards, tmp_path, backend):
     copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
     with open(copy / "imagenet-val-000002.tar", "ab") as handle:
@@ -86,6 +86,7 @@ def test_a_malformed_manifest_is_rejected(tiny_shards, tmp_path):
     assert_one_line(err, "class counts")
 
 
+@pytest.mark.dali
 def test_dali_index_that_disagrees_with_the_manifest_is_rejected(tiny_shards, tmp_path):
     copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
     index = copy / "imagenet-val-000001.idx"
@@ -112,6 +113,7 @@ def test_dali_without_dali_installed_says_what_to_install(tiny_folders, monkeypa
     assert_one_line(err, "nvidia-dali", "data.backend=folder")
 
 
+@pytest.mark.dali
 def test_mixed_decoding_without_a_gpu_says_to_use_cpu(tiny_folders):
     cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali", dali_decode="mixed")
     with pytest.raises(LoaderError) as err:
@@ -150,7 +152,7 @@ def test_val_folders_missing_a_class_keep_the_train_class_indices(tiny_folders, 
     assert [class_index for class_index, _ in decode_identity(images)] == batch_labels.tolist()
 
 
-@pytest.mark.parametrize("backend", ["wds", "dali"])
+@pytest.mark.parametrize("backend", ["wds", pytest.param("dali", marks=pytest.mark.dali)])
 def test_val_shards_with_other_classes_than_train_are_rejected(tiny_shards, tmp_path, backend):
     from loaderfixtures import WNIDS, make_shards
 
