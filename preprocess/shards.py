@@ -152,17 +152,34 @@ def sample_key(stem: str) -> str:
     return stem.replace(".", "_")
 
 
-def list_samples(src: Path) -> tuple[list[str], list[Sample]]:
-    """(classes, samples sorted by (wnid, key)) for class folders SRC/WNID/*.JPEG."""
+def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample]]:
+    """(classes, samples sorted by (wnid, key)) for class folders SRC/WNID/*.JPEG.
+
+    Args:
+        classes: the split's full class list (label = position), when SRC may lack some folders;
+            default: SRC's own folders.
+    """
     src = Path(src)
-    classes = folder_classes(src)
-    if not classes:
+    present = folder_classes(src)
+    if not present:
         raise UserError(
             f"{src}: no class folders: expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
         )
+    if classes is None:
+        classes = present
+    else:
+        classes = sorted(classes)
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            raise UserError(
+                f"{src}: class folders {unknown[:5]} are not in the given class list of {len(classes)} "
+                f"classes: pass a class list that covers every folder"
+            )
     samples: list[Sample] = []
     seen: dict[str, str] = {}
     for label, wnid in enumerate(classes):
+        if wnid not in present:
+            continue  # a class with no images in this split keeps its index
         names = sorted(name for name in os.listdir(src / wnid) if is_image_file(name))
         for name in names:
             key = sample_key(Path(name).stem)
@@ -194,15 +211,36 @@ def read_short_side(src: Path) -> int | None:
     )
 
 
+def read_class_list(path: Path) -> list[str]:
+    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class folders."""
+    from preprocess.manifest import ManifestError, read_manifest
+    from preprocess.synsets import read_synset_mapping
+
+    path = Path(path)
+    if path.is_file():
+        return sorted(read_synset_mapping(path))
+    if (path / MANIFEST_NAME).is_file():
+        try:
+            return read_manifest(path).classes
+        except ManifestError as err:
+            raise UserError(str(err)) from None
+    return folder_classes(path)
+
+
 def build_plan(
-    src: Path, split: str, shard_size: int = 1000, seed: int = 0, short_side: int | None = None
+    src: Path,
+    split: str,
+    shard_size: int = 1000,
+    seed: int = 0,
+    short_side: int | None = None,
+    classes: list[str] | None = None,
 ) -> ShardPlan:
     """List SRC, shuffle globally with `seed`, cut into shards of `shard_size`."""
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     if shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {shard_size}")
-    classes, samples = list_samples(src)
+    classes, samples = list_samples(src, classes)
     random.Random(seed).shuffle(samples)  # now: the global order every shard and task agrees on
     shards = [samples[start : start + shard_size] for start in range(0, len(samples), shard_size)]
     names = find_class_names(src)
@@ -416,6 +454,25 @@ def write_split_metadata(dst: Path, manifest: Manifest) -> Path:
     return path
 
 
+def _check_other_split(plan: ShardPlan, dst: Path) -> None:
+    """Train and val must share one class list, or the same label would mean different classes."""
+    for other in SPLITS:
+        sibling = dst.parent / other
+        if other == plan.split or not (sibling / MANIFEST_NAME).is_file():
+            continue
+        try:
+            other_classes = read_class_list(sibling)
+        except UserError:
+            continue  # a broken sibling manifest is `verify`'s business, not this run's
+        if other_classes != plan.classes:
+            missing = sorted(set(other_classes) - set(plan.classes))
+            raise UserError(
+                f"{plan.split} has {len(plan.classes)} class folders but {sibling} was sharded with "
+                f"{len(other_classes)} classes (missing here: {missing[:3]}...): labels would disagree "
+                f"between the splits; pass --classes-from {sibling}"
+            )
+
+
 def write_shards(
     src: Path,
     dst: Path,
@@ -427,11 +484,19 @@ def write_shards(
     task_index: int = 0,
     num_tasks: int = 1,
     short_side: int | None = None,
+    classes: list[str] | None = None,
 ) -> ShardSummary:
-    """Shard class folders `src` into `dst` (this task's shards only); see the module doc."""
+    """Shard class folders `src` into `dst` (this task's shards only); see the module doc.
+
+    Args:
+        classes: the full class list (label = position); default: SRC's folders, checked
+            against the other split's manifest next to DST when there is one.
+    """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    plan = build_plan(src, split, shard_size, seed, short_side)
+    plan = build_plan(src, split, shard_size, seed, short_side, classes)
+    if classes is None:
+        _check_other_split(plan, dst)
     dst.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dst)
     previous = read_plan(dst)
@@ -517,6 +582,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the global shuffle (default 0)"
     )
+    parser.add_argument(
+        "--classes-from",
+        type=Path,
+        default=None,
+        help="the full class list when SRC lacks some class folders: a shard directory, a "
+        "LOC_synset_mapping.txt or class folders (default: SRC's own folders)",
+    )
     add_workers_argument(parser)
     add_slice_arguments(parser)
 
@@ -532,6 +604,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         task_index=task_index,
         num_tasks=num_tasks,
+        classes=read_class_list(args.classes_from) if args.classes_from is not None else None,
     )
     print(summary.line())
     if summary.failed:

@@ -338,3 +338,27 @@ def test_dali_webdataset_reader_reads_the_shards_with_our_index_files(class_fold
     for key, wnid in keys.items():
         assert jpeg_bytes[f"{key}.JPEG"] == (src / wnid / f"{key}.JPEG").read_bytes()
     assert collections.Counter(by_source.values()) == {0: 5, 1: 5, 2: 5}
+
+
+def test_a_split_missing_a_class_folder_is_refused_unless_given_the_full_class_list(
+    tmp_path, capsys
+):
+    train, val = tmp_path / "train-folders", tmp_path / "val-folders"
+    make_class_folders(train, per_class=2)
+    make_class_folders(
+        val, classes=(CLASSES[0], CLASSES[2]), per_class=2
+    )  # no val images of class 1
+    assert main(["shard", str(train), str(tmp_path / "shards" / "train"), "--split", "train"]) == 0
+    argv = ["shard", str(val), str(tmp_path / "shards" / "val"), "--split", "val"]
+    assert main(argv) == 2
+    assert "labels would disagree between the splits" in capsys.readouterr().err
+    assert main([*argv, "--classes-from", str(tmp_path / "shards" / "train")]) == 0
+    manifest = read_manifest(tmp_path / "shards" / "val")
+    assert manifest.classes == list(CLASSES) and manifest.class_counts[CLASSES[1]] == 0
+    labels = set()
+    for shard in manifest.shards:
+        labels |= {
+            int(members["cls"])
+            for members in read_samples(tmp_path / "shards" / "val" / shard.name).values()
+        }
+    assert labels == {0, 2}  # class 2 keeps its index although class 1 has no val images
