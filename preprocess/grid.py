@@ -12,7 +12,9 @@ the loaders' batch grid and the trainer's prediction grid; it needs matplotlib, 
 from __future__ import annotations
 
 import argparse
+import bisect
 import io
+import itertools
 import logging
 import random
 import tarfile
@@ -24,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess.errors import UserError
-from preprocess.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from preprocess.manifest import MANIFEST_NAME, ManifestError, dali_index_name, read_manifest
 from preprocess.synsets import find_class_names
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,41 @@ def _shard_dir(directory: Path) -> Path | None:
     return None
 
 
+def read_shard_samples(tar_path: Path, positions: set[int]) -> dict[int, dict[str, bytes]]:
+    """Members of the samples at `positions` (0-based, in tar order) of one shard.
+
+    With the DALI index next to the tar, only those bytes are read (seek + read); without it the
+    tar is scanned.
+    """
+    index_path = tar_path.with_name(dali_index_name(tar_path.name))
+    found: dict[int, dict[str, bytes]] = {}
+    if index_path.is_file():
+        lines = index_path.read_text().splitlines()[1:]
+        with open(tar_path, "rb") as handle:
+            for position in positions:
+                fields = lines[position].split()
+                members = {}
+                for start in range(0, len(fields), 4):
+                    extension, offset, size = (
+                        fields[start],
+                        int(fields[start + 1]),
+                        int(fields[start + 2]),
+                    )
+                    handle.seek(offset)
+                    members[extension] = handle.read(size)
+                found[position] = members
+        return found
+    with tarfile.open(tar_path) as tar:
+        keys: list[str] = []
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            if len(keys) - 1 in positions:
+                found.setdefault(len(keys) - 1, {})[extension] = tar.extractfile(member).read()
+    return found
+
+
 def sample_shards(directory: Path, count: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """`count` random samples from a shard directory, read straight from the tars."""
     try:
@@ -87,32 +124,20 @@ def sample_shards(directory: Path, count: int, seed: int) -> tuple[list[np.ndarr
     except ManifestError as err:
         raise UserError(str(err)) from None
     class_names = manifest.class_names or find_class_names(directory)
-    positions = [
-        (shard_index, position)
-        for shard_index, shard in enumerate(manifest.shards)
-        for position in range(shard.count)
-    ]
-    chosen = sorted(random.Random(seed).sample(positions, min(count, len(positions))))
+    starts = list(itertools.accumulate((shard.count for shard in manifest.shards), initial=0))
+    total = starts[-1]
     wanted: dict[int, set[int]] = {}
-    for shard_index, position in chosen:
-        wanted.setdefault(shard_index, set()).add(position)
+    for sample_index in random.Random(seed).sample(range(total), min(count, total)):
+        shard_index = bisect.bisect_right(starts, sample_index) - 1
+        wanted.setdefault(shard_index, set()).add(sample_index - starts[shard_index])
     images, captions = [], []
-    for shard_index, positions_wanted in sorted(wanted.items()):
-        with tarfile.open(directory / manifest.shards[shard_index].name) as tar:
-            samples: dict[str, dict[str, bytes]] = {}
-            order: list[str] = []
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][extension] = tar.extractfile(member).read()
-        for position in sorted(positions_wanted):
-            members = samples[order[position]]
+    for shard_index, positions in sorted(wanted.items()):
+        samples = read_shard_samples(directory / manifest.shards[shard_index].name, positions)
+        for position in sorted(positions):
+            members = samples[position]
             label = int(members["cls"])
-            wnid = manifest.classes[label]
             images.append(np.asarray(Image.open(io.BytesIO(members["jpg"])).convert("RGB")))
-            captions.append(caption(label, wnid, class_names))
+            captions.append(caption(label, manifest.classes[label], class_names))
     return images, captions
 
 

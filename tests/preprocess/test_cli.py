@@ -92,3 +92,17 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --shard-size must be >= 1, got 0"
     assert main(["resize", str(tmp_path / "src"), str(tmp_path / "o"), "--quality", "101"]) == 2
     assert "--quality must be in 1..100" in capsys.readouterr().err
+
+
+def test_grid_reads_samples_through_the_dali_index_or_by_scanning_the_tar_alike(tmp_path):
+    from preprocess.grid import read_shard_samples
+    from preprocess.manifest import dali_index_name
+
+    src = tmp_path / "folders"
+    make_class_folders(src, per_class=3)
+    write_shards(src, tmp_path / "shards", "val", shard_size=9, workers=1)
+    tar_path = tmp_path / "shards" / "imagenet-val-000000.tar"
+    with_index = read_shard_samples(tar_path, {0, 4, 8})
+    (tmp_path / "shards" / dali_index_name(tar_path.name)).unlink()
+    assert read_shard_samples(tar_path, {0, 4, 8}) == with_index
+    assert sorted(with_index) == [0, 4, 8] and set(with_index[4]) == {"jpg", "cls", "json"}
