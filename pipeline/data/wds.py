@@ -32,6 +32,7 @@ import itertools
 import logging
 import multiprocessing
 import random
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.config import Config
 from pipeline.data.base import Loader, LoaderError, check_same_classes, rank_range, train_classes
@@ -51,7 +52,14 @@ from pipeline.data.transforms import (
     sample_rng,
 )
 from pipeline.distributed import DistInfo
-from preprocess.manifest import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
+from preprocess.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    check_files,
+    dali_index_name,
+    read_manifest,
+)
 from preprocess.synsets import find_class_names
 
 logger = logging.getLogger(__name__)
@@ -156,11 +164,42 @@ class ShardPlan:
                 break
 
 
+TAR_BLOCK = 512  # bytes of a tar member header
+
+
+def sample_offset(tar_path: str, sample: int) -> int:
+    """Byte offset of the first tar header of sample number `sample`, from the DALI index next
+    to the tar; 0 (read from the start) when the index is missing or disagrees with the tar."""
+    path = Path(tar_path)
+    try:
+        lines = path.with_name(dali_index_name(path.name)).read_text().splitlines()
+        version, fields = lines[0].split()[0], lines[1 + sample].split()
+        width = 4 if version >= "v1.2" else 3  # v1.2 lines are (ext, offset, size, file name) per member
+        members = [fields[start : start + width] for start in range(0, len(fields), width)]
+        first = min(members, key=lambda member: int(member[1]))
+        offset = int(first[1]) - TAR_BLOCK  # a member's data follows its 512-byte header
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            header = tarfile.TarInfo.frombuf(handle.read(TAR_BLOCK), "utf-8", "surrogateescape")
+    except (OSError, IndexError, ValueError, tarfile.TarError):
+        return 0
+    name_matches = header.name == first[3] if width == 4 else header.name.endswith("." + first[0])
+    return offset if offset > 0 and name_matches and header.size == int(first[2]) else 0
+
+
 def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
-    """Pipeline stage: tar slices → raw samples (bytes only; nothing is decoded here)."""
+    """Pipeline stage: tar slices → raw samples (bytes only; nothing is decoded here).
+
+    A slice that starts inside a tar seeks straight to its first sample (offsets from the DALI
+    index), so rank and worker blocks and resumed epochs read only their own bytes.
+    """
     for segment in segments:
-        samples = tarfile_samples([{"url": segment.path}])
-        yield from itertools.islice(samples, segment.skip, segment.skip + segment.take)
+        offset = sample_offset(segment.path, segment.skip) if segment.skip else 0
+        skip = 0 if offset else segment.skip
+        with open(segment.path, "rb") as stream:
+            stream.seek(offset)
+            samples = group_by_keys(tar_file_expander([{"url": segment.path, "stream": stream}]))
+            yield from itertools.islice(samples, skip, skip + segment.take)
 
 
 class ShardStream(IterableDataset):

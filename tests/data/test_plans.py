@@ -63,3 +63,36 @@ def test_shard_order_changes_per_epoch_and_repeats_per_seed():
     assert list(plan.shard_order(0)) != list(plan.shard_order(1))
     assert list(plan.shard_order(1)) == list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1))
     assert list(plan.shard_order(1)) != list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1))
+
+
+def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_read_finds(tiny_shards):
+    from pipeline.data.wds import Segment, read_segments, sample_offset
+
+    tar = str(tiny_shards["train"] / "imagenet-train-000002.tar")
+    assert sample_offset(tar, 0) == 0 and sample_offset(tar, 4) > 0
+    whole = [sample["__key__"] for sample in read_segments(iter([Segment(tar, 0, 10)]))]
+    assert len(whole) == 10
+    for skip in range(1, 10):
+        sliced = [sample["__key__"] for sample in read_segments(iter([Segment(tar, skip, 10 - skip)]))]
+        assert sliced == whole[skip:]
+    for skip, take in [(3, 2), (7, 1)]:
+        samples = list(read_segments(iter([Segment(tar, skip, take)])))
+        assert [sample["__key__"] for sample in samples] == whole[skip : skip + take]
+        assert all(set(sample) >= {"jpg", "cls", "json"} for sample in samples)
+
+
+def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start(tiny_shards, tmp_path):
+    import shutil
+
+    from pipeline.data.wds import Segment, read_segments, sample_offset
+
+    tar = str(shutil.copy(tiny_shards["train"] / "imagenet-train-000002.tar", tmp_path / "imagenet-train-000002.tar"))
+    whole = [sample["__key__"] for sample in read_segments(iter([Segment(tar, 0, 10)]))]
+    assert sample_offset(tar, 3) == 0  # no index next to the copy
+    assert [sample["__key__"] for sample in read_segments(iter([Segment(tar, 3, 7)]))] == whole[3:]
+    lines = (tiny_shards["train"] / "imagenet-train-000002.idx").read_text().splitlines()
+    shifted = [lines[0]] + [" ".join(str(int(f) + 512) if f.isdigit() and i % 4 == 1 else f
+                                     for i, f in enumerate(line.split())) for line in lines[1:]]
+    (tmp_path / "imagenet-train-000002.idx").write_text("\n".join(shifted) + "\n")
+    assert sample_offset(tar, 3) == 0  # the header it points at is not the named member's
+    assert [sample["__key__"] for sample in read_segments(iter([Segment(tar, 3, 7)]))] == whole[3:]
