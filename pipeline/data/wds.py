@@ -14,7 +14,7 @@ visits every sample exactly once (the two classic WebDataset-under-DDP bugs):
      keeps the first (N//W rounded down to whole batches) of it: the minimum over ranks, so
      every rank plans the same count (checked by an all-gather before each epoch); val keeps
      all of it, with a partial last batch. A block may start or end inside a shard; the
-     reader skips the samples before it without decoding them.
+     reader then seeks to its first sample with the offsets in the shard's DALI index.
   3. Inside a rank, batch j comes from DataLoader worker j % num_workers (the order in which
      the DataLoader polls its workers), and each worker reads one contiguous sub-block.
   4. Train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
