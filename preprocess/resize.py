@@ -116,14 +116,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_temps(dst: Path) -> int:
-    """Delete temp files a killed run left under `dst` (only our own `.…resize-tmp` names)."""
+def remove_stale_temps(dst: Path, owned: Callable[[Path], bool] | None = None) -> int:
+    """Delete temp files a killed run left under `dst` (only our own `.…resize-tmp` names).
+
+    Args:
+        owned: for Slurm slices, which outputs are this task's; other tasks' temp files may be
+            writes in progress and are left alone. None: every temp is stale (a single task).
+    """
     removed = 0
     for folder, _, files in os.walk(dst):
         for name in files:
             if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
+                output_name = name[1 : -len(TEMP_SUFFIX)].rsplit(".", 1)[0]  # drop ".{pid}"
+                if owned is None or owned(Path(folder, output_name)):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
     if removed:
         logger.info("removed %d unfinished temp files left by an interrupted run", removed)
     return removed
@@ -363,7 +370,6 @@ def resize_folder(
         )
     check_settings_match(dst, options)
     dst.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dst)
     class_counts = collections.Counter(str(relative.parent) for relative in relatives)
     write_folder_manifest(dst, dict(class_counts), options)
     mine = [
@@ -371,6 +377,10 @@ def resize_folder(
         for index, relative in enumerate(relatives)
         if in_slice(index, task_index, num_tasks)
     ]
+    if num_tasks == 1:
+        remove_stale_temps(dst)
+    else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
+        remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
     todo = [relative for relative in mine if not output_path(dst, relative).exists()]
     skipped = len(mine) - len(todo)
     if skipped:
@@ -408,11 +418,15 @@ def resize_stream(
     started = time.perf_counter()
     check_settings_match(dst_dir, options)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dst_dir)
+    if num_tasks == 1:
+        remove_stale_temps(dst_dir)
+    destinations: set[Path] = set()  # this slice's outputs; its leftovers are cleaned at the end
 
     def jobs() -> Iterator[tuple[Any, str, ResizeOptions, str]]:
         for image in images:
             destination = dst_dir / image.wnid / (image.key + OUTPUT_SUFFIX)
+            if num_tasks > 1:
+                destinations.add(destination)
             if destination.exists():
                 payload = None  # counted as skipped; a tar stream has read the bytes already anyway
             elif image.data is None and image.path is not None:
@@ -422,7 +436,10 @@ def resize_stream(
             yield payload, str(destination), options, image.source
 
     outcomes = run_bounded(_resize_chunk, _chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
-    return _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
+    summary = _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
+    if num_tasks > 1:  # the slice is only known once streamed; other tasks may still be writing
+        remove_stale_temps(dst_dir, destinations.__contains__)
+    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

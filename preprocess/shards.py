@@ -42,7 +42,7 @@ import os
 import random
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -51,6 +51,7 @@ from preprocess.errors import UserError
 from preprocess.images import is_image_file, read_provenance
 from preprocess.manifest import (
     MANIFEST_NAME,
+    SHARD_PATTERN,
     SPLITS,
     TIMM_INFO_NAME,
     Manifest,
@@ -422,9 +423,13 @@ def _remove_stale_outputs(dst: Path, split: str, num_shards: int) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def remove_stale_temps(dst: Path) -> None:
+def remove_stale_temps(dst: Path, owned: Callable[[int], bool] | None = None) -> None:
+    """Delete `.{tar}.{pid}.shard-tmp` files a killed run left; with `owned`, only those of
+    this task's shard indices (other array tasks may be writing theirs right now)."""
     for path in Path(dst).glob(f".*{TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
+        match = SHARD_PATTERN.match(path.name[1:].split(".tar.", 1)[0] + ".tar")
+        if owned is None or (match is not None and owned(int(match.group(2)))):
+            path.unlink(missing_ok=True)
 
 
 def build_manifest(
@@ -498,7 +503,9 @@ def write_shards(
     if classes is None:
         _check_other_split(plan, dst)
     dst.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dst)
+    remove_stale_temps(
+        dst, None if num_tasks == 1 else (lambda index: in_slice(index, task_index, num_tasks))
+    )
     previous = read_plan(dst)
     if previous is None or previous.get("plan_sha256") != plan.digest:
         if previous is not None:

@@ -187,3 +187,18 @@ def test_resume_after_kill_9_gives_output_identical_to_an_uninterrupted_run(tmp_
     assert not list(killed.rglob(f"*{TEMP_SUFFIX}"))
     for path in list(killed.rglob("*.JPEG"))[:5]:
         Image.open(io.BytesIO(path.read_bytes())).load()
+
+
+def test_a_slurm_task_cleans_only_its_own_leftover_temp_files(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_class_folders(src, per_class=2)  # 6 images: task 0 of 2 owns items 0, 2, 4
+    folder = dst / "n01440764"
+    folder.mkdir(parents=True)
+    mine = folder / f".n01440764_0.JPEG.111{TEMP_SUFFIX}"  # item 0: this task's, from a killed run
+    theirs = folder / f".n01440764_1.JPEG.222{TEMP_SUFFIX}"  # item 1: task 1 may be writing it now
+    mine.write_bytes(b"partial")
+    theirs.write_bytes(b"partial")
+    resize_folder(src, dst, ResizeOptions(32), workers=1, task_index=0, num_tasks=2)
+    assert not mine.exists() and theirs.exists()
+    resize_folder(src, dst, ResizeOptions(32), workers=1)  # a single task owns everything
+    assert not theirs.exists()

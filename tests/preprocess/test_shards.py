@@ -362,3 +362,15 @@ def test_a_split_missing_a_class_folder_is_refused_unless_given_the_full_class_l
             for members in read_samples(tmp_path / "shards" / "val" / shard.name).values()
         }
     assert labels == {0, 2}  # class 2 keeps its index although class 1 has no val images
+
+
+def test_a_slurm_task_leaves_other_tasks_shard_temp_files_alone(class_folders, tmp_path):
+    src, _ = class_folders
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / ".imagenet-val-000001.tar.4242.shard-tmp"  # task 1 of 2 writing shard 1
+    mine = out / ".imagenet-val-000000.tar.4243.shard-tmp"
+    theirs.write_bytes(b"in progress")
+    mine.write_bytes(b"stale")
+    write_shards(src, out, "val", shard_size=4, workers=1, task_index=0, num_tasks=2)
+    assert theirs.exists() and not mine.exists()
