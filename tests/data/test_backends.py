@@ -162,3 +162,57 @@ def test_val_with_two_workers_on_each_of_two_ranks_reads_every_sample_once(setup
     for rank in range(2):  # val needs no process group: each rank's plan is computed locally
         seen.extend(identities(build_loader(cfg, "val", DistInfo(rank=rank, world_size=2))))
     assert sorted(seen) == sorted(sample_id for _, sample_id in setup[1]["val_ids"])
+
+
+@pytest.fixture(scope="module")
+def gradient_data(tmp_path_factory):
+    """64 copies of a 256x256 image whose red channel is x and green is y, as folders and shards."""
+    import numpy as np
+    from PIL import Image
+
+    from loaderfixtures import make_shards
+
+    root = tmp_path_factory.mktemp("gradient")
+    ramp = np.arange(256, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128, np.uint8)], -1)
+    folder = root / "folders" / WNIDS[0]
+    folder.mkdir(parents=True)
+    for index in range(64):
+        Image.fromarray(pixels).save(folder / f"ramp_{index:03d}.JPEG", quality=95)
+    return {"folders": root / "folders", "shards": make_shards(root / "folders", root / "shards", "train", 16)}
+
+
+@pytest.mark.parametrize(
+    ("backend", "layout"),
+    [("folder", "folders"), ("wds", "shards"), pytest.param("dali", "folders", marks=pytest.mark.dali),
+     pytest.param("dali", "shards", marks=pytest.mark.dali)],
+)
+def test_train_crops_follow_the_random_resized_crop_and_flip_contract(gradient_data, backend, layout):
+    """Read each crop's box back from the gradient: area, aspect ratio and flips like torchvision's."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as tv
+
+    directory = gradient_data[layout]
+    cfg = tiny_config(directory, directory, backend=backend, global_batch_size=64)
+    loader = build_loader(cfg, "train", single_rank())
+    areas, log_ratios, flips = [], [], []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        for images, _ in loader:
+            pixels = images.float()  # [N, 3, 32, 32]
+            left, right = pixels[:, 0, :, 0].mean(1), pixels[:, 0, :, -1].mean(1)  # red = source x
+            top, bottom = pixels[:, 1, 0, :].mean(1), pixels[:, 1, -1, :].mean(1)  # green = source y
+            width = (right - left).abs() * 32 / 31  # the edge pixels' centres span 31/32 of the box
+            height = (bottom - top).abs() * 32 / 31
+            areas.extend((width * height / 256**2).tolist())
+            log_ratios.extend(torch.log(width / height).tolist())
+            flips.extend((right < left).tolist())
+    torch.manual_seed(0)
+    reference = [tv.RandomResizedCrop.get_params(Image.new("RGB", (256, 256)), [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    expected_area = np.mean([h * w / 256**2 for _, _, h, w in reference])
+    assert len(areas) == 256
+    assert abs(np.mean(areas) - expected_area) < 0.07, (np.mean(areas), expected_area)
+    assert 0.05 < min(areas) and max(areas) < 1.05
+    assert abs(np.mean(log_ratios)) < 0.08 and max(np.abs(log_ratios)) < np.log(4 / 3) + 0.1
+    assert 0.35 < np.mean(flips) < 0.65
