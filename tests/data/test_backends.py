@@ -168,9 +168,8 @@ def test_val_with_two_workers_on_each_of_two_ranks_reads_every_sample_once(setup
 def gradient_data(tmp_path_factory):
     """64 copies of a 256x256 image whose red channel is x and green is y, as folders and shards."""
     import numpy as np
-    from PIL import Image
-
     from loaderfixtures import make_shards
+    from PIL import Image
 
     root = tmp_path_factory.mktemp("gradient")
     ramp = np.arange(256, dtype=np.uint8)
