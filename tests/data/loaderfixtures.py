@@ -122,14 +122,14 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
         for backend, train_dir, val_dir in combos:
             cfg = tiny_config(train_dir, val_dir, backend=backend, num_workers=0)
             train = build_loader(cfg, "train", dist)
-            entry = {"train_batches": [], "train_ids": [], "val_ids": [], "val_labels_ok": True}
+            entry = {"train_batches": [], "train_ids": [], "val_ids": [], "labels_ok": True}
             for epoch in (0, 1):
                 train.set_epoch(epoch)
                 entry["train_batches"].append(len(train))
                 ids = []
                 for images, labels in train:
                     decoded = decode_identity(images)
-                    entry["val_labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
+                    entry["labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
                     ids.extend(sample_id for _, sample_id in decoded)
                 entry["train_ids"].append(ids)
             train.set_epoch(1, start_batch=2)
@@ -137,7 +137,7 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
             val = build_loader(cfg, "val", dist)
             for images, labels in val:
                 decoded = decode_identity(images)
-                entry["val_labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
+                entry["labels_ok"] &= [c for c, _ in decoded] == labels.tolist()
                 entry["val_ids"].extend(sample_id for _, sample_id in decoded)
             # a rank resuming at another batch than its peers must fail before the epoch, not hang
             train.set_epoch(1, start_batch=rank)

@@ -33,7 +33,7 @@ def test_val_is_visited_exactly_once_across_two_ranks(two_rank_report, tiny_fold
     rank0, rank1 = two_rank_report[key]
     union = rank0["val_ids"] + rank1["val_ids"]
     assert sorted(union) == sorted(sample_id for _, sample_id in tiny_folders["val_ids"])  # no duplicates, no drops
-    assert rank0["val_labels_ok"] and rank1["val_labels_ok"]
+    assert rank0["labels_ok"] and rank1["labels_ok"]
 
 
 @pytest.mark.slow
