@@ -9,7 +9,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: setup demo test test-fast bench lint slurm-deps clean
+.PHONY: setup demo test test-fast bench bench-deps lint slurm-deps clean
 
 $(UV):
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
@@ -38,7 +38,16 @@ test: setup slurm-deps
 test-fast: setup
 	$(RUN) pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
-bench: setup
+# The resize benchmark compares against the real ImageMagick (`convert`), installed when we can.
+bench-deps:
+	@if ! convert -version 2>/dev/null | grep -q ImageMagick; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagemagick >/dev/null) \
+	      || echo "imagemagick could not be installed: the resize bench will say so"; \
+	  else echo "the real ImageMagick is not installed: the resize bench will say so"; fi; \
+	fi
+
+bench: setup bench-deps
 	$(RUN) python -m preprocess bench
 	$(RUN) python -m pipeline.bench_loader
 	$(RUN) python -m pipeline.bench_train

@@ -89,7 +89,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_json(cls, data: dict, source: str = "manifest") -> "Manifest":
+    def from_json(cls, data: dict, source: str = "manifest") -> Manifest:
         try:
             if data.get("version") != MANIFEST_VERSION:
                 raise ManifestError(
