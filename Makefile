@@ -24,13 +24,17 @@ demo: setup
 	$(RUN) python -m pipeline.demo
 
 # Slurm tests need slurm-wlm and munge; install them when we can (root + apt), else they skip.
+# CI sets REQUIRE_SLURM=1: there a missing Slurm is a failure, never a silent skip.
+REQUIRE_SLURM ?= 0
 slurm-deps:
-	@if ! command -v slurmctld >/dev/null 2>&1; then \
+	@if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
 	      || echo "slurm-wlm could not be installed: the slurm tests will skip"; \
 	  else echo "slurm-wlm is not installed and apt-get is not usable: the slurm tests will skip"; fi; \
 	fi
+	@if [ "$(REQUIRE_SLURM)" = 1 ] && ! command -v slurmctld >/dev/null 2>&1; then \
+	  echo "REQUIRE_SLURM=1 but slurm-wlm is not installed: the slurm tests would skip" >&2; exit 1; fi
 
 test: setup slurm-deps
 	$(RUN) pytest $(PYTEST_ARGS)
