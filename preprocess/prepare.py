@@ -5,8 +5,22 @@
 
     # Slurm: two array jobs (every task resizes its slice; sharding needs all of them done)
     jid=$(sbatch --parsable --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage resize")
-    sbatch --dependency=afterok:$jid --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage shard"
+    sbatch --dependency=afterany:$jid --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage shard"
     python -m preprocess merge out/          # merges out/train and out/val
+
+Stages and exit codes, for chaining array jobs:
+    --stage resize   each task writes DST/folders/{split}/resize_settings.json when it starts and
+                     DST/folders/{split}/resize.task-{i:04d}-of-{n:04d}.json (its slice's planned
+                     images per class, its settings, its failure count) when it has gone through its
+                     slice. Exit 0; 1 when some images were undecodable (listed in
+                     DST/folders/{split}/resize_errors[.task-…].txt; the task still completed and
+                     wrote its record); 2 for bad input (one line; no record).
+    --stage shard    refuses (exit 2, naming the missing task numbers) unless every resize task of
+                     every split left its record; otherwise shards what was resized. Images the
+                     resize tasks reported as bad are simply absent: the stage prints each error
+                     list with its count and exits 0 when the shards are written.
+So the shard array may depend on the resize array with afterany: the records, not the exit
+codes, decide whether resizing is complete.
 
 Writes, under DST:
     folders/{train,val}/nXXXXXXXX/<key>.JPEG   resized RGB JPEGs (the `folder` backend reads these;
@@ -22,11 +36,14 @@ between train and val. A rerun skips finished images and complete shards.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from preprocess.errors import UserError
 from preprocess.images import is_image_file
@@ -34,9 +51,11 @@ from preprocess.manifest import SPLITS
 from preprocess.progress import add_workers_argument, rate
 from preprocess.resize import (
     DEFAULT_OPTIONS,
+    ResizeCompletion,
     ResizeOptions,
     ResizeSummary,
-    add_resize_options,
+    check_resize_complete,
+    check_settings_match,
     resize_stream,
     write_folder_manifest,
 )
@@ -80,11 +99,38 @@ def count_folder_images(folder: Path) -> dict[str, int]:
     }
 
 
+def check_resized(folder: Path, options: ResizeOptions | None) -> ResizeCompletion:
+    """The shard stage's gate: every resize task finished, with the settings asked for, and the
+    folders hold what they planned minus what they reported as bad."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist: run the resize stage first (--stage resize)")
+    completion = check_resize_complete(folder)
+    if options is not None:
+        check_settings_match(folder, options)
+    on_disk = count_folder_images(folder)
+    extra = sorted(wnid for wnid, count in on_disk.items() if count > completion.class_counts.get(wnid, 0))
+    found = sum(on_disk.values())
+    if extra or found != completion.planned - completion.failed:
+        raise UserError(
+            f"{folder}: {found} images, but the resize tasks planned {completion.planned} and reported "
+            f"{completion.failed} bad"
+            + (f" (more than planned in {extra[:3]})" if extra else "")
+            + ": rerun the resize stage (it resumes) before sharding"
+        )
+    return completion
+
+
+def _first_checked(images: Iterator[Any]) -> Iterator[Any]:
+    """Start a raw stream now, so that its errors (missing labels, no images) surface up front."""
+    first = next(images, None)
+    return images if first is None else itertools.chain([first], images)
+
+
 def prepare(
     raw: Path,
     dst: Path,
     *,
-    options: ResizeOptions = DEFAULT_OPTIONS,
+    options: ResizeOptions | None = None,
     shard_size: int = 1000,
     seed: int = 0,
     workers: int | None = None,
@@ -94,24 +140,48 @@ def prepare(
     stage: str = "all",
     splits: tuple[str, ...] = SPLITS,
 ) -> tuple[dict[str, ResizeSummary], dict[str, ShardSummary]]:
-    """Run the resize and/or shard stages for `splits`; returns their summaries by split."""
+    """Run the resize and/or shard stages for `splits`; returns their summaries by split.
+
+    Args:
+        options: resize settings; None: the defaults for resizing, and for a shard-only stage
+            whatever the resize stage recorded (given options must match the record).
+    """
     from preprocess import sources  # the raw-layout readers
 
     raw, dst = Path(raw), Path(dst)
     if stage not in STAGES:
         raise UserError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise UserError(f"--splits {' '.join(splits)}: expected one or both of {', '.join(SPLITS)}")
     if num_tasks > 1 and stage == "all":
         raise UserError(
             f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs every resize "
-            f"task finished: run with --stage resize, then (afterok) with --stage shard, then "
+            f"task finished: run with --stage resize, then (afterany) with --stage shard, then "
             f"`python -m preprocess merge {dst}`"
         )
     if not raw.exists():
         raise UserError(f"{raw} does not exist: pass the folder holding the raw ImageNet download")
-    options.check()
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"DST {dst} is a file: pass a directory (it is created when missing)")
+    if options is not None:
+        options.check()
     layout = sources.detect_layout(raw)
     classes = sources.raw_classes(raw)
     logger.info("%s: %s layout, %d classes", raw, layout, len(classes))
+    streams: dict[str, Iterator[Any]] = {}
+    completions: dict[str, ResizeCompletion] = {}
+    if stage in ("all", "resize"):
+        # every split's source is checked before any work: a missing val fails now, not after train
+        for split in splits:
+            check_settings_match(dst / "folders" / split, options or DEFAULT_OPTIONS)
+            streams[split] = _first_checked(
+                sources.iter_raw_images(
+                    raw, split, labels=labels, task_index=task_index, num_tasks=num_tasks
+                )
+            )
+    else:
+        completions = {split: check_resized(dst / "folders" / split, options) for split in splits}
     dst.mkdir(parents=True, exist_ok=True)
     write_class_names(raw, dst, sources.raw_class_names(raw))
     resized: dict[str, ResizeSummary] = {}
@@ -121,26 +191,24 @@ def prepare(
         if stage in ("all", "resize"):
             for wnid in classes:
                 (folder / wnid).mkdir(parents=True, exist_ok=True)
-            images = sources.iter_raw_images(
-                raw, split, labels=labels, task_index=task_index, num_tasks=num_tasks
-            )
             resized[split] = resize_stream(
-                images,
+                streams.pop(split),
                 folder,
-                options,
+                options or DEFAULT_OPTIONS,
                 workers=workers,
                 task_index=task_index,
                 num_tasks=num_tasks,
                 description=f"resize {split}",
             )
         if stage in ("all", "shard"):
-            if not folder.is_dir():
-                raise UserError(
-                    f"{folder} does not exist: run the resize stage first (--stage resize)"
-                )
-            # every resize task is done by now: record what the folders hold, for `verify`
-            # (identical content from every shard task, written atomically)
-            write_folder_manifest(folder, count_folder_images(folder), options)
+            completion = completions[split] if stage == "shard" else check_resized(folder, None)
+            for error_file in completion.error_files:
+                count = sum(1 for _ in open(error_file)) if error_file.is_file() else 0
+                print(f"{split}: {count} bad images left out, listed in {error_file}")
+            # planned counts (bad images included, so `verify` reports them) and recorded settings
+            planned = {wnid: 0 for wnid in count_folder_images(folder)}
+            planned.update(completion.class_counts)
+            write_folder_manifest(folder, planned, completion.options)
             sharded[split] = write_shards(
                 folder,
                 dst / split,
@@ -150,7 +218,7 @@ def prepare(
                 workers=workers,
                 task_index=task_index,
                 num_tasks=num_tasks,
-                short_side=options.short_side,
+                short_side=completion.options.short_side,
             )
     return resized, sharded
 
@@ -183,7 +251,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dst", type=Path, help="output: folders/, train/, val/ and LOC_synset_mapping.txt go here"
     )
-    add_resize_options(parser)
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="output short side in pixels (default 256; the shard stage uses what resize recorded)",
+    )
+    parser.add_argument(
+        "--only-shrink",
+        action="store_true",
+        default=None,
+        help='never enlarge small images (ImageMagick "256^>" semantics)',
+    )
+    parser.add_argument("--quality", type=int, default=None, help="JPEG quality 1..100 (default 90)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=SPLITS,
+        default=list(SPLITS),
+        help="which splits to prepare (default: train val); every one is checked before any work",
+    )
     parser.add_argument(
         "--shard-size", type=int, default=1000, help="samples per shard (default 1000)"
     )
@@ -209,10 +296,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     task_index, num_tasks = resolve_slice(args.task_index, args.num_tasks)
+    given = (args.short_side, args.only_shrink, args.quality)
+    options = (
+        None
+        if all(value is None for value in given)
+        else ResizeOptions(
+            DEFAULT_OPTIONS.short_side if args.short_side is None else args.short_side,
+            bool(args.only_shrink),
+            DEFAULT_OPTIONS.quality if args.quality is None else args.quality,
+        )
+    )
     resized, sharded = prepare(
         args.raw,
         args.dst,
-        options=ResizeOptions(args.short_side, args.only_shrink, args.quality),
+        options=options,
+        splits=tuple(dict.fromkeys(args.splits)),
         shard_size=args.shard_size,
         seed=args.seed,
         workers=args.workers,

@@ -28,6 +28,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -46,6 +47,8 @@ TEMP_SUFFIX = ".resize-tmp"
 ERRORS_NAME = "resize_errors.txt"
 FOLDER_MANIFEST_NAME = "resize_manifest.json"
 FOLDER_MANIFEST_KIND = "resized-folders"
+SETTINGS_NAME = "resize_settings.json"  # written when a resize starts: what every output is made with
+TASK_RECORD_PATTERN = re.compile(r"^resize\.task-(\d{4})-of-(\d{4})\.json$")
 CHUNK_SIZE = 16  # images per task sent to a worker: amortizes IPC without starving the pool
 
 
@@ -326,18 +329,51 @@ def write_folder_manifest(dst: Path, class_counts: dict[str, int], options: Resi
     return path
 
 
-def check_settings_match(dst: Path, options: ResizeOptions) -> None:
-    """Refuse to resume into a DST made with other settings: skipped files would silently differ."""
-    path = Path(dst) / FOLDER_MANIFEST_NAME
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return  # a fresh DST (or one from before manifests): nothing to compare with
-    wanted = {
+def settings_of(options: ResizeOptions) -> dict[str, Any]:
+    return {
         "short_side": options.short_side,
         "only_shrink": options.only_shrink,
         "quality": options.quality,
     }
+
+
+def recorded_settings(dst: Path) -> dict[str, Any] | None:
+    """The settings DST's images were made with (resize_settings.json, else resize_manifest.json)."""
+    for name in (SETTINGS_NAME, FOLDER_MANIFEST_NAME):
+        try:
+            recorded = json.loads((Path(dst) / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(recorded, dict) and "short_side" in recorded:
+            return recorded
+    return None  # a fresh DST (or one from before manifests): nothing to compare with
+
+
+def recorded_options(dst: Path) -> ResizeOptions | None:
+    recorded = recorded_settings(dst)
+    if recorded is None:
+        return None
+    return ResizeOptions(
+        int(recorded["short_side"]), bool(recorded.get("only_shrink")), int(recorded.get("quality", 90))
+    )
+
+
+def claim_settings(dst: Path, options: ResizeOptions) -> None:
+    """Check DST was made with `options` (or is fresh) and record them before any output is written."""
+    check_settings_match(dst, options)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    if not (Path(dst) / SETTINGS_NAME).is_file():
+        atomic_write_text(
+            Path(dst) / SETTINGS_NAME, json.dumps(settings_of(options), sort_keys=True) + "\n"
+        )
+
+
+def check_settings_match(dst: Path, options: ResizeOptions) -> None:
+    """Refuse to resume into a DST made with other settings: skipped files would silently differ."""
+    recorded = recorded_settings(dst)
+    if recorded is None:
+        return
+    wanted = settings_of(options)
     differing = {
         key: recorded.get(key) for key, value in wanted.items() if recorded.get(key, value) != value
     }
@@ -348,6 +384,110 @@ def check_settings_match(dst: Path, options: ResizeOptions) -> None:
             f"{dst} holds images made with {made} but this run asks for {asked}: resuming would mix "
             f"the two; pass a new DST (or delete {dst} to redo it)"
         )
+
+
+def task_record_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
+    """DST/resize.task-{i:04d}-of-{n:04d}.json: written when task i of n has gone through its slice."""
+    return Path(dst) / f"resize.task-{task_index:04d}-of-{num_tasks:04d}.json"
+
+
+def write_task_record(
+    dst: Path,
+    task_index: int,
+    num_tasks: int,
+    options: ResizeOptions,
+    class_counts: dict[str, int],
+    summary: ResizeSummary,
+) -> Path:
+    """The completion record of one task: its slice's planned images per class and its failures."""
+    data = {
+        "task_index": task_index,
+        "num_tasks": num_tasks,
+        **settings_of(options),
+        "planned": sum(class_counts.values()),
+        "class_counts": dict(sorted(class_counts.items())),
+        "failed": summary.failed,
+        "error_file": summary.error_file.name if summary.error_file is not None else None,
+    }
+    path = task_record_path(dst, task_index, num_tasks)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeCompletion:
+    """What every task of a finished resize recorded, summed."""
+
+    options: ResizeOptions
+    num_tasks: int
+    class_counts: dict[str, int]  # planned images per class folder, over all tasks (failed included)
+    failed: int
+    error_files: tuple[Path, ...]  # the lists naming the failed inputs
+
+    @property
+    def planned(self) -> int:
+        return sum(self.class_counts.values())
+
+
+def check_resize_complete(dst: Path) -> ResizeCompletion:
+    """Every task of the last resize of DST left its completion record; UserError naming the missing ones.
+
+    Records from an abandoned run with another task count are ignored when a full set exists.
+    """
+    dst = Path(dst)
+    runs: dict[int, dict[int, tuple[dict, float]]] = collections.defaultdict(dict)
+    unreadable: list[str] = []
+    for path in sorted(dst.iterdir()) if dst.is_dir() else []:
+        match = TASK_RECORD_PATTERN.match(path.name)
+        if not match:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            data["class_counts"], data["short_side"]  # noqa: B018 - the keys every record has
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            unreadable.append(path.name)
+            continue
+        runs[int(match.group(2))][int(match.group(1))] = (data, path.stat().st_mtime)
+    complete = [n for n, tasks in runs.items() if set(tasks) == set(range(n))]
+    if not complete:
+        if not runs:
+            raise UserError(
+                f"{dst}: no resize completion records (resize.task-*.json"
+                + (f"; unreadable: {', '.join(unreadable[:3])}" if unreadable else "")
+                + "): run the resize stage first, every task of it, and wait for all of them to finish"
+            )
+        newest = max(runs, key=lambda n: max(mtime for _, mtime in runs[n].values()))
+        missing = sorted(set(range(newest)) - set(runs[newest]))
+        raise UserError(
+            f"{dst}: resize tasks {missing[:10]}{'...' if len(missing) > 10 else ''} of {newest} have not "
+            f"finished (no resize.task-NNNN-of-{newest:04d}.json): rerun them (the same command resumes), "
+            f"then this stage"
+        )
+    num_tasks = max(complete, key=lambda n: max(mtime for _, mtime in runs[n].values()))
+    records = [runs[num_tasks][index][0] for index in range(num_tasks)]
+    settings = {json.dumps({key: record.get(key) for key in settings_of(DEFAULT_OPTIONS)}) for record in records}
+    if len(settings) != 1:
+        raise UserError(
+            f"{dst}: the resize tasks' records disagree on the settings ({sorted(settings)}): the "
+            f"folders mix images of several runs; delete {dst} and resize again"
+        )
+    first = records[0]
+    options = ResizeOptions(
+        int(first["short_side"]), bool(first.get("only_shrink")), int(first.get("quality", 90))
+    )
+    class_counts: collections.Counter = collections.Counter()
+    for record in records:
+        class_counts.update({key: int(value) for key, value in record["class_counts"].items()})
+    error_files = tuple(
+        dst / record["error_file"] for record in records if record.get("failed") and record.get("error_file")
+    )
+    return ResizeCompletion(
+        options,
+        num_tasks,
+        dict(sorted(class_counts.items())),
+        sum(int(record.get("failed") or 0) for record in records),
+        error_files,
+    )
 
 
 def resize_folder(
@@ -368,8 +508,7 @@ def resize_folder(
         raise UserError(
             f"{src}: no images found (looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
         )
-    check_settings_match(dst, options)
-    dst.mkdir(parents=True, exist_ok=True)
+    claim_settings(dst, options)
     class_counts = collections.Counter(str(relative.parent) for relative in relatives)
     write_folder_manifest(dst, dict(class_counts), options)
     mine = [
@@ -391,9 +530,12 @@ def resize_folder(
     )
     workers = min(resolve_workers(workers), max(1, -(-len(todo) // CHUNK_SIZE)))
     outcomes = run_bounded(_resize_chunk, _chunks(jobs, CHUNK_SIZE), workers)
-    return _finish(
+    summary = _finish(
         outcomes, dst, len(mine), skipped, started, task_index, num_tasks, f"resize {src.name}"
     )
+    mine_counts = collections.Counter(str(relative.parent) for relative in mine)
+    write_task_record(dst, task_index, num_tasks, options, dict(mine_counts), summary)
+    return summary
 
 
 def resize_stream(
@@ -416,14 +558,15 @@ def resize_stream(
     options.check()
     dst_dir = Path(dst_dir)
     started = time.perf_counter()
-    check_settings_match(dst_dir, options)
-    dst_dir.mkdir(parents=True, exist_ok=True)
+    claim_settings(dst_dir, options)
     if num_tasks == 1:
         remove_stale_temps(dst_dir)
     destinations: set[Path] = set()  # this slice's outputs; its leftovers are cleaned at the end
+    planned: collections.Counter = collections.Counter()  # this slice's images per class
 
     def jobs() -> Iterator[tuple[Any, str, ResizeOptions, str]]:
         for image in images:
+            planned[image.wnid] += 1
             destination = dst_dir / image.wnid / (image.key + OUTPUT_SUFFIX)
             if num_tasks > 1:
                 destinations.add(destination)
@@ -439,6 +582,7 @@ def resize_stream(
     summary = _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
     if num_tasks > 1:  # the slice is only known once streamed; other tasks may still be writing
         remove_stale_temps(dst_dir, destinations.__contains__)
+    write_task_record(dst_dir, task_index, num_tasks, options, dict(planned), summary)
     return summary
 
 

@@ -129,7 +129,7 @@ def test_a_two_stage_slurm_array_prepare_and_merge_equal_a_single_run(
     assert (
         main(["prepare", str(layout.root), str(sliced), *common]) == 2
     )  # one job cannot do both stages
-    assert "--stage resize, then (afterok) with --stage shard" in capsys.readouterr().err
+    assert "--stage resize, then (afterany) with --stage shard" in capsys.readouterr().err
     for stage in ("resize", "shard"):
         for task in range(2):
             monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
@@ -143,3 +143,79 @@ def test_a_two_stage_slurm_array_prepare_and_merge_equal_a_single_run(
             if ".task-" not in name
         }
         assert merged == single, split
+
+
+def _prepare(raw: Path, dst: Path, *extra: str) -> int:
+    return main(["prepare", str(raw), str(dst), "--shard-size", "5", "--workers", "1", *extra])
+
+
+def test_the_shard_stage_refuses_until_every_resize_task_has_left_its_completion_record(
+    tmp_path, capsys
+):
+    layout = build_folder_layout(tmp_path / "raw")
+    dst = tmp_path / "out"
+    sliced = ("--short-side", "32", "--num-tasks", "2")
+    assert _prepare(layout.root, dst, *sliced, "--stage", "resize", "--task-index", "0") == 0
+    assert (dst / "folders" / "train" / "resize.task-0000-of-0002.json").is_file()
+    capsys.readouterr()
+    # task 1 never ran: sharding half the images would pass for a complete split
+    assert _prepare(layout.root, dst, "--stage", "shard") == 2
+    error = capsys.readouterr().err
+    assert "resize tasks [1] of 2 have not finished" in error and error.count("\n") == 1
+    assert not (dst / "train" / "manifest.json").exists()
+    assert _prepare(layout.root, dst, *sliced, "--stage", "resize", "--task-index", "1") == 0
+    assert _prepare(layout.root, dst, "--stage", "shard") == 0
+    assert read_manifest(dst / "train").num_samples == 12
+    folder_manifest = json.loads((dst / "folders" / "train" / "resize_manifest.json").read_text())
+    assert folder_manifest["num_images"] == 12 and folder_manifest["short_side"] == 32
+    assert main(["verify", str(dst)]) == 0
+
+
+def test_prepare_refuses_to_resume_with_other_resize_settings_and_shards_with_the_recorded_ones(
+    tmp_path, capsys
+):
+    layout = build_folder_layout(tmp_path / "raw")
+    dst = tmp_path / "out"
+    assert _prepare(layout.root, dst, "--short-side", "40", "--stage", "resize") == 0
+    capsys.readouterr()
+    assert _prepare(layout.root, dst, "--short-side", "32") == 2
+    error = capsys.readouterr().err
+    assert "short_side=40" in error and "short_side=32" in error
+    assert _prepare(layout.root, dst, "--short-side", "32", "--stage", "shard") == 2
+    # a shard stage without --short-side takes the size the images were made with
+    assert _prepare(layout.root, dst, "--stage", "shard") == 0
+    assert read_manifest(dst / "train").short_side == 40
+    assert read_manifest(dst / "val").short_side == 40
+    assert main(["verify", str(dst), "--decode", "--workers", "1"]) == 0
+
+
+def test_the_shard_stage_after_bad_images_shards_the_rest_and_names_the_error_lists(
+    tmp_path, capsys
+):
+    layout = build_kaggle_layout(tmp_path / "raw", oddballs=True)
+    dst = tmp_path / "out"
+    sliced = ("--short-side", "32", "--num-tasks", "2", "--stage")
+    statuses = [
+        _prepare(layout.root, dst, *sliced, "resize", "--task-index", str(task)) for task in (0, 1)
+    ]
+    assert 1 in statuses  # the tasks holding the truncated and the empty file report them
+    capsys.readouterr()
+    assert _prepare(layout.root, dst, *sliced, "shard", "--task-index", "0") == 0
+    assert _prepare(layout.root, dst, *sliced, "shard", "--task-index", "1") == 0
+    out = capsys.readouterr().out
+    listed = sorted((dst / "folders" / "train").glob("resize_errors.task-*.txt"))
+    assert listed and all(f"listed in {path}" in out for path in listed)
+    assert sum(len(path.read_text().splitlines()) for path in listed) == 2
+    assert main(["merge", str(dst)]) == 0
+    assert read_manifest(dst / "train").num_samples == len(layout.train) - 2
+
+
+def test_prepare_checks_every_split_before_resizing_any(tmp_path, capsys):
+    layout = build_folder_layout(tmp_path / "raw", val_sorted=False)
+    (layout.root / "LOC_val_solution.csv").unlink()  # val cannot be labelled
+    dst = tmp_path / "out"
+    assert _prepare(layout.root, dst, "--short-side", "32") == 2
+    assert "no val labels" in capsys.readouterr().err
+    assert not list((dst / "folders").rglob("*.JPEG")) if (dst / "folders").exists() else True
+    assert _prepare(layout.root, dst, "--short-side", "32", "--splits", "train") == 0
+    assert read_manifest(dst / "train").num_samples == 12 and not (dst / "val").exists()
