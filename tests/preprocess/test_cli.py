@@ -21,7 +21,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 
 def test_slice_defaults_come_from_the_slurm_array_variables(monkeypatch):
-    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+    for name in SLURM_ARRAY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert resolve_slice(None, None) == (0, 1)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
@@ -32,6 +32,38 @@ def test_slice_defaults_come_from_the_slurm_array_variables(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
     with pytest.raises(UserError, match="outside 0..3"):
         resolve_slice(None, None)
+
+
+SLURM_ARRAY_VARIABLES = (
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_STEP",
+)
+
+
+def test_an_array_with_a_step_gives_consecutive_indices_and_an_id_list_is_refused(monkeypatch):
+    for name in SLURM_ARRAY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # --array=1-5:2 → ids 1, 3, 5, three tasks
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")
+    indices = []
+    for slurm_id in (1, 3, 5):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(slurm_id))
+        indices.append(resolve_slice(None, None))
+    assert indices == [(0, 3), (1, 3), (2, 3)]
+    # --array=0,4,7: Slurm reports min 0, max 7, step 1, count 3: refused on every task
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "1")
+    for slurm_id in (0, 4, 7):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(slurm_id))
+        with pytest.raises(UserError, match="id list"):
+            resolve_slice(None, None)
 
 
 def test_slices_are_disjoint_and_cover_everything():
