@@ -42,8 +42,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DRAFT_REDUCING_GAP = 2.0  # DCT-scale only while the decoded image stays >= 2x the target
 PROVENANCE_PREFIX = "imagenet-pipeline "  # JPEG comment: prefix + {"source","width","height"}
+# Files treated as images in folders and tars (every command); anything else (README, .txt) is skipped.
 IMAGE_SUFFIXES = frozenset(
-    {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+    {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 
 

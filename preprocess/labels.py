@@ -32,7 +32,7 @@ from preprocess.synsets import (
     devkit_id_to_wnid,
     find_synset_mapping,
     is_wnid,
-    read_synset_mapping,
+    read_class_list,
 )
 
 LabelFormat = Literal["devkit-tar", "devkit-dir", "devkit-files", "kaggle", "caffe"]
@@ -303,15 +303,10 @@ def _translate_ground_truth(id_to_wnid: dict[int, str], text: str, source: Path)
 def _caffe_classes_beside(path: Path) -> list[str]:
     mapping = find_synset_mapping(path.parent)
     if mapping is not None:
-        return sorted(read_synset_mapping(mapping))
+        return read_class_list(mapping)
     synsets_txt = path.parent / CAFFE_CLASSES_NAME
     if synsets_txt.is_file():
-        wnids = [
-            line.split()[0]
-            for line in synsets_txt.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-        return sorted(wnids)
+        return read_class_list(synsets_txt)
     raise UserError(
         f"{path} is a caffe val.txt of class indices, which need the class list: put LOC_synset_mapping.txt "
         "beside it or pass --classes LOC_synset_mapping.txt"

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from typing import Any
 
 from preprocess.errors import UserError
 from preprocess.images import is_image_file
+from preprocess.listing import file_names, list_dir
 from preprocess.manifest import SPLITS
 from preprocess.progress import add_workers_argument, rate
 from preprocess.resize import (
@@ -93,9 +93,9 @@ def write_class_names(raw: Path, dst: Path, class_names: dict[str, str]) -> Path
 
 def count_folder_images(folder: Path) -> dict[str, int]:
     return {
-        entry.name: sum(1 for name in os.listdir(entry) if is_image_file(name))
-        for entry in sorted(Path(folder).iterdir())
-        if entry.is_dir() and not entry.name.startswith(".")
+        name: len(file_names(Path(folder) / name, is_image_file))
+        for name, is_dir in list_dir(Path(folder))
+        if is_dir
     }
 
 
@@ -203,7 +203,7 @@ def prepare(
         if stage in ("all", "shard"):
             completion = completions[split] if stage == "shard" else check_resized(folder, None)
             for error_file in completion.error_files:
-                count = sum(1 for _ in open(error_file)) if error_file.is_file() else 0
+                count = len(error_file.read_text().splitlines()) if error_file.is_file() else 0
                 print(f"{split}: {count} bad images left out, listed in {error_file}")
             # planned counts (bad images included, so `verify` reports them) and recorded settings
             planned = {wnid: 0 for wnid in count_folder_images(folder)}

@@ -36,6 +36,7 @@ from typing import Any
 
 from preprocess.errors import UserError
 from preprocess.images import BadImage, is_image_file, resize_image
+from preprocess.listing import walk_files
 from preprocess.manifest import atomic_write_text
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
@@ -146,17 +147,7 @@ def plan_folder(src: Path, dst: Path) -> list[Path]:
         raise UserError(
             f"{src} is not a directory: expected class folders (SRC/n01440764/*.JPEG) or flat images"
         )
-    dst_resolved = dst.resolve()
-    relatives: list[Path] = []
-    for folder, dirs, files in os.walk(src):
-        folder_path = Path(folder)
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (folder_path / d).resolve() != dst_resolved
-        )
-        for name in sorted(files):
-            if is_image_file(name):
-                relatives.append((folder_path / name).relative_to(src))
-    relatives.sort()
+    relatives = walk_files(src, is_image_file, skip=[dst])
     seen: dict[Path, Path] = {}
     for relative in relatives:
         target = output_path(Path(), relative)
@@ -443,7 +434,7 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
             continue
         try:
             data = json.loads(path.read_text())
-            data["class_counts"], data["short_side"]  # noqa: B018 - the keys every record has
+            data["class_counts"], data["short_side"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             unreadable.append(path.name)
             continue

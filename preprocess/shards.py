@@ -49,6 +49,7 @@ from PIL import Image, UnidentifiedImageError
 
 from preprocess.errors import UserError
 from preprocess.images import is_image_file, read_provenance
+from preprocess.listing import file_names
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
@@ -181,7 +182,7 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
     for label, wnid in enumerate(classes):
         if wnid not in present:
             continue  # a class with no images in this split keeps its index
-        names = sorted(name for name in os.listdir(src / wnid) if is_image_file(name))
+        names = file_names(src / wnid, is_image_file)
         for name in names:
             key = sample_key(Path(name).stem)
             relative = f"{wnid}/{name}"
@@ -215,11 +216,11 @@ def read_short_side(src: Path) -> int | None:
 def read_class_list(path: Path) -> list[str]:
     """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class folders."""
     from preprocess.manifest import ManifestError, read_manifest
-    from preprocess.synsets import read_synset_mapping
+    from preprocess.synsets import read_class_list as read_class_list_file
 
     path = Path(path)
     if path.is_file():
-        return sorted(read_synset_mapping(path))
+        return read_class_list_file(path)
     if (path / MANIFEST_NAME).is_file():
         try:
             return read_manifest(path).classes

@@ -28,8 +28,9 @@ from typing import Literal
 
 from preprocess.errors import UserError
 from preprocess.labels import read_val_labels, val_stem
+from preprocess.listing import file_names
 from preprocess.progress import progress_bar
-from preprocess.synsets import is_wnid, read_synset_mapping
+from preprocess.synsets import read_class_list
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     labels_source: Path | list[Path] = (
         args.labels[0] if len(args.labels) == 1 else list(args.labels)
     )
-    classes = _read_class_list(args.classes) if args.classes is not None else None
+    classes = read_class_list(args.classes) if args.classes is not None else None
     result = sort_val(
         args.val_dir,
         read_val_labels(labels_source, classes=classes),
@@ -280,24 +281,9 @@ def warn_on_unexpected_counts(
     return True
 
 
-def _read_class_list(path: Path) -> list[str]:
-    """WNIDs from a LOC_synset_mapping.txt, or from a plain one-WNID-per-line list (caffe synsets.txt)."""
-    lines = (
-        [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.is_file()
-        else []
-    )
-    if lines and all(is_wnid(line) for line in lines):
-        return lines
-    return list(read_synset_mapping(path))
-
-
 def _file_names(directory: Path) -> list[str]:
     """Sorted names of the regular (or symlinked) non-hidden files in `directory`."""
-    with os.scandir(directory) as entries:
-        return sorted(
-            entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file()
-        )
+    return file_names(directory)
 
 
 def _same_file(first: Path, second: Path) -> bool:

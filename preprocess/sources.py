@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from preprocess.errors import UserError
+from preprocess.images import IMAGE_SUFFIXES  # what counts as an image, one definition
 from preprocess.labels import (
     detect_label_format,
     devkit_class_names,
@@ -42,6 +42,7 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
+from preprocess.listing import list_dir as _list_dir
 from preprocess.synsets import (
     find_synset_mapping,
     folder_classes,
@@ -57,10 +58,6 @@ TRAIN_TAR_NAME = "ILSVRC2012_img_train.tar"
 VAL_TAR_NAME = "ILSVRC2012_img_val.tar"
 KAGGLE_DATA_DIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 KAGGLE_LABELS_NAME = "LOC_val_solution.csv"
-# Files we treat as images in folders and tars; anything else (README, .csv, .txt) is skipped.
-IMAGE_SUFFIXES = frozenset(
-    {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,16 +305,6 @@ def _iter_folder(
     for index, (wnid, key, path) in enumerate(entries):
         if index % num_tasks == task_index:
             yield RawImage(split, wnid, key, str(path), path=path)
-
-
-def _list_dir(directory: Path) -> list[tuple[str, bool]]:
-    """Sorted (name, is_dir) of the non-hidden folders and files in `directory` (symlinks followed)."""
-    with os.scandir(directory) as entries:
-        return sorted(
-            (entry.name, entry.is_dir())
-            for entry in entries
-            if not entry.name.startswith(".") and (entry.is_dir() or entry.is_file())
-        )
 
 
 def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:

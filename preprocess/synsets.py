@@ -34,6 +34,11 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"cannot read synset mapping {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): expected "
+            f"LOC_synset_mapping.txt lines 'nXXXXXXXX words'"
+        ) from None
     mapping: dict[str, str] = {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -52,6 +57,29 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
             f"synset mapping {path} is empty: expected one 'nXXXXXXXX words' line per class"
         )
     return mapping
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Sorted WNIDs from a LOC_synset_mapping.txt or a one-WNID-per-line list (caffe synsets.txt).
+
+    The one class-list file reader: sort-val --classes, shard --classes-from and caffe val.txt
+    labels all go through it.
+    """
+    path = Path(path)
+    try:
+        lines = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as err:
+        raise UserError(f"cannot read class list {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): expected a "
+            f"LOC_synset_mapping.txt or one WNID per line"
+        ) from None
+    if lines and all(is_wnid(line) for line in lines):
+        if len(set(lines)) != len(lines):
+            raise UserError(f"{path}: a WNID is listed twice: expected each class once")
+        return sorted(lines)
+    return sorted(read_synset_mapping(path))
 
 
 def find_synset_mapping(directory: Path, parents: int = 2) -> Path | None:
@@ -80,11 +108,9 @@ def folder_classes(directory: Path) -> list[str]:
         raise UserError(
             f"{directory} is not a directory: expected class folders such as {directory}/n01440764/"
         )
-    return sorted(
-        entry.name
-        for entry in directory.iterdir()
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
+    from preprocess.listing import list_dir
+
+    return [name for name, is_dir in list_dir(directory) if is_dir]
 
 
 def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from preprocess.errors import UserError
 from preprocess.images import is_image_file
+from preprocess.listing import file_names, list_dir
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
@@ -253,7 +254,7 @@ def verify_folders(
     for class_dir, count in sorted(expected.items()):
         folder = directory / class_dir
         names = (
-            sorted(name for name in os.listdir(folder) if is_image_file(name))
+            file_names(folder, is_image_file)
             if folder.is_dir()
             else []
         )
@@ -267,11 +268,7 @@ def verify_folders(
                     else ""
                 )
             )
-    unexpected = sorted(
-        entry.name
-        for entry in directory.iterdir()
-        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in expected
-    )
+    unexpected = [name for name, is_dir in list_dir(directory) if is_dir and name not in expected]
     for name in unexpected:
         problems.append(f"{directory / name}: a folder resize_manifest.json does not list")
     for errors_file in sorted(directory.glob("resize_errors*.txt")):

@@ -206,3 +206,45 @@ def test_a_slurm_task_cleans_only_its_own_leftover_temp_files(tmp_path):
     assert not mine.exists() and theirs.exists()
     resize_folder(src, dst, ResizeOptions(32), workers=1)  # a single task owns everything
     assert not theirs.exists()
+
+
+def test_a_symlinked_class_folder_is_resized_and_sharded_like_a_real_one_and_a_loop_ends(
+    tmp_path, capsys
+):
+    elsewhere = tmp_path / "elsewhere"
+    make_class_folders(elsewhere, classes=("n01484850",), per_class=2)
+    src = tmp_path / "src"
+    make_class_folders(src, classes=("n01440764", "n01443537"), per_class=2)
+    (src / "n01484850").symlink_to(elsewhere / "n01484850", target_is_directory=True)
+    (src / "n01440764" / "loop").symlink_to(src, target_is_directory=True)  # a cycle
+    out = tmp_path / "out"
+    assert main(["resize", str(src), str(out), "--short-side", "32", "--workers", "1"]) == 0
+    assert sorted(path.parent.name for path in out.glob("*/*.JPEG")) == [
+        "n01440764",
+        "n01440764",
+        "n01443537",
+        "n01443537",
+        "n01484850",
+        "n01484850",
+    ]
+    assert json.loads((out / "resize_manifest.json").read_text())["num_images"] == 6
+    shards = tmp_path / "shards"
+    assert main(["shard", str(src), str(shards), "--split", "train", "--workers", "1"]) == 0
+    assert json.loads((shards / "manifest.json").read_text())["num_samples"] == 6
+
+
+def test_resize_and_prepare_agree_on_what_is_an_image(tmp_path):
+    raw = tmp_path / "raw"
+    make_class_folders(raw / "train", classes=("n01440764",), per_class=1)
+    Image.new("L", (50, 40), 128).save(raw / "train" / "n01440764" / "gray.pgm")
+    (raw / "train" / "n01440764" / "README.txt").write_text("not an image")
+    for command in (
+        ["resize", str(raw / "train"), str(tmp_path / "resized")],
+        ["prepare", str(raw), str(tmp_path / "prepared"), "--splits", "train"],
+    ):
+        assert main([*command, "--short-side", "32", "--workers", "1"]) == 0
+    for folder in (tmp_path / "resized", tmp_path / "prepared" / "folders" / "train"):
+        assert sorted(path.name for path in folder.glob("n01440764/*")) == [
+            "gray.JPEG",
+            "n01440764_0.JPEG",
+        ]
