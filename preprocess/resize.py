@@ -494,6 +494,13 @@ def resize_folder(
     options.check()
     src, dst = Path(src), Path(dst)
     started = time.perf_counter()
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"DST {dst} is a file: pass a directory (it is created when missing)")
+    if src.is_dir() and src.resolve() == dst.resolve():
+        raise UserError(
+            f"DST {dst} is the same folder as SRC {src}: resize never overwrites its inputs; "
+            f"pass a separate output folder, e.g. {src.parent / (src.name + '-resized')}"
+        )
     relatives = plan_folder(src, dst)
     if not relatives:
         raise UserError(

@@ -248,3 +248,15 @@ def test_resize_and_prepare_agree_on_what_is_an_image(tmp_path):
             "gray.JPEG",
             "n01440764_0.JPEG",
         ]
+
+
+def test_resize_into_its_own_source_or_onto_a_file_is_one_clear_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    make_class_folders(src, per_class=1)
+    before = tree_digest(src)
+    assert main(["resize", str(src), str(src / ".." / "src")]) == 2
+    assert "same folder as SRC" in capsys.readouterr().err
+    assert tree_digest(src) == before  # no resize_manifest.json written into SRC
+    (tmp_path / "file").write_text("x")
+    assert main(["resize", str(src), str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
