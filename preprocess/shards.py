@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import re
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -149,9 +150,10 @@ class ShardSummary:
 
 
 def sample_key(stem: str) -> str:
-    """The WebDataset key for a file stem. WebDataset splits member names at the first dot, so
-    dots in a stem become underscores."""
-    return stem.replace(".", "_")
+    """The WebDataset key for a file stem. WebDataset splits member names at the first dot, and a
+    DALI index line separates its fields with whitespace, so dots and whitespace become underscores
+    (two files that then collide are refused by `list_samples`)."""
+    return re.sub(r"[.\s]", "_", stem)
 
 
 def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample]]:
@@ -460,6 +462,26 @@ def write_split_metadata(dst: Path, manifest: Manifest) -> Path:
     return path
 
 
+def _check_destination_split(dst: Path, split: str) -> None:
+    """Refuse to shard `split` into a directory that holds the other split's plan or manifest."""
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"DST {dst} is a file: pass a directory for the {split} shards")
+    recorded = []
+    plan = read_plan(dst)
+    if plan is not None:
+        recorded.append(plan.get("split"))
+    try:
+        recorded.append(json.loads((dst / MANIFEST_NAME).read_text()).get("split"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    other = next((name for name in recorded if name is not None and name != split), None)
+    if other is not None:
+        raise UserError(
+            f"{dst} holds the {other} split's shards, but this run is --split {split}: writing here "
+            f"would replace their manifest; pass the {split} directory (e.g. {dst.parent / split})"
+        )
+
+
 def _check_other_split(plan: ShardPlan, dst: Path) -> None:
     """Train and val must share one class list, or the same label would mean different classes."""
     for other in SPLITS:
@@ -500,6 +522,7 @@ def write_shards(
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
+    _check_destination_split(dst, split)
     plan = build_plan(src, split, shard_size, seed, short_side, classes)
     if classes is None:
         _check_other_split(plan, dst)

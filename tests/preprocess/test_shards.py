@@ -374,3 +374,32 @@ def test_a_slurm_task_leaves_other_tasks_shard_temp_files_alone(class_folders, t
     mine.write_bytes(b"stale")
     write_shards(src, out, "val", shard_size=4, workers=1, task_index=0, num_tasks=2)
     assert theirs.exists() and not mine.exists()
+
+
+def test_a_file_name_with_spaces_gives_a_key_without_them_and_a_dali_index_that_verifies(
+    tmp_path, capsys
+):
+    src = tmp_path / "src"
+    (src / CLASSES[0]).mkdir(parents=True)
+    (src / CLASSES[0] / "my photo\tone.JPEG").write_bytes(generated_jpeg(1))
+    (src / CLASSES[0] / "plain.JPEG").write_bytes(generated_jpeg(2))
+    out = tmp_path / "out"
+    assert main(["shard", str(src), str(out), "--split", "train", "--workers", "1"]) == 0
+    lines = (out / dali_index_name(shard_name("train", 0))).read_text().splitlines()
+    assert all(len(line.split()) == 12 for line in lines[1:])
+    assert "my_photo_one" in read_samples(out / shard_name("train", 0))
+    assert main(["verify", str(out), "--workers", "1"]) == 0, capsys.readouterr().out
+
+
+def test_sharding_a_split_into_the_other_splits_directory_is_refused(
+    class_folders, tmp_path, capsys
+):
+    src, _ = class_folders
+    train = tmp_path / "out" / "train"
+    assert main(["shard", str(src), str(train), "--split", "train", "--shard-size", "4"]) == 0
+    before = tree_digest(train)
+    capsys.readouterr()
+    assert main(["shard", str(src), str(train), "--split", "val"]) == 2
+    error = capsys.readouterr().err
+    assert "holds the train split's shards" in error and error.count("\n") == 1
+    assert tree_digest(train) == before
