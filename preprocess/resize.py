@@ -6,7 +6,8 @@
 
 DST mirrors SRC's relative layout (class folders or flat) with the extension `.JPEG`.
 
-- Resumable: an existing output is finished (writes are atomic), so it is skipped. Temp files are
+- Resumable: an existing output is finished (writes are atomic and fsynced before the rename), so
+  it is skipped; an empty one or one without the JPEG end marker (cut short by a crash) is redone. Temp files are
   `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace; their leading
   dot keeps them from ever being read as outputs, and a rerun deletes stale ones left by kill -9.
 - Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
@@ -114,10 +115,26 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with open(temp, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the bytes are on disk before the name says "finished"
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def is_finished_output(path: Path) -> bool:
+    """True for an output a resumed run may skip: it exists, is non-empty and ends with the JPEG
+    end-of-image marker (a file cut short by a node crash does not)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < 4:
+                return False
+            handle.seek(size - 2)
+            return handle.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
 
 
 def remove_stale_temps(dst: Path, owned: Callable[[Path], bool] | None = None) -> int:
@@ -518,7 +535,7 @@ def resize_folder(
         remove_stale_temps(dst)
     else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
         remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
-    todo = [relative for relative in mine if not output_path(dst, relative).exists()]
+    todo = [relative for relative in mine if not is_finished_output(output_path(dst, relative))]
     skipped = len(mine) - len(todo)
     if skipped:
         logger.info("resuming: %d of %d outputs already exist and are skipped", skipped, len(mine))
@@ -568,7 +585,7 @@ def resize_stream(
             destination = dst_dir / image.wnid / (image.key + OUTPUT_SUFFIX)
             if num_tasks > 1:
                 destinations.add(destination)
-            if destination.exists():
+            if is_finished_output(destination):
                 payload = None  # counted as skipped; a tar stream has read the bytes already anyway
             elif image.data is None and image.path is not None:
                 payload = image.path  # workers read files themselves: no pixels through the pipe

@@ -379,6 +379,8 @@ def write_shard(
                 index_lines.append(" ".join(parts))
         if errors:
             return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())  # on disk before the name (and the record) say "complete"
         size = temp.stat().st_size
         sha256 = file_sha256(temp)
         atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
