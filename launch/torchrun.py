@@ -201,7 +201,7 @@ def build_preflight_command(plan: LaunchPlan, report_file: Path) -> list[str]:
         f"--timeout={plan.preflight_timeout_s}",
         f"--report-file={report_file}",
     ]
-    return build_torchrun_command(plan, payload, rdzv_id=f"{plan.rdzv_id}-preflight")
+    return build_torchrun_command(plan, payload, rdzv_id=preflight_rdzv_id(plan))
 
 
 def run_forwarding_signals(command: list[str]) -> tuple[int, int | None]:
@@ -237,6 +237,11 @@ def read_report(path: Path) -> dict | None:
         return None
 
 
+def preflight_rdzv_id(plan: LaunchPlan) -> str:
+    """The preflight's rendezvous id: its own, so that training then forms a fresh world."""
+    return f"{plan.rdzv_id}-preflight"
+
+
 def run_preflight(plan: LaunchPlan) -> int:
     """Form the world once and all-reduce; 0 when every rank answered, else an explained failure."""
     with tempfile.TemporaryDirectory(prefix="preflight-") as tmp:
@@ -261,7 +266,7 @@ def run_preflight(plan: LaunchPlan) -> int:
             )
         else:
             reason = (
-                f"rendezvous at {plan.endpoint} (id {plan.rdzv_id}) did not form "
+                f"rendezvous at {plan.endpoint} (id {preflight_rdzv_id(plan)}) did not form "
                 f"{plan.nnodes} nodes within {plan.rdzv_timeout_s} s: check that "
                 f"{format_host(plan.rdzv_host)} is the first node's address, that port {plan.rdzv_port} "
                 f"is reachable from every node, and that all {plan.nnodes} nodes were started with "

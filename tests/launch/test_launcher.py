@@ -253,7 +253,7 @@ def test_a_rendezvous_nobody_joins_fails_within_the_bound_naming_host_and_port()
     )
     assert result.returncode == 1
     assert (
-        f"rendezvous at 127.0.0.1:{port} (id imagenet) did not form 2 nodes within 5 s"
+        f"rendezvous at 127.0.0.1:{port} (id imagenet-preflight) did not form 2 nodes within 5 s"
         in result.stderr
     )
     assert "launch: /" not in result.stdout.replace("launch: preflight:", ""), (
