@@ -132,12 +132,20 @@ def sample_shards(directory: Path, count: int, seed: int) -> tuple[list[np.ndarr
         wanted.setdefault(shard_index, set()).add(sample_index - starts[shard_index])
     images, captions = [], []
     for shard_index, positions in sorted(wanted.items()):
-        samples = read_shard_samples(directory / manifest.shards[shard_index].name, positions)
-        for position in sorted(positions):
-            members = samples[position]
-            label = int(members["cls"])
-            images.append(np.asarray(Image.open(io.BytesIO(members["jpg"])).convert("RGB")))
-            captions.append(caption(label, manifest.classes[label], class_names))
+        tar_path = directory / manifest.shards[shard_index].name
+        try:
+            samples = read_shard_samples(tar_path, positions)
+            for position in sorted(positions):
+                members = samples[position]
+                label = int(members["cls"])
+                image = np.asarray(Image.open(io.BytesIO(members["jpg"])).convert("RGB"))
+                images.append(image)
+                captions.append(caption(label, manifest.classes[label], class_names))
+        except (KeyError, IndexError, ValueError, OSError, tarfile.TarError) as err:
+            raise UserError(
+                f"{tar_path} (or its DALI index) is corrupted: sample read failed with "
+                f"{type(err).__name__}: {err}; run `python -m preprocess verify {directory}`"
+            ) from None
     return images, captions
 
 

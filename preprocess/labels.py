@@ -84,14 +84,20 @@ def load_val_labels(
 def read_val_labels(path: LabelSource, *, classes: Sequence[str] | None = None) -> dict[str, str]:
     """Val file stem → WNID, in label-file order. See `load_val_labels`."""
     label_format, files = detect_label_format(path)
-    if label_format == "kaggle":
-        return read_kaggle_csv(files[0])
-    if label_format == "caffe":
-        return read_caffe_val_txt(files[0], classes=classes)
-    if label_format == "devkit-tar":
-        return read_devkit_tar(files[0])
-    meta_mat, ground_truth = files
-    return read_devkit_files(meta_mat, ground_truth)
+    try:
+        if label_format == "kaggle":
+            return read_kaggle_csv(files[0])
+        if label_format == "caffe":
+            return read_caffe_val_txt(files[0], classes=classes)
+        if label_format == "devkit-tar":
+            return read_devkit_tar(files[0])
+        meta_mat, ground_truth = files
+        return read_devkit_files(meta_mat, ground_truth)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not {err.encoding} text ({err.reason} at byte {err.start}): expected a "
+            f"{label_format} label file as downloaded; re-download it or pass the right --labels"
+        ) from None
 
 
 def find_label_source(directory: Path) -> Path | None:

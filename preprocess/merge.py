@@ -45,7 +45,14 @@ def merge_manifests(directory: Path) -> Path:
         match = TASK_MANIFEST_PATTERN.match(path.name)
         if not match:
             continue
-        partial = json.loads(path.read_text())
+        try:
+            partial = json.loads(path.read_text())
+            partial["shards"], partial["class_counts"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{path}: unreadable partial manifest ({err}): rerun shard task {int(match.group(1))} "
+                f"of {int(match.group(2))} (it rewrites it), then merge again"
+            ) from None
         if partial.get("plan_sha256") != plan["plan_sha256"]:
             logger.warning(
                 "%s belongs to an older plan (other input, seed or shard size): ignored", path

@@ -101,8 +101,16 @@ def _check_index(
         return [
             f"{path}: header {lines[0] if lines else ''!r} / {len(lines) - 1} sample lines, expected 'v1.2 {entry.count}'"
         ]
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
+        if not fields or len(fields) % 4 or not all(
+            fields[start + 1].isdigit() and fields[start + 2].isdigit()
+            for start in range(0, len(fields), 4)
+        ):
+            return [
+                (f"{path}:{number}: corrupted line {line[:80]!r}, expected 'ext offset size name' "
+                f"per member: re-run `preprocess shard` after deleting {path}")
+            ]
         for start in range(0, len(fields), 4):
             _, offset, size, name = fields[start : start + 4]
             if offsets.get(name) != (int(offset), int(size)):
