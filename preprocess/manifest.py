@@ -73,6 +73,7 @@ class Manifest:
     seed: int  # the global-shuffle seed the writer used
     class_names: dict[str, str] = dataclasses.field(default_factory=dict)  # WNID -> words
     short_side: int | None = None  # resize target the images were made with, if known
+    only_shrink: bool | None = None  # whether smaller images were left unenlarged ("256^>"), if known
     version: int = MANIFEST_VERSION
 
     @property
@@ -105,6 +106,7 @@ class Manifest:
                 seed=int(data["seed"]),
                 class_names=dict(data.get("class_names", {})),
                 short_side=data.get("short_side"),
+                only_shrink=data.get("only_shrink"),
                 version=int(data["version"]),
             )
         except (KeyError, TypeError) as err:

@@ -96,6 +96,7 @@ class ShardPlan:
     digest: str  # sha256 over every setting and every sample in order: "same plan" test
     class_names: dict[str, str]  # WNID -> words (may be empty)
     short_side: int | None  # from SRC/resize_manifest.json when present
+    only_shrink: bool | None = None  # likewise
 
     @property
     def num_samples(self) -> int:
@@ -114,6 +115,7 @@ class ShardPlan:
             "classes": self.classes,
             "class_names": self.class_names,
             "short_side": self.short_side,
+            "only_shrink": self.only_shrink,
         }
 
 
@@ -201,18 +203,21 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
     return classes, samples
 
 
-def read_short_side(src: Path) -> int | None:
-    """The short side `resize` recorded in SRC/resize_manifest.json, if any."""
+def read_resize_settings(src: Path) -> tuple[int | None, bool | None]:
+    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if none."""
     path = Path(src) / FOLDER_MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-    return (
-        int(data["short_side"])
-        if data.get("kind") == FOLDER_MANIFEST_KIND and "short_side" in data
-        else None
-    )
+        return None, None
+    if not isinstance(data, dict) or data.get("kind") != FOLDER_MANIFEST_KIND or "short_side" not in data:
+        return None, None
+    return int(data["short_side"]), bool(data.get("only_shrink"))
+
+
+def read_short_side(src: Path) -> int | None:
+    """The short side `resize` recorded in SRC/resize_manifest.json, if any."""
+    return read_resize_settings(src)[0]
 
 
 def read_class_list(path: Path) -> list[str]:
@@ -249,13 +254,17 @@ def build_plan(
     shards = [samples[start : start + shard_size] for start in range(0, len(samples), shard_size)]
     names = find_class_names(src)
     class_names = {wnid: names[wnid] for wnid in classes if wnid in names}
+    only_shrink = None
+    recorded_side, recorded_shrink = read_resize_settings(src)
     if short_side is None:
-        short_side = read_short_side(src)
+        short_side = recorded_side
+    if short_side is not None and short_side == recorded_side:
+        only_shrink = recorded_shrink
     digest = hashlib.sha256(f"{split}\n{seed}\n{shard_size}\n{len(samples)}\n".encode())
     for sample in samples:
         digest.update(f"{sample.key}\t{sample.label}\t{sample.wnid}\t{sample.path}\n".encode())
     return ShardPlan(
-        split, seed, shard_size, classes, shards, digest.hexdigest(), class_names, short_side
+        split, seed, shard_size, classes, shards, digest.hexdigest(), class_names, short_side, only_shrink
     )
 
 
@@ -451,6 +460,7 @@ def build_manifest(
         seed=int(data["seed"]),
         class_names=dict(data.get("class_names") or {}),
         short_side=data.get("short_side"),
+        only_shrink=data.get("only_shrink"),
     )
 
 

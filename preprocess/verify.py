@@ -121,7 +121,12 @@ def _check_index(
 
 
 def verify_shard(
-    directory: Path, entry: ShardEntry, classes: Sequence[str], decode: bool, short_side: int | None
+    directory: Path,
+    entry: ShardEntry,
+    classes: Sequence[str],
+    decode: bool,
+    short_side: int | None,
+    only_shrink: bool = True,
 ) -> tuple[list[str], dict[str, int]]:
     """Problems found in one shard, and its per-class sample counts."""
     path = Path(directory) / entry.name
@@ -173,7 +178,7 @@ def verify_shard(
             )
         counts[classes[label]] += 1
         if decode:
-            reason = _check_image(members["jpg"], short_side, only_shrink=True)
+            reason = _check_image(members["jpg"], short_side, only_shrink=only_shrink)
             if reason:
                 problems.append(f"{path}: sample {key}: image {reason}")
     problems.extend(_check_index(directory, entry, offsets))
@@ -206,7 +211,8 @@ def verify_shards(
         )
     totals: collections.Counter = collections.Counter()
     jobs = [
-        [(directory, entry, manifest.classes, decode, manifest.short_side)]
+        # only_shrink unknown (an older manifest): smaller images are given the benefit of the doubt
+        [(directory, entry, manifest.classes, decode, manifest.short_side, manifest.only_shrink is not False)]
         for entry in manifest.shards
     ]
     with progress_bar(manifest.num_samples, f"verify {directory.name}") as bar:

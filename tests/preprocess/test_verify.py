@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from imagefixtures import make_class_folders
+from imagefixtures import generated_jpeg, make_class_folders
 
 from preprocess.cli import main
-from preprocess.manifest import shard_name
+from preprocess.manifest import read_manifest, shard_name
 from preprocess.resize import ResizeOptions, resize_folder
 from preprocess.shards import write_shards
 
@@ -73,3 +73,19 @@ def test_verify_without_any_manifest_is_a_clear_user_error(tmp_path, capsys):
     make_class_folders(tmp_path / "plain", per_class=1)
     assert main(["verify", str(tmp_path / "plain")]) == 2
     assert "nothing to verify against" in capsys.readouterr().err
+
+
+def test_verify_decode_of_shards_flags_a_small_image_when_resize_enlarged_every_image(
+    tmp_path, capsys
+):
+    src, folders, shards = tmp_path / "src", tmp_path / "folders", tmp_path / "shards"
+    make_class_folders(src, per_class=2, size=(48, 40))
+    assert main(["resize", str(src), str(folders), "--short-side", "32", "--workers", "1"]) == 0
+    # an image that did not go through this resize: 20 px where every image has 32
+    small = next(folders.glob("*/*.JPEG"))
+    small.write_bytes(generated_jpeg(7, (30, 20)))
+    assert main(["shard", str(folders), str(shards), "--split", "val", "--workers", "1"]) == 0
+    assert read_manifest(shards).only_shrink is False
+    capsys.readouterr()
+    assert main(["verify", str(shards), "--decode", "--workers", "1"]) == 1
+    assert "short side 20, expected 32" in capsys.readouterr().out
