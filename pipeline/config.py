@@ -234,6 +234,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}")
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+    if config.train.seed < 0:
+        raise ConfigError(f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}")
     if config.optim.grad_accum_steps < 1:
         raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}")
     if config.optim.lr <= 0:

@@ -39,6 +39,7 @@ def test_scientific_notation_without_a_dot_is_a_number_in_files_and_overrides(tm
         ("train.compile=maybe", "train.compile: expected true or false"),
         ("optim.lr", "is not section.key=value"),
         ("data.val_crop=300", "data.val_crop 300 is larger than data.val_resize 256"),
+        ("train.seed=-1", "train.seed must be >= 0"),
     ],
 )
 def test_bad_overrides_are_one_clear_error(override, message):
