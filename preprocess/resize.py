@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -80,6 +81,7 @@ class ResizeSummary:
     seconds: float
     errors: tuple[tuple[str, str], ...] = ()  # (source, reason) for each failed input
     error_file: Path | None = None
+    checksum_file: Path | None = None  # sha256sum-format list of this task's outputs
 
     @property
     def images_per_second(self) -> float:
@@ -99,9 +101,11 @@ class ResizeSummary:
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
     source: str
-    status: str  # "written" | "failed"
+    status: str  # "written" | "skipped" | "failed"
     reason: str = ""
     repaired: bool = False
+    output: str = ""  # the output file (written or skipped)
+    sha256: str = ""  # of the output file
 
 
 def output_path(dst: Path, relative: Path) -> Path:
@@ -184,8 +188,12 @@ def source_name(source: str) -> str:
 def _resize_one(
     data_or_path: bytes | Path | None, destination: Path, options: ResizeOptions, source: str
 ) -> _Outcome:
-    if data_or_path is None:  # the caller found the output already there
-        return _Outcome(source, "skipped")
+    if data_or_path is None:  # the caller found the output already there: hash it for the record
+        try:
+            digest = hashlib.sha256(destination.read_bytes()).hexdigest()
+        except OSError as err:
+            return _Outcome(source, "failed", f"cannot read the finished output: {err.strerror or err}")
+        return _Outcome(source, "skipped", output=str(destination), sha256=digest)
     try:
         data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
         jpeg, info = resize_image(
@@ -209,7 +217,13 @@ def _resize_one(
             f"cannot write {destination}: {err.strerror or err}: free space or fix permissions, "
             f"then rerun the same command to resume"
         ) from None
-    return _Outcome(source, "written", repaired=info.repaired)
+    return _Outcome(
+        source,
+        "written",
+        repaired=info.repaired,
+        output=str(destination),
+        sha256=hashlib.sha256(jpeg).hexdigest(),
+    )
 
 
 def _resize_chunk(jobs: Sequence[tuple[Any, str, ResizeOptions, str]]) -> list[_Outcome]:
@@ -271,6 +285,11 @@ def run_bounded(
             yield pending.popleft().get()
 
 
+def checksum_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
+    """DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256: `sha256sum -c` format, one line per output."""
+    return Path(dst) / f"resize_checksums.task-{task_index:04d}-of-{num_tasks:04d}.sha256"
+
+
 def error_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
     """DST/resize_errors.txt, or one file per task for Slurm slices."""
     if num_tasks == 1:
@@ -291,7 +310,9 @@ def _finish(
     """Drain the outcomes behind a progress bar, write the error list, return the summary."""
     written = repaired = 0
     errors: list[tuple[str, str]] = []
-    with progress_bar(total, description) as bar:
+    checksum_file = checksum_file_path(dst, task_index, num_tasks)
+    checksum_temp = dst / f".{checksum_file.name}.{os.getpid()}{TEMP_SUFFIX}"
+    with progress_bar(total, description) as bar, open(checksum_temp, "w") as checksums:
         bar.update(skipped)
         for chunk in outcomes:
             for outcome in chunk:
@@ -303,7 +324,13 @@ def _finish(
                 else:
                     errors.append((outcome.source, outcome.reason))
                     logger.warning("bad image %s: %s", outcome.source, outcome.reason)
+                    continue
+                relative = Path(outcome.output).relative_to(dst).as_posix()
+                checksums.write(f"{outcome.sha256}  {relative}\n")
             bar.update(len(chunk))
+        checksums.flush()
+        os.fsync(checksums.fileno())
+    os.replace(checksum_temp, checksum_file)
     error_file = error_file_path(dst, task_index, num_tasks)
     if errors:
         errors.sort()
@@ -319,6 +346,7 @@ def _finish(
         seconds=time.perf_counter() - started,
         errors=tuple(errors),
         error_file=error_file if errors else None,
+        checksum_file=checksum_file,
     )
 
 
@@ -416,6 +444,7 @@ def write_task_record(
         "class_counts": dict(sorted(class_counts.items())),
         "failed": summary.failed,
         "error_file": summary.error_file.name if summary.error_file is not None else None,
+        "checksum_file": summary.checksum_file.name if summary.checksum_file is not None else None,
     }
     path = task_record_path(dst, task_index, num_tasks)
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -431,6 +460,7 @@ class ResizeCompletion:
     class_counts: dict[str, int]  # planned images per class folder, over all tasks (failed included)
     failed: int
     error_files: tuple[Path, ...]  # the lists naming the failed inputs
+    checksum_files: tuple[Path, ...] = ()  # sha256sum lists of every task's outputs
 
     @property
     def planned(self) -> int:
@@ -495,6 +525,7 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
         dict(sorted(class_counts.items())),
         sum(int(record.get("failed") or 0) for record in records),
         error_files,
+        tuple(dst / record["checksum_file"] for record in records if record.get("checksum_file")),
     )
 
 
@@ -535,18 +566,25 @@ def resize_folder(
         remove_stale_temps(dst)
     else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
         remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
-    todo = [relative for relative in mine if not is_finished_output(output_path(dst, relative))]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info("resuming: %d of %d outputs already exist and are skipped", skipped, len(mine))
-    jobs = (
-        (src / relative, str(output_path(dst, relative)), options, str(relative))
-        for relative in todo
+    finished = {relative for relative in mine if is_finished_output(output_path(dst, relative))}
+    todo = [relative for relative in mine if relative not in finished]
+    if finished:
+        logger.info(
+            "resuming: %d of %d outputs already exist and are skipped", len(finished), len(mine)
+        )
+    jobs = (  # finished outputs go through too (payload None), to be hashed for the checksum list
+        (
+            None if relative in finished else src / relative,
+            str(output_path(dst, relative)),
+            options,
+            str(relative),
+        )
+        for relative in mine
     )
     workers = min(resolve_workers(workers), max(1, -(-len(todo) // CHUNK_SIZE)))
     outcomes = run_bounded(_resize_chunk, _chunks(jobs, CHUNK_SIZE), workers)
     summary = _finish(
-        outcomes, dst, len(mine), skipped, started, task_index, num_tasks, f"resize {src.name}"
+        outcomes, dst, len(mine), 0, started, task_index, num_tasks, f"resize {src.name}"
     )
     mine_counts = collections.Counter(str(relative.parent) for relative in mine)
     write_task_record(dst, task_index, num_tasks, options, dict(mine_counts), summary)

@@ -9,7 +9,8 @@ Shard checks: every tar in the manifest is present with the recorded bytes and s
 its members gives the recorded number of samples, each with .jpg/.cls/.json; every label is in
 range and agrees with the WNID in the .json; per-class totals match; the DALI index lists the
 same samples at the right offsets; no unlisted tar sits in the folder. Folder checks: image count
-per class against resize_manifest.json; with --decode, every image decodes as RGB with the
+per class against resize_manifest.json, every image's sha256 against the checksum lists the resize
+tasks wrote (resize_checksums.task-*.sha256, `sha256sum -c` format); with --decode, every image decodes as RGB with the
 promised short side. Prints one line per problem and a summary line.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -41,7 +43,12 @@ from preprocess.manifest import (
     read_manifest,
 )
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, run_bounded
+from preprocess.resize import (
+    FOLDER_MANIFEST_KIND,
+    FOLDER_MANIFEST_NAME,
+    check_resize_complete,
+    run_bounded,
+)
 from preprocess.shards import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -236,16 +243,53 @@ def verify_shards(
     )
 
 
-def _decode_chunk(jobs: Sequence[tuple[str, int | None, bool]]) -> list[tuple[str, str | None]]:
+def _decode_chunk(
+    jobs: Sequence[tuple[str, str | None, bool, int | None, bool]],
+) -> list[tuple[str, str | None]]:
+    """(path, problem or None) for (path, expected sha256 or None, decode, short side, only shrink)."""
     results = []
-    for path, short_side, only_shrink in jobs:
+    for path, sha256, decode, short_side, only_shrink in jobs:
         try:
             data = Path(path).read_bytes()
         except OSError as err:
             results.append((path, f"unreadable: {err.strerror or err}"))
             continue
-        results.append((path, _check_image(data, short_side, only_shrink)))
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            results.append(
+                (path, "sha256 differs from the resize checksum list (changed or corrupted)")
+            )
+            if not decode:
+                continue
+        results.append((path, _check_image(data, short_side, only_shrink) if decode else None))
     return results
+
+
+def read_checksums(directory: Path) -> tuple[dict[str, str] | None, list[str]]:
+    """(relative path → sha256 from every resize task's checksum list, problems); None when the
+    folders predate checksum lists."""
+    try:
+        completion = check_resize_complete(directory)
+    except UserError as err:
+        if any(directory.glob("resize.task-*.json")):
+            return None, [str(err)]
+        return None, []  # no completion records: an output from before they existed
+    if len(completion.checksum_files) != completion.num_tasks:
+        return None, []
+    expected: dict[str, str] = {}
+    problems: list[str] = []
+    for path in completion.checksum_files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            problems.append(f"{path}: unreadable ({err.strerror or err}): re-run `preprocess resize`")
+            continue
+        for number, line in enumerate(lines, start=1):
+            digest, separator, relative = line.partition("  ")
+            if not separator or len(digest) != 64:
+                problems.append(f"{path}:{number}: corrupted line {line[:80]!r}")
+                continue
+            expected[relative] = digest
+    return expected, problems
 
 
 def verify_folders(
@@ -285,15 +329,29 @@ def verify_folders(
     unexpected = [name for name, is_dir in list_dir(directory) if is_dir and name not in expected]
     for name in unexpected:
         problems.append(f"{directory / name}: a folder resize_manifest.json does not list")
+    checksums, checksum_problems = read_checksums(directory)
+    problems.extend(checksum_problems)
+    if checksums is not None:
+        on_disk = {Path(path).relative_to(directory).as_posix() for path in paths}
+        for relative in sorted(set(checksums) - on_disk):
+            problems.append(f"{directory / relative}: missing (listed in the resize checksum list)")
+        for relative in sorted(on_disk - set(checksums)):
+            problems.append(f"{directory / relative}: not in any resize checksum list (not made by resize?)")
     for errors_file in sorted(directory.glob("resize_errors*.txt")):
         lines = errors_file.read_text().splitlines()
         if lines:
             problems.append(
                 f"{errors_file}: {len(lines)} inputs failed to resize (first: {lines[0]})"
             )
-    if decode:
+    if decode or checksums:
         jobs = [
-            (path, folder_manifest.get("short_side"), bool(folder_manifest.get("only_shrink")))
+            (
+                path,
+                (checksums or {}).get(Path(path).relative_to(directory).as_posix()),
+                decode,
+                folder_manifest.get("short_side"),
+                bool(folder_manifest.get("only_shrink")),
+            )
             for path in paths
         ]
         chunks = [jobs[start : start + 64] for start in range(0, len(jobs), 64)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def test_shard_resumes_after_kill_9_to_byte_identical_shards(tmp_path, capsys):
     assert not (killed / "manifest.json").exists()
     (killed / ".imagenet-train-000239.tar.12345.shard-tmp").write_bytes(b"half a tar")
     assert main(["shard", str(src), str(killed), *arguments]) == 0
-    assert f"skipped {done}" in capsys.readouterr().out or done == total
+    skipped = int(re.search(r"skipped (\d+)", capsys.readouterr().out).group(1))
+    # every finished shard is kept; the one killed between its rename and its record is redone
+    assert done - 1 <= skipped <= done
     assert main(["shard", str(src), str(reference), *arguments]) == 0
     assert _published(killed) == _published(reference)
     assert not list(killed.glob("*.shard-tmp"))

@@ -89,3 +89,21 @@ def test_verify_decode_of_shards_flags_a_small_image_when_resize_enlarged_every_
     capsys.readouterr()
     assert main(["verify", str(shards), "--decode", "--workers", "1"]) == 1
     assert "short side 20, expected 32" in capsys.readouterr().out
+
+
+def test_verify_of_folders_checks_every_images_sha256_against_the_resize_checksum_lists(
+    tmp_path, capsys
+):
+    src, folders = tmp_path / "src", tmp_path / "folders"
+    make_class_folders(src, per_class=2)
+    for task in range(2):
+        argv = ["resize", str(src), str(folders), "--short-side", "32", "--workers", "1"]
+        assert main([*argv, "--task-index", str(task), "--num-tasks", "2"]) == 0
+    assert main(["verify", str(folders)]) == 0
+    victim = sorted(folders.glob("*/*.JPEG"))[3]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped bit: same size, still ends like a JPEG
+    victim.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(folders)]) == 1
+    assert f"{victim}: sha256 differs" in capsys.readouterr().out
