@@ -11,9 +11,12 @@ of its ancestors) is visited once, never forever.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def list_dir(directory: Path) -> list[tuple[str, bool]]:
@@ -64,3 +67,26 @@ def walk_files(
                 found.append(relative / name)
     found.sort()
     return found
+
+
+def remove_stale_temps(
+    root: Path, suffix: str, owned: Callable[[Path], bool] | None = None
+) -> int:
+    """Delete the `.{output name}.{pid}{suffix}` temp files a killed run left under `root`.
+
+    Every atomic writer here (resize's JPEGs, shard's tars) names its temp file that way, in the
+    output's own folder. Args:
+        owned: for Slurm slices, which outputs (full paths) are this task's; other tasks' temp
+            files may be writes in progress and are left alone. None: every temp is stale.
+    """
+    removed = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and name.endswith(suffix):
+                output_name = name[1 : -len(suffix)].rsplit(".", 1)[0]  # drop ".{pid}"
+                if owned is None or owned(Path(folder, output_name)):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+    if removed:
+        logger.info("removed %d unfinished temp files left by an interrupted run", removed)
+    return removed

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from preprocess import listing
 from preprocess.errors import UserError
 from preprocess.images import BadImage, is_image_file, resize_image
 from preprocess.listing import walk_files
@@ -142,23 +143,8 @@ def is_finished_output(path: Path) -> bool:
 
 
 def remove_stale_temps(dst: Path, owned: Callable[[Path], bool] | None = None) -> int:
-    """Delete temp files a killed run left under `dst` (only our own `.…resize-tmp` names).
-
-    Args:
-        owned: for Slurm slices, which outputs are this task's; other tasks' temp files may be
-            writes in progress and are left alone. None: every temp is stale (a single task).
-    """
-    removed = 0
-    for folder, _, files in os.walk(dst):
-        for name in files:
-            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                output_name = name[1 : -len(TEMP_SUFFIX)].rsplit(".", 1)[0]  # drop ".{pid}"
-                if owned is None or owned(Path(folder, output_name)):
-                    Path(folder, name).unlink(missing_ok=True)
-                    removed += 1
-    if removed:
-        logger.info("removed %d unfinished temp files left by an interrupted run", removed)
-    return removed
+    """Delete the `.…resize-tmp` files a killed run left under `dst` (see listing.remove_stale_temps)."""
+    return listing.remove_stale_temps(dst, TEMP_SUFFIX, owned)
 
 
 def plan_folder(src: Path, dst: Path) -> list[Path]:

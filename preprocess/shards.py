@@ -48,6 +48,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from preprocess import listing
 from preprocess.errors import UserError
 from preprocess.images import is_image_file, read_provenance
 from preprocess.listing import file_names
@@ -440,10 +441,12 @@ def _remove_stale_outputs(dst: Path, split: str, num_shards: int) -> None:
 def remove_stale_temps(dst: Path, owned: Callable[[int], bool] | None = None) -> None:
     """Delete `.{tar}.{pid}.shard-tmp` files a killed run left; with `owned`, only those of
     this task's shard indices (other array tasks may be writing theirs right now)."""
-    for path in Path(dst).glob(f".*{TEMP_SUFFIX}"):
-        match = SHARD_PATTERN.match(path.name[1:].split(".tar.", 1)[0] + ".tar")
-        if owned is None or (match is not None and owned(int(match.group(2)))):
-            path.unlink(missing_ok=True)
+
+    def owned_tar(path: Path) -> bool:
+        match = SHARD_PATTERN.match(path.name)
+        return match is not None and owned(int(match.group(2)))
+
+    listing.remove_stale_temps(dst, TEMP_SUFFIX, None if owned is None else owned_tar)
 
 
 def build_manifest(
