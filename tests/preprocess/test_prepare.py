@@ -219,3 +219,24 @@ def test_prepare_checks_every_split_before_resizing_any(tmp_path, capsys):
     assert not list((dst / "folders").rglob("*.JPEG")) if (dst / "folders").exists() else True
     assert _prepare(layout.root, dst, "--short-side", "32", "--splits", "train") == 0
     assert read_manifest(dst / "train").num_samples == 12 and not (dst / "val").exists()
+
+
+def test_an_array_with_more_tasks_than_images_or_shards_still_equals_a_single_run(tmp_path, capsys):
+    layout = build_folder_layout(tmp_path / "raw", per_class=2, val_per_class=1)  # 8 + 4 images
+    common = ("--short-side", "32")
+    assert _prepare(layout.root, tmp_path / "single", *common) == 0
+    sliced = tmp_path / "sliced"
+    tasks = 10  # more than the 4 val images and the 2 train shards
+    for stage in ("resize", "shard"):
+        for task in range(tasks):
+            argv = [*common, "--stage", stage, "--task-index", str(task), "--num-tasks", str(tasks)]
+            assert _prepare(layout.root, sliced, *argv) == 0, capsys.readouterr()
+    assert main(["merge", str(sliced)]) == 0
+    for split in ("train", "val"):
+        merged = {
+            name: digest
+            for name, digest in published(sliced / split).items()
+            if ".task-" not in name
+        }
+        assert merged == published(tmp_path / "single" / split), split
+    assert main(["verify", str(sliced)]) == 0
