@@ -325,13 +325,41 @@ class Trainer:
         for name in ("epoch", "step", "batch_in_epoch", "best_top1", "evals_without_improvement", "stopped_early", "wandb_run_id"):
             setattr(state, name, data[name])
         state.last_eval = dict(data.get("last_eval") or {})
-        if data.get("world_size") != self.dist.world_size and state.batch_in_epoch:
-            log.warning("checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
-                        data.get("world_size"), self.dist.world_size, state.epoch)
+        if state.batch_in_epoch:
+            self.replan_resume_point(state, data)
         changed = _changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
         if changed:
             log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
         log.info("resumed from %s: epoch %d, step %d, batch %d", path, state.epoch, state.step, state.batch_in_epoch)
+
+    def replan_resume_point(self, state: TrainState, data: dict[str, Any]) -> None:
+        """Convert a mid-epoch resume point written under another world size, global batch or
+        accumulation into batches of this run's plan (via the samples the epoch had consumed).
+
+        The point is rounded down to a whole optimizer step (a few samples may be seen twice);
+        when it lands at or past the end of this run's epoch, training starts the next epoch."""
+        old_config = data.get("config") or {}
+        old_global = int((old_config.get("data") or {}).get("global_batch_size") or self.cfg.data.global_batch_size)
+        old_accum = int((old_config.get("optim") or {}).get("grad_accum_steps") or self.cfg.optim.grad_accum_steps)
+        old_world = data.get("world_size") or self.dist.world_size
+        new_micro = self.cfg.data.global_batch_size // self.accum  # samples per micro-batch over all ranks
+        old_micro = old_global // max(old_accum, 1)
+        batches_per_epoch = self.steps_per_epoch * self.accum
+        batch, epoch = resume_batch(state.batch_in_epoch, old_micro, new_micro, self.accum, batches_per_epoch)
+        if (batch, epoch) == (state.batch_in_epoch, 0) and old_world == self.dist.world_size:
+            return
+        if (batch, epoch) != (state.batch_in_epoch, 0):
+            log.warning(
+                "resume point re-planned: the checkpoint stopped at batch %d of epoch %d with %s ranks, global batch %d, "
+                "accumulation %d; this run has %d ranks, global batch %d, accumulation %d (%d batches per epoch), so it "
+                "resumes at %s", state.batch_in_epoch, state.epoch, old_world, old_global, old_accum, self.dist.world_size,
+                self.cfg.data.global_batch_size, self.accum, batches_per_epoch,
+                f"batch {batch} of epoch {state.epoch}" if not epoch else f"the start of epoch {state.epoch + 1}")
+        else:
+            log.warning("checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
+                        old_world, self.dist.world_size, state.epoch)
+        state.epoch += epoch
+        state.batch_in_epoch = batch
 
     # -- training -----------------------------------------------------------------------------
     def setup_training(self, resuming: bool) -> None:
@@ -545,6 +573,19 @@ class Trainer:
             for line in report.lines():
                 print(line, flush=True)
         return EXIT_OK if int(ok.item()) == self.dist.world_size else EXIT_CHECK_FAILED
+
+
+def resume_batch(batch_in_epoch: int, old_micro_batch: int, new_micro_batch: int, accum: int,
+                 batches_per_epoch: int) -> tuple[int, int]:
+    """(batch to resume at, epochs to advance: 0 or 1) for a resume point of `batch_in_epoch`
+    micro-batches of `old_micro_batch` samples (all ranks), replayed in micro-batches of
+    `new_micro_batch` with `accum` per optimizer step and `batches_per_epoch` in the epoch."""
+    samples = batch_in_epoch * old_micro_batch
+    batch = samples // new_micro_batch
+    batch -= batch % accum
+    if batch >= batches_per_epoch:
+        return 0, 1
+    return batch, 0
 
 
 def replica_fingerprints(model: nn.Module, dist: DistInfo) -> list[torch.Tensor]:

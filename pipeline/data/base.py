@@ -136,7 +136,11 @@ class Loader:
             raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
         full = self._planned_batches(epoch)
         if start_batch > full:
-            raise ValueError(f"start_batch {start_batch} is past the end of epoch {epoch} ({full} batches on this rank)")
+            raise LoaderError(
+                f"start_batch {start_batch} is past the end of {self.split} epoch {epoch}: this rank plans {full} "
+                f"batches of {self.batch_size} on {self.dist.world_size} ranks; a resume point from another world "
+                f"size or data.global_batch_size must be converted first (pipeline.train does) or start at batch 0"
+            )
         self.epoch = epoch
         self.start_batch = start_batch
 

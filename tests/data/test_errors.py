@@ -162,3 +162,9 @@ def test_val_shards_with_other_classes_than_train_are_rejected(tiny_shards, tmp_
     with pytest.raises(LoaderError) as err:
         build_loader(tiny_config(tiny_shards["train"], shards, backend=backend), "val", single_rank())
     assert_one_line(err, "lists 2 classes but the train data lists 8", "empty folder")
+
+
+def test_a_resume_point_past_the_end_of_the_epoch_is_a_loader_error_saying_what_to_do(tiny_folders):
+    loader = build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank())
+    with pytest.raises(LoaderError, match="past the end of train epoch 0: this rank plans 7 batches"):
+        loader.set_epoch(0, start_batch=len(loader) + 1)

@@ -218,3 +218,26 @@ def test_bad_config_or_paths_exit_2_with_one_error_line(tiny_data, tmp_path, cap
 def test_a_missing_config_file_exits_2(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: config file")
+
+
+def test_a_mid_epoch_resume_under_a_larger_global_batch_is_replanned_not_a_traceback(tiny_data, tmp_path, capsys):
+    """Stopped at batch 9 of epoch 1 with batches of 16 (144 samples seen); a requeue with global
+    batch 64 plans 2 batches per epoch, so batch 9 does not exist: it starts epoch 2 instead."""
+    run_dir = tmp_path / "run"
+    assert main(tiny_args(tiny_data, run_dir, "train.max_steps=19")) == 0
+    middle = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (middle["epoch"], middle["batch_in_epoch"]) == (1, 9)
+    capsys.readouterr()
+    assert main(tiny_args(tiny_data, run_dir, "data.global_batch_size=64", "train.epochs=20", "train.max_steps=21")) == 0
+    assert "resumes at the start of epoch 2" in capsys.readouterr().err
+    after = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (after["epoch"], after["batch_in_epoch"], after["step"]) == (3, 0, 21)
+
+
+def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_steps():
+    from pipeline.train import resume_batch
+
+    assert resume_batch(3, 16, 16, 1, 10) == (3, 0)  # unchanged plan
+    assert resume_batch(3, 16, 8, 1, 20) == (6, 0)  # half the batch: twice the batches
+    assert resume_batch(5, 16, 32, 2, 6) == (2, 0)  # 80 samples = 2.5 batches of 32 → 2 (a whole step of 2)
+    assert resume_batch(9, 16, 64, 1, 2) == (0, 1)  # past this plan's epoch: the next epoch
