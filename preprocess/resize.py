@@ -15,6 +15,12 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
   the exit status 1. Everything else still gets done. Sources are only ever read.
 - DST/resize_manifest.json records the planned image count per class folder and the settings, so
   `preprocess verify DST` can check the output is complete.
+- DST/resize_settings.json is written before the first output: a rerun (or `prepare`) with other
+  --short-side/--only-shrink/--quality is refused instead of mixing sizes. DST = SRC is refused.
+- When a task has gone through its slice it writes DST/resize.task-{i:04d}-of-{n:04d}.json (its
+  planned images per class, settings, failures) and DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256
+  (`sha256sum -c` format, one line per output): `prepare --stage shard` shards only when every
+  task's record is there, and `verify` checks every image's sha256 against the lists.
 - Parallel: a pool of worker processes receives paths (never pixels) in chunks; the number of
   chunks in flight is bounded, so memory stays flat for 1.28 M images or a streamed tar.
 """
