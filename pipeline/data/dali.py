@@ -38,7 +38,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.data.base import Loader, LoaderError, check_same_classes, train_classes
-from pipeline.data.folder import list_class_folders
+from pipeline.data.folder import PathTable, list_class_folders
 from pipeline.data.samplers import IndexPlan
 from pipeline.data.transforms import Augmentation
 from pipeline.data.wds import ShardPlan, open_manifest
@@ -203,7 +203,7 @@ class DaliFolderLoader(DaliLoader):
             cfg, split, dist, decode,
             classes=classes, class_names=find_class_names(directory), num_samples=len(paths), batch_size=batch_size,
         )
-        self.paths = paths
+        self.paths = PathTable(paths)
         self.labels = labels
         self.plan = IndexPlan(len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed)
         if self.plan.num_batches() == 0:

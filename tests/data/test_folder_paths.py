@@ -1,0 +1,32 @@
+"""The folder backend's file list: one blob + offsets, so forked workers never copy it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from loaderfixtures import single_rank, tiny_config
+
+from pipeline.data import build_loader
+from pipeline.data.folder import PathTable, list_class_folders
+
+
+def test_path_table_returns_every_path_including_non_utf8_names():
+    paths = ["/data/n01440764/a.JPEG", "/data/ü/ß.jpeg", os.fsdecode(b"/data/\xff\xfe.jpg"), ""]
+    table = PathTable(paths)
+    assert len(table) == 4
+    assert [table[index] for index in range(4)] == paths == list(table)
+    assert table[-1] == "" and table[-4] == paths[0]
+    with pytest.raises(IndexError):
+        table[4]
+
+
+def test_the_folder_loaders_file_list_is_two_buffers_not_one_python_string_per_file(tiny_folders):
+    loader = build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank())
+    table = loader.dataset.paths
+    assert isinstance(table, PathTable)
+    # reading a path must not touch per-file Python objects (their refcounts dirty forked pages)
+    assert {type(value) for value in vars(table).values()} == {bytes, np.ndarray}
+    _, paths, _ = list_class_folders(tiny_folders["train"])
+    assert list(table) == paths
