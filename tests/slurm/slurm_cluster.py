@@ -116,7 +116,7 @@ class SlurmCluster:
             )
         return result
 
-    def start(self, timeout_s: float = 60) -> SlurmCluster:
+    def start(self, timeout_s: float = 120) -> SlurmCluster:
         """Generate the munge key and slurm.conf, start munged, slurmctld and both slurmd."""
         for sub in ("munge", "state", "run", "log", *(f"spool/{name}" for name in NODE_NAMES)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -192,8 +192,31 @@ class SlurmCluster:
             parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)
 
+    def cancel_all_jobs(self, timeout_s: float = 60) -> None:
+        """scancel every job still queued or running and wait until they are gone, so that no
+        job step (slurmstepd outlives slurmd) keeps running after a failed test."""
+        listed = self.run("squeue", "--noheader", "--format=%A", check=False)
+        jobs = listed.stdout.split() if listed.returncode == 0 else []
+        if not jobs:
+            return
+        self.run("scancel", *jobs, check=False)
+        deadline = time.monotonic() + timeout_s  # SIGTERM, then SIGKILL after KillWait
+        while time.monotonic() < deadline:
+            listed = self.run("squeue", "--noheader", "--format=%A %T", check=False)
+            if listed.returncode != 0 or not any(
+                state not in {"COMPLETED", "CANCELLED", "FAILED"}
+                for state in listed.stdout.split()[1::2]
+            ):
+                return
+            time.sleep(0.5)
+
     def stop(self, timeout_s: float = 20) -> None:
-        """Stop the daemons we started, by pid: slurmd first, then slurmctld, then munged."""
+        """Cancel leftover jobs, then stop the daemons we started, by pid: slurmd first, then
+        slurmctld, then munged."""
+        controller = self.processes.get("slurmctld")
+        if controller is not None and controller.poll() is None:
+            controller.send_signal(signal.SIGCONT)  # in case a test left it paused
+            self.cancel_all_jobs()
         order = [name for name in self.processes if name.startswith("slurmd")] + [
             "slurmctld",
             "munged",
