@@ -142,19 +142,32 @@ class FolderBatches(Dataset):
         return collate_uint8([(self.load(int(index), epoch), int(self.labels[index])) for index in indices])
 
 
-class _EpochSampler(Sampler):
-    """Yields (epoch, indices) per batch for the loader's current epoch and start batch."""
+class EpochState:
+    """The epoch and resume batch the sampler reads at the start of each pass (set by set_epoch)."""
 
-    def __init__(self, loader: FolderLoader) -> None:
-        self.loader = loader
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.start_batch = 0
+
+
+class _EpochSampler(Sampler):
+    """Yields (epoch, indices) per batch for the current epoch and start batch.
+
+    It holds the plan and a small state object, not the loader: a loader ↔ sampler cycle would
+    keep a dropped loader (and its persistent workers) alive until the garbage collector runs,
+    possibly inside a forked worker of a later loader."""
+
+    def __init__(self, plan: IndexPlan, state: EpochState) -> None:
+        self.plan = plan
+        self.state = state
 
     def __iter__(self):
-        epoch = self.loader.epoch
-        for indices in self.loader.plan.batches(epoch, self.loader.start_batch):
+        epoch = self.state.epoch
+        for indices in self.plan.batches(epoch, self.state.start_batch):
             yield epoch, indices
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.plan.num_batches(self.state.epoch) - self.state.start_batch
 
 
 class FolderLoader(Loader):
@@ -178,18 +191,23 @@ class FolderLoader(Loader):
                 f"{directory}: {len(paths)} {split} images give no full batch of {batch_size} per rank on "
                 f"{dist.world_size} ranks: lower data.global_batch_size or add images"
             )
+        self.epoch_state = EpochState()
         self.dataset = FolderBatches(paths, labels, split, Augmentation.from_config(cfg.data), cfg.train.seed)
         workers = cfg.data.num_workers
         self.dataloader = DataLoader(
             self.dataset,
             batch_size=None,  # the dataset returns whole batches
-            sampler=_EpochSampler(self),
+            sampler=_EpochSampler(self.plan, self.epoch_state),
             num_workers=workers,
             pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         )
         logger.info("folder %s: %d images, %d classes from %s", split, len(paths), len(classes), directory)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
+        self.epoch_state.epoch, self.epoch_state.start_batch = epoch, start_batch
 
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches(epoch)

@@ -30,3 +30,27 @@ def test_the_folder_loaders_file_list_is_two_buffers_not_one_python_string_per_f
     assert {type(value) for value in vars(table).values()} == {bytes, np.ndarray}
     _, paths, _ = list_class_folders(tiny_folders["train"])
     assert list(table) == paths
+
+
+@pytest.mark.parametrize("layout", ["tiny_folders", "tiny_shards"])
+def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garbage_collector(request, layout):
+    import gc
+    import weakref
+
+    data = request.getfixturevalue(layout)
+    backend = "folder" if layout == "tiny_folders" else "wds"
+    loader = build_loader(tiny_config(data["train"], data["val"], backend=backend, num_workers=2), "train", single_rank())
+    loader.set_epoch(0)
+    assert len(list(loader)) == len(loader)
+    workers = list(loader.dataloader._iterator._workers)  # persistent: alive between epochs
+    assert workers and all(worker.is_alive() for worker in workers)
+    reference = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader
+        assert reference() is None, "a reference cycle keeps the dropped loader alive"
+    finally:
+        gc.enable()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not any(worker.is_alive() for worker in workers)
