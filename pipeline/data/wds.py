@@ -7,8 +7,10 @@ How the samples are split, so every rank yields the same number of train batches
 visits every sample exactly once (the two classic WebDataset-under-DDP bugs):
 
   1. The epoch's sample sequence is the shards' samples, shards in a per-epoch permutation
-     drawn from (seed, epoch) for train, in manifest order for val. The manifest gives each
-     shard's count, so every rank computes the whole plan without reading a tar.
+     drawn from (seed, epoch) for train, in manifest order for val; train also rotates the
+     sequence to a per-epoch start, so the few samples an epoch drops differ per epoch even
+     with one shard. The manifest gives each shard's count, so every rank computes the whole
+     plan without reading a tar.
   2. Rank r reads the contiguous block [N*r//W, N*(r+1)//W) of that sequence (the formula
      DALI's readers use, so `wds` and `dali` put the same samples on the same rank). Train
      keeps the first (N//W rounded down to whole batches) of it: the minimum over ranks, so
@@ -121,6 +123,14 @@ class ShardPlan:
             return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.paths))
         return np.arange(len(self.paths))
 
+    def rotation(self, epoch: int) -> int:
+        """Train: where the epoch sequence starts, drawn from (seed, epoch). The sequence is
+        rotated by it before rank blocks are cut, so the few samples a train epoch drops (to
+        give every rank whole, equal batches) differ per epoch even with one shard. Val: 0."""
+        if not self.train or self.num_samples == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch, 11]).integers(self.num_samples))
+
     def rank_samples(self) -> tuple[int, int]:
         """(first position, sample count) of this rank's part of the epoch sequence."""
         start, stop = rank_range(self.num_samples, self.rank, self.world_size)
@@ -151,7 +161,16 @@ class ShardPlan:
         )
 
     def segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
-        """The tar slices covering positions [first, first + size) of the epoch sequence."""
+        """The tar slices covering positions [first, first + size) of the epoch sequence
+        (shards in `shard_order`, rotated by `rotation`: a block may wrap around its end)."""
+        total = self.num_samples
+        start = (first + self.rotation(epoch)) % total if total else 0
+        head = min(size, total - start)
+        yield from self._unrotated_segments(epoch, start, head)
+        if size > head:
+            yield from self._unrotated_segments(epoch, 0, size - head)
+
+    def _unrotated_segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
         position = 0
         stop = first + size
         for shard in self.shard_order(epoch):

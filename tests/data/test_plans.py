@@ -96,3 +96,20 @@ def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start
     (tmp_path / "imagenet-train-000002.idx").write_text("\n".join(shifted) + "\n")
     assert sample_offset(tar, 3) == 0  # the header it points at is not the named member's
     assert [sample["__key__"] for sample in read_segments(iter([Segment(tar, 3, 7)]))] == whole[3:]
+
+
+def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none():
+    def read(plan: ShardPlan, epoch: int) -> set[int]:
+        block = plan.worker_block(epoch, 0)
+        return {segment.skip + offset for segment in block.segments for offset in range(segment.take)}
+
+    counts = (61,)  # 2 ranks x 7 batches of 4 = 56 read, 5 dropped per epoch
+    plans = [ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=True, seed=3) for rank in range(2)]
+    dropped = []
+    for epoch in range(4):
+        rank0, rank1 = read(plans[0], epoch), read(plans[1], epoch)
+        assert len(rank0) == len(rank1) == 28 and not rank0 & rank1
+        dropped.append(frozenset(set(range(61)) - rank0 - rank1))
+    assert len(set(dropped)) == 4, "the same tail is dropped every epoch"
+    val = [ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)]
+    assert sorted(read(val[0], 0) | read(val[1], 0)) == list(range(61))
