@@ -524,7 +524,8 @@ class Trainer:
 
     def finish(self, state: TrainState, tracker: NullTracker) -> int:
         """After training (or on a rerun of a finished run): final metrics line, grids, plots."""
-        if not state.last_eval or getattr(self, "last_examples", None) is None:
+        # the same decision on every rank (eval is a collective): a rank with no val samples has no examples
+        if not state.last_eval or not hasattr(self, "last_examples"):
             self.evaluate_and_report(state, tracker)
         if self.cfg.log.plots and getattr(self, "last_examples", None) is not None:
             images, labels, predictions = self.last_examples

@@ -126,6 +126,17 @@ class Loader:
         self.epoch = 0
         self.start_batch = 0
 
+    def check_planned_batches(self, directory: Path) -> None:
+        """Train needs at least one full batch per rank (DDP steps on every rank). Val does not:
+        with fewer val samples than ranks a rank may read none, and exact eval still all-reduces."""
+        if self.split == "train" and self._planned_batches(0) == 0:
+            raise LoaderError(
+                f"{directory}: {self.num_samples} {self.split} samples give no full batch of {self.batch_size} per "
+                f"rank on {self.dist.world_size} ranks: lower data.global_batch_size or add data"
+            )
+        if self.num_samples == 0:
+            raise LoaderError(f"{directory}: the {self.split} split holds no samples: point data.{self.split}_dir at data")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -206,8 +206,7 @@ class DaliFolderLoader(DaliLoader):
         self.paths = PathTable(paths)
         self.labels = labels
         self.plan = IndexPlan(len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed)
-        if self.plan.num_batches() == 0:
-            raise LoaderError(f"{directory}: {len(paths)} images give no full batch of {batch_size} per rank")
+        self.check_planned_batches(directory)
         logger.info("dali (%s) folder %s: %d images from %s", decode, split, len(paths), directory)
 
     def _planned_batches(self, epoch: int) -> int:
@@ -268,8 +267,7 @@ class DaliShardLoader(DaliLoader):
             train=split == "train",
             seed=cfg.train.seed,
         )
-        if self.plan.num_batches() == 0:
-            raise LoaderError(f"{directory}: {manifest.num_samples} samples give no full batch of {batch_size} per rank")
+        self.check_planned_batches(directory)
         logger.info("dali (%s) shards %s: %d samples in %d tars from %s", decode, split, manifest.num_samples, len(paths), directory)
 
     def _planned_batches(self, epoch: int) -> int:

@@ -186,11 +186,7 @@ class FolderLoader(Loader):
         )
         self.directory = directory
         self.plan = IndexPlan(len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed)
-        if self.plan.num_batches() == 0:
-            raise LoaderError(
-                f"{directory}: {len(paths)} {split} images give no full batch of {batch_size} per rank on "
-                f"{dist.world_size} ranks: lower data.global_batch_size or add images"
-            )
+        self.check_planned_batches(directory)
         self.epoch_state = EpochState()
         self.dataset = FolderBatches(paths, labels, split, Augmentation.from_config(cfg.data), cfg.train.seed)
         workers = cfg.data.num_workers

@@ -306,11 +306,7 @@ class WdsLoader(Loader):
             train=split == "train",
             seed=cfg.train.seed,
         )
-        if self.plan.num_batches() == 0:
-            raise LoaderError(
-                f"{directory}: {manifest.num_samples} {split} samples give no full batch of {batch_size} per rank "
-                f"on {dist.world_size} ranks: lower data.global_batch_size or add data"
-            )
+        self.check_planned_batches(directory)
         self.stream = ShardStream(self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split)
         self.dataloader = DataLoader(
             self.stream,

@@ -164,6 +164,21 @@ def test_val_with_two_workers_on_each_of_two_ranks_reads_every_sample_once(setup
     assert sorted(seen) == sorted(sample_id for _, sample_id in setup[1]["val_ids"])
 
 
+def test_val_on_more_ranks_than_samples_gives_empty_ranks_zero_batches_and_still_reads_every_sample_once(setup):
+    from pipeline.distributed import DistInfo
+
+    world = 32  # 27 val images: some ranks read none, which exact eval allows (train would refuse)
+    cfg = config_for(setup, global_batch_size=world)
+    seen, empty = [], 0
+    for rank in range(world):
+        loader = build_loader(cfg, "val", DistInfo(rank=rank, world_size=world))
+        loader.set_epoch(0)
+        empty += len(loader) == 0
+        seen.extend(identities(loader))
+    assert empty == world - 27
+    assert sorted(seen) == sorted(sample_id for _, sample_id in setup[1]["val_ids"])
+
+
 @pytest.fixture(scope="module")
 def gradient_data(tmp_path_factory):
     """64 copies of a 256x256 image whose red channel is x and green is y, as folders and shards."""

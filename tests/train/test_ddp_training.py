@@ -142,3 +142,23 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_two_ranks_with_a_single_val_image_train_and_evaluate_it_exactly_once(tiny_data, tmp_path):
+    """Rank 0's val block is empty ([0, 0) of 1 image over 2 ranks): it evaluates 0 batches and still
+    joins the all-reduce; the final line counts the one image, and nobody hangs."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").symlink_to(tiny_data / "train")
+    image = sorted((tiny_data / "val").glob("*/*.JPEG"))[0]
+    (data / "val" / image.parent.name).mkdir(parents=True)
+    shutil.copy(image, data / "val" / image.parent.name / image.name)
+    run_dir = tmp_path / "run"
+    result = torchrun(2, tiny_args(data, run_dir, "train.max_steps=2", "log.plots=true"), timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("final: val/top1=") == 1
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/top1" in line][-1]
+    assert last["val/top1"] in (0.0, 100.0)
+    assert "(1 images)" in result.stdout + result.stderr
