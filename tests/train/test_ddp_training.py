@@ -152,7 +152,7 @@ def test_two_ranks_with_a_single_val_image_train_and_evaluate_it_exactly_once(ti
     data = tmp_path / "data"
     data.mkdir()
     (data / "train").symlink_to(tiny_data / "train")
-    image = sorted((tiny_data / "val").glob("*/*.JPEG"))[0]
+    image = min((tiny_data / "val").glob("*/*.JPEG"))
     (data / "val" / image.parent.name).mkdir(parents=True)
     shutil.copy(image, data / "val" / image.parent.name / image.name)
     run_dir = tmp_path / "run"
