@@ -230,21 +230,24 @@ class DaliFolderLoader(DaliLoader):
         return torch.from_numpy(np.array(tensor_list.as_tensor()).reshape(-1).astype(np.int64))
 
 
-def read_index_lines(tar: Path, expected: int) -> list[str]:
-    """The per-sample lines of the DALI index next to `tar`, checked against the manifest count."""
+def read_index_lines(tar: Path, expected: int) -> tuple[str, list[str]]:
+    """(version, per-sample lines) of the DALI index next to `tar`, checked against the manifest count.
+
+    The version matters: v1.2 lines list (ext, offset, size, file name) per member, older ones
+    (ext, offset, size), so the per-rank indexes cut from these lines keep this header."""
     index = tar.with_name(dali_index_name(tar.name))
     if not index.is_file():
         raise LoaderError(f"{index}: DALI index missing next to {tar.name}: re-run `python -m preprocess shard` to rewrite it")
     lines = index.read_text().splitlines()
     header = lines[0].split() if lines else []
-    if len(header) != 2 or not header[0].startswith("v1") or int(header[1]) != len(lines) - 1:
+    if len(header) != 2 or not header[0].startswith("v1") or header[1] != str(len(lines) - 1):
         raise LoaderError(f"{index}: not a DALI v1.x index (header {lines[:1]}): re-run `python -m preprocess shard`")
     if len(lines) - 1 != expected:
         raise LoaderError(
             f"{index}: indexes {len(lines) - 1} samples but the manifest says {expected}: the index does not "
             f"match the tar; re-run `python -m preprocess shard`"
         )
-    return lines[1:]
+    return header[0], lines[1:]
 
 
 class DaliShardLoader(DaliLoader):
@@ -256,7 +259,9 @@ class DaliShardLoader(DaliLoader):
             classes=manifest.classes, class_names=manifest.class_names or find_class_names(directory),
             num_samples=manifest.num_samples, batch_size=batch_size,
         )
-        self.index_lines = {str(path): read_index_lines(path, shard.count) for path, shard in zip(paths, manifest.shards)}
+        indexes = {str(path): read_index_lines(path, shard.count) for path, shard in zip(paths, manifest.shards)}
+        self.index_versions = {tar: version for tar, (version, _) in indexes.items()}
+        self.index_lines = {tar: lines for tar, (_, lines) in indexes.items()}
         self.plan = ShardPlan(
             paths=tuple(str(path) for path in paths),
             counts=tuple(shard.count for shard in manifest.shards),
@@ -298,7 +303,7 @@ class DaliShardLoader(DaliLoader):
                 tar = order[run_start][0]
                 lines = [self.index_lines[tar][sample] for _, sample in order[run_start:position]]
                 index = self.workdir / f"e{epoch}-b{start_batch}-{len(tars):06d}.idx"
-                index.write_text(f"v1.2 {len(lines)}\n" + "\n".join(lines) + "\n")
+                index.write_text(f"{self.index_versions[tar]} {len(lines)}\n" + "\n".join(lines) + "\n")
                 tars.append(tar)
                 indexes.append(str(index))
                 run_start = position

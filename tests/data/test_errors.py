@@ -168,3 +168,19 @@ def test_a_resume_point_past_the_end_of_the_epoch_is_a_loader_error_saying_what_
     loader = build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank())
     with pytest.raises(LoaderError, match="past the end of train epoch 0: this rank plans 7 batches"):
         loader.set_epoch(0, start_batch=len(loader) + 1)
+
+
+@pytest.mark.dali
+def test_dali_shards_with_older_v1_1_indexes_are_read_with_their_own_index_version(tiny_shards, tmp_path):
+    from loaderfixtures import decode_identity
+
+    copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
+    for index in copy.glob("*.idx"):  # v1.1: (ext, offset, size) per member, no file names
+        header, *lines = index.read_text().splitlines()
+        older = [" ".join(f for position, f in enumerate(line.split()) if position % 4 != 3) for line in lines]
+        index.write_text(f"v1.1 {header.split()[1]}\n" + "\n".join(older) + "\n")
+    loader = build_loader(tiny_config(tiny_shards["train"], copy, backend="dali"), "val", single_rank())
+    seen = [sample_id for images, _ in loader for _, sample_id in decode_identity(images)]
+    assert sorted(seen) == sorted(sample_id for _, sample_id in tiny_shards["val_ids"])
+    written = list(loader.workdir.glob("*.idx"))
+    assert written and all(path.read_text().startswith("v1.1 ") for path in written)
