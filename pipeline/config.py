@@ -96,7 +96,7 @@ class ScheduleConfig:
     gamma: float = _field(0.1, "step/plateau: decay factor")
     warmup_epochs: float = _field(0.0, "linear warmup from 0 over this many epochs (fractions allowed)")
     min_lr: float = _field(0.0, "cosine: final learning rate")
-    plateau_patience: int = _field(5, "plateau: epochs without val top-1 improvement before decaying")
+    plateau_patience: int = _field(5, "plateau: evaluations without val top-1 improvement before decaying")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +234,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}")
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+    for name in ("eval_every", "log_every", "save_every"):
+        if getattr(config.train, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(config.train, name)}")
+    for name in ("max_steps", "early_stop_patience"):
+        if getattr(config.train, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}")
+    if config.train.check_overfit_steps < 1 or config.train.check_loss_tolerance <= 0:
+        raise ConfigError("train.check_overfit_steps must be >= 1 and train.check_loss_tolerance > 0")
     if config.train.seed < 0:
         raise ConfigError(f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}")
     if config.optim.grad_accum_steps < 1:

@@ -40,6 +40,9 @@ def test_scientific_notation_without_a_dot_is_a_number_in_files_and_overrides(tm
         ("optim.lr", "is not section.key=value"),
         ("data.val_crop=300", "data.val_crop 300 is larger than data.val_resize 256"),
         ("train.seed=-1", "train.seed must be >= 0"),
+        ("train.eval_every=0", "train.eval_every must be >= 1"),
+        ("train.log_every=0", "train.log_every must be >= 1"),
+        ("train.max_steps=-5", "train.max_steps must be >= 0"),
     ],
 )
 def test_bad_overrides_are_one_clear_error(override, message):
