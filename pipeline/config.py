@@ -109,7 +109,7 @@ class TrainConfig:
     device: DeviceName = _field("auto", "auto (CUDA when available), cuda or cpu")
     run_dir: str = _field("runs/alexnet", "checkpoints, metrics, config and plots go here; a rerun resumes from it")
     eval_every: int = _field(1, "evaluate every N epochs (and always after the last)")
-    save_every: int = _field(10, "also keep a checkpoint every N epochs; last and best are always kept")
+    save_every: int = _field(10, "also keep a checkpoint every N epochs (0: never); last and best are always kept")
     early_stop_patience: int = _field(0, "stop after N evaluations without val top-1 improvement; 0 disables")
     max_steps: int = _field(0, "stop after this many optimizer steps in total; 0 runs all epochs")
     log_every: int = _field(50, "log train metrics every N optimizer steps")
@@ -234,10 +234,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}")
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
-    for name in ("eval_every", "log_every", "save_every"):
+    for name in ("eval_every", "log_every"):
         if getattr(config.train, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(config.train, name)}")
-    for name in ("max_steps", "early_stop_patience"):
+    for name in ("save_every", "max_steps", "early_stop_patience"):
         if getattr(config.train, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}")
     if config.train.check_overfit_steps < 1 or config.train.check_loss_tolerance <= 0:
