@@ -29,11 +29,17 @@ from __future__ import annotations
 from typing import Literal
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, per_rank_batch_size, split_directory
+from pipeline.data.base import (
+    Loader,
+    LoaderError,
+    SampleDecodeError,
+    per_rank_batch_size,
+    split_directory,
+)
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from pipeline.distributed import DistInfo
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Loader", "LoaderError", "build_loader", "normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Loader", "LoaderError", "SampleDecodeError", "build_loader", "normalize"]
 
 
 def build_loader(cfg: Config, split: Literal["train", "val"], dist: DistInfo) -> Loader:

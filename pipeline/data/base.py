@@ -21,6 +21,34 @@ class LoaderError(ValueError):
     """A data path, config or installation problem a user can fix; the message says how."""
 
 
+class SampleDecodeError(LoaderError):
+    """An image that does not decode: one line with the file (or shard and key), the reason and
+    what to do, even when raised in a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as
+    `type(err)("Caught ... in DataLoader worker process N.\nOriginal Traceback ...: <message>")`;
+    this class keeps the original message as str(err) and the rest in `.worker_report`.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.worker_report = ""
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            marker = f"{type(self).__name__}: "
+            last = [line for line in message.splitlines() if marker in line]
+            if last:
+                self.worker_report = message
+                message = last[-1].split(marker, 1)[1]
+        super().__init__(message)
+
+
+def decode_error(source: str, err: BaseException, directory_hint: str) -> SampleDecodeError:
+    """The one line for an image that cannot be decoded."""
+    return SampleDecodeError(
+        f"{source}: cannot decode ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): run "
+        f"`python -m preprocess verify {directory_hint} --decode` to list every bad image, then re-run prepare or remove them"
+    )
+
+
 def per_rank_batch_size(cfg: Config, dist: DistInfo) -> int:
     """cfg.data.global_batch_size // (world_size * grad_accum_steps); LoaderError if not divisible."""
     global_batch = cfg.data.global_batch_size

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, train_classes
+from pipeline.data.base import Loader, LoaderError, decode_error, train_classes
 from pipeline.data.samplers import IndexPlan
 from pipeline.data.transforms import (
     Augmentation,
@@ -135,7 +135,7 @@ class FolderBatches(Dataset):
                 return decode_train(path, self.aug, sample_rng(self.seed, epoch, index))
             return decode_val(path, self.aug)
         except (OSError, ValueError) as err:
-            raise RuntimeError(f"{path}: cannot decode ({err}): run `python -m preprocess verify` on the folders") from err
+            raise decode_error(path, err, os.path.dirname(os.path.dirname(path))) from err
 
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, indices = item

@@ -45,7 +45,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, check_same_classes, rank_range, train_classes
+from pipeline.data.base import (
+    Loader,
+    LoaderError,
+    check_same_classes,
+    decode_error,
+    rank_range,
+    train_classes,
+)
 from pipeline.data.transforms import (
     Augmentation,
     collate_uint8,
@@ -269,10 +276,8 @@ class ShardStream(IterableDataset):
                         pixels = decode_val(sample["jpg"], aug)
                     label = int(sample["cls"])
                 except (KeyError, OSError, ValueError) as err:
-                    raise RuntimeError(
-                        f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is unreadable ({err!r}): "
-                        f"run `python -m preprocess verify` on the shard directory"
-                    ) from err
+                    url = str(sample.get("__url__"))
+                    raise decode_error(f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)) from err
                 yield pixels, label
 
         return decode

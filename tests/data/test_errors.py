@@ -184,3 +184,36 @@ def test_dali_shards_with_older_v1_1_indexes_are_read_with_their_own_index_versi
     assert sorted(seen) == sorted(sample_id for _, sample_id in tiny_shards["val_ids"])
     written = list(loader.workdir.glob("*.idx"))
     assert written and all(path.read_text().startswith("v1.1 ") for path in written)
+
+
+def corrupt_first_image(directory, layout):
+    """Overwrite the first image's bytes with zeros (same size, so tars and manifests still line up)."""
+    import tarfile
+
+    if layout == "tiny_folders":
+        image = min(directory.glob("*/*.JPEG"))
+        image.write_bytes(b"\0" * image.stat().st_size)
+        return str(image)
+    tar_path = min(directory.glob("*.tar"))
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+    with open(tar_path, "r+b") as handle:
+        handle.seek(member.offset_data)
+        handle.write(b"\0" * member.size)
+    return str(tar_path)
+
+
+@pytest.mark.parametrize(("backend", "layout"), [("folder", "tiny_folders"), ("wds", "tiny_shards")])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_worker(request, tmp_path, backend, layout, workers):
+    from pipeline.data import SampleDecodeError
+
+    data = request.getfixturevalue(layout)
+    val = shutil.copytree(data["val"], tmp_path / "val")
+    source = corrupt_first_image(val, layout)
+    loader = build_loader(tiny_config(data["train"], val, backend=backend, num_workers=workers), "val", single_rank())
+    with pytest.raises(SampleDecodeError) as err:
+        list(loader)
+    assert_one_line(err, source, "cannot decode", f"python -m preprocess verify {val} --decode")
+    assert "Caught" not in str(err.value) and "Traceback" not in str(err.value)
+    assert ("worker process" in err.value.worker_report) == (workers > 0)  # torch's report is kept aside

@@ -241,3 +241,16 @@ def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_ste
     assert resume_batch(3, 16, 8, 1, 20) == (6, 0)  # half the batch: twice the batches
     assert resume_batch(5, 16, 32, 2, 6) == (2, 0)  # 80 samples = 2.5 batches of 32 → 2 (a whole step of 2)
     assert resume_batch(9, 16, 64, 1, 2) == (0, 1)  # past this plan's epoch: the next epoch
+
+
+def test_an_image_that_does_not_decode_in_a_loader_worker_exits_2_with_the_file_and_what_to_do(tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = min((data / "train").glob("*/*.JPEG"))
+    bad.write_bytes(b"not a jpeg")
+    assert main(tiny_args(data, tmp_path / "run", "data.num_workers=2", "train.max_steps=12")) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert str(bad) in errors[0] and f"python -m preprocess verify {data / 'train'} --decode" in errors[0]
+    assert "Traceback" not in err and "DataLoader worker" not in err
