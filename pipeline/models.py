@@ -6,7 +6,7 @@
     alexnet_bn   the seed post's variant: BatchNorm after conv1 and conv2 (those convs lose their
                  bias, which BatchNorm's shift replaces).
     alexnet_lrn  Krizhevsky et al. 2012: 96-256-384-384-256 channels and LocalResponseNorm
-                 (size 5, alpha 1e-4, beta 0.75, k 2) after the conv1 and conv2 ReLUs.
+                 (the paper's n=5, alpha=1e-4, beta=0.75, k=2) after the conv1 and conv2 ReLUs.
 
 `model.width_mult` scales conv channels and `model.classifier_width` the two hidden linear
 layers, so tests and the demo can train a real AlexNet-shaped network on a CPU. AlexNet's
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Smallest input side for which every max-pool still has a 3x3 window (11/4 stem, three pools).
 MIN_INPUT_SIZE = 63
+
+# The paper divides by (k + alpha * sum of a^2 over n=5 neighbouring channels)^beta with alpha=1e-4;
+# torch's LocalResponseNorm divides alpha by `size` (it averages the squares), so it needs 5 * 1e-4.
+PAPER_LRN_ALPHA = 1e-4
 
 # (out_channels, kernel, stride, padding, pool_after) for the five convs.
 _TORCHVISION_CONVS = [(64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False), (256, 3, 1, 1, False), (256, 3, 1, 1, True)]
@@ -79,7 +83,7 @@ def _build_features(convs, width_mult: float, norm: str) -> tuple[nn.Sequential,
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.ReLU(inplace=True))
         if norm == "lrn" and early:
-            layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))
+            layers.append(nn.LocalResponseNorm(size=5, alpha=PAPER_LRN_ALPHA * 5, beta=0.75, k=2.0))
         if pool_after:
             layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
         in_channels = out_channels
@@ -181,10 +185,15 @@ def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
         detail = f"missing {missing[:3]}" if missing else f"mismatched {mismatched[:3]}" if mismatched else f"unexpected {sorted(set(body) - set(own))[:3]}"
         raise ConfigError(f"model.finetune={path} does not fit model (same arch, width_mult and classifier_width needed): {detail}")
     model.load_state_dict(body, strict=False)
-    if freeze == "features":
-        for parameter in model.features.parameters():
-            parameter.requires_grad_(False)
+    apply_freeze(model, freeze)
     log.info("fine-tuning from %s: head re-initialized for %d classes, freeze=%s", path, model.head.out_features, freeze)
+
+
+def apply_freeze(model: AlexNet, freeze: str) -> None:
+    """model.freeze: 'features' stops gradients into the conv base. Called after every model build,
+    resumes included, so the optimizer always sees the same trainable parameters."""
+    for parameter in model.features.parameters():
+        parameter.requires_grad_(freeze != "features")
 
 
 def set_train_mode(model: AlexNet, freeze: str) -> None:

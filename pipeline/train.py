@@ -63,6 +63,7 @@ from pipeline.logging_setup import setup_logging
 from pipeline.metrics import EvalAccumulator, EvalResult, write_per_class_csv
 from pipeline.models import (
     AlexNet,
+    apply_freeze,
     build_model,
     check_input_size,
     load_for_finetune,
@@ -263,6 +264,8 @@ class Trainer:
             load_for_finetune(model, self.cfg.model.finetune, self.cfg.model.freeze)
         elif self.cfg.model.init_from:
             load_weights(model, self.cfg.model.init_from)
+        # on every build, resumes too: the optimizer must see the trainable set the checkpoint's did
+        apply_freeze(model, self.cfg.model.freeze)
         self.model: AlexNet = model.to(self.device, memory_format=self.memory_format)
 
     def class_name_list(self) -> list[str]:
@@ -327,6 +330,8 @@ class Trainer:
         state.last_eval = dict(data.get("last_eval") or {})
         if state.batch_in_epoch:
             self.replan_resume_point(state, data)
+        if state.batch_in_epoch:
+            self.keep_wds_worker_split(state, data)
         changed = _changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
         if changed:
             log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
@@ -360,6 +365,27 @@ class Trainer:
                         old_world, self.dist.world_size, state.epoch)
         state.epoch += epoch
         state.batch_in_epoch = batch
+
+    def keep_wds_worker_split(self, state: TrainState, data: dict[str, Any]) -> None:
+        """The wds order inside an epoch depends on data.num_workers (each worker reads its own
+        sub-block). A mid-epoch resume with another worker count finishes that epoch with a
+        loader of the checkpoint's count, so the rest of the epoch is exactly the uninterrupted
+        one; later epochs use the configured count."""
+        old_data = (data.get("config") or {}).get("data") or {}
+        old_workers = old_data.get("num_workers")
+        same_plan = data.get("world_size") == self.dist.world_size and old_data.get("backend") == "wds"
+        if self.cfg.data.backend != "wds" or old_workers is None or not same_plan:
+            return
+        if max(1, int(old_workers)) == max(1, self.cfg.data.num_workers):
+            return
+        from pipeline.config import replace
+        from pipeline.data import build_loader
+
+        log.warning("data.num_workers changed from %s to %d in the middle of epoch %d: the wds order within an epoch depends "
+                    "on it, so epoch %d finishes with %s loader workers and later epochs use %d",
+                    old_workers, self.cfg.data.num_workers, state.epoch, state.epoch, old_workers, self.cfg.data.num_workers)
+        self.resume_loader = build_loader(replace(self.cfg, "data", num_workers=int(old_workers)), "train", self.dist)
+        self.resume_epoch = state.epoch
 
     # -- training -----------------------------------------------------------------------------
     def setup_training(self, resuming: bool) -> None:
@@ -424,13 +450,19 @@ class Trainer:
         state.finished = state.stopped_early or state.step >= self.total_steps
         while not state.finished:
             epoch = state.epoch
-            self.train_loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
+            loader = self.train_loader
+            if getattr(self, "resume_loader", None) is not None:
+                if epoch == self.resume_epoch:
+                    loader = self.resume_loader
+                else:
+                    self.resume_loader = None  # its workers go with it
+            loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
             set_train_mode(self.model, cfg.model.freeze)
             batches_left = self.steps_per_epoch * self.accum - state.batch_in_epoch
             progress = _progress(dist, total=self.steps_per_epoch, initial=state.batch_in_epoch // self.accum, desc=f"epoch {epoch}")
             window.restart()
             micro = 0
-            for images, labels in self.train_loader:  # images: [B, 3, H, W] uint8 on device
+            for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
                 window.data_ready()
                 if first_batch and cfg.train.sanity_grid:
                     tracker.save_batch_grid(images, labels, self.class_name_list())

@@ -49,7 +49,7 @@ def test_alexnet_lrn_has_the_paper_widths_and_local_response_norm_after_conv1_an
     assert len(norms) == 2
     for index in norms:
         norm = layers[index]
-        assert (norm.size, norm.alpha, norm.beta, norm.k) == (5, 1e-4, 0.75, 2.0)
+        assert (norm.size, norm.alpha, norm.beta, norm.k) == (5, pytest.approx(5e-4), 0.75, 2.0)  # torch divides alpha by size
         assert isinstance(layers[index - 1], nn.ReLU)
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
@@ -91,6 +91,18 @@ def test_finetune_keeps_the_body_replaces_the_head_and_freezes_features(tmp_path
     assert all(p.requires_grad for p in model.classifier.parameters())
     set_train_mode(model, "features")
     assert model.classifier.training and not model.features.training  # frozen BN keeps its statistics
+
+
+def test_alexnet_lrn_normalizes_with_the_papers_formula_and_constants():
+    """Krizhevsky et al. 2012: b = a / (k + alpha * sum of a^2 over n=5 adjacent channels)^beta,
+    k=2, alpha=1e-4, beta=0.75 (torch's LocalResponseNorm averages the squares instead)."""
+    model = build_model(ModelConfig(arch="alexnet_lrn", width_mult=0.1, classifier_width=8), num_classes=3)
+    lrn = next(layer for layer in model.features if isinstance(layer, nn.LocalResponseNorm))
+    a = torch.rand(2, 7, 4, 4, dtype=torch.float64) * 30  # large activations, where alpha matters
+    squares = a.square()
+    sums = torch.stack([squares[:, max(0, c - 2):c + 3].sum(dim=1) for c in range(7)], dim=1)
+    expected = a / (2.0 + 1e-4 * sums) ** 0.75
+    torch.testing.assert_close(lrn(a), expected)
 
 
 def test_inputs_smaller_than_alexnet_can_take_are_refused_with_the_minimum():

@@ -159,6 +159,21 @@ def test_finetuning_loads_the_body_freezes_features_and_trains_a_new_head(tiny_d
     assert not torch.equal(before["classifier.1.weight"], after["classifier.1.weight"])
 
 
+def test_a_frozen_finetune_run_resumes_with_its_features_still_frozen(tiny_data, tmp_path):
+    """The resume path builds the model without loading the fine-tune weights; it must still freeze
+    the conv base, or the optimizer has more parameters than the checkpoint's and refuses it."""
+    source = tmp_path / "source"
+    assert main(tiny_args(tiny_data, source, "train.max_steps=2")) == 0
+    weights = source / "checkpoints/last.pt"
+    run_dir = tmp_path / "finetune"
+    finetune = ("--finetune", str(weights), "--freeze", "features")
+    assert main([*tiny_args(tiny_data, run_dir, "train.max_steps=3"), *finetune]) == 0
+    assert main([*tiny_args(tiny_data, run_dir, "train.max_steps=5"), *finetune]) == 0
+    before, after = load_checkpoint(weights)["model"], load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert after["step"] == 5
+    assert all(torch.equal(before[k], after["model"][k]) for k in before if k.startswith("features."))
+
+
 def test_gradient_accumulation_takes_the_same_steps_as_one_big_batch(tiny_data, tmp_path):
     common = ("train.max_steps=3", "model.dropout=0.0")
     assert main(tiny_args(tiny_data, tmp_path / "one", *common)) == 0
@@ -254,3 +269,19 @@ def test_an_image_that_does_not_decode_in_a_loader_worker_exits_2_with_the_file_
     assert len(errors) == 1, err
     assert str(bad) in errors[0] and f"python -m preprocess verify {data / 'train'} --decode" in errors[0]
     assert "Traceback" not in err and "DataLoader worker" not in err
+
+
+def test_a_wds_resume_with_another_worker_count_finishes_the_epoch_exactly_as_uninterrupted(tiny_shards, tmp_path, capsys):
+    """The wds order inside an epoch depends on data.num_workers: stopped at batch 3 of epoch 1 with
+    2 workers and resumed with 1, epoch 1 must still end bit-identical to an uninterrupted 2-worker run."""
+    common = ("data.backend=wds", "train.log_every=1")
+    assert main(tiny_args(tiny_shards, tmp_path / "whole", *common, "data.num_workers=2", "train.max_steps=20")) == 0
+    assert main(tiny_args(tiny_shards, tmp_path / "parts", *common, "data.num_workers=2", "train.max_steps=13")) == 0
+    capsys.readouterr()
+    assert main(tiny_args(tiny_shards, tmp_path / "parts", *common, "data.num_workers=1", "train.max_steps=20")) == 0
+    assert "epoch 1 finishes with 2 loader workers and later epochs use 1" in capsys.readouterr().err
+    whole = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")
+    parts = load_checkpoint(tmp_path / "parts/checkpoints/last.pt")
+    assert whole["step"] == parts["step"] == 20  # the end of epoch 1: later epochs follow the new count
+    for key, value in whole["model"].items():
+        assert torch.equal(parts["model"][key], value), key
