@@ -22,7 +22,8 @@ visits every sample exactly once (the two classic WebDataset-under-DDP bugs):
   4. Train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
      (seed, epoch, rank, worker); shards were also globally shuffled when written.
 
-The per-epoch order therefore depends on (seed, epoch, world size, batch size, num_workers);
+The per-epoch order therefore depends on (seed, epoch, world size, batch size, num_workers)
+(pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
 resuming at batch k (`set_epoch(epoch, k)`) rebuilds the same streams and drops the samples
 of the first k batches before decoding, so the rest is identical to the uninterrupted epoch.
 """
