@@ -119,8 +119,8 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
     dist = DistInfo(rank=rank, local_rank=rank, world_size=world_size, local_world_size=world_size, backend="gloo")
     report = {}
     try:
-        for backend, train_dir, val_dir in combos:
-            cfg = tiny_config(train_dir, val_dir, backend=backend, num_workers=0)
+        for backend, train_dir, val_dir, workers in combos:
+            cfg = tiny_config(train_dir, val_dir, backend=backend, num_workers=workers)
             train = build_loader(cfg, "train", dist)
             entry = {"train_batches": [], "train_ids": [], "val_ids": [], "labels_ok": True}
             for epoch in (0, 1):
@@ -134,6 +134,10 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
                 entry["train_ids"].append(ids)
             train.set_epoch(1, start_batch=2)
             entry["resumed_ids"] = [i for images, _ in train for _, i in decode_identity(images)]
+            again = build_loader(cfg, "train", dist)  # a fresh loader, same seed: the same epoch 0
+            again.set_epoch(0)
+            entry["repeat_ids"] = [i for images, _ in again for _, i in decode_identity(images)]
+            del again
             val = build_loader(cfg, "val", dist)
             for images, labels in val:
                 decoded = decode_identity(images)
@@ -146,7 +150,7 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
                 entry["mismatch_error"] = ""
             except LoaderError as err:
                 entry["mismatch_error"] = str(err)
-            report[f"{backend}:{Path(train_dir).parent.name}"] = entry
+            report[f"{backend}:{Path(train_dir).parent.name}" + (f":{workers}workers" if workers else "")] = entry
     finally:
         torch_dist.destroy_process_group()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))

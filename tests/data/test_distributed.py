@@ -12,11 +12,12 @@ from loaderfixtures import free_port, two_rank_worker
 @pytest.fixture(scope="module")
 def two_rank_report(tiny_shards, tiny_folders, tmp_path_factory):
     """What each of 2 ranks saw, per backend and layout (one spawn for all, to keep CI short)."""
-    combos = [
-        ("folder", str(tiny_folders["train"]), str(tiny_folders["val"])),
-        ("wds", str(tiny_shards["train"]), str(tiny_shards["val"])),
-        ("dali", str(tiny_folders["train"]), str(tiny_folders["val"])),
-        ("dali", str(tiny_shards["train"]), str(tiny_shards["val"])),
+    combos = [  # (backend, train, val, loader workers)
+        ("folder", str(tiny_folders["train"]), str(tiny_folders["val"]), 0),
+        ("wds", str(tiny_shards["train"]), str(tiny_shards["val"]), 0),
+        ("wds", str(tiny_shards["train"]), str(tiny_shards["val"]), 2),
+        ("dali", str(tiny_folders["train"]), str(tiny_folders["val"]), 0),
+        ("dali", str(tiny_shards["train"]), str(tiny_shards["val"]), 0),
     ]
     out = tmp_path_factory.mktemp("two-ranks")
     mp.spawn(two_rank_worker, args=(2, free_port(), combos, str(out)), nprocs=2, join=True)
@@ -24,7 +25,7 @@ def two_rank_report(tiny_shards, tiny_folders, tmp_path_factory):
     return {key: [ranks[0][key], ranks[1][key]] for key in ranks[0]}
 
 
-KEYS = ["folder:folders", "wds:shards", "dali:folders", "dali:shards"]
+KEYS = ["folder:folders", "wds:shards", "wds:shards:2workers", "dali:folders", "dali:shards"]
 
 
 @pytest.mark.slow
@@ -49,9 +50,11 @@ def test_train_batch_counts_are_equal_on_both_ranks_and_the_ranks_are_disjoint(t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS)
-def test_shuffle_differs_per_epoch_and_resume_continues_the_epoch_on_each_rank(two_rank_report, key):
+def test_shuffle_differs_per_epoch_repeats_for_the_same_seed_and_resume_continues_the_epoch_on_each_rank(
+        two_rank_report, key):
     for rank in two_rank_report[key]:
         assert rank["train_ids"][0] != rank["train_ids"][1]
+        assert rank["repeat_ids"] == rank["train_ids"][0]  # a second loader with the same seed
         assert rank["resumed_ids"] == rank["train_ids"][1][2 * 4 :]
 
 
