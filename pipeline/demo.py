@@ -15,7 +15,8 @@ Stages, each a real command whose full output also goes to WORKDIR/logs/<stage>.
                project's torchrun wrapper (a preflight all-reduce, then torchrun --standalone
                with 2 ranks), DDP over gloo, evaluation after every epoch, checkpoints,
                metrics, a W&B offline run and plots.
-Then it prints the final val top-1/top-5 against chance and where every artefact is.
+Then it prints the final val top-1/top-5 against chance and where every artefact is, and exits 1
+when top-1 is below REQUIRED_TOP1 (5x chance; --min-top1 changes it) or an artefact is missing.
 A rerun reuses the raw data and the prepared shards and trains a fresh run.
 """
 
@@ -49,6 +50,10 @@ SHARD_SIZE = 128  # samples per shard: ~12 train shards, so 2 ranks x workers al
 FAST_EPOCHS = 6  # --fast: the same demo with fewer epochs (what the CI test runs)
 NUM_RANKS = 2
 
+# What the demo must reach to count as having learned: 5x chance (10 classes). The full demo
+# reaches ~95 % and --fast ~80-90 %; scrambled labels, val sort or class order stay near 10 %.
+REQUIRED_TOP1 = 50.0
+
 FINAL_LINE = re.compile(r"final: val/top1=(?P<top1>[0-9.]+) val/top5=(?P<top5>[0-9.]+)")
 
 
@@ -76,6 +81,7 @@ class DemoOptions:
     fast: bool = False
     overrides: tuple[str, ...] = ()  # extra section.key=value for pipeline.train
     echo: bool = True  # stream each stage's output to the console as well as to its log
+    required_top1: float = REQUIRED_TOP1  # percent; below it the demo exits 1 (0 never fails)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,9 +297,15 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
     # A typo in an override fails here, at once, not after the data stages and torchrun's start.
     try:
-        load_config(DEMO_CONFIG, train_overrides(options, prepared, run_dir))
+        config = load_config(DEMO_CONFIG, train_overrides(options, prepared, run_dir))
     except ConfigError as err:
         raise StageFailed(f"stage 'config' rejected the overrides: {err}") from err
+    # The demo deletes, reads and lists its own run dir: a train.run_dir override would move the run elsewhere.
+    if Path(config.train.run_dir).resolve() != run_dir:
+        raise StageFailed(
+            f"stage 'config' rejected the overrides: train.run_dir={config.train.run_dir} but the demo keeps its "
+            f"run in {run_dir} (it deletes and reports that directory): use --workdir DIR to move it"
+        )
 
     start = time.perf_counter()
     print(
@@ -376,6 +388,20 @@ def report(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+def shortfalls(result: DemoResult, required_top1: float) -> list[str]:
+    """Why a finished demo still failed: accuracy below the stated bar, or an artefact missing."""
+    problems = []
+    if result.top1 < required_top1:
+        problems.append(
+            f"val top-1 {result.top1:.2f}% is below the required {required_top1:.0f}% "
+            f"(chance {result.chance:.0f}%): the run did not learn; see {result.run_dir}"
+        )
+    missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
+    if missing:
+        problems.append(f"missing artefacts: {', '.join(missing)} (see {result.run_dir})")
+    return problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.demo",
@@ -405,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="stage output only to WORKDIR/logs, not the console"
     )
     parser.add_argument(
+        "--min-top1",
+        type=float,
+        default=REQUIRED_TOP1,
+        help=f"exit 1 when the final val top-1 (percent) is below this (default {REQUIRED_TOP1:.0f}; 0 never fails)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="section.key=value",
@@ -431,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         fast=args.fast,
         overrides=tuple(args.overrides),
         echo=not args.quiet,
+        required_top1=args.min_top1,
     )
     try:
         result = run_demo(options)
@@ -438,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1
     print(report(result))
+    problems = shortfalls(result, options.required_top1)
+    if problems:
+        print(f"demo failed: {'; '.join(problems)}", file=sys.stderr)
+        return 1
+    print(f"demo passed: val top-1 {result.top1:.2f}% >= the required {options.required_top1:.0f}% and every artefact written")
     return 0
 
 

@@ -43,6 +43,7 @@ def test_fast_demo_learns_far_above_chance_and_says_so(fast_demo):
     assert top1 >= FAST_TOP1_THRESHOLD, output
     assert top5 >= top1
     assert "chance is 10%" in output
+    assert f"demo passed: val top-1 {top1:.2f}% >= the required 50%" in output
     final = json.loads(
         [
             line
@@ -152,3 +153,36 @@ def test_each_backend_trains_on_the_data_prepare_wrote_for_it(tmp_path, backend,
     command = train_command(options, tmp_path / "prepared", tmp_path / "run")
     assert command[1:5] == ["-m", "launch", "--nproc", "2"]
     assert command[command.index("--") + 1 : command.index("--") + 3] == ["-m", "pipeline.train"]
+
+
+@pytest.mark.slow
+def test_a_demo_below_the_required_accuracy_exits_1_after_its_report(fast_demo, capsys):
+    workdir, code, _ = fast_demo
+    assert code == 0
+    assert main(["--workdir", str(workdir), "--quiet", "--epochs", "1", "--min-top1", "101"]) == 1
+    captured = capsys.readouterr()
+    assert "demo finished: val top-1" in captured.out  # the report still says where everything is
+    assert "below the required 101%" in captured.err.strip().splitlines()[-1]
+
+
+def test_a_run_dir_override_is_refused_before_any_stage_runs(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["--workdir", str(tmp_path / "work"), "--quiet", f"train.run_dir={elsewhere}"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("demo failed: stage 'config' rejected the overrides: train.run_dir=")
+    assert "use --workdir DIR" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
+    from pipeline.demo import DemoResult, shortfalls
+
+    everything = {name: tmp_path / name for name in EXPECTED_ARTEFACTS}
+    good = DemoResult(top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={})
+    assert shortfalls(good, 50.0) == []
+    low = DemoResult(top1=12.0, top5=50.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={})
+    assert shortfalls(low, 50.0) == [f"val top-1 12.00% is below the required 50% (chance 10%): the run did not learn; see {tmp_path}"]
+    assert shortfalls(low, 0.0) == []
+    partial = {k: v for k, v in everything.items() if k != "prediction grid PNG"}
+    missing = DemoResult(top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=partial, seconds={})
+    assert shortfalls(missing, 50.0) == [f"missing artefacts: prediction grid PNG (see {tmp_path})"]
