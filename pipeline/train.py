@@ -53,9 +53,11 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import Config, ConfigError, config_to_dict, dump_config, load_config
 from pipeline.distributed import (
     DistInfo,
+    all_gather_ints,
     all_reduce_max,
     all_reduce_sum,
     barrier,
+    broadcast_object,
     init_distributed,
     shutdown,
 )
@@ -418,7 +420,8 @@ class Trainer:
 
     def train(self, resume: Path | None) -> int:
         cfg, dist = self.cfg, self.dist
-        resume = resume or ckpt.find_latest(self.run_dir)
+        # rank 0 decides: with node-local or cached run dirs, ranks could otherwise disagree
+        resume = agree_on_checkpoint(resume or (ckpt.find_latest(self.run_dir) if dist.is_main else None), dist)
         self.setup_training(resuming=resume is not None)
         state = TrainState()
         if resume is not None:
@@ -568,10 +571,17 @@ class Trainer:
 
     # -- --evaluate and --check ----------------------------------------------------------------
     def evaluate_only(self, resume: Path | None) -> int:
+        """Weights, first found: --resume PATH, RUN_DIR/checkpoints/last.pt, model.init_from.
+        The run dir comes before init_from/finetune: a run started from those weights has
+        trained past them, and model.finetune alone has a fresh random head."""
         self.build_data(need_train=False)
-        self.build_model()
-        explicit_weights = bool(self.cfg.model.init_from or self.cfg.model.finetune)
-        source = resume or (None if explicit_weights else ckpt.find_latest(self.run_dir))
+        source = agree_on_checkpoint(resume or (ckpt.find_latest(self.run_dir) if self.dist.is_main else None), self.dist)
+        if source is None and self.cfg.model.finetune:
+            raise ConfigError(f"nothing to evaluate: model.finetune={self.cfg.model.finetune} alone gets a new random head and "
+                              f"{self.run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's checkpoint "
+                              "(its train.run_dir or --resume PATH)")
+        self.build_model(load_initial_weights=source is None)
+        explicit_weights = bool(self.cfg.model.init_from)
         if source is not None:
             data = ckpt.load_checkpoint(source)
             weights = data["model"] if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
@@ -606,6 +616,20 @@ class Trainer:
             for line in report.lines():
                 print(line, flush=True)
         return EXIT_OK if int(ok.item()) == self.dist.world_size else EXIT_CHECK_FAILED
+
+
+def agree_on_checkpoint(path: Path | None, dist: DistInfo) -> Path | None:
+    """Rank 0's `path` on every rank; one clear error on every rank if any rank cannot read it."""
+    chosen = broadcast_object(str(path) if path is not None else None, dist)
+    if chosen is None:
+        return None
+    chosen = Path(chosen)
+    missing = all_gather_ints(0 if chosen.is_file() else 1, dist)
+    if any(missing):
+        ranks = [rank for rank, flag in enumerate(missing) if flag]
+        raise ckpt.CheckpointError(f"rank 0 loads checkpoint {chosen} but rank(s) {ranks} cannot read it: put train.run_dir "
+                                   "(or the --resume file) on a file system every node shares")
+    return chosen
 
 
 def resume_batch(batch_in_epoch: int, old_micro_batch: int, new_micro_batch: int, accum: int,
@@ -758,7 +782,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else --init-from/--finetune weights, else RUN_DIR/checkpoints/last.pt")
+    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from weights")
     mode.add_argument("--check", action="store_true", help="sanity checks: initial loss vs ln(C) and overfitting one batch")
     parser.add_argument("--resume", type=Path, help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt")
     parser.add_argument("--init-from", help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)")

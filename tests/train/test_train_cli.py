@@ -159,19 +159,28 @@ def test_finetuning_loads_the_body_freezes_features_and_trains_a_new_head(tiny_d
     assert not torch.equal(before["classifier.1.weight"], after["classifier.1.weight"])
 
 
-def test_a_frozen_finetune_run_resumes_with_its_features_still_frozen(tiny_data, tmp_path):
+def test_a_frozen_finetune_run_resumes_with_its_features_still_frozen_and_evaluates_its_own_head(tiny_data, tmp_path, capsys):
     """The resume path builds the model without loading the fine-tune weights; it must still freeze
-    the conv base, or the optimizer has more parameters than the checkpoint's and refuses it."""
+    the conv base, or the optimizer has more parameters than the checkpoint's and refuses it.
+    --evaluate with the same flags scores the run's last.pt, not the backbone with a new random head."""
     source = tmp_path / "source"
     assert main(tiny_args(tiny_data, source, "train.max_steps=2")) == 0
     weights = source / "checkpoints/last.pt"
     run_dir = tmp_path / "finetune"
     finetune = ("--finetune", str(weights), "--freeze", "features")
     assert main([*tiny_args(tiny_data, run_dir, "train.max_steps=3"), *finetune]) == 0
+    capsys.readouterr()
     assert main([*tiny_args(tiny_data, run_dir, "train.max_steps=5"), *finetune]) == 0
     before, after = load_checkpoint(weights)["model"], load_checkpoint(run_dir / "checkpoints/last.pt")
     assert after["step"] == 5
     assert all(torch.equal(before[k], after["model"][k]) for k in before if k.startswith("features."))
+    trained = final_line(capsys.readouterr().out)
+    assert main([*tiny_args(tiny_data, run_dir), *finetune, "--evaluate"]) == 0
+    assert final_line(capsys.readouterr().out) == trained
+    assert json.loads((run_dir / "eval.json").read_text())["weights"] == str(run_dir / "checkpoints/last.pt")
+    # model.finetune alone, with no fine-tune checkpoint to score: one line, not a random head's accuracy
+    assert main([*tiny_args(tiny_data, tmp_path / "empty"), *finetune, "--evaluate"]) == 2
+    assert "model.finetune" in capsys.readouterr().err
 
 
 def test_gradient_accumulation_takes_the_same_steps_as_one_big_batch(tiny_data, tmp_path):

@@ -88,3 +88,42 @@ def latest_step(run_dir: Path) -> int:
         except (ValueError, KeyError):
             pass  # a line being written right now
     return max(steps, default=-1)
+
+
+def run_gloo_ranks(world_size: int, function, *args, timeout: float = 120) -> list:
+    """`function(dist, *args)` in `world_size` spawned processes joined by a gloo group (no torchrun);
+    returns each rank's result (or the exception it raised), in rank order."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    port = free_port()
+    with context.Manager() as manager:
+        results = manager.dict()
+        processes = [context.Process(target=_gloo_rank, args=(rank, world_size, port, results, function, args))
+                     for rank in range(world_size)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                raise TimeoutError(f"rank process {process.pid} did not finish in {timeout} s")
+        return [results.get(rank, RuntimeError(f"rank {rank} died")) for rank in range(world_size)]
+
+
+def _gloo_rank(rank, world_size, port, results, function, args) -> None:
+    import datetime
+
+    import torch.distributed as torch_dist
+
+    from pipeline.distributed import DistInfo
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                  timeout=datetime.timedelta(seconds=60))
+    try:
+        results[rank] = function(DistInfo(rank=rank, local_rank=rank, world_size=world_size,
+                                          local_world_size=world_size, backend="gloo"), *args)
+    except Exception as err:  # noqa: BLE001 (handed back to the test)
+        results[rank] = err
+    finally:
+        torch_dist.destroy_process_group()
