@@ -36,13 +36,14 @@ from pipeline.data.transforms import (
 )
 from pipeline.distributed import DistInfo
 from preprocess.errors import UserError
+from preprocess.images import IMAGE_SUFFIXES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.synsets import find_class_names, folder_classes
 
 logger = logging.getLogger(__name__)
 
-# torchvision's IMG_EXTENSIONS, lower case
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# the suffixes preprocessing reads (lower case): one definition, so a folder prepare accepted loads here too
+IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 
 def list_class_folders(directory: Path, classes: list[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
@@ -84,7 +85,7 @@ def list_class_folders(directory: Path, classes: list[str] | None = None) -> tup
         paths.extend(os.path.join(folder, file) for file in files)
         labels.extend([class_index[name]] * len(files))
     if not paths:
-        raise LoaderError(f"{directory} has class folders but no images in them ({', '.join(IMAGE_EXTENSIONS[:3])}...)")
+        raise LoaderError(f"{directory} has class folders but no images in them (none of {', '.join(IMAGE_EXTENSIONS)})")
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 

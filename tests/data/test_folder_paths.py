@@ -54,3 +54,16 @@ def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garb
     for worker in workers:
         worker.join(timeout=30)
     assert not any(worker.is_alive() for worker in workers)
+
+
+def test_the_folder_backend_lists_every_suffix_preprocessing_reads_gif_included(tmp_path):
+    from preprocess.images import IMAGE_SUFFIXES
+
+    folder = tmp_path / "train" / "n01440764"
+    folder.mkdir(parents=True)
+    for number, suffix in enumerate(sorted(IMAGE_SUFFIXES)):  # listing does not decode: names are enough
+        (folder / f"image_{number}{suffix.upper() if number % 2 else suffix}").write_bytes(b"pixels")
+    (folder / "notes.txt").write_text("not an image")
+    _, paths, _ = list_class_folders(tmp_path / "train")
+    assert ".gif" in IMAGE_SUFFIXES
+    assert sorted(os.path.splitext(path)[1].lower() for path in paths) == sorted(IMAGE_SUFFIXES)
