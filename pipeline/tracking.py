@@ -258,6 +258,46 @@ def plot_curves(run_dir: str | Path) -> list[Path]:
     return written
 
 
+class ExamplePicker:
+    """Up to `keep` val samples for the prediction grid, spread evenly over this rank's batches.
+
+    Val class folders are read in class order, so the first 32 images would all be one class;
+    every (planned samples // keep)-th sample is kept instead (plain first ones when the loader
+    has no length). `add` takes each batch; `examples()` is (images, labels, predictions) on the
+    CPU, or None when this rank read no val sample."""
+
+    def __init__(self, loader, keep: int = 32):
+        self.keep = keep
+        try:
+            planned = len(loader) * loader.batch_size  # this rank's val samples, at most
+        except (TypeError, AttributeError):
+            planned = 0
+        self.step = max(1, planned // keep) if keep else 1
+        self.position = 0  # of the next batch's first sample
+        self.kept = 0
+        self.parts: list[tuple] = []
+
+    def add(self, images, labels, logits) -> None:
+        import torch
+
+        count = int(labels.shape[0])
+        first = -self.position % self.step
+        chosen = torch.arange(first, max(first, count), self.step)[: max(0, self.keep - self.kept)]
+        self.position += count
+        if len(chosen):
+            chosen_on_device = chosen.to(labels.device)
+            self.parts.append((images[chosen_on_device].cpu(), labels[chosen_on_device].cpu(),
+                               logits[chosen_on_device].argmax(1).cpu()))
+            self.kept += len(chosen)
+
+    def examples(self):
+        import torch
+
+        if not self.parts:
+            return None
+        return tuple(torch.cat(column) for column in zip(*self.parts))
+
+
 def save_prediction_grid(images, labels, predictions, class_names: list[str], path: Path, max_images: int = 32) -> Path:
     """Val images captioned 'ok|WRONG: predicted / true' class names."""
     from preprocess.grid import render_grid

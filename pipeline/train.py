@@ -73,7 +73,7 @@ from pipeline.models import (
     set_train_mode,
 )
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.tracking import NullTracker, build_tracker
+from pipeline.tracking import ExamplePicker, NullTracker, build_tracker
 
 log = logging.getLogger("pipeline.train")
 
@@ -206,17 +206,16 @@ def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
     was_training = model.training
     model.eval()
     accumulator = EvalAccumulator(num_classes, dist.torch_device)
-    examples = None
+    picker = ExamplePicker(loader, keep_examples)  # a spread of val samples for the prediction grid
     loader.set_epoch(0)
     for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
         with autocast():
             logits = model(normalize(images))
         accumulator.update(logits, labels)
-        if examples is None and keep_examples:
-            examples = (images[:keep_examples].cpu(), labels[:keep_examples].cpu(), logits[:keep_examples].argmax(1).cpu())
+        picker.add(images, labels, logits)
     result = accumulator.reduce(dist)
     model.train(was_training)
-    return EvalOutput(result, examples)
+    return EvalOutput(result, picker.examples())
 
 
 # ----------------------------------------------------------------------------- the trainer
