@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import REPO
+from slurm_cluster import REPO, free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -54,6 +54,9 @@ def submit_training(
         "RUN_DIR": str(run_dir),
         "OVERRIDES": f"{training_overrides(data)} log.wandb={wandb}",
         "RDZV_TIMEOUT": "120",
+        # Not the script's default 29500 + job id % 10000: another test cluster on the same
+        # machine numbers its jobs from 1 too, and its job N would share the rendezvous.
+        "RDZV_PORT": str(free_port()),
         **env,
     }
     export = ",".join(["ALL", *(f"{key}={value}" for key, value in exports.items())])
@@ -78,6 +81,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def last_step(run_dir: Path) -> int:
     return max(row["step"] for row in read_metrics(run_dir))
+
+
+def wait_for_first_step(cluster, job: str, run_dir: Path, output: Path) -> None:
+    """Until the run logs a training step; fails at once, with the job's log, if the job ends."""
+
+    def progressed() -> bool:
+        if any("train/loss" in row for row in read_metrics(run_dir)):
+            return True
+        state = cluster.job_state(job)
+        if state not in {"PENDING", "CONFIGURING", "RUNNING"}:
+            log = output.read_text() if output.exists() else "(no output)"
+            raise AssertionError(f"job {job} ended {state} before its first step:\n{log}")
+        return False
+
+    wait_until(progressed, JOB_TIMEOUT_S, "the first logged training step", cluster, poll_s=0.2)
 
 
 def wait_until(condition, timeout_s: float, what: str, cluster=None, poll_s: float = 0.5) -> None:
@@ -132,13 +150,7 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(
     job = submit_training(
         slurm_cluster, tiny_images, run_dir, output, wandb="offline", PREFLIGHT="0"
     )
-    wait_until(
-        lambda: any("train/loss" in row for row in read_metrics(run_dir)),
-        JOB_TIMEOUT_S,
-        "the first logged training step",
-        slurm_cluster,
-        poll_s=0.2,
-    )
+    wait_for_first_step(slurm_cluster, job, run_dir, output)
     # What Slurm does --signal=B:USR2@S before the time limit: signal the batch shell only.
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
     wait_until(
@@ -229,13 +241,7 @@ def test_sigterm_checkpoints_but_does_not_requeue(slurm_cluster, tiny_images, tm
     """scancel means stop: the trainer still saves, but the script leaves the job ended."""
     run_dir, output = tmp_path / "run", tmp_path / "job.out"
     job = submit_training(slurm_cluster, tiny_images, run_dir, output, PREFLIGHT="0")
-    wait_until(
-        lambda: any("train/loss" in row for row in read_metrics(run_dir)),
-        JOB_TIMEOUT_S,
-        "the first logged training step",
-        slurm_cluster,
-        poll_s=0.2,
-    )
+    wait_for_first_step(slurm_cluster, job, run_dir, output)
     slurm_cluster.run("scancel", "--signal=TERM", "--batch", job)
     state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
     log = output.read_text()
