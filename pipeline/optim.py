@@ -57,6 +57,29 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> list[str]:
+    """Load a checkpoint's optimizer state (momentum buffers, Adam moments) but keep this
+    optimizer's hyperparameters (weight decay, momentum, betas, ...; lr is the schedule's), so a
+    resumed run does what its saved config says. Returns the settings that differed, as
+    "weight_decay 0.01 → 0.5". Raises ValueError when the parameter groups do not match."""
+    wanted = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    changed = []
+    for index, (group, settings) in enumerate(zip(optimizer.param_groups, wanted)):
+        for key, value in settings.items():
+            before = group.get(key)
+            if key != "lr" and _differs(before, value):
+                changed.append(f"group {index} {key} {before!r} → {value!r}")
+            group[key] = value
+    return changed
+
+
+def _differs(before: Any, after: Any) -> bool:
+    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
+        return list(before) != list(after)
+    return before != after
+
+
 def build_loss(cfg: Config) -> nn.CrossEntropyLoss:
     if not 0.0 <= cfg.optim.label_smoothing < 1.0:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}")
@@ -118,7 +141,10 @@ class LearningRateSchedule:
         return lr
 
     def observe(self, val_top1: float) -> None:
-        """Plateau: after `patience` evaluations without improvement, decay by gamma (like ReduceLROnPlateau, mode max)."""
+        """Plateau: after `patience` evaluations without improvement, decay by gamma (like ReduceLROnPlateau, mode max).
+
+        schedule.plateau_patience counts evaluations (one per train.eval_every epochs), not epochs;
+        `plateau_bad_epochs` keeps torch's name (and the checkpoint key) but counts evaluations too."""
         if self.name != "plateau":
             return
         if val_top1 > self.plateau_best:

@@ -72,7 +72,7 @@ from pipeline.models import (
     load_weights,
     set_train_mode,
 )
-from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
+from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer, load_optimizer_state
 from pipeline.tracking import ExamplePicker, NullTracker, build_tracker
 
 log = logging.getLogger("pipeline.train")
@@ -129,6 +129,10 @@ class StopFlag:
             self.received = signum
             # logging from a handler is not re-entrant safe; write one line directly
             sys.stderr.write(f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n")
+
+    def pending(self) -> bool:
+        """This rank got a signal (local, no collective: safe where ranks do different work)."""
+        return self.received is not None
 
     def agreed(self) -> bool:
         flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
@@ -198,9 +202,11 @@ class EvalOutput:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
-             autocast: Callable[[], contextlib.AbstractContextManager], keep_examples: int = 32) -> EvalOutput:
+             autocast: Callable[[], contextlib.AbstractContextManager], keep_examples: int = 32,
+             interrupted: Callable[[], bool] | None = None) -> EvalOutput:
     """Exact val metrics: this rank's batches with the unwrapped model (no DDP collectives, so
-    ranks with different batch counts cannot hang), then one all-reduce of sums and counts."""
+    ranks with different batch counts cannot hang), then one all-reduce of sums and counts.
+    When `interrupted()` turns true the rank stops early (the caller discards the result)."""
     from pipeline.data.transforms import normalize
 
     was_training = model.training
@@ -209,6 +215,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
     picker = ExamplePicker(loader, keep_examples)  # a spread of val samples for the prediction grid
     loader.set_epoch(0)
     for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
+        if interrupted is not None and interrupted():
+            break
         with autocast():
             logits = model(normalize(images))
         accumulator.update(logits, labels)
@@ -320,8 +328,7 @@ class Trainer:
         if data.get("classes") and list(data["classes"]) != list(self.classes):
             raise ckpt.CheckpointError(f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
                                        f"{len(self.classes)}: use model.finetune=PATH for a new class set")
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
+        self.load_model_and_optimizer(path, data)
         if data.get("scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
@@ -337,6 +344,32 @@ class Trainer:
         if changed:
             log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
         log.info("resumed from %s: epoch %d, step %d, batch %d", path, state.epoch, state.step, state.batch_in_epoch)
+
+    def load_model_and_optimizer(self, path: Path, data: dict[str, Any]) -> None:
+        """Weights and optimizer state from a checkpoint; a model or optimizer this config builds
+        differently (arch, widths, optim.name, parameter groups) is one CheckpointError line."""
+        old_config = data.get("config") or {}
+        changed = _changed_keys(old_config, config_to_dict(self.cfg))
+        model_changes = [c for c in changed if c.startswith("model.")] or ["model settings"]
+        try:
+            self.model.load_state_dict(data["model"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ckpt.CheckpointError(f"{path} does not fit the model this config builds ({', '.join(model_changes)} changed): "
+                                       f"{_first_detail(err)}; resume with the checkpoint's model settings or use a new "
+                                       "train.run_dir (model.init_from/finetune=PATH to start from its weights)") from None
+        old_name = (old_config.get("optim") or {}).get("name", self.cfg.optim.name)
+        optim_changes = [c for c in changed if c.startswith("optim.") or c.startswith("model.freeze")]
+        if old_name != self.cfg.optim.name:
+            raise ckpt.CheckpointError(f"{path} holds {old_name} state but optim.name={self.cfg.optim.name}: resume with "
+                                       f"optim.name={old_name} or start a new train.run_dir")
+        try:
+            reapplied = load_optimizer_state(self.optimizer, data["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ckpt.CheckpointError(f"{path}'s optimizer state does not fit this run's parameter groups "
+                                       f"({', '.join(optim_changes) or 'optimizer settings'} changed): {_first_detail(err)}; "
+                                       "resume with the checkpoint's settings or start a new train.run_dir") from None
+        if reapplied:
+            log.warning("optimizer settings from this run's config replace the checkpoint's: %s", ", ".join(reapplied))
 
     def replan_resume_point(self, state: TrainState, data: dict[str, Any]) -> None:
         """Convert a mid-epoch resume point written under another world size, global batch or
@@ -449,7 +482,9 @@ class Trainer:
         step_model, ddp = self.wrap_model()
         window = _Window(self.device)
         first_batch = fresh
-        state.finished = state.stopped_early or state.step >= self.total_steps
+        # a stop after an epoch's last step saves batch_in_epoch == full: that epoch's eval is still due
+        epoch_end_pending = state.batch_in_epoch >= self.steps_per_epoch * self.accum
+        state.finished = state.stopped_early or (state.step >= self.total_steps and not epoch_end_pending)
         while not state.finished:
             epoch = state.epoch
             loader = self.train_loader
@@ -514,6 +549,7 @@ class Trainer:
                 if state.step >= self.total_steps or batches_left <= 0:
                     break
             progress.close()
+            resume_point = dataclasses.replace(state, last_eval=dict(state.last_eval))  # before the epoch-end work
             if state.batch_in_epoch >= self.steps_per_epoch * self.accum:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -522,7 +558,14 @@ class Trainer:
             due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch >= cfg.train.epochs)
             is_best = False
             if due or state.finished:
-                output = self.evaluate_and_report(state, tracker)
+                # torchrun kills 30 s after TERM: a signal before or during this eval writes last.pt only,
+                # at the point before it (resume_point), and the resumed run does this eval first
+                output = self.evaluate_and_report(state, tracker, stop)
+                if output is None:
+                    self.save(resume_point)
+                    log.warning("stopped by a signal before the eval at step %d: rerun with the same run dir to "
+                                "resume (it evaluates first)", state.step)
+                    return EXIT_STOPPED
                 top1 = output.result.top1
                 self.schedule.observe(top1)
                 if top1 > state.best_top1:
@@ -543,8 +586,12 @@ class Trainer:
                 return EXIT_STOPPED
         return EXIT_OK
 
-    def evaluate_and_report(self, state: TrainState, tracker: NullTracker) -> EvalOutput:
-        output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast)
+    def evaluate_and_report(self, state: TrainState, tracker: NullTracker, stop: StopFlag | None = None) -> EvalOutput | None:
+        """Eval, log, per-class CSV. With `stop`: None (nothing logged) when a signal arrived before or during it."""
+        interrupted = stop.pending if stop is not None else None
+        output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast, interrupted=interrupted)
+        if stop is not None and stop.agreed():
+            return None
         result = output.result
         state.last_eval = result.as_metrics()
         epoch_position = state.epoch + state.batch_in_epoch / max(1, self.steps_per_epoch * self.accum)
@@ -639,7 +686,8 @@ def resume_batch(batch_in_epoch: int, old_micro_batch: int, new_micro_batch: int
     samples = batch_in_epoch * old_micro_batch
     batch = samples // new_micro_batch
     batch -= batch % accum
-    if batch >= batches_per_epoch:
+    # == batches_per_epoch: the epoch's batches are done but its epoch-end eval and saves may not be
+    if batch > batches_per_epoch:
         return 0, 1
     return batch, 0
 
@@ -720,6 +768,13 @@ def _progress(dist: DistInfo, total: int, initial: int, desc: str):
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                 disable=not sys.stderr.isatty())
+
+
+def _first_detail(err: BaseException) -> str:
+    """The informative line of a load_state_dict error (torch puts a generic header first), shortened."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:]), lines[0] if lines else type(err).__name__)
+    return detail if len(detail) <= 240 else detail[:237] + "..."
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:

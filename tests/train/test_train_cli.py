@@ -6,14 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import signal
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from train_helpers import tiny_args
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline.models import AlexNet
 from pipeline.tracking import main as tracking_main
 from pipeline.tracking import read_wandb_history
 from pipeline.train import main
@@ -102,6 +106,49 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_exact_batch_and_matches_an_unint
     whole_losses = {r["step"]: r["train/loss"] for r in read_rows(tmp_path / "whole") if "train/loss" in r}
     parts_losses = {r["step"]: r["train/loss"] for r in read_rows(tmp_path / "parts") if "train/loss" in r}
     assert parts_losses == whole_losses and len(whole_losses) == 25
+
+
+@pytest.mark.parametrize("when", ["last step of the epoch", "epoch-end eval"])
+def test_a_sigterm_at_the_end_of_an_epoch_resumes_with_that_epochs_eval_and_the_uninterrupted_weights(
+        when, tiny_data, tmp_path, capsys):
+    """A real SIGTERM to this process, sent from a forward pre-hook either in the epoch's 10th
+    (last) training step or in its first eval batch. Either way last.pt must hold the point before
+    the epoch-end eval (epoch 0, batch 10), written without finishing that eval, and the resumed run
+    must run that eval (val rows at steps 10 and 20) and end with the uninterrupted weights."""
+    common = ("train.epochs=2", "train.save_every=1")
+    assert main(tiny_args(tiny_data, tmp_path / "whole", *common)) == 0
+    run_dir = tmp_path / "parts"
+    forwards = {"train": 0, "eval": 0}
+
+    def send_sigterm(module, args):
+        if not isinstance(module, AlexNet):
+            return
+        forwards["train" if module.training else "eval"] += 1
+        if (when == "last step of the epoch" and module.training and forwards["train"] == STEPS_PER_EPOCH) or (
+                when == "epoch-end eval" and not module.training and forwards["eval"] == 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = register_module_forward_pre_hook(send_sigterm)
+    try:
+        assert main(tiny_args(tiny_data, run_dir, *common)) == 75
+    finally:
+        handle.remove()
+    stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (stopped["epoch"], stopped["batch_in_epoch"], stopped["step"], stopped["last_eval"]) == (0, 10, 10, {})
+    assert not any("val/top1" in row for row in read_rows(run_dir))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    capsys.readouterr()
+
+    assert main(tiny_args(tiny_data, run_dir, *common)) == 0
+    assert "re-planned" not in capsys.readouterr().err
+    assert [row["step"] for row in read_rows(run_dir) if "val/top1" in row] == [10, 20]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
+    whole = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")
+    parts = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert (parts["epoch"], parts["step"]) == (whole["epoch"], whole["step"]) == (2, 20)
+    for key, value in whole["model"].items():
+        assert torch.equal(parts["model"][key], value), key
+    assert parts["last_eval"] == whole["last_eval"]
 
 
 def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(tiny_data, tmp_path, capsys):
@@ -246,16 +293,36 @@ def test_a_missing_config_file_exits_2(tmp_path, capsys):
 
 def test_a_mid_epoch_resume_under_a_larger_global_batch_is_replanned_not_a_traceback(tiny_data, tmp_path, capsys):
     """Stopped at batch 9 of epoch 1 with batches of 16 (144 samples seen); a requeue with global
-    batch 64 plans 2 batches per epoch, so batch 9 does not exist: it starts epoch 2 instead."""
+    batch 64 plans 2 batches per epoch (128 samples, all seen), so batch 9 does not exist: it
+    resumes at the end of epoch 1 (batch 2), whose eval and saves are still due, then epoch 2."""
     run_dir = tmp_path / "run"
     assert main(tiny_args(tiny_data, run_dir, "train.max_steps=19")) == 0
     middle = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert (middle["epoch"], middle["batch_in_epoch"]) == (1, 9)
     capsys.readouterr()
     assert main(tiny_args(tiny_data, run_dir, "data.global_batch_size=64", "train.epochs=20", "train.max_steps=21")) == 0
-    assert "resumes at the start of epoch 2" in capsys.readouterr().err
+    assert "resumes at batch 2 of epoch 1" in capsys.readouterr().err
     after = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert (after["epoch"], after["batch_in_epoch"], after["step"]) == (3, 0, 21)
+
+
+def test_resuming_with_another_model_or_optimizer_is_one_line_and_new_hyperparameters_take_effect(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(tiny_args(tiny_data, run_dir, "train.max_steps=2")) == 0
+    capsys.readouterr()
+    for change, expected in (("model.arch=alexnet_bn", "model.arch ('alexnet' → 'alexnet_bn')"),
+                             ("model.width_mult=0.5", "model.width_mult (0.25 → 0.5)"),
+                             ("optim.no_decay_bias_norm=true", "optim.no_decay_bias_norm (False → True)"),
+                             ("optim.name=sgd", "holds adamw state but optim.name=sgd")):
+        assert main(tiny_args(tiny_data, run_dir, "train.max_steps=3", change)) == 2, change
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0] and "Traceback" not in err, err
+    # a changed weight decay is applied (and said), not silently replaced by the checkpoint's 0.01
+    assert main(tiny_args(tiny_data, run_dir, "train.max_steps=3", "optim.weight_decay=0.5")) == 0
+    assert "weight_decay 0.01 → 0.5" in capsys.readouterr().err
+    state = load_checkpoint(run_dir / "checkpoints/last.pt")
+    assert state["step"] == 3 and [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5]
 
 
 def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_steps():
@@ -264,7 +331,9 @@ def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_ste
     assert resume_batch(3, 16, 16, 1, 10) == (3, 0)  # unchanged plan
     assert resume_batch(3, 16, 8, 1, 20) == (6, 0)  # half the batch: twice the batches
     assert resume_batch(5, 16, 32, 2, 6) == (2, 0)  # 80 samples = 2.5 batches of 32 → 2 (a whole step of 2)
-    assert resume_batch(9, 16, 64, 1, 2) == (0, 1)  # past this plan's epoch: the next epoch
+    assert resume_batch(9, 16, 64, 1, 2) == (2, 0)  # this plan's whole epoch was seen: its end (eval still due)
+    assert resume_batch(10, 16, 16, 1, 10) == (10, 0)  # stopped after the last step, before the epoch-end eval
+    assert resume_batch(9, 16, 64, 1, 1) == (0, 1)  # past this plan's epoch: the next epoch
 
 
 def test_an_image_that_does_not_decode_in_a_loader_worker_exits_2_with_the_file_and_what_to_do(tiny_data, tmp_path, capsys):
