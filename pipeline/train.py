@@ -843,7 +843,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune", help="shortcut for model.finetune=PATH")
     parser.add_argument("--freeze", choices=["none", "features"], help="shortcut for model.freeze")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    # intermixed: overrides may come before, between or after the flags (`--resume PATH a.b=1`)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

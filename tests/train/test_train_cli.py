@@ -286,6 +286,14 @@ def test_bad_config_or_paths_exit_2_with_one_error_line(tiny_data, tmp_path, cap
     assert "Traceback" not in err
 
 
+def test_overrides_may_follow_any_flag_including_resume():
+    from pipeline.train import parse_args
+
+    args = parse_args(["--config", "c.yaml", "a.b=1", "--resume", "last.pt", "train.max_steps=6", "--evaluate", "c.d=2"])
+    assert args.overrides == ["a.b=1", "train.max_steps=6", "c.d=2"]
+    assert str(args.resume) == "last.pt" and args.evaluate
+
+
 def test_a_missing_config_file_exits_2(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: config file")
