@@ -42,6 +42,19 @@ def find_latest(run_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Delete `.NAME.pt.*.tmp` files a killed save left in run_dir/checkpoints (rank 0, at start-up,
+    before anything writes there); returns what it removed."""
+    removed = []
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.glob(".*.pt.*.tmp")):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -452,6 +452,9 @@ class Trainer:
 
     def train(self, resume: Path | None) -> int:
         cfg, dist = self.cfg, self.dist
+        if dist.is_main:
+            for stale in ckpt.remove_stale_temps(self.run_dir):
+                log.info("removed %s, left by a save that was killed", stale)
         # rank 0 decides: with node-local or cached run dirs, ranks could otherwise disagree
         resume = agree_on_checkpoint(resume or (ckpt.find_latest(self.run_dir) if dist.is_main else None), dist)
         self.setup_training(resuming=resume is not None)

@@ -81,3 +81,14 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_training_start_up_removes_temps_left_by_a_killed_save_and_nothing_else(tiny_data, tmp_path):
+    checkpoints = tmp_path / "run/checkpoints"
+    checkpoints.mkdir(parents=True)
+    stale = [checkpoints / ".last.pt.k2j4h1.tmp", checkpoints / ".best.pt.9x8y7z.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (checkpoints / "notes.tmp").write_text("mine")
+    assert main(tiny_args(tiny_data, tmp_path / "run", "train.max_steps=1")) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
