@@ -39,6 +39,7 @@ class CheckReport:
     overfit_steps: int  # steps taken (stops early at 100%)
     overfit_accuracy: float  # percent, train mode, on the fixed batch
     overfit_limit: int
+    loss_scale: float | None = None  # fp16: the GradScaler's final scale (None without one)
 
     @property
     def loss_ok(self) -> bool:
@@ -54,9 +55,10 @@ class CheckReport:
             f"ok: 100% in {self.overfit_steps} steps" if self.overfit_ok
             else f"FAILED: {self.overfit_accuracy:.1f}% after {self.overfit_steps} steps (limit {self.overfit_limit})"
         )
+        scaled = f" (fp16 with GradScaler, loss scale {self.loss_scale:g})" if self.loss_scale is not None else ""
         return [
             f"check initial loss: {self.initial_loss:.4f} vs ln({self.num_classes}) = {self.expected_loss:.4f}: {loss_verdict}",
-            f"check overfit one batch of {self.batch_size}: {overfit_verdict}",
+            f"check overfit one batch of {self.batch_size}: {overfit_verdict}{scaled}",
         ]
 
 
@@ -66,8 +68,12 @@ def run_checks(
     images: torch.Tensor,
     labels: torch.Tensor,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> CheckReport:
-    """Both checks on one train batch (uint8 images [N,3,H,W] and labels [N] on the target device)."""
+    """Both checks on one train batch (uint8 images [N,3,H,W] and labels [N] on the target device).
+
+    Under fp16 autocast pass an enabled GradScaler, as training uses: unscaled fp16 gradients
+    underflow, and the check would fail for a reason training does not have."""
     device = images.device
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     inputs = normalize(images)
@@ -93,8 +99,13 @@ def run_checks(
         if accuracy >= 100.0 or steps >= limit:
             break
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         steps += 1
     return CheckReport(
         num_classes=num_classes,
@@ -105,4 +116,5 @@ def run_checks(
         overfit_steps=steps,
         overfit_accuracy=accuracy,
         overfit_limit=limit,
+        loss_scale=float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None,
     )

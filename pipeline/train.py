@@ -658,7 +658,8 @@ class Trainer:
         self.build_data(need_train=True)
         self.train_loader.set_epoch(0)
         images, labels = next(iter(self.train_loader))
-        report = run_checks(self.cfg, self.num_classes, images, labels, self.autocast)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")  # as training steps
+        report = run_checks(self.cfg, self.num_classes, images, labels, self.autocast, scaler)
         ok = torch.tensor([1 if report.overfit_ok else 0], dtype=torch.int32, device=self.device)
         all_reduce_sum(ok, self.dist)
         if self.dist.is_main:

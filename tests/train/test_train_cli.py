@@ -152,9 +152,11 @@ def test_a_sigterm_at_the_end_of_an_epoch_resumes_with_that_epochs_eval_and_the_
 
 
 def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(tiny_data, tmp_path, capsys):
-    assert main([*tiny_args(tiny_data, tmp_path / "run"), "--check"]) == 0
+    """The passing run is fp16 (CPU autocast): its overfit steps go through a GradScaler, as training's do."""
+    assert main([*tiny_args(tiny_data, tmp_path / "run", "train.precision=fp16"), "--check"]) == 0
     out = capsys.readouterr().out
     assert f"vs ln(4) = {math.log(4):.4f}: ok" in out and "check overfit one batch of 16: ok: 100% in" in out
+    assert "(fp16 with GradScaler, loss scale" in out
     assert main([*tiny_args(tiny_data, tmp_path / "run"), "train.check_overfit_steps=1", "--check"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
