@@ -358,7 +358,7 @@ class Trainer:
                                        f"{_first_detail(err)}; resume with the checkpoint's model settings or use a new "
                                        "train.run_dir (model.init_from/finetune=PATH to start from its weights)") from None
         old_name = (old_config.get("optim") or {}).get("name", self.cfg.optim.name)
-        optim_changes = [c for c in changed if c.startswith("optim.") or c.startswith("model.freeze")]
+        optim_changes = [c for c in changed if c.startswith(("optim.", "model.freeze"))]
         if old_name != self.cfg.optim.name:
             raise ckpt.CheckpointError(f"{path} holds {old_name} state but optim.name={self.cfg.optim.name}: resume with "
                                        f"optim.name={old_name} or start a new train.run_dir")
