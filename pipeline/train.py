@@ -22,7 +22,10 @@ nccl so it never waits for the GPU), rank 0 writes last.pt, which resumes at the
 every rank exits with code 75 (EX_TEMPFAIL). torchrun forwards only TERM/INT/HUP/QUIT to its
 workers and SIGKILLs them 30 s after TERM; a signal save writes last.pt only (AlexNet + SGD
 momentum is about 0.5 GB: seconds on local disk), so keep train.run_dir on a file system that
-can take that in well under 30 s. Ctrl-C (SIGINT) aborts without saving.
+can take that in well under 30 s. A signal after an epoch's last step or during its eval cuts
+the eval short and saves the point before it (batch_in_epoch = the whole epoch): the resumed run
+does that eval, best.pt and epoch_NNN.pt first. Ctrl-C (SIGINT) aborts without saving.
+Rank 0 picks the checkpoint to resume from and broadcasts it; every rank must be able to read it.
 
 Exit codes: 0 done, 1 `--check` failed, 2 bad config, paths or checkpoint (one line on
 stderr), 75 stopped by a signal after writing a resumable checkpoint.
