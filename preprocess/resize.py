@@ -6,8 +6,11 @@
 
 DST mirrors SRC's relative layout (class folders or flat) with the extension `.JPEG`.
 
-- Resumable: an existing output is finished (writes are atomic and fsynced before the rename), so
-  it is skipped; an empty one or one without the JPEG end marker (cut short by a crash) is redone. Temp files are
+- Resumable: an existing output is finished (writes are atomic: temp file + rename), so it is
+  skipped; an empty one or one without the JPEG end marker (cut short by a crash) is redone.
+  Durability is paid once per task, not per image: the task's checksum list and completion
+  record are written only after os.sync(), so a record never vouches for bytes still in the
+  page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.) Temp files are
   `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace; their leading
   dot keeps them from ever being read as outputs, and a rerun deletes stale ones left by kill -9.
 - Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
@@ -121,13 +124,15 @@ def output_path(dst: Path, relative: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via `.{name}.{pid}.resize-tmp` in the same folder + os.replace: never a partial file."""
+    """Write via `.{name}.{pid}.resize-tmp` in the same folder + os.replace: never a partial file.
+
+    No fsync here: a crash can at worst leave an output without its JPEG end marker, which
+    `is_finished_output` rejects on resume; `_finish` syncs once before any record is written.
+    """
     temp = path.parent / f".{path.name}.{os.getpid()}{TEMP_SUFFIX}"
     try:
         with open(temp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # the bytes are on disk before the name says "finished"
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -321,7 +326,7 @@ def _finish(
                 checksums.write(f"{outcome.sha256}  {relative}\n")
             bar.update(len(chunk))
         checksums.flush()
-        os.fsync(checksums.fileno())
+        os.sync()  # every output of this run is on disk before the lists that vouch for it
     os.replace(checksum_temp, checksum_file)
     error_file = error_file_path(dst, task_index, num_tasks)
     if errors:
