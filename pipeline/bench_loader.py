@@ -15,7 +15,7 @@ training device (normalization then happens on the device, so it is not in the l
 Each measurement skips a warm-up (the workers' first batches), then counts images for
 --seconds. Backends take turns for --rounds rounds and the best round counts, so load from
 other jobs on a shared machine hits all of them alike. It also reports CPU milliseconds per
-image (this process, its threads and its worker processes), which other jobs barely change. Figures and the machine they came from are recorded in docs/bench/loader.md.
+image (this process, its threads and its worker processes), which other jobs barely change. Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python -m pipeline.train --config configs/alexnet.yaml data.backend=folder \
         data.train_dir=DST/folders/train data.val_dir=DST/folders/val
 
-What makes it faster than torchvision's ImageFolder + Compose (docs/bench/loader.md):
+What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.md):
   * the crop box is drawn before decoding and `Image.draft` decodes JPEGs at 1/2, 1/4 or 1/8
     scale when the crop will be downscaled anyway (transforms.decode_train);
   * samples stay uint8 (no ToTensor/Normalize on the CPU; normalization runs on the device);
