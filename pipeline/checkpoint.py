@@ -16,7 +16,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
+from preprocess.manifest import atomic_output
 
 FORMAT_VERSION = 1
 
@@ -72,32 +72,16 @@ def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
     """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        torch.save(state, handle)
     _fsync_directory(path.parent)
     return path
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
     """Copy a finished checkpoint (best/epoch files) with the same temp + rename discipline."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle, open(source, "rb") as src:
-            shutil.copyfileobj(src, handle, length=16 << 20)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as handle, open(source, "rb") as src:
+        shutil.copyfileobj(src, handle, length=16 << 20)
     _fsync_directory(target.parent)
     return target
 
