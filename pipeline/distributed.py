@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.distributed as torch_dist

@@ -22,8 +22,8 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Literal
 
 Split = Literal["train", "val"]
