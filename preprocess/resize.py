@@ -526,6 +526,19 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
     )
 
 
+def _existing_files(directories: Iterable[Path]) -> set[Path]:
+    """Every file in these directories, by one scandir each: a fresh run of 1.28 M images would
+    otherwise pay a failed open() per planned output before the first worker starts."""
+    found: set[Path] = set()
+    for directory in directories:
+        try:
+            with os.scandir(directory) as entries:
+                found.update(directory / entry.name for entry in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
+
+
 def resize_folder(
     src: Path,
     dst: Path,
@@ -563,7 +576,12 @@ def resize_folder(
         remove_stale_temps(dst)
     else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
         remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
-    finished = {relative for relative in mine if is_finished_output(output_path(dst, relative))}
+    existing = _existing_files({output_path(dst, relative).parent for relative in mine})
+    finished = {  # one directory listing per folder, then a read of the end marker of those there
+        relative
+        for relative in mine
+        if output_path(dst, relative) in existing and is_finished_output(output_path(dst, relative))
+    }
     todo = [relative for relative in mine if relative not in finished]
     if finished:
         logger.info(
