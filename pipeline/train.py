@@ -882,10 +882,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, dist, argv)
         if args.check:
-            return trainer.check()
-        if args.evaluate:
-            return trainer.evaluate_only(args.resume)
-        return trainer.train(args.resume)
+            code = trainer.check()
+        elif args.evaluate:
+            code = trainer.evaluate_only(args.resume)
+        else:
+            code = trainer.train(args.resume)
+        # Every rank got here (the run ended, or all agreed to stop): tear the process group down
+        # together. A rank that destroyed its gloo group and exited while rank 0 was still writing
+        # plots was seen once to abort at exit ("terminate called without an active exception").
+        barrier(dist)
+        return code
     except user_errors as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
