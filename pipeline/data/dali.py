@@ -262,16 +262,7 @@ class DaliShardLoader(DaliLoader):
         indexes = {str(path): read_index_lines(path, shard.count) for path, shard in zip(paths, manifest.shards)}
         self.index_versions = {tar: version for tar, (version, _) in indexes.items()}
         self.index_lines = {tar: lines for tar, (_, lines) in indexes.items()}
-        self.plan = ShardPlan(
-            paths=tuple(str(path) for path in paths),
-            counts=tuple(shard.count for shard in manifest.shards),
-            batch_size=batch_size,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            num_workers=1,
-            train=split == "train",
-            seed=cfg.train.seed,
-        )
+        self.plan = ShardPlan.for_split(paths, manifest, cfg, split, dist, batch_size, num_workers=1)
         self.check_planned_batches(directory)
         logger.info("dali (%s) shards %s: %d samples in %d tars from %s", decode, split, manifest.num_samples, len(paths), directory)
 

@@ -122,6 +122,20 @@ class ShardPlan:
     train: bool
     seed: int
 
+    @classmethod
+    def for_split(cls, paths, manifest, cfg, split: str, dist, batch_size: int, num_workers: int) -> ShardPlan:
+        """The plan of one rank over a manifest's shards (what the wds and dali backends read)."""
+        return cls(
+            paths=tuple(str(path) for path in paths),
+            counts=tuple(shard.count for shard in manifest.shards),
+            batch_size=batch_size,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            num_workers=max(1, num_workers),
+            train=split == "train",
+            seed=cfg.train.seed,
+        )
+
     @property
     def num_samples(self) -> int:
         return sum(self.counts)
@@ -302,16 +316,7 @@ class WdsLoader(Loader):
         self.directory = directory
         self.manifest = manifest
         workers = cfg.data.num_workers
-        self.plan = ShardPlan(
-            paths=tuple(str(path) for path in paths),
-            counts=tuple(shard.count for shard in manifest.shards),
-            batch_size=batch_size,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            num_workers=max(1, workers),
-            train=split == "train",
-            seed=cfg.train.seed,
-        )
+        self.plan = ShardPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
         self.check_planned_batches(directory)
         self.stream = ShardStream(self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split)
         self.dataloader = DataLoader(
