@@ -2,19 +2,21 @@
 # (uv included) on a fresh machine; nothing is downloaded at run time beyond the package registries.
 SHELL := /bin/bash
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv on PATH, else the uv module of $(PYTHON) (installed by the `uv` target when missing).
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 # pillow-simd is built from source; AVX2 makes its resize about 2x faster where the CPU has it.
 SIMD_CC := $(shell grep -q avx2 /proc/cpuinfo 2>/dev/null && echo "cc -mavx2" || echo cc)
 VENV := .venv
 STAMP := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: setup demo test test-fast bench bench-deps lint slurm-deps clean
+.PHONY: uv setup demo test test-fast bench bench-deps lint slurm-deps clean
 
-$(UV):
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
+	  || $(PYTHON) -m pip install --quiet uv
 
-$(STAMP): pyproject.toml uv.lock | $(UV)
+$(STAMP): pyproject.toml uv.lock | uv
 	CC="$(SIMD_CC)" $(UV) sync --frozen --extra dev
 	@touch $@
 
