@@ -36,11 +36,17 @@ import torch
 logger = logging.getLogger("bench_loader")
 
 DEFAULT_PHOTOS = Path("/work/shared/photos")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet-pipeline" / "bench-loader"
+DEFAULT_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    / "imagenet-pipeline"
+    / "bench-loader"
+)
 BACKENDS = ("baseline", "folder", "wds", "dali-cpu", "dali-mixed")
 
 
-def build_dataset(photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0) -> Path:
+def build_dataset(
+    photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0
+) -> Path:
     """cache_dir/images-N/{folders/train, shards/train}: 256 px JPEGs from the photos; reused if complete."""
     from PIL import Image
 
@@ -70,7 +76,17 @@ def build_dataset(photos: Path, cache_dir: Path, num_images: int, num_classes: i
         folder = folders / f"n{index % num_classes:08d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"bench_{index:07d}.JPEG").write_bytes(data)
-    status = preprocess_main(["shard", str(folders), str(root / "shards" / "train"), "--split", "train", "--shard-size", "500"])
+    status = preprocess_main(
+        [
+            "shard",
+            str(folders),
+            str(root / "shards" / "train"),
+            "--split",
+            "train",
+            "--shard-size",
+            "500",
+        ]
+    )
     if status != 0:
         raise SystemExit(f"preprocess shard failed with exit status {status}")
     done.write_text(json.dumps({"images": num_images, "photos": str(photos)}))
@@ -137,8 +153,13 @@ def baseline_batches(root: Path, batch_size: int, workers: int, device: torch.de
         ),
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
-        drop_last=True, persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
     )
 
     def batches(epoch):
@@ -153,7 +174,9 @@ def our_batches(root: Path, backend: str, batch_size: int, workers: int, device:
     from pipeline.data import build_loader
     from pipeline.distributed import DistInfo
 
-    data_backend, decode = (backend.split("-") + ["auto"])[:2] if backend.startswith("dali") else (backend, "auto")
+    data_backend, decode = (
+        (backend.split("-") + ["auto"])[:2] if backend.startswith("dali") else (backend, "auto")
+    )
     layout = "shards" if backend == "wds" else "folders"
     cfg = build_config(
         {
@@ -177,15 +200,39 @@ def our_batches(root: Path, backend: str, batch_size: int, workers: int, device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_loader", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.bench_loader", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--images", type=int, default=4096, help="benchmark images (default 4096)")
-    parser.add_argument("--workers", type=int, default=2, help="loader workers / DALI threads (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="loader workers / DALI threads (default 2)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per backend and round (default 8)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each backend's best round is reported (default 3)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=8.0,
+        help="measured seconds per backend and round (default 8)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds; each backend's best round is reported (default 3)",
+    )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="source JPEGs (default /work/shared/photos)")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the benchmark data is built once")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=DEFAULT_PHOTOS,
+        help="source JPEGs (default /work/shared/photos)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="where the benchmark data is built once",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -193,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = build_dataset(args.photos, args.cache_dir, args.images)
     warmup = 2 * max(1, args.workers) + 2
-    print(f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
-          f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend, device {device}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {platform.node()}")
+    print(
+        f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
+        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend, device {device}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {platform.node()}"
+    )
     loaders = {}
     for backend in args.backends:
         if backend == "dali-mixed" and device.type != "cuda":
@@ -211,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         for backend, batches in loaders.items():
             rate, _, cpu_ms = time_iterable(batches, args.seconds, warmup)
             rounds[backend].append((rate, cpu_ms))
-            logger.warning("round %d %s: %.0f images/s, %.2f CPU ms/image", round_index, backend, rate, cpu_ms)
+            logger.warning(
+                "round %d %s: %.0f images/s, %.2f CPU ms/image", round_index, backend, rate, cpu_ms
+            )
     results = {}
     for backend, measured in rounds.items():
         rate = max(rate for rate, _ in measured)
@@ -220,11 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         ratio = ""
         if "baseline" in results:
             base = results["baseline"]
-            ratio = (f"  {rate / base['images_per_s']:.2f}x baseline images/s, "
-                     f"{base['cpu_ms_per_image'] / cpu_ms:.2f}x less CPU per image")
+            ratio = (
+                f"  {rate / base['images_per_s']:.2f}x baseline images/s, "
+                f"{base['cpu_ms_per_image'] / cpu_ms:.2f}x less CPU per image"
+            )
         print(f"{backend:>10}: {rate:8.0f} images/s, {cpu_ms:5.2f} CPU ms/image{ratio}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
+            )
+        )
     return 0
 
 

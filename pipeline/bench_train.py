@@ -38,32 +38,61 @@ from pipeline.models import build_model
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     on_gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="alexnet", choices=["alexnet", "alexnet_bn", "alexnet_lrn"])
-    parser.add_argument("--image-size", type=int, default=224 if on_gpu else 96, help="train crop, pixels")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.bench_train", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--arch", default="alexnet", choices=["alexnet", "alexnet_bn", "alexnet_lrn"]
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=224 if on_gpu else 96, help="train crop, pixels"
+    )
     parser.add_argument("--width-mult", type=float, default=1.0 if on_gpu else 0.5)
     parser.add_argument("--classifier-width", type=int, default=4096 if on_gpu else 512)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256 if on_gpu else 32, help="per device")
-    parser.add_argument("--steps", type=int, default=50 if on_gpu else 20, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=10 if on_gpu else 3, help="untimed steps first (compile, cudnn autotune)")
+    parser.add_argument(
+        "--steps", type=int, default=50 if on_gpu else 20, help="timed steps per measurement"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10 if on_gpu else 3,
+        help="untimed steps first (compile, cudnn autotune)",
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--channels-last", action="store_true", help="NHWC images and model")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--data", type=Path, help="train data for the loader measurement (class folders or shards)")
+    parser.add_argument(
+        "--data", type=Path, help="train data for the loader measurement (class folders or shards)"
+    )
     parser.add_argument("--backend", default="folder", choices=["folder", "wds", "dali"])
     parser.add_argument("--dali-decode", default="auto", choices=["auto", "mixed", "cpu"])
     parser.add_argument("--num-workers", type=int, default=8 if on_gpu else 2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "loader", "ddp"], help="measurements to leave out")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["step", "loader", "ddp"],
+        help="measurements to leave out",
+    )
     return parser.parse_args(argv)
 
 
 def resolve(args) -> tuple[torch.device, str]:
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda" else "cpu")
+    device = torch.device(
+        "cuda"
+        if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
+        else "cpu"
+    )
     precision = args.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+        precision = (
+            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            if device.type == "cuda"
+            else "fp32"
+        )
     return device, precision
 
 
@@ -73,18 +102,30 @@ class StepRunner:
     def __init__(self, args, device: torch.device, precision: str, model: nn.Module | None = None):
         self.device = device
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        model_cfg = ModelConfig(arch=args.arch, width_mult=args.width_mult, classifier_width=args.classifier_width)
-        self.model = model or build_model(model_cfg, args.num_classes).to(device, memory_format=self.memory_format)
+        model_cfg = ModelConfig(
+            arch=args.arch, width_mult=args.width_mult, classifier_width=args.classifier_width
+        )
+        self.model = model or build_model(model_cfg, args.num_classes).to(
+            device, memory_format=self.memory_format
+        )
         self.step_model = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.autocast = (
+            (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        )
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, sync_context=contextlib.nullcontext) -> None:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, sync_context=contextlib.nullcontext
+    ) -> None:
         with sync_context():
             with self.autocast():
-                loss = nn.functional.cross_entropy(self.step_model(normalize(images)).float(), labels)
+                loss = nn.functional.cross_entropy(
+                    self.step_model(normalize(images)).float(), labels
+                )
             self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -97,7 +138,13 @@ class StepRunner:
 
 def synthetic_batch(args, device: torch.device, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, generator=generator)
+    images = torch.randint(
+        0,
+        256,
+        (args.batch_size, 3, args.image_size, args.image_size),
+        dtype=torch.uint8,
+        generator=generator,
+    )
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
     return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
 
@@ -115,7 +162,9 @@ def measure_step(args, device, precision) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
-def write_folder_dataset(root: Path, classes: int = 8, per_class: int = 80, size: int = 160) -> Path:
+def write_folder_dataset(
+    root: Path, classes: int = 8, per_class: int = 80, size: int = 160
+) -> Path:
     """A small class-folder dataset of random-texture JPEGs for the loader measurement on CPU."""
     from PIL import Image
 
@@ -125,7 +174,9 @@ def write_folder_dataset(root: Path, classes: int = 8, per_class: int = 80, size
         folder.mkdir(parents=True, exist_ok=True)
         for number in range(per_class):
             pixels = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).resize((size + number % 40, size), Image.BILINEAR).save(folder / f"img_{number}.JPEG", quality=90)
+            Image.fromarray(pixels).resize((size + number % 40, size), Image.BILINEAR).save(
+                folder / f"img_{number}.JPEG", quality=90
+            )
     return root
 
 
@@ -133,20 +184,34 @@ def measure_loader(args, device, precision, data_dir: Path) -> tuple[float, floa
     """(images/s, data-wait fraction, steps) for the step fed by build_loader."""
     from pipeline.data import build_loader
 
-    cfg = build_config({
-        "data": {"backend": args.backend, "train_dir": str(data_dir), "val_dir": str(data_dir),
-                 "global_batch_size": args.batch_size, "num_workers": args.num_workers, "train_crop": args.image_size,
-                 "val_crop": args.image_size, "val_resize": max(args.image_size, int(args.image_size * 8 / 7)),
-                 "dali_decode": args.dali_decode, "pin_memory": device.type == "cuda"},
-        "train": {"channels_last": args.channels_last, "device": device.type},
-    })
-    dist = DistInfo(device=f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else "cpu")
+    cfg = build_config(
+        {
+            "data": {
+                "backend": args.backend,
+                "train_dir": str(data_dir),
+                "val_dir": str(data_dir),
+                "global_batch_size": args.batch_size,
+                "num_workers": args.num_workers,
+                "train_crop": args.image_size,
+                "val_crop": args.image_size,
+                "val_resize": max(args.image_size, int(args.image_size * 8 / 7)),
+                "dali_decode": args.dali_decode,
+                "pin_memory": device.type == "cuda",
+            },
+            "train": {"channels_last": args.channels_last, "device": device.type},
+        }
+    )
+    dist = DistInfo(
+        device=f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else "cpu"
+    )
     loader = build_loader(cfg, "train", dist)
     runner = StepRunner(args, device, precision)
     loader.set_epoch(0)
     total_steps = min(len(loader), args.warmup + args.steps)
     if total_steps <= args.warmup:
-        raise SystemExit(f"error: {data_dir} gives {len(loader)} batches of {args.batch_size}: need more than --warmup {args.warmup}")
+        raise SystemExit(
+            f"error: {data_dir} gives {len(loader)} batches of {args.batch_size}: need more than --warmup {args.warmup}"
+        )
     wait = 0.0
     iterator = iter(loader)
     for step in range(total_steps):
@@ -165,8 +230,16 @@ def measure_loader(args, device, precision, data_dir: Path) -> tuple[float, floa
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, args, queue) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     from pipeline.distributed import init_distributed, shutdown
 
@@ -202,7 +275,9 @@ def measure_ddp(args) -> tuple[float, float, int]:
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(2, port, args, queue), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _ddp_worker, args=(2, port, args, queue), nprocs=2, join=True, start_method="spawn"
+    )
     return queue.get()
 
 
@@ -215,11 +290,16 @@ def describe_machine(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device, precision = resolve(args)
-    shape = (f"{args.arch} width {args.width_mult} classifier {args.classifier_width}, {args.image_size} px, "
-             f"batch {args.batch_size}, {precision}{', channels_last' if args.channels_last else ''}{', compile' if args.compile else ''}")
+    shape = (
+        f"{args.arch} width {args.width_mult} classifier {args.classifier_width}, {args.image_size} px, "
+        f"batch {args.batch_size}, {precision}{', channels_last' if args.channels_last else ''}{', compile' if args.compile else ''}"
+    )
     print(f"machine: {describe_machine(device)}; model: {shape}", flush=True)
     if "step" not in args.skip:
-        print(f"step:   {measure_step(args, device, precision):9.1f} images/s (synthetic uint8 batches on {device.type})", flush=True)
+        print(
+            f"step:   {measure_step(args, device, precision):9.1f} images/s (synthetic uint8 batches on {device.type})",
+            flush=True,
+        )
     if "loader" not in args.skip:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as temp:
             data_dir = args.data
@@ -227,13 +307,18 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir = write_folder_dataset(Path(temp) / "train")
                 args.backend = "folder"
             rate, wait, steps = measure_loader(args, device, precision, data_dir)
-            print(f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} workers, {steps} steps), "
-                  f"data wait {100 * wait:.1f}% of wall time", flush=True)
+            print(
+                f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} workers, {steps} steps), "
+                f"data wait {100 * wait:.1f}% of wall time",
+                flush=True,
+            )
     if "ddp" not in args.skip and device.type == "cpu":
         with_sync, without, gradient_bytes = measure_ddp(args)
-        print(f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, {1000 * without:.1f} ms without "
-              f"(no_sync): all-reduce costs {1000 * (with_sync - without):.1f} ms/step for {gradient_bytes / 1e6:.1f} MB of gradients",
-              flush=True)
+        print(
+            f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, {1000 * without:.1f} ms without "
+            f"(no_sync): all-reduce costs {1000 * (with_sync - without):.1f} ms/step for {gradient_bytes / 1e6:.1f} MB of gradients",
+            flush=True,
+        )
     return 0
 
 

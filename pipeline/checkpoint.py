@@ -86,7 +86,9 @@ def atomic_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def save_checkpoints(state: dict[str, Any], run_dir: str | Path, *, is_best: bool, epoch_file: bool) -> Path:
+def save_checkpoints(
+    state: dict[str, Any], run_dir: str | Path, *, is_best: bool, epoch_file: bool
+) -> Path:
     """Write last.pt, and copy it to best.pt and/or epoch_NNN.pt (epoch = state["epoch"])."""
     directory = checkpoint_dir(run_dir)
     last = atomic_save(state, directory / "last.pt")
@@ -101,12 +103,17 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     """torch.load(path, weights_only=True) on CPU; any failure is one CheckpointError line."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist: check the path (checkpoints live in RUN_DIR/checkpoints/)")
+        raise CheckpointError(
+            f"{what} {path} does not exist: check the path (checkpoints live in RUN_DIR/checkpoints/)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
-        hint = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0] if reason else "")
+        hint = next(
+            (line for line in reason if "Unsupported global" in line or "GLOBAL" in line),
+            reason[0] if reason else "",
+        )
         raise CheckpointError(
             f"refusing {what} {path}: it needs more than tensors and plain containers to load "
             f"(weights_only=True: {hint.strip()}); re-save its state_dict with torch.save(model.state_dict(), PATH)"
@@ -130,7 +137,9 @@ def capture_rng_state() -> dict[str, Any]:
             "cached_gaussian": float(numpy_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "cuda": torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else [],
     }
     return state
 
@@ -140,10 +149,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     numpy_state = state["numpy"]
-    np.random.set_state((
-        numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-        numpy_state["has_gauss"], numpy_state["cached_gaussian"],
-    ))
+    np.random.set_state(
+        (
+            numpy_state["algorithm"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda_states = state.get("cuda") or []
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():

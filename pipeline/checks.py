@@ -43,19 +43,30 @@ class CheckReport:
 
     @property
     def loss_ok(self) -> bool:
-        return abs(self.initial_loss - self.expected_loss) <= self.loss_tolerance * self.expected_loss
+        return (
+            abs(self.initial_loss - self.expected_loss) <= self.loss_tolerance * self.expected_loss
+        )
 
     @property
     def overfit_ok(self) -> bool:
         return self.overfit_accuracy >= 100.0
 
     def lines(self) -> list[str]:
-        loss_verdict = "ok" if self.loss_ok else f"WARNING: more than {self.loss_tolerance:.0%} away from ln(C)"
+        loss_verdict = (
+            "ok"
+            if self.loss_ok
+            else f"WARNING: more than {self.loss_tolerance:.0%} away from ln(C)"
+        )
         overfit_verdict = (
-            f"ok: 100% in {self.overfit_steps} steps" if self.overfit_ok
+            f"ok: 100% in {self.overfit_steps} steps"
+            if self.overfit_ok
             else f"FAILED: {self.overfit_accuracy:.1f}% after {self.overfit_steps} steps (limit {self.overfit_limit})"
         )
-        scaled = f" (fp16 with GradScaler, loss scale {self.loss_scale:g})" if self.loss_scale is not None else ""
+        scaled = (
+            f" (fp16 with GradScaler, loss scale {self.loss_scale:g})"
+            if self.loss_scale is not None
+            else ""
+        )
         return [
             f"check initial loss: {self.initial_loss:.4f} vs ln({self.num_classes}) = {self.expected_loss:.4f}: {loss_verdict}",
             f"check overfit one batch of {self.batch_size}: {overfit_verdict}{scaled}",
@@ -116,5 +127,7 @@ def run_checks(
         overfit_steps=steps,
         overfit_accuracy=accuracy,
         overfit_limit=limit,
-        loss_scale=float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None,
+        loss_scale=float(scaler.get_scale())
+        if scaler is not None and scaler.is_enabled()
+        else None,
     )

@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 def _field(default: Any, help: str) -> Any:
     """A dataclass field with a default and its help text (unit or meaning)."""
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}
+        )
     return dataclasses.field(default=default, metadata={"help": help})
 
 
@@ -43,35 +45,61 @@ WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    backend: Backend = _field("wds", "loader: folder (ImageFolder), wds (WebDataset shards) or dali")
-    train_dir: str = _field("", "train data: class folders (folder/dali) or a shard directory with manifest.json (wds/dali)")
+    backend: Backend = _field(
+        "wds", "loader: folder (ImageFolder), wds (WebDataset shards) or dali"
+    )
+    train_dir: str = _field(
+        "",
+        "train data: class folders (folder/dali) or a shard directory with manifest.json (wds/dali)",
+    )
     val_dir: str = _field("", "val data, same forms as train_dir")
-    global_batch_size: int = _field(256, "images per optimizer step summed over all ranks (and accumulation steps)")
+    global_batch_size: int = _field(
+        256, "images per optimizer step summed over all ranks (and accumulation steps)"
+    )
     num_workers: int = _field(8, "loader worker processes (DALI: threads) per rank")
     train_crop: int = _field(224, "train RandomResizedCrop output size, pixels")
-    val_resize: int = _field(256, "val: short side is resized to this many pixels before the center crop")
+    val_resize: int = _field(
+        256, "val: short side is resized to this many pixels before the center crop"
+    )
     val_crop: int = _field(224, "val center-crop size, pixels")
     scale_min: float = _field(0.08, "RandomResizedCrop smallest area fraction")
     scale_max: float = _field(1.0, "RandomResizedCrop largest area fraction")
     ratio_min: float = _field(3 / 4, "RandomResizedCrop smallest aspect ratio (w/h)")
     ratio_max: float = _field(4 / 3, "RandomResizedCrop largest aspect ratio (w/h)")
     flip_prob: float = _field(0.5, "train horizontal-flip probability")
-    shuffle_buffer: int = _field(2000, "wds: in-worker shuffle buffer, samples (shards are also globally pre-shuffled)")
+    shuffle_buffer: int = _field(
+        2000, "wds: in-worker shuffle buffer, samples (shards are also globally pre-shuffled)"
+    )
     prefetch_factor: int = _field(4, "batches each loader worker prepares ahead")
     pin_memory: bool = _field(True, "pin host batches for asynchronous copies to the GPU")
-    dali_decode: DaliDecode = _field("auto", "dali: mixed (nvJPEG on GPU), cpu, or auto (mixed when CUDA is present)")
+    dali_decode: DaliDecode = _field(
+        "auto", "dali: mixed (nvJPEG on GPU), cpu, or auto (mixed when CUDA is present)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: Arch = _field("alexnet", "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or alexnet_lrn (2012 paper)")
+    arch: Arch = _field(
+        "alexnet",
+        "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or alexnet_lrn (2012 paper)",
+    )
     num_classes: int = _field(0, "output classes; 0 takes the count from the training data")
     dropout: float = _field(0.5, "classifier dropout probability")
-    width_mult: float = _field(1.0, "conv channel multiplier (1.0 = the published widths; small demos use less)")
-    classifier_width: int = _field(4096, "hidden units of the two classifier layers (4096 in AlexNet)")
-    kaiming_init: bool = _field(False, "Kaiming-normal init for conv/linear weights instead of PyTorch defaults")
-    init_from: str = _field("", "local weights file (state_dict) to start from; nothing is downloaded")
-    finetune: str = _field("", "checkpoint to fine-tune from: loads the model, replaces the head for num_classes")
+    width_mult: float = _field(
+        1.0, "conv channel multiplier (1.0 = the published widths; small demos use less)"
+    )
+    classifier_width: int = _field(
+        4096, "hidden units of the two classifier layers (4096 in AlexNet)"
+    )
+    kaiming_init: bool = _field(
+        False, "Kaiming-normal init for conv/linear weights instead of PyTorch defaults"
+    )
+    init_from: str = _field(
+        "", "local weights file (state_dict) to start from; nothing is downloaded"
+    )
+    finetune: str = _field(
+        "", "checkpoint to fine-tune from: loads the model, replaces the head for num_classes"
+    )
     freeze: Freeze = _field("none", "with finetune: 'features' freezes the conv base")
 
 
@@ -85,42 +113,68 @@ class OptimConfig:
     weight_decay: float = _field(1e-4, "L2 / decoupled weight decay")
     no_decay_bias_norm: bool = _field(False, "exclude biases and norm parameters from weight decay")
     label_smoothing: float = _field(0.0, "cross-entropy label smoothing")
-    grad_accum_steps: int = _field(1, "micro-batches per optimizer step; the global batch is split across them")
+    grad_accum_steps: int = _field(
+        1, "micro-batches per optimizer step; the global batch is split across them"
+    )
     clip_grad_norm: float = _field(0.0, "clip the gradient norm to this value; 0 disables")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    name: ScheduleName = _field("step", "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or constant")
+    name: ScheduleName = _field(
+        "step",
+        "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or constant",
+    )
     step_epochs: int = _field(30, "step: epochs between decays")
     gamma: float = _field(0.1, "step/plateau: decay factor")
-    warmup_epochs: float = _field(0.0, "linear warmup from 0 over this many epochs (fractions allowed)")
+    warmup_epochs: float = _field(
+        0.0, "linear warmup from 0 over this many epochs (fractions allowed)"
+    )
     min_lr: float = _field(0.0, "cosine: final learning rate")
-    plateau_patience: int = _field(5, "plateau: evaluations without val top-1 improvement before decaying")
+    plateau_patience: int = _field(
+        5, "plateau: evaluations without val top-1 improvement before decaying"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _field(90, "training epochs")
     seed: int = _field(0, "seed for init, shuffling and augmentation")
-    precision: Precision = _field("auto", "auto (bf16 where supported, else fp32 on CPU), bf16, fp16 (GradScaler) or fp32")
-    channels_last: bool = _field(True, "NHWC memory format for images and model (faster convs on tensor cores)")
+    precision: Precision = _field(
+        "auto", "auto (bf16 where supported, else fp32 on CPU), bf16, fp16 (GradScaler) or fp32"
+    )
+    channels_last: bool = _field(
+        True, "NHWC memory format for images and model (faster convs on tensor cores)"
+    )
     compile: bool = _field(False, "torch.compile the model")
     device: DeviceName = _field("auto", "auto (CUDA when available), cuda or cpu")
-    run_dir: str = _field("runs/alexnet", "checkpoints, metrics, config and plots go here; a rerun resumes from it")
+    run_dir: str = _field(
+        "runs/alexnet", "checkpoints, metrics, config and plots go here; a rerun resumes from it"
+    )
     eval_every: int = _field(1, "evaluate every N epochs (and always after the last)")
-    save_every: int = _field(10, "also keep a checkpoint every N epochs (0: never); last and best are always kept")
-    early_stop_patience: int = _field(0, "stop after N evaluations without val top-1 improvement; 0 disables")
+    save_every: int = _field(
+        10, "also keep a checkpoint every N epochs (0: never); last and best are always kept"
+    )
+    early_stop_patience: int = _field(
+        0, "stop after N evaluations without val top-1 improvement; 0 disables"
+    )
     max_steps: int = _field(0, "stop after this many optimizer steps in total; 0 runs all epochs")
     log_every: int = _field(50, "log train metrics every N optimizer steps")
     sanity_grid: bool = _field(True, "write a labelled grid of an augmented train batch at start")
-    check_overfit_steps: int = _field(300, "--check: optimizer steps allowed to reach 100% train accuracy on one batch")
-    check_loss_tolerance: float = _field(0.25, "--check: warn when the initial loss differs from ln(classes) by more than this fraction")
+    check_overfit_steps: int = _field(
+        300, "--check: optimizer steps allowed to reach 100% train accuracy on one batch"
+    )
+    check_loss_tolerance: float = _field(
+        0.25,
+        "--check: warn when the initial loss differs from ln(classes) by more than this fraction",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
-    wandb: WandbMode = _field("auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled")
+    wandb: WandbMode = _field(
+        "auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled"
+    )
     project: str = _field("imagenet-alexnet", "W&B project")
     entity: str = _field("", "W&B entity (team); empty uses the key's default")
     run_name: str = _field("", "W&B run name; empty uses the run dir's name")
@@ -199,7 +253,9 @@ def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
     sections = {}
     for name, value in values.items():
         if name not in SECTIONS:
-            raise ConfigError(f"unknown config section {name!r}: expected one of {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {name!r}: expected one of {', '.join(SECTIONS)}"
+            )
         if value is None:
             continue
         if not isinstance(value, dict):
@@ -227,11 +283,17 @@ def validate(config: Config) -> None:
         if getattr(data, name) < 1:
             raise ConfigError(f"data.{name} must be positive, got {getattr(data, name)}")
     if data.val_crop > data.val_resize:
-        raise ConfigError(f"data.val_crop {data.val_crop} is larger than data.val_resize {data.val_resize}")
+        raise ConfigError(
+            f"data.val_crop {data.val_crop} is larger than data.val_resize {data.val_resize}"
+        )
     if not 0 < data.scale_min <= data.scale_max <= 1:
-        raise ConfigError(f"data.scale_min/scale_max must satisfy 0 < min <= max <= 1, got {data.scale_min}, {data.scale_max}")
+        raise ConfigError(
+            f"data.scale_min/scale_max must satisfy 0 < min <= max <= 1, got {data.scale_min}, {data.scale_max}"
+        )
     if not 0 < data.ratio_min <= data.ratio_max:
-        raise ConfigError(f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}")
+        raise ConfigError(
+            f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}"
+        )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
     for name in ("eval_every", "log_every"):
@@ -239,19 +301,29 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(config.train, name)}")
     for name in ("save_every", "max_steps", "early_stop_patience"):
         if getattr(config.train, name) < 0:
-            raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}")
+            raise ConfigError(
+                f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}"
+            )
     if config.train.check_overfit_steps < 1 or config.train.check_loss_tolerance <= 0:
-        raise ConfigError("train.check_overfit_steps must be >= 1 and train.check_loss_tolerance > 0")
+        raise ConfigError(
+            "train.check_overfit_steps must be >= 1 and train.check_loss_tolerance > 0"
+        )
     if config.train.seed < 0:
-        raise ConfigError(f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}")
+        raise ConfigError(
+            f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}"
+        )
     if config.optim.grad_accum_steps < 1:
-        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}")
+        raise ConfigError(
+            f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}"
+        )
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if config.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
     if config.model.freeze != "none" and not config.model.finetune:
-        raise ConfigError("model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning")
+        raise ConfigError(
+            "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
+        )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -267,19 +339,25 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section.strip(), key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Read a YAML file (optional), apply `section.key=value` overrides, validate."""
     values: dict[str, dict[str, Any]] = {}
     if path:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist: pass --config configs/alexnet.yaml or another YAML file")
+            raise ConfigError(
+                f"config file {path} does not exist: pass --config configs/alexnet.yaml or another YAML file"
+            )
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}"
+            )
         for section, body in loaded.items():
             if body is not None and not isinstance(body, dict):
                 raise ConfigError(f"{path}: section {section!r} must be a mapping")
@@ -310,8 +388,12 @@ def markdown_reference() -> str:
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for name, section_cls in SECTIONS.items():
         for field in dataclasses.fields(section_cls):
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            shown = "`\"\"`" if default == "" else f"`{default}`"
+            default = (
+                field.default
+                if field.default is not dataclasses.MISSING
+                else field.default_factory()
+            )
+            shown = '`""`' if default == "" else f"`{default}`"
             lines.append(f"| `{name}.{field.name}` | {shown} | {field.metadata.get('help', '')} |")
     return "\n".join(lines) + "\n"
 

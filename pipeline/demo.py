@@ -475,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"demo failed: {'; '.join(problems)}", file=sys.stderr)
         return 1
-    print(f"demo passed: val top-1 {result.top1:.2f}% >= the required {options.required_top1:.0f}% and every artefact written")
+    print(
+        f"demo passed: val top-1 {result.top1:.2f}% >= the required {options.required_top1:.0f}% and every artefact written"
+    )
     return 0
 
 

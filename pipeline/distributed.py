@@ -57,7 +57,12 @@ def read_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int, int]:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         world_size = int(env["SLURM_NTASKS"])
         local_world_size = int(env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
-        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world_size, local_world_size
+        return (
+            int(env["SLURM_PROCID"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            world_size,
+            local_world_size,
+        )
     return 0, 0, 1, 1
 
 
@@ -71,7 +76,9 @@ def init_distributed(
     rank, local_rank, world_size, local_world_size = read_env()
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available: use --device cpu")
+        raise RuntimeError(
+            "device 'cuda' was asked for but CUDA is not available: use --device cpu"
+        )
     if use_cuda:
         index = local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
@@ -139,5 +146,7 @@ def broadcast_object(obj, dist: DistInfo, src: int = 0):
     if not dist.is_distributed:
         return obj
     box = [obj]
-    torch_dist.broadcast_object_list(box, src=src, device=dist.torch_device if dist.backend == "nccl" else None)
+    torch_dist.broadcast_object_list(
+        box, src=src, device=dist.torch_device if dist.backend == "nccl" else None
+    )
     return box[0]

@@ -14,7 +14,9 @@ def setup_logging(dist: DistInfo, level: int | None = None) -> None:
         level = logging.INFO if dist.is_main else logging.WARNING
     rank = f"[rank {dist.rank}/{dist.world_size}] " if dist.world_size > 1 else ""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

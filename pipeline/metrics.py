@@ -29,10 +29,18 @@ class EvalResult:
 
     @property
     def per_class_accuracy(self) -> list[float]:
-        return [100.0 * c / s if s else float("nan") for c, s in zip(self.per_class_correct, self.per_class_support)]
+        return [
+            100.0 * c / s if s else float("nan")
+            for c, s in zip(self.per_class_correct, self.per_class_support)
+        ]
 
     def as_metrics(self, prefix: str = "val") -> dict[str, float]:
-        return {f"{prefix}/top1": self.top1, f"{prefix}/top5": self.top5, f"{prefix}/loss": self.loss, f"{prefix}/macro_f1": self.macro_f1}
+        return {
+            f"{prefix}/top1": self.top1,
+            f"{prefix}/top5": self.top5,
+            f"{prefix}/loss": self.loss,
+            f"{prefix}/macro_f1": self.macro_f1,
+        }
 
 
 class EvalAccumulator:
@@ -41,7 +49,9 @@ class EvalAccumulator:
     def __init__(self, num_classes: int, device: torch.device | str):
         self.num_classes = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, top-5 hits, samples
+        self.sums = torch.zeros(
+            3, dtype=torch.float64, device=device
+        )  # loss sum, top-5 hits, samples
         self.samples = 0  # on the host: filled into sums[2] at reduce time
 
     @torch.no_grad()
@@ -50,7 +60,9 @@ class EvalAccumulator:
         logits = logits.float()  # [B, C]
         predictions = logits.argmax(dim=1)
         index = labels * self.num_classes + predictions
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
         # float64: exact enough that any split of the val set over ranks agrees to ~1e-12
         loss_sum = torch.nn.functional.cross_entropy(logits.double(), labels, reduction="sum")
         top = logits.topk(min(5, self.num_classes), dim=1).indices  # [B, k]
@@ -88,7 +100,9 @@ def compute_result(confusion: torch.Tensor, sums: torch.Tensor) -> EvalResult:
     )
 
 
-def write_per_class_csv(result: EvalResult, classes: list[str], class_names: dict[str, str], path: str | Path) -> Path:
+def write_per_class_csv(
+    result: EvalResult, classes: list[str], class_names: dict[str, str], path: str | Path
+) -> Path:
     """class_index, wnid, name, support, correct, accuracy (percent) for every class."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +110,9 @@ def write_per_class_csv(result: EvalResult, classes: list[str], class_names: dic
     with open(temp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class_index", "wnid", "name", "support", "correct", "accuracy"])
-        for index, (correct, support) in enumerate(zip(result.per_class_correct, result.per_class_support)):
+        for index, (correct, support) in enumerate(
+            zip(result.per_class_correct, result.per_class_support)
+        ):
             wnid = classes[index] if index < len(classes) else str(index)
             accuracy = f"{100.0 * correct / support:.2f}" if support else ""
             writer.writerow([index, wnid, class_names.get(wnid, ""), support, correct, accuracy])

@@ -33,14 +33,33 @@ MIN_INPUT_SIZE = 63
 PAPER_LRN_ALPHA = 1e-4
 
 # (out_channels, kernel, stride, padding, pool_after) for the five convs.
-_TORCHVISION_CONVS = [(64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False), (256, 3, 1, 1, False), (256, 3, 1, 1, True)]
-_PAPER_CONVS = [(96, 11, 4, 2, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False), (384, 3, 1, 1, False), (256, 3, 1, 1, True)]
+_TORCHVISION_CONVS = [
+    (64, 11, 4, 2, True),
+    (192, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+]
+_PAPER_CONVS = [
+    (96, 11, 4, 2, True),
+    (256, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+]
 
 
 class AlexNet(nn.Module):
     """features → avgpool (6x6) → classifier, as in torchvision.models.AlexNet."""
 
-    def __init__(self, features: nn.Sequential, feature_channels: int, num_classes: int, dropout: float, classifier_width: int):
+    def __init__(
+        self,
+        features: nn.Sequential,
+        feature_channels: int,
+        num_classes: int,
+        dropout: float,
+        classifier_width: int,
+    ):
         super().__init__()
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
@@ -78,7 +97,11 @@ def _build_features(convs, width_mult: float, norm: str) -> tuple[nn.Sequential,
         out_channels = _scaled(out_channels, width_mult)
         early = index < 2
         use_bn = norm == "bn" and early
-        layers.append(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=not use_bn))
+        layers.append(
+            nn.Conv2d(
+                in_channels, out_channels, kernel, stride=stride, padding=padding, bias=not use_bn
+            )
+        )
         if use_bn:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.ReLU(inplace=True))
@@ -108,11 +131,15 @@ def init_kaiming(model: nn.Module) -> None:
 def build_model(model_cfg: ModelConfig, num_classes: int) -> AlexNet:
     """The configured AlexNet variant with `num_classes` outputs (fresh weights)."""
     if num_classes < 1:
-        raise ConfigError(f"the model needs at least 1 class, got {num_classes}: check the data or model.num_classes")
+        raise ConfigError(
+            f"the model needs at least 1 class, got {num_classes}: check the data or model.num_classes"
+        )
     if model_cfg.width_mult <= 0:
         raise ConfigError(f"model.width_mult must be positive, got {model_cfg.width_mult}")
     if model_cfg.classifier_width < 1:
-        raise ConfigError(f"model.classifier_width must be positive, got {model_cfg.classifier_width}")
+        raise ConfigError(
+            f"model.classifier_width must be positive, got {model_cfg.classifier_width}"
+        )
     if not 0.0 <= model_cfg.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {model_cfg.dropout}")
     convs, norm = {
@@ -130,7 +157,9 @@ def build_model(model_cfg: ModelConfig, num_classes: int) -> AlexNet:
 def check_input_size(size: int, what: str) -> None:
     """AlexNet's pools need >= 63 px; say so instead of failing deep inside max_pool2d."""
     if size < MIN_INPUT_SIZE:
-        raise ConfigError(f"{what}={size} is too small for AlexNet (three 3x3/2 max-pools after a stride-4 stem): use at least {MIN_INPUT_SIZE}")
+        raise ConfigError(
+            f"{what}={size} is too small for AlexNet (three 3x3/2 max-pools after a stride-4 stem): use at least {MIN_INPUT_SIZE}"
+        )
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -139,7 +168,7 @@ def clean_state_dict(state: dict) -> dict:
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         cleaned[key.replace("._orig_mod.", ".").replace(".module.", ".")] = value
     return cleaned
 
@@ -154,7 +183,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path} holds no state_dict (a mapping of parameter names to tensors): pass a checkpoint or a saved state_dict")
+        raise ConfigError(
+            f"{path} holds no state_dict (a mapping of parameter names to tensors): pass a checkpoint or a saved state_dict"
+        )
     return clean_state_dict(state)
 
 
@@ -166,9 +197,16 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     unexpected = sorted(set(state) - set(own))
     mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape of {mismatched[0]} is {tuple(state[mismatched[0]].shape)}, model has {tuple(own[mismatched[0]].shape)}")
-        raise ConfigError(f"weights in {path} do not fit model (arch, width_mult, classifier_width, num_classes): {detail}")
+        detail = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+            if unexpected
+            else f"shape of {mismatched[0]} is {tuple(state[mismatched[0]].shape)}, model has {tuple(own[mismatched[0]].shape)}"
+        )
+        raise ConfigError(
+            f"weights in {path} do not fit model (arch, width_mult, classifier_width, num_classes): {detail}"
+        )
     model.load_state_dict(state)
     log.info("loaded weights from %s", path)
 
@@ -182,11 +220,24 @@ def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
     missing = sorted(set(own) - set(body))
     mismatched = [k for k in own if k in body and own[k].shape != body[k].shape]
     if missing or mismatched or set(body) - set(own):
-        detail = f"missing {missing[:3]}" if missing else f"mismatched {mismatched[:3]}" if mismatched else f"unexpected {sorted(set(body) - set(own))[:3]}"
-        raise ConfigError(f"model.finetune={path} does not fit model (same arch, width_mult and classifier_width needed): {detail}")
+        detail = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"mismatched {mismatched[:3]}"
+            if mismatched
+            else f"unexpected {sorted(set(body) - set(own))[:3]}"
+        )
+        raise ConfigError(
+            f"model.finetune={path} does not fit model (same arch, width_mult and classifier_width needed): {detail}"
+        )
     model.load_state_dict(body, strict=False)
     apply_freeze(model, freeze)
-    log.info("fine-tuning from %s: head re-initialized for %d classes, freeze=%s", path, model.head.out_features, freeze)
+    log.info(
+        "fine-tuning from %s: head re-initialized for %d classes, freeze=%s",
+        path,
+        model.head.out_features,
+        freeze,
+    )
 
 
 def apply_freeze(model: AlexNet, freeze: str) -> None:

@@ -25,7 +25,9 @@ def scaled_lr(cfg: Config) -> float:
     return cfg.optim.lr * cfg.data.global_batch_size / 256
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, no_decay_bias_norm: bool
+) -> list[dict[str, Any]]:
     """Trainable parameters; with no_decay_bias_norm, biases and norm weights (ndim <= 1) get no decay."""
     decay, no_decay = [], []
     for parameter in model.parameters():
@@ -62,7 +64,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     optimizer's hyperparameters (weight decay, momentum, betas, ...; lr is the schedule's), so a
     resumed run does what its saved config says. Returns the settings that differed, as
     "weight_decay 0.01 → 0.5". Raises ValueError when the parameter groups do not match."""
-    wanted = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    wanted = [
+        {key: value for key, value in group.items() if key != "params"}
+        for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state)
     changed = []
     for index, (group, settings) in enumerate(zip(optimizer.param_groups, wanted)):
@@ -82,7 +87,9 @@ def _differs(before: Any, after: Any) -> bool:
 
 def build_loss(cfg: Config) -> nn.CrossEntropyLoss:
     if not 0.0 <= cfg.optim.label_smoothing < 1.0:
-        raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}")
+        raise ConfigError(
+            f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}"
+        )
     return nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
 
@@ -99,7 +106,9 @@ class LearningRateSchedule:
 
     def __init__(self, cfg: Config, steps_per_epoch: int, total_steps: int):
         if steps_per_epoch < 1:
-            raise ConfigError("the train loader yields no optimizer step per epoch: use a smaller data.global_batch_size or more data")
+            raise ConfigError(
+                "the train loader yields no optimizer step per epoch: use a smaller data.global_batch_size or more data"
+            )
         schedule = cfg.schedule
         if schedule.name == "step" and schedule.step_epochs < 1:
             raise ConfigError(f"schedule.step_epochs must be >= 1, got {schedule.step_epochs}")
@@ -124,9 +133,11 @@ class LearningRateSchedule:
             lr = self.base_lr * self.gamma ** ((step // self.steps_per_epoch) // self.step_epochs)
         elif self.name == "cosine":
             progress = min(1.0, step / self.total_steps)
-            lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
         elif self.name == "plateau":
-            lr = self.base_lr * self.gamma ** self.plateau_decays
+            lr = self.base_lr * self.gamma**self.plateau_decays
         else:
             lr = self.base_lr
         if step < self.warmup_steps:
@@ -157,7 +168,11 @@ class LearningRateSchedule:
             self.plateau_bad_epochs = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plateau_decays": self.plateau_decays, "plateau_best": self.plateau_best, "plateau_bad_epochs": self.plateau_bad_epochs}
+        return {
+            "plateau_decays": self.plateau_decays,
+            "plateau_best": self.plateau_best,
+            "plateau_bad_epochs": self.plateau_bad_epochs,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plateau_decays = int(state["plateau_decays"])

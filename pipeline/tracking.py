@@ -68,7 +68,11 @@ class Tracker(NullTracker):
             self.run_id = self.wandb_run.id
 
     def log(self, metrics: dict[str, float], step: int, epoch: float) -> None:
-        row = {"step": int(step), "epoch": round(float(epoch), 4), **{k: float(v) for k, v in metrics.items()}}
+        row = {
+            "step": int(step),
+            "epoch": round(float(epoch), 4),
+            **{k: float(v) for k, v in metrics.items()},
+        }
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         if self.wandb_run is not None:
@@ -82,7 +86,9 @@ class Tracker(NullTracker):
         log.info("wrote sanity grid of an augmented train batch to %s", path)
 
     def save_prediction_grid(self, images, labels, predictions, class_names: list[str]) -> None:
-        path = save_prediction_grid(images, labels, predictions, class_names, self.plots_dir / "predictions.png")
+        path = save_prediction_grid(
+            images, labels, predictions, class_names, self.plots_dir / "predictions.png"
+        )
         log.info("wrote prediction grid to %s", path)
 
     def finish(self, summary: dict[str, float] | None = None, plots: bool = True) -> None:
@@ -142,6 +148,7 @@ def build_tracker(cfg: Config, dist: DistInfo, run_dir: Path, run_id: str | None
 
 # ----------------------------------------------------------------------------- reading back
 
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of RUN_DIR/metrics.jsonl; a resumed run may repeat steps, the last row per step wins per key."""
     path = Path(run_dir) / METRICS_FILE
@@ -169,8 +176,8 @@ def read_wandb_records(path: str | Path):
         if block_left < 7:  # trailer padding
             offset += block_left
             continue
-        _checksum, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
-        payload = data[offset + 7:offset + 7 + length]
+        _checksum, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        payload = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind == 0 and length == 0:
             offset += _BLOCK - offset % _BLOCK if offset % _BLOCK else 0
@@ -211,6 +218,7 @@ def read_wandb_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- plots
 
+
 def plot_curves(run_dir: str | Path) -> list[Path]:
     """loss.png and accuracy.png from metrics.jsonl (train per log window, val per eval)."""
     import matplotlib
@@ -245,7 +253,9 @@ def plot_curves(run_dir: str | Path) -> list[Path]:
         for key in keys:
             x, y = series(key)
             if x:
-                axis.plot(x, y, marker="o" if key.startswith("val") else None, markersize=3, label=key)
+                axis.plot(
+                    x, y, marker="o" if key.startswith("val") else None, markersize=3, label=key
+                )
         axis.set_xlabel("epoch")
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
@@ -286,8 +296,13 @@ class ExamplePicker:
         self.position += count
         if len(chosen):
             chosen_on_device = chosen.to(labels.device)
-            self.parts.append((images[chosen_on_device].cpu(), labels[chosen_on_device].cpu(),
-                               logits[chosen_on_device].argmax(1).cpu()))
+            self.parts.append(
+                (
+                    images[chosen_on_device].cpu(),
+                    labels[chosen_on_device].cpu(),
+                    logits[chosen_on_device].argmax(1).cpu(),
+                )
+            )
             self.kept += len(chosen)
 
     def examples(self):
@@ -298,7 +313,9 @@ class ExamplePicker:
         return tuple(torch.cat(column) for column in zip(*self.parts))
 
 
-def save_prediction_grid(images, labels, predictions, class_names: list[str], path: Path, max_images: int = 32) -> Path:
+def save_prediction_grid(
+    images, labels, predictions, class_names: list[str], path: Path, max_images: int = 32
+) -> Path:
     """Val images captioned 'ok|WRONG: predicted / true' class names."""
     from preprocess.grid import render_grid
 
@@ -307,11 +324,17 @@ def save_prediction_grid(images, labels, predictions, class_names: list[str], pa
     captions: list[str] = []
     for index in range(count):
         image = images[index]
-        array = image.detach().cpu().contiguous().permute(1, 2, 0).numpy() if hasattr(image, "detach") else np.asarray(image)
+        array = (
+            image.detach().cpu().contiguous().permute(1, 2, 0).numpy()
+            if hasattr(image, "detach")
+            else np.asarray(image)
+        )
         pictures.append(np.ascontiguousarray(array.astype(np.uint8)))
         true_index, predicted_index = int(labels[index]), int(predictions[index])
         mark = "ok" if true_index == predicted_index else "WRONG"
-        captions.append(f"{mark}: {_short(class_names, predicted_index)} / {_short(class_names, true_index)}")
+        captions.append(
+            f"{mark}: {_short(class_names, predicted_index)} / {_short(class_names, true_index)}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return render_grid(pictures, captions, path, columns=8)
 
@@ -324,12 +347,23 @@ def _short(class_names: Sequence[str], index: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tracking", description=__doc__.split("\n\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    plots = commands.add_parser("plots", help="write RUN_DIR/plots/*.png from metrics.jsonl (+ prediction grid from the best checkpoint)")
+    plots = commands.add_parser(
+        "plots",
+        help="write RUN_DIR/plots/*.png from metrics.jsonl (+ prediction grid from the best checkpoint)",
+    )
     plots.add_argument("run_dir", type=Path)
-    plots.add_argument("--no-predictions", action="store_true", help="curves only; skip loading the model and val data")
-    history = commands.add_parser("history", help="print the history rows of the W&B offline runs in RUN_DIR/wandb")
+    plots.add_argument(
+        "--no-predictions",
+        action="store_true",
+        help="curves only; skip loading the model and val data",
+    )
+    history = commands.add_parser(
+        "history", help="print the history rows of the W&B offline runs in RUN_DIR/wandb"
+    )
     history.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if not args.run_dir.is_dir():
@@ -342,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     written = plot_curves(args.run_dir)
     if not written:
-        print(f"error: {args.run_dir / METRICS_FILE} is missing or empty: is this a run dir?", file=sys.stderr)
+        print(
+            f"error: {args.run_dir / METRICS_FILE} is missing or empty: is this a run dir?",
+            file=sys.stderr,
+        )
         return 2
     for path in written:
         print(path)

@@ -91,6 +91,7 @@ Precision = Literal["bf16", "fp16", "fp32"]
 
 # ----------------------------------------------------------------------------- small parts
 
+
 def resolve_precision(precision: str, device: torch.device) -> Precision:
     """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU."""
     if precision != "auto":
@@ -100,7 +101,9 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return "fp32"
 
 
-def build_autocast(precision: Precision, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def build_autocast(
+    precision: Precision, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts (fresh each use) for the resolved precision."""
     if precision == "fp32":
         return contextlib.nullcontext
@@ -131,7 +134,9 @@ class StopFlag:
         if self.received is None:
             self.received = signum
             # logging from a handler is not re-entrant safe; write one line directly
-            sys.stderr.write(f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n")
+            sys.stderr.write(
+                f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n"
+            )
 
     def pending(self) -> bool:
         """This rank got a signal (local, no collective: safe where ranks do different work)."""
@@ -161,23 +166,43 @@ class TrainState:
     best_top1: float = -1.0
     evals_without_improvement: int = 0
     stopped_early: bool = False  # early stopping fired: a rerun only evaluates
-    finished: bool = False  # informational: all steps done (a rerun with more epochs/max_steps continues)
+    finished: bool = (
+        False  # informational: all steps done (a rerun with more epochs/max_steps continues)
+    )
     wandb_run_id: str = ""
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True,
-                               timeout=10, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def record_launch(cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], resumed_from: Path | None) -> None:
+def record_launch(
+    cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], resumed_from: Path | None
+) -> None:
     """Rank 0 writes the resolved config.yaml and appends this launch to launches.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -197,16 +222,25 @@ def record_launch(cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], r
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 @dataclasses.dataclass
 class EvalOutput:
     result: EvalResult
-    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rank-local images, labels, predictions
+    examples: (
+        tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    )  # rank-local images, labels, predictions
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
-             autocast: Callable[[], contextlib.AbstractContextManager], keep_examples: int = 32,
-             interrupted: Callable[[], bool] | None = None) -> EvalOutput:
+def evaluate(
+    model: nn.Module,
+    loader,
+    num_classes: int,
+    dist: DistInfo,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    keep_examples: int = 32,
+    interrupted: Callable[[], bool] | None = None,
+) -> EvalOutput:
     """Exact val metrics: this rank's batches with the unwrapped model (no DDP collectives, so
     ranks with different batch counts cannot hang), then one all-reduce of sums and counts.
     When `interrupted()` turns true the rank stops early (the caller discards the result)."""
@@ -231,6 +265,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, dist: DistInfo,
 
 # ----------------------------------------------------------------------------- the trainer
 
+
 class Trainer:
     """Builds loaders, model, optimizer and schedule from a Config, then trains or evaluates."""
 
@@ -241,10 +276,18 @@ class Trainer:
         self.device = dist.torch_device
         self.run_dir = Path(cfg.train.run_dir)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.precision=bf16 but this GPU has no bf16 support: use fp16 or auto")
+        if (
+            self.precision == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise ConfigError(
+                "train.precision=bf16 but this GPU has no bf16 support: use fp16 or auto"
+            )
         self.autocast = build_autocast(self.precision, self.device)
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        )
         check_input_size(cfg.data.train_crop, "data.train_crop")
         check_input_size(cfg.data.val_crop, "data.val_crop")
 
@@ -264,11 +307,15 @@ class Trainer:
             )
         self.num_classes = self.cfg.model.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
-            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes: use 0 (from the data)")
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes: use 0 (from the data)"
+            )
 
     def build_model(self, load_initial_weights: bool = True) -> None:
         """The model on the device; model.finetune / model.init_from are applied unless a checkpoint will be."""
-        torch.manual_seed(self.cfg.train.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        torch.manual_seed(
+            self.cfg.train.seed
+        )  # identical init on every rank (DDP also broadcasts rank 0's)
         model = build_model(self.cfg.model, self.num_classes)
         if not load_initial_weights:
             pass
@@ -313,30 +360,55 @@ class Trainer:
         checkpoint shows that they were (and training stops with an error if they are not)."""
         fingerprints = replica_fingerprints(self.model, self.dist)
         if any(not torch.equal(fingerprints[0], other) for other in fingerprints[1:]):
-            raise RuntimeError(f"DDP replicas diverged at step {state.step}: weight fingerprints differ across ranks")
+            raise RuntimeError(
+                f"DDP replicas diverged at step {state.step}: weight fingerprints differ across ranks"
+            )
         if self.dist.is_main:
             started = time.perf_counter()
             data = self.checkpoint_state(state)
             data["replica_fingerprints"] = [f.cpu() for f in fingerprints]
             path = ckpt.save_checkpoints(data, self.run_dir, is_best=is_best, epoch_file=epoch_file)
-            log.info("saved %s (epoch %d, step %d, batch %d) in %.1fs%s", path, state.epoch, state.step,
-                     state.batch_in_epoch, time.perf_counter() - started, " [best]" if is_best else "")
+            log.info(
+                "saved %s (epoch %d, step %d, batch %d) in %.1fs%s",
+                path,
+                state.epoch,
+                state.step,
+                state.batch_in_epoch,
+                time.perf_counter() - started,
+                " [best]" if is_best else "",
+            )
         barrier(self.dist)
 
     def restore(self, path: Path, state: TrainState) -> None:
         data = ckpt.load_checkpoint(path)
-        if not isinstance(data, dict) or data.get("format") != ckpt.FORMAT_VERSION or "model" not in data:
-            raise ckpt.CheckpointError(f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): "
-                                       "to start from plain weights use model.init_from=PATH")
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != ckpt.FORMAT_VERSION
+            or "model" not in data
+        ):
+            raise ckpt.CheckpointError(
+                f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): "
+                "to start from plain weights use model.init_from=PATH"
+            )
         if data.get("classes") and list(data["classes"]) != list(self.classes):
-            raise ckpt.CheckpointError(f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
-                                       f"{len(self.classes)}: use model.finetune=PATH for a new class set")
+            raise ckpt.CheckpointError(
+                f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
+                f"{len(self.classes)}: use model.finetune=PATH for a new class set"
+            )
         self.load_model_and_optimizer(path, data)
         if data.get("scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
         ckpt.restore_rng_state(data["rng"])
-        for name in ("epoch", "step", "batch_in_epoch", "best_top1", "evals_without_improvement", "stopped_early", "wandb_run_id"):
+        for name in (
+            "epoch",
+            "step",
+            "batch_in_epoch",
+            "best_top1",
+            "evals_without_improvement",
+            "stopped_early",
+            "wandb_run_id",
+        ):
             setattr(state, name, data[name])
         state.last_eval = dict(data.get("last_eval") or {})
         if state.batch_in_epoch:
@@ -346,7 +418,13 @@ class Trainer:
         changed = _changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
         if changed:
             log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
-        log.info("resumed from %s: epoch %d, step %d, batch %d", path, state.epoch, state.step, state.batch_in_epoch)
+        log.info(
+            "resumed from %s: epoch %d, step %d, batch %d",
+            path,
+            state.epoch,
+            state.step,
+            state.batch_in_epoch,
+        )
 
     def load_model_and_optimizer(self, path: Path, data: dict[str, Any]) -> None:
         """Weights and optimizer state from a checkpoint; a model or optimizer this config builds
@@ -357,22 +435,31 @@ class Trainer:
         try:
             self.model.load_state_dict(data["model"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise ckpt.CheckpointError(f"{path} does not fit the model this config builds ({', '.join(model_changes)} changed): "
-                                       f"{_first_detail(err)}; resume with the checkpoint's model settings or use a new "
-                                       "train.run_dir (model.init_from/finetune=PATH to start from its weights)") from None
+            raise ckpt.CheckpointError(
+                f"{path} does not fit the model this config builds ({', '.join(model_changes)} changed): "
+                f"{_first_detail(err)}; resume with the checkpoint's model settings or use a new "
+                "train.run_dir (model.init_from/finetune=PATH to start from its weights)"
+            ) from None
         old_name = (old_config.get("optim") or {}).get("name", self.cfg.optim.name)
         optim_changes = [c for c in changed if c.startswith(("optim.", "model.freeze"))]
         if old_name != self.cfg.optim.name:
-            raise ckpt.CheckpointError(f"{path} holds {old_name} state but optim.name={self.cfg.optim.name}: resume with "
-                                       f"optim.name={old_name} or start a new train.run_dir")
+            raise ckpt.CheckpointError(
+                f"{path} holds {old_name} state but optim.name={self.cfg.optim.name}: resume with "
+                f"optim.name={old_name} or start a new train.run_dir"
+            )
         try:
             reapplied = load_optimizer_state(self.optimizer, data["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise ckpt.CheckpointError(f"{path}'s optimizer state does not fit this run's parameter groups "
-                                       f"({', '.join(optim_changes) or 'optimizer settings'} changed): {_first_detail(err)}; "
-                                       "resume with the checkpoint's settings or start a new train.run_dir") from None
+            raise ckpt.CheckpointError(
+                f"{path}'s optimizer state does not fit this run's parameter groups "
+                f"({', '.join(optim_changes) or 'optimizer settings'} changed): {_first_detail(err)}; "
+                "resume with the checkpoint's settings or start a new train.run_dir"
+            ) from None
         if reapplied:
-            log.warning("optimizer settings from this run's config replace the checkpoint's: %s", ", ".join(reapplied))
+            log.warning(
+                "optimizer settings from this run's config replace the checkpoint's: %s",
+                ", ".join(reapplied),
+            )
 
     def replan_resume_point(self, state: TrainState, data: dict[str, Any]) -> None:
         """Convert a mid-epoch resume point written under another world size, global batch or
@@ -381,25 +468,50 @@ class Trainer:
         The point is rounded down to a whole optimizer step (a few samples may be seen twice);
         when it lands at or past the end of this run's epoch, training starts the next epoch."""
         old_config = data.get("config") or {}
-        old_global = int((old_config.get("data") or {}).get("global_batch_size") or self.cfg.data.global_batch_size)
-        old_accum = int((old_config.get("optim") or {}).get("grad_accum_steps") or self.cfg.optim.grad_accum_steps)
+        old_global = int(
+            (old_config.get("data") or {}).get("global_batch_size")
+            or self.cfg.data.global_batch_size
+        )
+        old_accum = int(
+            (old_config.get("optim") or {}).get("grad_accum_steps")
+            or self.cfg.optim.grad_accum_steps
+        )
         old_world = data.get("world_size") or self.dist.world_size
-        new_micro = self.cfg.data.global_batch_size // self.accum  # samples per micro-batch over all ranks
+        new_micro = (
+            self.cfg.data.global_batch_size // self.accum
+        )  # samples per micro-batch over all ranks
         old_micro = old_global // max(old_accum, 1)
         batches_per_epoch = self.steps_per_epoch * self.accum
-        batch, epoch = resume_batch(state.batch_in_epoch, old_micro, new_micro, self.accum, batches_per_epoch)
+        batch, epoch = resume_batch(
+            state.batch_in_epoch, old_micro, new_micro, self.accum, batches_per_epoch
+        )
         if (batch, epoch) == (state.batch_in_epoch, 0) and old_world == self.dist.world_size:
             return
         if (batch, epoch) != (state.batch_in_epoch, 0):
             log.warning(
                 "resume point re-planned: the checkpoint stopped at batch %d of epoch %d with %s ranks, global batch %d, "
                 "accumulation %d; this run has %d ranks, global batch %d, accumulation %d (%d batches per epoch), so it "
-                "resumes at %s", state.batch_in_epoch, state.epoch, old_world, old_global, old_accum, self.dist.world_size,
-                self.cfg.data.global_batch_size, self.accum, batches_per_epoch,
-                f"batch {batch} of epoch {state.epoch}" if not epoch else f"the start of epoch {state.epoch + 1}")
+                "resumes at %s",
+                state.batch_in_epoch,
+                state.epoch,
+                old_world,
+                old_global,
+                old_accum,
+                self.dist.world_size,
+                self.cfg.data.global_batch_size,
+                self.accum,
+                batches_per_epoch,
+                f"batch {batch} of epoch {state.epoch}"
+                if not epoch
+                else f"the start of epoch {state.epoch + 1}",
+            )
         else:
-            log.warning("checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
-                        old_world, self.dist.world_size, state.epoch)
+            log.warning(
+                "checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
+                old_world,
+                self.dist.world_size,
+                state.epoch,
+            )
         state.epoch += epoch
         state.batch_in_epoch = batch
 
@@ -410,7 +522,9 @@ class Trainer:
         one; later epochs use the configured count."""
         old_data = (data.get("config") or {}).get("data") or {}
         old_workers = old_data.get("num_workers")
-        same_plan = data.get("world_size") == self.dist.world_size and old_data.get("backend") == "wds"
+        same_plan = (
+            data.get("world_size") == self.dist.world_size and old_data.get("backend") == "wds"
+        )
         if self.cfg.data.backend != "wds" or old_workers is None or not same_plan:
             return
         if max(1, int(old_workers)) == max(1, self.cfg.data.num_workers):
@@ -418,10 +532,19 @@ class Trainer:
         from pipeline.config import replace
         from pipeline.data import build_loader
 
-        log.warning("data.num_workers changed from %s to %d in the middle of epoch %d: the wds order within an epoch depends "
-                    "on it, so epoch %d finishes with %s loader workers and later epochs use %d",
-                    old_workers, self.cfg.data.num_workers, state.epoch, state.epoch, old_workers, self.cfg.data.num_workers)
-        self.resume_loader = build_loader(replace(self.cfg, "data", num_workers=int(old_workers)), "train", self.dist)
+        log.warning(
+            "data.num_workers changed from %s to %d in the middle of epoch %d: the wds order within an epoch depends "
+            "on it, so epoch %d finishes with %s loader workers and later epochs use %d",
+            old_workers,
+            self.cfg.data.num_workers,
+            state.epoch,
+            state.epoch,
+            old_workers,
+            self.cfg.data.num_workers,
+        )
+        self.resume_loader = build_loader(
+            replace(self.cfg, "data", num_workers=int(old_workers)), "train", self.dist
+        )
         self.resume_epoch = state.epoch
 
     # -- training -----------------------------------------------------------------------------
@@ -436,7 +559,9 @@ class Trainer:
         self.steps_per_epoch = self.train_loader.batches_per_epoch() // self.accum
         planned = self.cfg.train.epochs * self.steps_per_epoch
         # max_steps truncates the run but not the schedule: the lr at step s is the same whatever max_steps is
-        self.total_steps = min(planned, self.cfg.train.max_steps) if self.cfg.train.max_steps else planned
+        self.total_steps = (
+            min(planned, self.cfg.train.max_steps) if self.cfg.train.max_steps else planned
+        )
         self.schedule = LearningRateSchedule(self.cfg, self.steps_per_epoch, planned)
 
     def wrap_model(self) -> tuple[nn.Module, nn.Module | None]:
@@ -445,7 +570,8 @@ class Trainer:
         step_model: nn.Module = self.model
         if self.dist.is_distributed:
             ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
             step_model = ddp
@@ -459,7 +585,9 @@ class Trainer:
             for stale in ckpt.remove_stale_temps(self.run_dir):
                 log.info("removed %s, left by a save that was killed", stale)
         # rank 0 decides: with node-local or cached run dirs, ranks could otherwise disagree
-        resume = agree_on_checkpoint(resume or (ckpt.find_latest(self.run_dir) if dist.is_main else None), dist)
+        resume = agree_on_checkpoint(
+            resume or (ckpt.find_latest(self.run_dir) if dist.is_main else None), dist
+        )
         self.setup_training(resuming=resume is not None)
         state = TrainState()
         if resume is not None:
@@ -468,9 +596,17 @@ class Trainer:
             record_launch(cfg, dist, self.run_dir, self.argv, resume)
         tracker = build_tracker(cfg, dist, self.run_dir, state.wandb_run_id or None)
         state.wandb_run_id = tracker.run_id if dist.is_main else state.wandb_run_id
-        log.info("%s: %d classes, %d train / %d val images, %d steps per epoch, %d steps in all, precision %s, world %d",
-                 cfg.model.arch, self.num_classes, self.train_loader.num_samples, self.val_loader.num_samples,
-                 self.steps_per_epoch, self.total_steps, self.precision, dist.world_size)
+        log.info(
+            "%s: %d classes, %d train / %d val images, %d steps per epoch, %d steps in all, precision %s, world %d",
+            cfg.model.arch,
+            self.num_classes,
+            self.train_loader.num_samples,
+            self.val_loader.num_samples,
+            self.steps_per_epoch,
+            self.total_steps,
+            self.precision,
+            dist.world_size,
+        )
         stop = StopFlag(dist)
         try:
             code = self.train_loop(state, tracker, stop, fresh=resume is None)
@@ -481,7 +617,9 @@ class Trainer:
             return code
         return self.finish(state, tracker)
 
-    def train_loop(self, state: TrainState, tracker: NullTracker, stop: StopFlag, fresh: bool) -> int:
+    def train_loop(
+        self, state: TrainState, tracker: NullTracker, stop: StopFlag, fresh: bool
+    ) -> int:
         from pipeline.data.transforms import normalize
 
         cfg, dist = self.cfg, self.dist
@@ -490,7 +628,9 @@ class Trainer:
         first_batch = fresh
         # a stop after an epoch's last step saves batch_in_epoch == full: that epoch's eval is still due
         epoch_end_pending = state.batch_in_epoch >= self.steps_per_epoch * self.accum
-        state.finished = state.stopped_early or (state.step >= self.total_steps and not epoch_end_pending)
+        state.finished = state.stopped_early or (
+            state.step >= self.total_steps and not epoch_end_pending
+        )
         while not state.finished:
             epoch = state.epoch
             loader = self.train_loader
@@ -502,7 +642,12 @@ class Trainer:
             loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
             set_train_mode(self.model, cfg.model.freeze)
             batches_left = self.steps_per_epoch * self.accum - state.batch_in_epoch
-            progress = _progress(dist, total=self.steps_per_epoch, initial=state.batch_in_epoch // self.accum, desc=f"epoch {epoch}")
+            progress = _progress(
+                dist,
+                total=self.steps_per_epoch,
+                initial=state.batch_in_epoch // self.accum,
+                desc=f"epoch {epoch}",
+            )
             window.restart()
             micro = 0
             for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
@@ -513,7 +658,11 @@ class Trainer:
                 if micro == 0:
                     torch.manual_seed(step_seed(cfg.train.seed, dist.rank, state.step))
                     lr = self.schedule.apply(self.optimizer, state.step)
-                sync = ddp.no_sync() if ddp is not None and micro < self.accum - 1 else contextlib.nullcontext()
+                sync = (
+                    ddp.no_sync()
+                    if ddp is not None and micro < self.accum - 1
+                    else contextlib.nullcontext()
+                )
                 with sync:
                     with self.autocast():
                         logits = step_model(normalize(images))  # [B, C]
@@ -543,25 +692,39 @@ class Trainer:
                     if self.scaler.is_enabled():
                         metrics["opt/loss_scale"] = float(self.scaler.get_scale())
                     progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}")
-                    tracker.log(metrics, state.step, epoch + state.batch_in_epoch / (self.steps_per_epoch * self.accum))
+                    tracker.log(
+                        metrics,
+                        state.step,
+                        epoch + state.batch_in_epoch / (self.steps_per_epoch * self.accum),
+                    )
                     window.restart()
                 if stop.agreed():
                     progress.close()
                     self.save(state)
-                    log.warning("stopped by %s at step %d (epoch %d, batch %d): rerun with the same run dir to resume",
-                                signal.Signals(stop.received).name if stop.received else "a signal on another rank",
-                                state.step, state.epoch, state.batch_in_epoch)
+                    log.warning(
+                        "stopped by %s at step %d (epoch %d, batch %d): rerun with the same run dir to resume",
+                        signal.Signals(stop.received).name
+                        if stop.received
+                        else "a signal on another rank",
+                        state.step,
+                        state.epoch,
+                        state.batch_in_epoch,
+                    )
                     return EXIT_STOPPED
                 if state.step >= self.total_steps or batches_left <= 0:
                     break
             progress.close()
-            resume_point = dataclasses.replace(state, last_eval=dict(state.last_eval))  # before the epoch-end work
+            resume_point = dataclasses.replace(
+                state, last_eval=dict(state.last_eval)
+            )  # before the epoch-end work
             if state.batch_in_epoch >= self.steps_per_epoch * self.accum:
                 state.epoch += 1
                 state.batch_in_epoch = 0
             state.finished = state.step >= self.total_steps
             epoch_done = state.batch_in_epoch == 0
-            due = epoch_done and (state.epoch % cfg.train.eval_every == 0 or state.epoch >= cfg.train.epochs)
+            due = epoch_done and (
+                state.epoch % cfg.train.eval_every == 0 or state.epoch >= cfg.train.epochs
+            )
             is_best = False
             if due or state.finished:
                 # torchrun kills 30 s after TERM: a signal before or during this eval writes last.pt only,
@@ -569,8 +732,11 @@ class Trainer:
                 output = self.evaluate_and_report(state, tracker, stop)
                 if output is None:
                     self.save(resume_point)
-                    log.warning("stopped by a signal before the eval at step %d: rerun with the same run dir to "
-                                "resume (it evaluates first)", state.step)
+                    log.warning(
+                        "stopped by a signal before the eval at step %d: rerun with the same run dir to "
+                        "resume (it evaluates first)",
+                        state.step,
+                    )
                     return EXIT_STOPPED
                 top1 = output.result.top1
                 self.schedule.observe(top1)
@@ -582,30 +748,59 @@ class Trainer:
                     state.evals_without_improvement += 1
                 patience = cfg.train.early_stop_patience
                 if patience and state.evals_without_improvement >= patience and not state.finished:
-                    log.info("early stop: val top-1 has not improved for %d evaluations (best %.2f%%)", patience, state.best_top1)
+                    log.info(
+                        "early stop: val top-1 has not improved for %d evaluations (best %.2f%%)",
+                        patience,
+                        state.best_top1,
+                    )
                     state.stopped_early = state.finished = True
-            save_epoch = epoch_done and cfg.train.save_every > 0 and state.epoch % cfg.train.save_every == 0
+            save_epoch = (
+                epoch_done and cfg.train.save_every > 0 and state.epoch % cfg.train.save_every == 0
+            )
             self.save(state, is_best=is_best, epoch_file=save_epoch)
             stopped = stop.agreed()  # every rank calls it: it is a collective
             if stopped and not state.finished:
-                log.warning("stopped by a signal after epoch %d: rerun with the same run dir to resume", state.epoch)
+                log.warning(
+                    "stopped by a signal after epoch %d: rerun with the same run dir to resume",
+                    state.epoch,
+                )
                 return EXIT_STOPPED
         return EXIT_OK
 
-    def evaluate_and_report(self, state: TrainState, tracker: NullTracker, stop: StopFlag | None = None) -> EvalOutput | None:
+    def evaluate_and_report(
+        self, state: TrainState, tracker: NullTracker, stop: StopFlag | None = None
+    ) -> EvalOutput | None:
         """Eval, log, per-class CSV. With `stop`: None (nothing logged) when a signal arrived before or during it."""
         interrupted = stop.pending if stop is not None else None
-        output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast, interrupted=interrupted)
+        output = evaluate(
+            self.model,
+            self.val_loader,
+            self.num_classes,
+            self.dist,
+            self.autocast,
+            interrupted=interrupted,
+        )
         if stop is not None and stop.agreed():
             return None
         result = output.result
         state.last_eval = result.as_metrics()
-        epoch_position = state.epoch + state.batch_in_epoch / max(1, self.steps_per_epoch * self.accum)
+        epoch_position = state.epoch + state.batch_in_epoch / max(
+            1, self.steps_per_epoch * self.accum
+        )
         tracker.log(result.as_metrics(), state.step, epoch_position)
-        log.info("eval at step %d: val/top1=%.2f val/top5=%.2f val/loss=%.4f val/macro_f1=%.2f (%d images)",
-                 state.step, result.top1, result.top5, result.loss, result.macro_f1, result.num_samples)
+        log.info(
+            "eval at step %d: val/top1=%.2f val/top5=%.2f val/loss=%.4f val/macro_f1=%.2f (%d images)",
+            state.step,
+            result.top1,
+            result.top5,
+            result.loss,
+            result.macro_f1,
+            result.num_samples,
+        )
         if self.dist.is_main:
-            write_per_class_csv(result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv")
+            write_per_class_csv(
+                result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv"
+            )
         self.last_examples = output.examples
         return output
 
@@ -627,31 +822,55 @@ class Trainer:
         The run dir comes before init_from/finetune: a run started from those weights has
         trained past them, and model.finetune alone has a fresh random head."""
         self.build_data(need_train=False)
-        source = agree_on_checkpoint(resume or (ckpt.find_latest(self.run_dir) if self.dist.is_main else None), self.dist)
+        source = agree_on_checkpoint(
+            resume or (ckpt.find_latest(self.run_dir) if self.dist.is_main else None), self.dist
+        )
         if source is None and self.cfg.model.finetune:
-            raise ConfigError(f"nothing to evaluate: model.finetune={self.cfg.model.finetune} alone gets a new random head and "
-                              f"{self.run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's checkpoint "
-                              "(its train.run_dir or --resume PATH)")
+            raise ConfigError(
+                f"nothing to evaluate: model.finetune={self.cfg.model.finetune} alone gets a new random head and "
+                f"{self.run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's checkpoint "
+                "(its train.run_dir or --resume PATH)"
+            )
         self.build_model(load_initial_weights=source is None)
         explicit_weights = bool(self.cfg.model.init_from)
         if source is not None:
             data = ckpt.load_checkpoint(source)
-            weights = data["model"] if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+            weights = (
+                data["model"]
+                if isinstance(data, dict) and isinstance(data.get("model"), dict)
+                else None
+            )
             if weights is None:
                 load_weights(self.model, source)
             else:
                 self.model.load_state_dict(weights)
             log.info("evaluating weights from %s", source)
         elif not explicit_weights:
-            raise ConfigError(f"nothing to evaluate: no checkpoint in {self.run_dir / 'checkpoints'}; "
-                              "pass --resume PATH or --init-from WEIGHTS")
+            raise ConfigError(
+                f"nothing to evaluate: no checkpoint in {self.run_dir / 'checkpoints'}; "
+                "pass --resume PATH or --init-from WEIGHTS"
+            )
         output = evaluate(self.model, self.val_loader, self.num_classes, self.dist, self.autocast)
         if self.dist.is_main:
-            write_per_class_csv(output.result, self.classes, self.class_names, self.run_dir / "per_class_accuracy.csv")
-            report = {**output.result.as_metrics(), "val/num_samples": output.result.num_samples,
-                      "weights": str(source or self.cfg.model.init_from or self.cfg.model.finetune), "world_size": self.dist.world_size}
+            write_per_class_csv(
+                output.result,
+                self.classes,
+                self.class_names,
+                self.run_dir / "per_class_accuracy.csv",
+            )
+            report = {
+                **output.result.as_metrics(),
+                "val/num_samples": output.result.num_samples,
+                "weights": str(source or self.cfg.model.init_from or self.cfg.model.finetune),
+                "world_size": self.dist.world_size,
+            }
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
-        log.info("val/loss=%.4f val/macro_f1=%.2f on %d images", output.result.loss, output.result.macro_f1, output.result.num_samples)
+        log.info(
+            "val/loss=%.4f val/macro_f1=%.2f on %d images",
+            output.result.loss,
+            output.result.macro_f1,
+            output.result.num_samples,
+        )
         print_final(output.result.as_metrics(), self.dist)
         return EXIT_OK
 
@@ -661,7 +880,9 @@ class Trainer:
         self.build_data(need_train=True)
         self.train_loader.set_epoch(0)
         images, labels = next(iter(self.train_loader))
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")  # as training steps
+        scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.precision == "fp16"
+        )  # as training steps
         report = run_checks(self.cfg, self.num_classes, images, labels, self.autocast, scaler)
         ok = torch.tensor([1 if report.overfit_ok else 0], dtype=torch.int32, device=self.device)
         all_reduce_sum(ok, self.dist)
@@ -680,13 +901,20 @@ def agree_on_checkpoint(path: Path | None, dist: DistInfo) -> Path | None:
     missing = all_gather_ints(0 if chosen.is_file() else 1, dist)
     if any(missing):
         ranks = [rank for rank, flag in enumerate(missing) if flag]
-        raise ckpt.CheckpointError(f"rank 0 loads checkpoint {chosen} but rank(s) {ranks} cannot read it: put train.run_dir "
-                                   "(or the --resume file) on a file system every node shares")
+        raise ckpt.CheckpointError(
+            f"rank 0 loads checkpoint {chosen} but rank(s) {ranks} cannot read it: put train.run_dir "
+            "(or the --resume file) on a file system every node shares"
+        )
     return chosen
 
 
-def resume_batch(batch_in_epoch: int, old_micro_batch: int, new_micro_batch: int, accum: int,
-                 batches_per_epoch: int) -> tuple[int, int]:
+def resume_batch(
+    batch_in_epoch: int,
+    old_micro_batch: int,
+    new_micro_batch: int,
+    accum: int,
+    batches_per_epoch: int,
+) -> tuple[int, int]:
     """(batch to resume at, epochs to advance: 0 or 1) for a resume point of `batch_in_epoch`
     micro-batches of `old_micro_batch` samples (all ranks), replayed in micro-batches of
     `new_micro_batch` with `accum` per optimizer step and `batches_per_epoch` in the epoch."""
@@ -702,7 +930,9 @@ def resume_batch(batch_in_epoch: int, old_micro_batch: int, new_micro_batch: int
 def replica_fingerprints(model: nn.Module, dist: DistInfo) -> list[torch.Tensor]:
     """Every rank's [sum, sum of squares] per parameter tensor (float64), in rank order."""
     with torch.no_grad():
-        local = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()]).flatten()
+        local = torch.stack(
+            [torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()]
+        ).flatten()
     if not dist.is_distributed:
         return [local]
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
@@ -742,7 +972,11 @@ class _Window:
     def reduce(self, dist: DistInfo) -> dict[str, float]:
         """Global train/loss, train/top1, perf/images_per_s, perf/data_wait_frac (+ perf/gpu_mem_gb on CUDA)."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        extra = torch.tensor([self.samples, self.images, self.data_wait / elapsed], dtype=torch.float64, device=self.device)
+        extra = torch.tensor(
+            [self.samples, self.images, self.data_wait / elapsed],
+            dtype=torch.float64,
+            device=self.device,
+        )
         totals = all_reduce_sum(torch.cat([self.sums, extra]), dist).tolist()
         loss_sum, correct, samples, images, wait_fraction_sum = totals
         metrics = {
@@ -773,8 +1007,15 @@ def _progress(dist: DistInfo, total: int, initial: int, desc: str):
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
-                disable=not sys.stderr.isatty())
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def _first_detail(err: BaseException) -> str:
@@ -797,7 +1038,10 @@ def _changed_keys(old: dict, new: dict) -> list[str]:
 def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
     """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0 only."""
     if dist.is_main:
-        print(f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}", flush=True)
+        print(
+            f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}",
+            flush=True,
+        )
 
 
 def render_predictions_from_run(run_dir: str | Path) -> Path | None:
@@ -805,7 +1049,14 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     from pipeline.tracking import save_prediction_grid
 
     run_dir = Path(run_dir)
-    source = next((p for p in (run_dir / "checkpoints/best.pt", run_dir / "checkpoints/last.pt") if p.is_file()), None)
+    source = next(
+        (
+            p
+            for p in (run_dir / "checkpoints/best.pt", run_dir / "checkpoints/last.pt")
+            if p.is_file()
+        ),
+        None,
+    )
     if source is None or not (run_dir / "config.yaml").is_file():
         log.warning("no checkpoint or config.yaml in %s: skipping the prediction grid", run_dir)
         return None
@@ -815,9 +1066,21 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     trainer.build_data(need_train=False)
     trainer.build_model()
     trainer.model.load_state_dict(ckpt.load_checkpoint(source)["model"])
-    output = evaluate(trainer.model, _first_batches(trainer.val_loader, 1), trainer.num_classes, dist, trainer.autocast)
+    output = evaluate(
+        trainer.model,
+        _first_batches(trainer.val_loader, 1),
+        trainer.num_classes,
+        dist,
+        trainer.autocast,
+    )
     images, labels, predictions = output.examples
-    return save_prediction_grid(images, labels, predictions, trainer.class_name_list(), run_dir / "plots" / "predictions.png")
+    return save_prediction_grid(
+        images,
+        labels,
+        predictions,
+        trainer.class_name_list(),
+        run_dir / "plots" / "predictions.png",
+    )
 
 
 class _first_batches:
@@ -838,18 +1101,43 @@ class _first_batches:
 
 # ----------------------------------------------------------------------------- entry point
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--evaluate", action="store_true", help="only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from weights")
-    mode.add_argument("--check", action="store_true", help="sanity checks: initial loss vs ln(C) and overfitting one batch")
-    parser.add_argument("--resume", type=Path, help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt")
-    parser.add_argument("--init-from", help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)")
+    mode.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from weights",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="sanity checks: initial loss vs ln(C) and overfitting one batch",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt",
+    )
+    parser.add_argument(
+        "--init-from",
+        help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)",
+    )
     parser.add_argument("--finetune", help="shortcut for model.finetune=PATH")
     parser.add_argument("--freeze", choices=["none", "features"], help="shortcut for model.freeze")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="config overrides"
+    )
     # intermixed: overrides may come before, between or after the flags (`--resume PATH a.b=1`)
     return parser.parse_intermixed_args(argv)
 
@@ -859,7 +1147,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     overrides = list(args.overrides)
-    for flag, key in ((args.init_from, "model.init_from"), (args.finetune, "model.finetune"), (args.freeze, "model.freeze")):
+    for flag, key in (
+        (args.init_from, "model.init_from"),
+        (args.finetune, "model.finetune"),
+        (args.freeze, "model.freeze"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     from pipeline.data.base import LoaderError
@@ -871,7 +1163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.resume is not None and not args.resume.is_file():
-        print(f"error: --resume {args.resume} does not exist: pass a checkpoint file (RUN_DIR/checkpoints/last.pt)", file=sys.stderr)
+        print(
+            f"error: --resume {args.resume} does not exist: pass a checkpoint file (RUN_DIR/checkpoints/last.pt)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         dist = init_distributed(cfg.train.device)

@@ -107,7 +107,9 @@ def imagemagick_version() -> str | None:
     return found[1] if found else None
 
 
-def build_corpus(photos: Path, directory: Path, count: int, max_side: int | None = None) -> list[Path]:
+def build_corpus(
+    photos: Path, directory: Path, count: int, max_side: int | None = None
+) -> list[Path]:
     """Copy the photos (cycled) to `count` files in `directory`.
 
     With `max_side`, each photo is first shrunk so its long side is at most that (quality 90):
@@ -347,7 +349,9 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise UserError(f"--images must be >= 1, got {args.images}")
     if args.max_side is not None and args.max_side < args.short_side:
-        raise UserError(f"--max-side {args.max_side} is below --short-side {args.short_side}: nothing would shrink")
+        raise UserError(
+            f"--max-side {args.max_side} is below --short-side {args.short_side}: nothing would shrink"
+        )
     timings = run_bench(
         args.photos, args.images, workers, args.short_side, max(1, args.repeat), args.max_side
     )

@@ -24,10 +24,22 @@ from preprocess.errors import UserError
 
 # subcommand -> (module, one-line help). No module here imports torch, so the CLI starts fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sort-val": ("preprocess.sortval", "move or hard-link the flat val images into nXXXXXXXX/ class folders"),
-    "resize": ("preprocess.resize", "every image → RGB JPEG with the given short side (resumable, parallel)"),
-    "shard": ("preprocess.shards", "class folders → shuffled WebDataset tars + manifest + DALI index"),
-    "prepare": ("preprocess.prepare", "raw ImageNet (tars, Kaggle layout or folders) → shards, in one pass"),
+    "sort-val": (
+        "preprocess.sortval",
+        "move or hard-link the flat val images into nXXXXXXXX/ class folders",
+    ),
+    "resize": (
+        "preprocess.resize",
+        "every image → RGB JPEG with the given short side (resumable, parallel)",
+    ),
+    "shard": (
+        "preprocess.shards",
+        "class folders → shuffled WebDataset tars + manifest + DALI index",
+    ),
+    "prepare": (
+        "preprocess.prepare",
+        "raw ImageNet (tars, Kaggle layout or folders) → shards, in one pass",
+    ),
     "verify": ("preprocess.verify", "check folders or shards against their manifest"),
     "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),
     "merge": ("preprocess.merge", "merge the per-task manifests of a Slurm array run"),
@@ -36,7 +48,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -61,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished outputs are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

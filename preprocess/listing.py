@@ -33,15 +33,11 @@ def list_dir(directory: Path) -> list[tuple[str, bool]]:
 def file_names(directory: Path, keep: Callable[[str], bool] | None = None) -> list[str]:
     """Sorted names of the non-hidden files (or links to files) in `directory` that `keep` accepts."""
     return [
-        name
-        for name, is_dir in list_dir(directory)
-        if not is_dir and (keep is None or keep(name))
+        name for name, is_dir in list_dir(directory) if not is_dir and (keep is None or keep(name))
     ]
 
 
-def walk_files(
-    root: Path, keep: Callable[[str], bool], skip: Iterable[Path] = ()
-) -> list[Path]:
+def walk_files(root: Path, keep: Callable[[str], bool], skip: Iterable[Path] = ()) -> list[Path]:
     """Sorted paths relative to `root` of every file below it whose name `keep` accepts.
 
     Hidden folders, the folders in `skip` (e.g. an output folder inside the input) and folders
@@ -69,9 +65,7 @@ def walk_files(
     return found
 
 
-def remove_stale_temps(
-    root: Path, suffix: str, owned: Callable[[Path], bool] | None = None
-) -> int:
+def remove_stale_temps(root: Path, suffix: str, owned: Callable[[Path], bool] | None = None) -> int:
     """Delete the `.{output name}.{pid}{suffix}` temp files a killed run left under `root`.
 
     Every atomic writer here (resize's JPEGs, shard's tars) names its temp file that way, in the

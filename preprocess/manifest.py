@@ -75,7 +75,9 @@ class Manifest:
     seed: int  # the global-shuffle seed the writer used
     class_names: dict[str, str] = dataclasses.field(default_factory=dict)  # WNID -> words
     short_side: int | None = None  # resize target the images were made with, if known
-    only_shrink: bool | None = None  # whether smaller images were left unenlarged ("256^>"), if known
+    only_shrink: bool | None = (
+        None  # whether smaller images were left unenlarged ("256^>"), if known
+    )
     version: int = MANIFEST_VERSION
 
     @property
@@ -112,7 +114,9 @@ class Manifest:
                 version=int(data["version"]),
             )
         except (KeyError, TypeError) as err:
-            raise ManifestError(f"{source}: malformed manifest ({err!r}): re-run `preprocess shard`")
+            raise ManifestError(
+                f"{source}: malformed manifest ({err!r}): re-run `preprocess shard`"
+            )
         manifest.validate(source)
         return manifest
 
@@ -121,7 +125,9 @@ class Manifest:
         if self.split not in SPLITS:
             raise ManifestError(f"{source}: split {self.split!r} is not one of {SPLITS}")
         if self.classes != sorted(self.classes) or len(set(self.classes)) != len(self.classes):
-            raise ManifestError(f"{source}: classes must be unique and sorted (class index = sorted WNID position)")
+            raise ManifestError(
+                f"{source}: classes must be unique and sorted (class index = sorted WNID position)"
+            )
         for index, shard in enumerate(self.shards):
             if shard.name != shard_name(self.split, index):
                 raise ManifestError(
@@ -205,7 +211,9 @@ def check_files(directory: Path, manifest: Manifest, split: str | None = None) -
     for shard in manifest.shards:
         path = directory / shard.name
         if not path.is_file():
-            raise ManifestError(f"{path}: listed in the manifest but missing: re-run `preprocess shard` to resume")
+            raise ManifestError(
+                f"{path}: listed in the manifest but missing: re-run `preprocess shard` to resume"
+            )
         size = path.stat().st_size
         if size != shard.bytes:
             raise ManifestError(

@@ -108,7 +108,9 @@ def check_resized(folder: Path, options: ResizeOptions | None) -> ResizeCompleti
     if options is not None:
         check_settings_match(folder, options)
     on_disk = count_folder_images(folder)
-    extra = sorted(wnid for wnid, count in on_disk.items() if count > completion.class_counts.get(wnid, 0))
+    extra = sorted(
+        wnid for wnid, count in on_disk.items() if count > completion.class_counts.get(wnid, 0)
+    )
     found = sum(on_disk.values())
     if extra or found != completion.planned - completion.failed:
         raise UserError(
@@ -263,7 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='never enlarge small images (ImageMagick "256^>" semantics)',
     )
-    parser.add_argument("--quality", type=int, default=None, help="JPEG quality 1..100 (default 90)")
+    parser.add_argument(
+        "--quality", type=int, default=None, help="JPEG quality 1..100 (default 90)"
+    )
     parser.add_argument(
         "--splits",
         nargs="+",

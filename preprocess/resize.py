@@ -60,7 +60,9 @@ TEMP_SUFFIX = ".resize-tmp"
 ERRORS_NAME = "resize_errors.txt"
 FOLDER_MANIFEST_NAME = "resize_manifest.json"
 FOLDER_MANIFEST_KIND = "resized-folders"
-SETTINGS_NAME = "resize_settings.json"  # written when a resize starts: what every output is made with
+SETTINGS_NAME = (
+    "resize_settings.json"  # written when a resize starts: what every output is made with
+)
 TASK_RECORD_PATTERN = re.compile(r"^resize\.task-(\d{4})-of-(\d{4})\.json$")
 CHUNK_SIZE = 16  # images per task sent to a worker: amortizes IPC without starving the pool
 
@@ -189,7 +191,9 @@ def _resize_one(
         try:
             digest = hashlib.sha256(destination.read_bytes()).hexdigest()
         except OSError as err:
-            return _Outcome(source, "failed", f"cannot read the finished output: {err.strerror or err}")
+            return _Outcome(
+                source, "failed", f"cannot read the finished output: {err.strerror or err}"
+            )
         return _Outcome(source, "skipped", output=str(destination), sha256=digest)
     try:
         data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
@@ -387,7 +391,9 @@ def recorded_options(dst: Path) -> ResizeOptions | None:
     if recorded is None:
         return None
     return ResizeOptions(
-        int(recorded["short_side"]), bool(recorded.get("only_shrink")), int(recorded.get("quality", 90))
+        int(recorded["short_side"]),
+        bool(recorded.get("only_shrink")),
+        int(recorded.get("quality", 90)),
     )
 
 
@@ -454,7 +460,9 @@ class ResizeCompletion:
 
     options: ResizeOptions
     num_tasks: int
-    class_counts: dict[str, int]  # planned images per class folder, over all tasks (failed included)
+    class_counts: dict[
+        str, int
+    ]  # planned images per class folder, over all tasks (failed included)
     failed: int
     error_files: tuple[Path, ...]  # the lists naming the failed inputs
     checksum_files: tuple[Path, ...] = ()  # sha256sum lists of every task's outputs
@@ -500,7 +508,10 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
         )
     num_tasks = max(complete, key=lambda n: max(mtime for _, mtime in runs[n].values()))
     records = [runs[num_tasks][index][0] for index in range(num_tasks)]
-    settings = {json.dumps({key: record.get(key) for key in settings_of(DEFAULT_OPTIONS)}) for record in records}
+    settings = {
+        json.dumps({key: record.get(key) for key in settings_of(DEFAULT_OPTIONS)})
+        for record in records
+    }
     if len(settings) != 1:
         raise UserError(
             f"{dst}: the resize tasks' records disagree on the settings ({sorted(settings)}): the "
@@ -514,7 +525,9 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
     for record in records:
         class_counts.update({key: int(value) for key, value in record["class_counts"].items()})
     error_files = tuple(
-        dst / record["error_file"] for record in records if record.get("failed") and record.get("error_file")
+        dst / record["error_file"]
+        for record in records
+        if record.get("failed") and record.get("error_file")
     )
     return ResizeCompletion(
         options,

@@ -211,7 +211,11 @@ def read_resize_settings(src: Path) -> tuple[int | None, bool | None]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None, None
-    if not isinstance(data, dict) or data.get("kind") != FOLDER_MANIFEST_KIND or "short_side" not in data:
+    if (
+        not isinstance(data, dict)
+        or data.get("kind") != FOLDER_MANIFEST_KIND
+        or "short_side" not in data
+    ):
         return None, None
     return int(data["short_side"]), bool(data.get("only_shrink"))
 
@@ -265,7 +269,15 @@ def build_plan(
     for sample in samples:
         digest.update(f"{sample.key}\t{sample.label}\t{sample.wnid}\t{sample.path}\n".encode())
     return ShardPlan(
-        split, seed, shard_size, classes, shards, digest.hexdigest(), class_names, short_side, only_shrink
+        split,
+        seed,
+        shard_size,
+        classes,
+        shards,
+        digest.hexdigest(),
+        class_names,
+        short_side,
+        only_shrink,
     )
 
 

@@ -37,8 +37,14 @@ def _slurm_index(slurm_id: int, num_tasks: int | None) -> int:
     maximum = _env_int("SLURM_ARRAY_TASK_MAX")
     step = _env_int("SLURM_ARRAY_TASK_STEP") or 1
     if step < 1:
-        raise UserError(f"SLURM_ARRAY_TASK_STEP={step}: expected >= 1; pass --task-index/--num-tasks")
-    if num_tasks is not None and maximum is not None and (maximum - minimum) // step + 1 != num_tasks:
+        raise UserError(
+            f"SLURM_ARRAY_TASK_STEP={step}: expected >= 1; pass --task-index/--num-tasks"
+        )
+    if (
+        num_tasks is not None
+        and maximum is not None
+        and (maximum - minimum) // step + 1 != num_tasks
+    ):
         raise UserError(
             f"the Slurm array ids {minimum}..{maximum} (step {step}) are not a range of "
             f"{num_tasks} tasks (SLURM_ARRAY_TASK_COUNT): an id list like --array=0,4,7 cannot be "

@@ -67,7 +67,11 @@ def read_class_list(path: Path) -> list[str]:
     """
     path = Path(path)
     try:
-        lines = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [
+            line.split()[0]
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     except OSError as err:
         raise UserError(f"cannot read class list {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:

@@ -110,13 +110,19 @@ def _check_index(
         ]
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
-        if not fields or len(fields) % 4 or not all(
-            fields[start + 1].isdigit() and fields[start + 2].isdigit()
-            for start in range(0, len(fields), 4)
+        if (
+            not fields
+            or len(fields) % 4
+            or not all(
+                fields[start + 1].isdigit() and fields[start + 2].isdigit()
+                for start in range(0, len(fields), 4)
+            )
         ):
             return [
-                (f"{path}:{number}: corrupted line {line[:80]!r}, expected 'ext offset size name' "
-                f"per member: re-run `preprocess shard` after deleting {path}")
+                (
+                    f"{path}:{number}: corrupted line {line[:80]!r}, expected 'ext offset size name' "
+                    f"per member: re-run `preprocess shard` after deleting {path}"
+                )
             ]
         for start in range(0, len(fields), 4):
             _, offset, size, name = fields[start : start + 4]
@@ -219,7 +225,16 @@ def verify_shards(
     totals: collections.Counter = collections.Counter()
     jobs = [
         # only_shrink unknown (an older manifest): smaller images are given the benefit of the doubt
-        [(directory, entry, manifest.classes, decode, manifest.short_side, manifest.only_shrink is not False)]
+        [
+            (
+                directory,
+                entry,
+                manifest.classes,
+                decode,
+                manifest.short_side,
+                manifest.only_shrink is not False,
+            )
+        ]
         for entry in manifest.shards
     ]
     with progress_bar(manifest.num_samples, f"verify {directory.name}") as bar:
@@ -281,7 +296,9 @@ def read_checksums(directory: Path) -> tuple[dict[str, str] | None, list[str]]:
         try:
             lines = path.read_text().splitlines()
         except OSError as err:
-            problems.append(f"{path}: unreadable ({err.strerror or err}): re-run `preprocess resize`")
+            problems.append(
+                f"{path}: unreadable ({err.strerror or err}): re-run `preprocess resize`"
+            )
             continue
         for number, line in enumerate(lines, start=1):
             digest, separator, relative = line.partition("  ")
@@ -311,11 +328,7 @@ def verify_folders(
     paths: list[str] = []
     for class_dir, count in sorted(expected.items()):
         folder = directory / class_dir
-        names = (
-            file_names(folder, is_image_file)
-            if folder.is_dir()
-            else []
-        )
+        names = file_names(folder, is_image_file) if folder.is_dir() else []
         paths.extend(str(folder / name) for name in names)
         if len(names) != count:
             problems.append(
@@ -336,7 +349,9 @@ def verify_folders(
         for relative in sorted(set(checksums) - on_disk):
             problems.append(f"{directory / relative}: missing (listed in the resize checksum list)")
         for relative in sorted(on_disk - set(checksums)):
-            problems.append(f"{directory / relative}: not in any resize checksum list (not made by resize?)")
+            problems.append(
+                f"{directory / relative}: not in any resize checksum list (not made by resize?)"
+            )
     for errors_file in sorted(directory.glob("resize_errors*.txt")):
         lines = errors_file.read_text().splitlines()
         if lines:

@@ -26,7 +26,9 @@ def pytest_collection_modifyitems(config, items):
         has_cuda = False
     has_slurm = shutil.which("slurmctld") is not None and shutil.which("munged") is not None
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
-    skip_slurm = pytest.mark.skip(reason="slurm-wlm/munge not installed (make test installs them as root)")
+    skip_slurm = pytest.mark.skip(
+        reason="slurm-wlm/munge not installed (make test installs them as root)"
+    )
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)

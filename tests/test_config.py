@@ -72,7 +72,9 @@ def test_config_is_frozen_and_replace_returns_a_validated_copy():
 
 
 def test_a_dumped_config_loads_back_to_the_same_config(tmp_path):
-    config = load_config(None, ["data.backend=folder", "model.width_mult=0.5", "optim.betas=[0.8, 0.9]"])
+    config = load_config(
+        None, ["data.backend=folder", "model.width_mult=0.5", "optim.betas=[0.8, 0.9]"]
+    )
     assert load_config(write(tmp_path, dump_config(config))) == config
 
 

@@ -39,7 +39,15 @@ from pipeline.data.base import (
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from pipeline.distributed import DistInfo
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Loader", "LoaderError", "SampleDecodeError", "build_loader", "normalize"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Loader",
+    "LoaderError",
+    "SampleDecodeError",
+    "build_loader",
+    "normalize",
+]
 
 
 def build_loader(cfg: Config, split: Literal["train", "val"], dist: DistInfo) -> Loader:

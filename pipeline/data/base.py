@@ -68,14 +68,22 @@ def split_directory(cfg: Config, split: str) -> Path:
     key = f"{split}_dir"
     value = getattr(cfg.data, key)
     if not value:
-        raise LoaderError(f"data.{key} is empty: set data.{key}=PATH (class folders or a shard directory)")
+        raise LoaderError(
+            f"data.{key} is empty: set data.{key}=PATH (class folders or a shard directory)"
+        )
     directory = Path(value).expanduser()
     if not directory.exists():
-        raise LoaderError(f"data.{key}={directory} does not exist: check the path or run `python -m preprocess prepare`")
+        raise LoaderError(
+            f"data.{key}={directory} does not exist: check the path or run `python -m preprocess prepare`"
+        )
     if not directory.is_dir():
-        raise LoaderError(f"data.{key}={directory} is not a directory: pass the folder of class folders or of shards")
+        raise LoaderError(
+            f"data.{key}={directory} is not a directory: pass the folder of class folders or of shards"
+        )
     if not any(directory.iterdir()):
-        raise LoaderError(f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with manifest.json")
+        raise LoaderError(
+            f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with manifest.json"
+        )
     return directory
 
 
@@ -113,7 +121,9 @@ def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
-def to_device_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
+def to_device_batch(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
+):
     """uint8 [N,H,W,3] host batch → uint8 [N,3,H,W] on `device` (+ int64 labels).
 
     Host batches are NHWC because that is how decoders write pixels; the permuted view is already
@@ -163,7 +173,9 @@ class Loader:
                 f"rank on {self.dist.world_size} ranks: lower data.global_batch_size or add data"
             )
         if self.num_samples == 0:
-            raise LoaderError(f"{directory}: the {self.split} split holds no samples: point data.{self.split}_dir at data")
+            raise LoaderError(
+                f"{directory}: the {self.split} split holds no samples: point data.{self.split}_dir at data"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -198,7 +210,9 @@ class Loader:
         for images, labels in self._iterate():
             yield to_device_batch(images, labels, self.device, self.channels_last)
             produced += 1
-        assert produced == remaining, f"{self.backend} loader yielded {produced} batches, planned {remaining}"
+        assert produced == remaining, (
+            f"{self.backend} loader yielded {produced} batches, planned {remaining}"
+        )
 
     def check_equal_batches(self) -> None:
         """All-gather every rank's planned batch count; a mismatch would hang DDP at epoch end."""

@@ -91,9 +91,17 @@ def augment(jpegs, *, split: str, aug: Augmentation, decode: str, fn, types):
             random_aspect_ratio=list(aug.ratio),
             num_attempts=10,
         )
-        images = fn.resize(images, resize_x=aug.train_crop, resize_y=aug.train_crop, interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.resize(
+            images,
+            resize_x=aug.train_crop,
+            resize_y=aug.train_crop,
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
         mirror = fn.random.coin_flip(probability=aug.flip_prob)
-        return fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
+        return fn.crop_mirror_normalize(
+            images, dtype=types.UINT8, output_layout="HWC", mirror=mirror
+        )
     # val, with torchvision's rounding (resize_shorter would round the long side, not truncate it,
     # and center crops round half away from zero): the same pixels as Resize + CenterCrop ±1
     import nvidia.dali.math as dali_math
@@ -103,7 +111,13 @@ def augment(jpegs, *, split: str, aug: Augmentation, decode: str, fn, types):
     short_side = dali_math.min(shape[0], shape[1])
     resized_height = dali_math.floor(shape[0] * float(aug.val_resize) / short_side)
     resized_width = dali_math.floor(shape[1] * float(aug.val_resize) / short_side)
-    images = fn.resize(images, resize_x=resized_width, resize_y=resized_height, interp_type=types.INTERP_LINEAR, antialias=True)
+    images = fn.resize(
+        images,
+        resize_x=resized_width,
+        resize_y=resized_height,
+        interp_type=types.INTERP_LINEAR,
+        antialias=True,
+    )
     crop = float(aug.val_crop)
 
     def crop_position(size):
@@ -133,7 +147,9 @@ def images_to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 
         dense = tensor_list.as_tensor()  # [N, H, W, 3] on the pipeline's GPU
         out = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))  # ordered before later kernels
+        feed_ndarray(
+            dense, out, cuda_stream=torch.cuda.current_stream(device)
+        )  # ordered before later kernels
         return out
     return torch.from_numpy(np.array(tensor_list.as_tensor()))
 
@@ -177,7 +193,9 @@ class DaliLoader(Loader):
         )
         def build():
             jpegs, labels = self._reader(epoch, start_batch)
-            images = augment(jpegs, split=self.split, aug=self.aug, decode=self.decode, fn=fn, types=self.types)
+            images = augment(
+                jpegs, split=self.split, aug=self.aug, decode=self.decode, fn=fn, types=self.types
+            )
             return images, labels
 
         pipe = build()
@@ -197,15 +215,25 @@ class DaliLoader(Loader):
 
 
 class DaliFolderLoader(DaliLoader):
-    def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str) -> None:
+    def __init__(
+        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str
+    ) -> None:
         classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
         super().__init__(
-            cfg, split, dist, decode,
-            classes=classes, class_names=find_class_names(directory), num_samples=len(paths), batch_size=batch_size,
+            cfg,
+            split,
+            dist,
+            decode,
+            classes=classes,
+            class_names=find_class_names(directory),
+            num_samples=len(paths),
+            batch_size=batch_size,
         )
         self.paths = PathTable(paths)
         self.labels = labels
-        self.plan = IndexPlan(len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed)
+        self.plan = IndexPlan(
+            len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed
+        )
         self.check_planned_batches(directory)
         logger.info("dali (%s) folder %s: %d images from %s", decode, split, len(paths), directory)
 
@@ -237,11 +265,15 @@ def read_index_lines(tar: Path, expected: int) -> tuple[str, list[str]]:
     (ext, offset, size), so the per-rank indexes cut from these lines keep this header."""
     index = tar.with_name(dali_index_name(tar.name))
     if not index.is_file():
-        raise LoaderError(f"{index}: DALI index missing next to {tar.name}: re-run `python -m preprocess shard` to rewrite it")
+        raise LoaderError(
+            f"{index}: DALI index missing next to {tar.name}: re-run `python -m preprocess shard` to rewrite it"
+        )
     lines = index.read_text().splitlines()
     header = lines[0].split() if lines else []
     if len(header) != 2 or not header[0].startswith("v1") or header[1] != str(len(lines) - 1):
-        raise LoaderError(f"{index}: not a DALI v1.x index (header {lines[:1]}): re-run `python -m preprocess shard`")
+        raise LoaderError(
+            f"{index}: not a DALI v1.x index (header {lines[:1]}): re-run `python -m preprocess shard`"
+        )
     if len(lines) - 1 != expected:
         raise LoaderError(
             f"{index}: indexes {len(lines) - 1} samples but the manifest says {expected}: the index does not "
@@ -251,20 +283,39 @@ def read_index_lines(tar: Path, expected: int) -> tuple[str, list[str]]:
 
 
 class DaliShardLoader(DaliLoader):
-    def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str) -> None:
+    def __init__(
+        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str
+    ) -> None:
         manifest, paths = open_manifest(directory, split)
         check_same_classes(directory, manifest.classes, train_classes(cfg, split))
         super().__init__(
-            cfg, split, dist, decode,
-            classes=manifest.classes, class_names=manifest.class_names or find_class_names(directory),
-            num_samples=manifest.num_samples, batch_size=batch_size,
+            cfg,
+            split,
+            dist,
+            decode,
+            classes=manifest.classes,
+            class_names=manifest.class_names or find_class_names(directory),
+            num_samples=manifest.num_samples,
+            batch_size=batch_size,
         )
-        indexes = {str(path): read_index_lines(path, shard.count) for path, shard in zip(paths, manifest.shards)}
+        indexes = {
+            str(path): read_index_lines(path, shard.count)
+            for path, shard in zip(paths, manifest.shards)
+        }
         self.index_versions = {tar: version for tar, (version, _) in indexes.items()}
         self.index_lines = {tar: lines for tar, (_, lines) in indexes.items()}
-        self.plan = ShardPlan.for_split(paths, manifest, cfg, split, dist, batch_size, num_workers=1)
+        self.plan = ShardPlan.for_split(
+            paths, manifest, cfg, split, dist, batch_size, num_workers=1
+        )
         self.check_planned_batches(directory)
-        logger.info("dali (%s) shards %s: %d samples in %d tars from %s", decode, split, manifest.num_samples, len(paths), directory)
+        logger.info(
+            "dali (%s) shards %s: %d samples in %d tars from %s",
+            decode,
+            split,
+            manifest.num_samples,
+            len(paths),
+            directory,
+        )
 
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches()
@@ -279,7 +330,9 @@ class DaliShardLoader(DaliLoader):
         for number, segment in enumerate(self.plan.segments(epoch, start, count)):
             samples = np.arange(segment.skip, segment.skip + segment.take)
             if self.plan.train:
-                samples = np.random.default_rng([self.seed, epoch, self.dist.rank, number]).permutation(samples)
+                samples = np.random.default_rng(
+                    [self.seed, epoch, self.dist.rank, number]
+                ).permutation(samples)
             order.extend((segment.path, int(sample)) for sample in samples)
         return order
 
@@ -294,7 +347,9 @@ class DaliShardLoader(DaliLoader):
                 tar = order[run_start][0]
                 lines = [self.index_lines[tar][sample] for _, sample in order[run_start:position]]
                 index = self.workdir / f"e{epoch}-b{start_batch}-{len(tars):06d}.idx"
-                index.write_text(f"{self.index_versions[tar]} {len(lines)}\n" + "\n".join(lines) + "\n")
+                index.write_text(
+                    f"{self.index_versions[tar]} {len(lines)}\n" + "\n".join(lines) + "\n"
+                )
                 tars.append(tar)
                 indexes.append(str(index))
                 run_start = position
@@ -311,10 +366,14 @@ class DaliShardLoader(DaliLoader):
 
     def _labels(self, tensor_list) -> torch.Tensor:
         # fn.readers.webdataset hands .cls over as its raw bytes: b"417" → 417
-        return torch.tensor([int(bytes(np.array(sample))) for sample in tensor_list], dtype=torch.int64)
+        return torch.tensor(
+            [int(bytes(np.array(sample))) for sample in tensor_list], dtype=torch.int64
+        )
 
 
-def build_dali_loader(cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int) -> DaliLoader:
+def build_dali_loader(
+    cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+) -> DaliLoader:
     """Shards when `directory` holds manifest.json, else class folders."""
     import_dali()
     decode = resolve_decode(cfg.data.dali_decode, dist)

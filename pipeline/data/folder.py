@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 
-def list_class_folders(directory: Path, classes: list[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
+def list_class_folders(
+    directory: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[str], np.ndarray]:
     """(classes, file paths, labels) of DIR/<class>/<file>, files sorted within each class.
 
     With `classes` given (the train split's), labels index into it and a folder outside it is an error.
@@ -61,7 +63,9 @@ def list_class_folders(directory: Path, classes: list[str] | None = None) -> tup
     except UserError as err:
         raise LoaderError(str(err)) from err
     if not found:
-        raise LoaderError(f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG")
+        raise LoaderError(
+            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
+        )
     if classes is None:
         classes = found
     else:
@@ -80,12 +84,16 @@ def list_class_folders(directory: Path, classes: list[str] | None = None) -> tup
             files = sorted(
                 entry.name
                 for entry in entries
-                if entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+                if entry.is_file()
+                and not entry.name.startswith(".")
+                and entry.name.lower().endswith(IMAGE_EXTENSIONS)
             )
         paths.extend(os.path.join(folder, file) for file in files)
         labels.extend([class_index[name]] * len(files))
     if not paths:
-        raise LoaderError(f"{directory} has class folders but no images in them (none of {', '.join(IMAGE_EXTENSIONS)})")
+        raise LoaderError(
+            f"{directory} has class folders but no images in them (none of {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -119,7 +127,9 @@ class PathTable:
 class FolderBatches(Dataset):
     """Item = (epoch, sample indices) → one decoded, augmented uint8 batch."""
 
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, split: str, aug: Augmentation, seed: int) -> None:
+    def __init__(
+        self, paths: Sequence[str], labels: np.ndarray, split: str, aug: Augmentation, seed: int
+    ) -> None:
         self.paths = paths if isinstance(paths, PathTable) else PathTable(paths)
         self.labels = labels
         self.split = split
@@ -140,7 +150,9 @@ class FolderBatches(Dataset):
 
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, indices = item
-        return collate_uint8([(self.load(int(index), epoch), int(self.labels[index])) for index in indices])
+        return collate_uint8(
+            [(self.load(int(index), epoch), int(self.labels[index])) for index in indices]
+        )
 
 
 class EpochState:
@@ -174,7 +186,9 @@ class _EpochSampler(Sampler):
 class FolderLoader(Loader):
     backend = "folder"
 
-    def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int) -> None:
+    def __init__(
+        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+    ) -> None:
         classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
         super().__init__(
             split=split,
@@ -186,10 +200,14 @@ class FolderLoader(Loader):
             channels_last=cfg.train.channels_last,
         )
         self.directory = directory
-        self.plan = IndexPlan(len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed)
+        self.plan = IndexPlan(
+            len(paths), batch_size, dist.rank, dist.world_size, split == "train", cfg.train.seed
+        )
         self.check_planned_batches(directory)
         self.epoch_state = EpochState()
-        self.dataset = FolderBatches(paths, labels, split, Augmentation.from_config(cfg.data), cfg.train.seed)
+        self.dataset = FolderBatches(
+            paths, labels, split, Augmentation.from_config(cfg.data), cfg.train.seed
+        )
         workers = cfg.data.num_workers
         self.dataloader = DataLoader(
             self.dataset,
@@ -200,7 +218,9 @@ class FolderLoader(Loader):
             persistent_workers=workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         )
-        logger.info("folder %s: %d images, %d classes from %s", split, len(paths), len(classes), directory)
+        logger.info(
+            "folder %s: %d images, %d classes from %s", split, len(paths), len(classes), directory
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch, start_batch)

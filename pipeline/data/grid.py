@@ -35,7 +35,9 @@ def save_batch_grid(
     if images.dtype != torch.uint8:
         images = denormalize(images)
     pixels = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # [N, H, W, 3] uint8
-    labels = [int(label) for label in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)][:max_images]
+    labels = [
+        int(label) for label in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)
+    ][:max_images]
     captions = []
     for label in labels:
         name = class_names[label] if 0 <= label < len(class_names) else "?"

@@ -94,7 +94,11 @@ class RandomSource(Protocol):
 
 
 def sample_crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: RandomSource
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: RandomSource,
 ) -> tuple[int, int, int, int]:
     """(top, left, crop_height, crop_width): torchvision's RandomResizedCrop.get_params, draw for draw.
 
@@ -124,7 +128,9 @@ def sample_crop_box(
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
 
-def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[float, float, float, float]:
+def val_geometry(
+    width: int, height: int, resize: int, crop: int
+) -> tuple[float, float, float, float]:
     """The source box (left, top, right, bottom) that Resize(resize) + CenterCrop(crop) reads.
 
     Same rounding as torchvision: the long side is truncated, the crop offset rounded.
@@ -137,7 +143,12 @@ def val_geometry(width: int, height: int, resize: int, crop: int) -> tuple[float
     crop_left = round((resized_width - crop) / 2.0)
     scale_x = width / resized_width
     scale_y = height / resized_height
-    return (crop_left * scale_x, crop_top * scale_y, (crop_left + crop) * scale_x, (crop_top + crop) * scale_y)
+    return (
+        crop_left * scale_x,
+        crop_top * scale_y,
+        (crop_left + crop) * scale_x,
+        (crop_top + crop) * scale_y,
+    )
 
 
 def _open(data: bytes | str) -> Image.Image:
@@ -162,7 +173,11 @@ def _draft_for_box(image: Image.Image, box_width: float, box_height: float, out_
     if image.format != "JPEG":
         return 1.0
     reduction = 1
-    while reduction < 8 and box_width / (reduction * 2) >= out_size and box_height / (reduction * 2) >= out_size:
+    while (
+        reduction < 8
+        and box_width / (reduction * 2) >= out_size
+        and box_height / (reduction * 2) >= out_size
+    ):
         reduction *= 2
     if reduction == 1:
         return 1.0
@@ -175,12 +190,19 @@ def decode_train(data: bytes | str, aug: Augmentation, rng: random.Random) -> np
     """JPEG bytes (or a path) → uint8 [train_crop, train_crop, 3] RandomResizedCrop + flip."""
     with _open(data) as image:
         width, height = image.size
-        top, left, crop_height, crop_width = sample_crop_box(width, height, aug.scale, aug.ratio, rng)
+        top, left, crop_height, crop_width = sample_crop_box(
+            width, height, aug.scale, aug.ratio, rng
+        )
         flip = rng.random() < aug.flip_prob
         factor = _draft_for_box(image, crop_width, crop_height, aug.train_crop)
         image = _rgb(image)
         # after draft the decoded image is 1/factor the size; the box scales with it (sub-pixel ok)
-        box = (left / factor, top / factor, (left + crop_width) / factor, (top + crop_height) / factor)
+        box = (
+            left / factor,
+            top / factor,
+            (left + crop_width) / factor,
+            (top + crop_height) / factor,
+        )
         image = image.resize((aug.train_crop, aug.train_crop), Image.Resampling.BILINEAR, box=box)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -217,7 +239,9 @@ def collate_uint8(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, 
     first = samples[0][0]
     shape = (len(samples), *first.shape)
     if torch.utils.data.get_worker_info() is not None:
-        storage = torch.empty(0, dtype=torch.uint8).untyped_storage()._new_shared(int(np.prod(shape)))
+        storage = (
+            torch.empty(0, dtype=torch.uint8).untyped_storage()._new_shared(int(np.prod(shape)))
+        )
         images = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
     else:
         images = torch.empty(shape, dtype=torch.uint8)

@@ -123,7 +123,9 @@ class ShardPlan:
     seed: int
 
     @classmethod
-    def for_split(cls, paths, manifest, cfg, split: str, dist, batch_size: int, num_workers: int) -> ShardPlan:
+    def for_split(
+        cls, paths, manifest, cfg, split: str, dist, batch_size: int, num_workers: int
+    ) -> ShardPlan:
         """The plan of one rank over a manifest's shards (what the wds and dali backends read)."""
         return cls(
             paths=tuple(str(path) for path in paths),
@@ -215,7 +217,9 @@ def sample_offset(tar_path: str, sample: int) -> int:
     try:
         lines = path.with_name(dali_index_name(path.name)).read_text().splitlines()
         version, fields = lines[0].split()[0], lines[1 + sample].split()
-        width = 4 if version >= "v1.2" else 3  # v1.2 lines are (ext, offset, size, file name) per member
+        width = (
+            4 if version >= "v1.2" else 3
+        )  # v1.2 lines are (ext, offset, size, file name) per member
         members = [fields[start : start + width] for start in range(0, len(fields), width)]
         first = min(members, key=lambda member: int(member[1]))
         offset = int(first[1]) - TAR_BLOCK  # a member's data follows its 512-byte header
@@ -261,7 +265,9 @@ class ShardStream(IterableDataset):
         epoch, start_batch = int(self.state[0]), int(self.state[1])
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        assert workers == self.plan.num_workers, f"plan for {self.plan.num_workers} workers, running {workers}"
+        assert workers == self.plan.num_workers, (
+            f"plan for {self.plan.num_workers} workers, running {workers}"
+        )
         # resuming at batch k: physical worker 0 must produce rank batch k (the DataLoader polls it first)
         logical = (physical + start_batch) % workers
         skip_batches = max(0, (start_batch - logical + workers - 1) // workers)
@@ -272,7 +278,9 @@ class ShardStream(IterableDataset):
         if self.split == "train":
             rng = random.Random(f"{self.plan.seed}-{epoch}-{self.plan.rank}-{logical}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
-        stages.append(self._decoder(epoch, block.first_position, skip_batches * self.plan.batch_size))
+        stages.append(
+            self._decoder(epoch, block.first_position, skip_batches * self.plan.batch_size)
+        )
         stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))
         # now: uint8 [B, H, W, 3] batches of this worker's block, from batch skip_batches on
         yield from wds.DataPipeline(*stages)
@@ -286,13 +294,17 @@ class ShardStream(IterableDataset):
                     continue  # before the resume point: dropped undecoded
                 try:
                     if train:
-                        pixels = decode_train(sample["jpg"], aug, sample_rng(seed, epoch, first_position + position))
+                        pixels = decode_train(
+                            sample["jpg"], aug, sample_rng(seed, epoch, first_position + position)
+                        )
                     else:
                         pixels = decode_val(sample["jpg"], aug)
                     label = int(sample["cls"])
                 except (KeyError, OSError, ValueError) as err:
                     url = str(sample.get("__url__"))
-                    raise decode_error(f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)) from err
+                    raise decode_error(
+                        f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)
+                    ) from err
                 yield pixels, label
 
         return decode
@@ -301,7 +313,9 @@ class ShardStream(IterableDataset):
 class WdsLoader(Loader):
     backend = "wds"
 
-    def __init__(self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int) -> None:
+    def __init__(
+        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+    ) -> None:
         manifest, paths = open_manifest(directory, split)
         check_same_classes(directory, manifest.classes, train_classes(cfg, split))
         super().__init__(
@@ -318,7 +332,9 @@ class WdsLoader(Loader):
         workers = cfg.data.num_workers
         self.plan = ShardPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
         self.check_planned_batches(directory)
-        self.stream = ShardStream(self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split)
+        self.stream = ShardStream(
+            self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split
+        )
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches
@@ -327,7 +343,13 @@ class WdsLoader(Loader):
             persistent_workers=workers > 0,
             prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
         )
-        logger.info("wds %s: %d samples in %d shards from %s", split, manifest.num_samples, len(paths), directory)
+        logger.info(
+            "wds %s: %d samples in %d shards from %s",
+            split,
+            manifest.num_samples,
+            len(paths),
+            directory,
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch, start_batch)

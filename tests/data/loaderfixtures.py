@@ -40,7 +40,9 @@ def decode_identity(images: torch.Tensor) -> list[tuple[int, int]]:
     return result
 
 
-def write_class_folders(root: Path, per_class: list[int], first_id: int = 0) -> list[tuple[int, int]]:
+def write_class_folders(
+    root: Path, per_class: list[int], first_id: int = 0
+) -> list[tuple[int, int]]:
     """root/<wnid>/<key>.JPEG with per_class[c] images of class c; returns [(class, id)]."""
     identities = []
     sample_id = first_id
@@ -63,14 +65,28 @@ def tiny_folders(tmp_path_factory) -> dict:
     train = write_class_folders(root / "folders" / "train", [8, 7, 8, 8, 7, 8, 7, 8])
     val = write_class_folders(root / "folders" / "val", [4, 3, 3, 4, 3, 3, 4, 3], first_id=100)
     shutil.copy(SYNSET_MAPPING, root / "LOC_synset_mapping.txt")
-    return {"root": root, "train": root / "folders" / "train", "val": root / "folders" / "val",
-            "train_ids": train, "val_ids": val}
+    return {
+        "root": root,
+        "train": root / "folders" / "train",
+        "val": root / "folders" / "val",
+        "train_ids": train,
+        "val_ids": val,
+    }
 
 
 def tiny_config(train_dir, val_dir, backend="folder", **data):
     """A Config with test-sized crops (32 px) and few workers."""
-    values = {"backend": backend, "train_dir": str(train_dir), "val_dir": str(val_dir), "global_batch_size": 8,
-                  "num_workers": 0, "train_crop": 32, "val_resize": 36, "val_crop": 32, "prefetch_factor": 2}
+    values = {
+        "backend": backend,
+        "train_dir": str(train_dir),
+        "val_dir": str(val_dir),
+        "global_batch_size": 8,
+        "num_workers": 0,
+        "train_crop": 32,
+        "val_resize": 36,
+        "val_crop": 32,
+        "prefetch_factor": 2,
+    }
     values.update(data)
     return build_config({"data": values, "train": {"seed": 3, "channels_last": False}})
 
@@ -83,7 +99,19 @@ def make_shards(src: Path, dst: Path, split: str, shard_size: int) -> Path:
     """Shard class folders with the real writer (`python -m preprocess shard`)."""
     from preprocess.cli import main
 
-    status = main(["shard", str(src), str(dst), "--split", split, "--shard-size", str(shard_size), "--workers", "1"])
+    status = main(
+        [
+            "shard",
+            str(src),
+            str(dst),
+            "--split",
+            split,
+            "--shard-size",
+            str(shard_size),
+            "--workers",
+            "1",
+        ]
+    )
     assert status == 0, f"preprocess shard exited {status}"
     return dst
 
@@ -115,8 +143,16 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
 
     from pipeline.data import LoaderError, build_loader
 
-    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    dist = DistInfo(rank=rank, local_rank=rank, world_size=world_size, local_world_size=world_size, backend="gloo")
+    torch_dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    dist = DistInfo(
+        rank=rank,
+        local_rank=rank,
+        world_size=world_size,
+        local_world_size=world_size,
+        backend="gloo",
+    )
     report = {}
     try:
         for backend, train_dir, val_dir, workers in combos:
@@ -150,7 +186,10 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
                 entry["mismatch_error"] = ""
             except LoaderError as err:
                 entry["mismatch_error"] = str(err)
-            report[f"{backend}:{Path(train_dir).parent.name}" + (f":{workers}workers" if workers else "")] = entry
+            report[
+                f"{backend}:{Path(train_dir).parent.name}"
+                + (f":{workers}workers" if workers else "")
+            ] = entry
     finally:
         torch_dist.destroy_process_group()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(report))

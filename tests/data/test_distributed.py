@@ -33,13 +33,17 @@ KEYS = ["folder:folders", "wds:shards", "wds:shards:2workers", "dali:folders", "
 def test_val_is_visited_exactly_once_across_two_ranks(two_rank_report, tiny_folders, key):
     rank0, rank1 = two_rank_report[key]
     union = rank0["val_ids"] + rank1["val_ids"]
-    assert sorted(union) == sorted(sample_id for _, sample_id in tiny_folders["val_ids"])  # no duplicates, no drops
+    assert sorted(union) == sorted(
+        sample_id for _, sample_id in tiny_folders["val_ids"]
+    )  # no duplicates, no drops
     assert rank0["labels_ok"] and rank1["labels_ok"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS)
-def test_train_batch_counts_are_equal_on_both_ranks_and_the_ranks_are_disjoint(two_rank_report, key):
+def test_train_batch_counts_are_equal_on_both_ranks_and_the_ranks_are_disjoint(
+    two_rank_report, key
+):
     rank0, rank1 = two_rank_report[key]
     # 61 samples (shards of 10, the last holding 1), 4 per rank batch: 30 per rank → 7 batches each
     assert rank0["train_batches"] == rank1["train_batches"] == [7, 7]
@@ -51,7 +55,8 @@ def test_train_batch_counts_are_equal_on_both_ranks_and_the_ranks_are_disjoint(t
 @pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS)
 def test_shuffle_differs_per_epoch_repeats_for_the_same_seed_and_resume_continues_the_epoch_on_each_rank(
-        two_rank_report, key):
+    two_rank_report, key
+):
     for rank in two_rank_report[key]:
         assert rank["train_ids"][0] != rank["train_ids"][1]
         assert rank["repeat_ids"] == rank["train_ids"][0]  # a second loader with the same seed

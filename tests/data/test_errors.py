@@ -23,7 +23,11 @@ def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 @pytest.mark.parametrize("backend", ["folder", "wds", "dali"])
 def test_a_missing_directory_is_named(tmp_path, backend):
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tmp_path / "nope", tmp_path / "nope", backend=backend), "train", single_rank())
+        build_loader(
+            tiny_config(tmp_path / "nope", tmp_path / "nope", backend=backend),
+            "train",
+            single_rank(),
+        )
     assert_one_line(err, "data.train_dir", "does not exist")
 
 
@@ -31,7 +35,11 @@ def test_a_missing_directory_is_named(tmp_path, backend):
 def test_an_empty_directory_is_named(tmp_path, backend):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tmp_path / "empty", tmp_path / "empty", backend=backend), "val", single_rank())
+        build_loader(
+            tiny_config(tmp_path / "empty", tmp_path / "empty", backend=backend),
+            "val",
+            single_rank(),
+        )
     assert_one_line(err, "data.val_dir", "is empty")
 
 
@@ -44,13 +52,21 @@ def test_class_folders_without_images_are_rejected(tmp_path):
 
 def test_folder_backend_pointed_at_shards_says_to_use_wds_or_dali(tiny_shards):
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tiny_shards["train"], tiny_shards["val"], backend="folder"), "train", single_rank())
+        build_loader(
+            tiny_config(tiny_shards["train"], tiny_shards["val"], backend="folder"),
+            "train",
+            single_rank(),
+        )
     assert_one_line(err, "data.backend=wds")
 
 
 def test_wds_backend_pointed_at_class_folders_says_how_to_shard(tiny_folders):
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"], backend="wds"), "train", single_rank())
+        build_loader(
+            tiny_config(tiny_folders["train"], tiny_folders["val"], backend="wds"),
+            "train",
+            single_rank(),
+        )
     assert_one_line(err, "manifest.json", "preprocess shard")
 
 
@@ -109,13 +125,19 @@ def test_dali_without_dali_installed_says_what_to_install(tiny_folders, monkeypa
 
     monkeypatch.setattr(builtins, "__import__", without_dali)
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali"), "train", single_rank())
+        build_loader(
+            tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali"),
+            "train",
+            single_rank(),
+        )
     assert_one_line(err, "nvidia-dali", "data.backend=folder")
 
 
 @pytest.mark.dali
 def test_mixed_decoding_without_a_gpu_says_to_use_cpu(tiny_folders):
-    cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], backend="dali", dali_decode="mixed")
+    cfg = tiny_config(
+        tiny_folders["train"], tiny_folders["val"], backend="dali", dali_decode="mixed"
+    )
     with pytest.raises(LoaderError) as err:
         build_loader(cfg, "train", single_rank())
     assert_one_line(err, "data.dali_decode=cpu")
@@ -144,7 +166,9 @@ def test_val_folders_missing_a_class_keep_the_train_class_indices(tiny_folders, 
 
     for wnid in (WNIDS[1], WNIDS[5]):
         shutil.copytree(tiny_folders["val"] / wnid, tmp_path / "val" / wnid)
-    loader = build_loader(tiny_config(tiny_folders["train"], tmp_path / "val"), "val", single_rank())
+    loader = build_loader(
+        tiny_config(tiny_folders["train"], tmp_path / "val"), "val", single_rank()
+    )
     assert loader.classes == WNIDS
     labels = [label for _, batch_labels in loader for label in batch_labels.tolist()]
     assert sorted(set(labels)) == [1, 5]
@@ -160,26 +184,39 @@ def test_val_shards_with_other_classes_than_train_are_rejected(tiny_shards, tmp_
         shutil.copytree(tiny_shards["root"] / "folders" / "val" / wnid, tmp_path / "folders" / wnid)
     shards = make_shards(tmp_path / "folders", tmp_path / "val", "val", 4)
     with pytest.raises(LoaderError) as err:
-        build_loader(tiny_config(tiny_shards["train"], shards, backend=backend), "val", single_rank())
+        build_loader(
+            tiny_config(tiny_shards["train"], shards, backend=backend), "val", single_rank()
+        )
     assert_one_line(err, "lists 2 classes but the train data lists 8", "empty folder")
 
 
 def test_a_resume_point_past_the_end_of_the_epoch_is_a_loader_error_saying_what_to_do(tiny_folders):
-    loader = build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank())
-    with pytest.raises(LoaderError, match="past the end of train epoch 0: this rank plans 7 batches"):
+    loader = build_loader(
+        tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank()
+    )
+    with pytest.raises(
+        LoaderError, match="past the end of train epoch 0: this rank plans 7 batches"
+    ):
         loader.set_epoch(0, start_batch=len(loader) + 1)
 
 
 @pytest.mark.dali
-def test_dali_shards_with_older_v1_1_indexes_are_read_with_their_own_index_version(tiny_shards, tmp_path):
+def test_dali_shards_with_older_v1_1_indexes_are_read_with_their_own_index_version(
+    tiny_shards, tmp_path
+):
     from loaderfixtures import decode_identity
 
     copy = shutil.copytree(tiny_shards["val"], tmp_path / "val")
     for index in copy.glob("*.idx"):  # v1.1: (ext, offset, size) per member, no file names
         header, *lines = index.read_text().splitlines()
-        older = [" ".join(f for position, f in enumerate(line.split()) if position % 4 != 3) for line in lines]
+        older = [
+            " ".join(f for position, f in enumerate(line.split()) if position % 4 != 3)
+            for line in lines
+        ]
         index.write_text(f"v1.1 {header.split()[1]}\n" + "\n".join(older) + "\n")
-    loader = build_loader(tiny_config(tiny_shards["train"], copy, backend="dali"), "val", single_rank())
+    loader = build_loader(
+        tiny_config(tiny_shards["train"], copy, backend="dali"), "val", single_rank()
+    )
     seen = [sample_id for images, _ in loader for _, sample_id in decode_identity(images)]
     assert sorted(seen) == sorted(sample_id for _, sample_id in tiny_shards["val_ids"])
     written = list(loader.workdir.glob("*.idx"))
@@ -203,17 +240,25 @@ def corrupt_first_image(directory, layout):
     return str(tar_path)
 
 
-@pytest.mark.parametrize(("backend", "layout"), [("folder", "tiny_folders"), ("wds", "tiny_shards")])
+@pytest.mark.parametrize(
+    ("backend", "layout"), [("folder", "tiny_folders"), ("wds", "tiny_shards")]
+)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_worker(request, tmp_path, backend, layout, workers):
+def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_worker(
+    request, tmp_path, backend, layout, workers
+):
     from pipeline.data import SampleDecodeError
 
     data = request.getfixturevalue(layout)
     val = shutil.copytree(data["val"], tmp_path / "val")
     source = corrupt_first_image(val, layout)
-    loader = build_loader(tiny_config(data["train"], val, backend=backend, num_workers=workers), "val", single_rank())
+    loader = build_loader(
+        tiny_config(data["train"], val, backend=backend, num_workers=workers), "val", single_rank()
+    )
     with pytest.raises(SampleDecodeError) as err:
         list(loader)
     assert_one_line(err, source, "cannot decode", f"python -m preprocess verify {val} --decode")
     assert "Caught" not in str(err.value) and "Traceback" not in str(err.value)
-    assert ("worker process" in err.value.worker_report) == (workers > 0)  # torch's report is kept aside
+    assert ("worker process" in err.value.worker_report) == (
+        workers > 0
+    )  # torch's report is kept aside

@@ -23,7 +23,9 @@ def test_path_table_returns_every_path_including_non_utf8_names():
 
 
 def test_the_folder_loaders_file_list_is_two_buffers_not_one_python_string_per_file(tiny_folders):
-    loader = build_loader(tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank())
+    loader = build_loader(
+        tiny_config(tiny_folders["train"], tiny_folders["val"]), "train", single_rank()
+    )
     table = loader.dataset.paths
     assert isinstance(table, PathTable)
     # reading a path must not touch per-file Python objects (their refcounts dirty forked pages)
@@ -33,13 +35,19 @@ def test_the_folder_loaders_file_list_is_two_buffers_not_one_python_string_per_f
 
 
 @pytest.mark.parametrize("layout", ["tiny_folders", "tiny_shards"])
-def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garbage_collector(request, layout):
+def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garbage_collector(
+    request, layout
+):
     import gc
     import weakref
 
     data = request.getfixturevalue(layout)
     backend = "folder" if layout == "tiny_folders" else "wds"
-    loader = build_loader(tiny_config(data["train"], data["val"], backend=backend, num_workers=2), "train", single_rank())
+    loader = build_loader(
+        tiny_config(data["train"], data["val"], backend=backend, num_workers=2),
+        "train",
+        single_rank(),
+    )
     loader.set_epoch(0)
     assert len(list(loader)) == len(loader)
     workers = list(loader.dataloader._iterator._workers)  # persistent: alive between epochs
@@ -61,8 +69,12 @@ def test_the_folder_backend_lists_every_suffix_preprocessing_reads_gif_included(
 
     folder = tmp_path / "train" / "n01440764"
     folder.mkdir(parents=True)
-    for number, suffix in enumerate(sorted(IMAGE_SUFFIXES)):  # listing does not decode: names are enough
-        (folder / f"image_{number}{suffix.upper() if number % 2 else suffix}").write_bytes(b"pixels")
+    for number, suffix in enumerate(
+        sorted(IMAGE_SUFFIXES)
+    ):  # listing does not decode: names are enough
+        (folder / f"image_{number}{suffix.upper() if number % 2 else suffix}").write_bytes(
+            b"pixels"
+        )
     (folder / "notes.txt").write_text("not an image")
     _, paths, _ = list_class_folders(tmp_path / "train")
     assert ".gif" in IMAGE_SUFFIXES

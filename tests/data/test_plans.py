@@ -25,7 +25,9 @@ def test_index_plan_val_covers_every_sample_once_and_train_counts_are_equal(worl
 
 
 def shard_counts(total: int, shard_size: int) -> tuple[int, ...]:
-    return tuple([shard_size] * (total // shard_size) + ([total % shard_size] if total % shard_size else []))
+    return tuple(
+        [shard_size] * (total // shard_size) + ([total % shard_size] if total % shard_size else [])
+    )
 
 
 @pytest.mark.parametrize(("world", "samples", "batch"), CASES)
@@ -40,16 +42,28 @@ def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, wo
         for worker in range(workers):
             block = plan.worker_block(epoch, worker)
             assert sum(segment.take for segment in block.segments) == block.size
-            read.extend((segment.path, segment.skip + offset) for segment in block.segments for offset in range(segment.take))
+            read.extend(
+                (segment.path, segment.skip + offset)
+                for segment in block.segments
+                for offset in range(segment.take)
+            )
         return read
 
     everything = [(path, number) for path, count in zip(paths, counts) for number in range(count)]
-    val = [ShardPlan(paths, counts, batch, rank, world, workers, train=False, seed=0) for rank in range(world)]
+    val = [
+        ShardPlan(paths, counts, batch, rank, world, workers, train=False, seed=0)
+        for rank in range(world)
+    ]
     assert sorted(sample for plan in val for sample in positions(plan, 0)) == sorted(everything)
-    for rank, plan in enumerate(val):  # rank r holds [N*r//W, N*(r+1)//W), with a partial last batch
+    for rank, plan in enumerate(
+        val
+    ):  # rank r holds [N*r//W, N*(r+1)//W), with a partial last batch
         size = samples * (rank + 1) // world - samples * rank // world
         assert plan.num_batches() == -(-size // batch)
-    train = [ShardPlan(paths, counts, batch, rank, world, workers, train=True, seed=0) for rank in range(world)]
+    train = [
+        ShardPlan(paths, counts, batch, rank, world, workers, train=True, seed=0)
+        for rank in range(world)
+    ]
     assert {plan.num_batches() for plan in train} == {samples // world // batch}
     for epoch in (0, 1):
         read = [sample for plan in train for sample in positions(plan, epoch)]
@@ -61,11 +75,17 @@ def test_shard_order_changes_per_epoch_and_repeats_per_seed():
     paths = tuple(f"shard{index}.tar" for index in range(12))
     plan = ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5)
     assert list(plan.shard_order(0)) != list(plan.shard_order(1))
-    assert list(plan.shard_order(1)) == list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1))
-    assert list(plan.shard_order(1)) != list(ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1))
+    assert list(plan.shard_order(1)) == list(
+        ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1)
+    )
+    assert list(plan.shard_order(1)) != list(
+        ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1)
+    )
 
 
-def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_read_finds(tiny_shards):
+def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_read_finds(
+    tiny_shards,
+):
     from pipeline.data.wds import Segment, read_segments, sample_offset
 
     tar = str(tiny_shards["train"] / "imagenet-train-000002.tar")
@@ -73,7 +93,9 @@ def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_re
     whole = [sample["__key__"] for sample in read_segments(iter([Segment(tar, 0, 10)]))]
     assert len(whole) == 10
     for skip in range(1, 10):
-        sliced = [sample["__key__"] for sample in read_segments(iter([Segment(tar, skip, 10 - skip)]))]
+        sliced = [
+            sample["__key__"] for sample in read_segments(iter([Segment(tar, skip, 10 - skip)]))
+        ]
         assert sliced == whole[skip:]
     for skip, take in [(3, 2), (7, 1)]:
         samples = list(read_segments(iter([Segment(tar, skip, take)])))
@@ -81,18 +103,30 @@ def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_re
         assert all(set(sample) >= {"jpg", "cls", "json"} for sample in samples)
 
 
-def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start(tiny_shards, tmp_path):
+def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start(
+    tiny_shards, tmp_path
+):
     import shutil
 
     from pipeline.data.wds import Segment, read_segments, sample_offset
 
-    tar = str(shutil.copy(tiny_shards["train"] / "imagenet-train-000002.tar", tmp_path / "imagenet-train-000002.tar"))
+    tar = str(
+        shutil.copy(
+            tiny_shards["train"] / "imagenet-train-000002.tar",
+            tmp_path / "imagenet-train-000002.tar",
+        )
+    )
     whole = [sample["__key__"] for sample in read_segments(iter([Segment(tar, 0, 10)]))]
     assert sample_offset(tar, 3) == 0  # no index next to the copy
     assert [sample["__key__"] for sample in read_segments(iter([Segment(tar, 3, 7)]))] == whole[3:]
     lines = (tiny_shards["train"] / "imagenet-train-000002.idx").read_text().splitlines()
-    shifted = [lines[0]] + [" ".join(str(int(f) + 512) if f.isdigit() and i % 4 == 1 else f
-                                     for i, f in enumerate(line.split())) for line in lines[1:]]
+    shifted = [lines[0]] + [
+        " ".join(
+            str(int(f) + 512) if f.isdigit() and i % 4 == 1 else f
+            for i, f in enumerate(line.split())
+        )
+        for line in lines[1:]
+    ]
     (tmp_path / "imagenet-train-000002.idx").write_text("\n".join(shifted) + "\n")
     assert sample_offset(tar, 3) == 0  # the header it points at is not the named member's
     assert [sample["__key__"] for sample in read_segments(iter([Segment(tar, 3, 7)]))] == whole[3:]
@@ -101,15 +135,21 @@ def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start
 def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none():
     def read(plan: ShardPlan, epoch: int) -> set[int]:
         block = plan.worker_block(epoch, 0)
-        return {segment.skip + offset for segment in block.segments for offset in range(segment.take)}
+        return {
+            segment.skip + offset for segment in block.segments for offset in range(segment.take)
+        }
 
     counts = (61,)  # 2 ranks x 7 batches of 4 = 56 read, 5 dropped per epoch
-    plans = [ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=True, seed=3) for rank in range(2)]
+    plans = [
+        ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=True, seed=3) for rank in range(2)
+    ]
     dropped = []
     for epoch in range(4):
         rank0, rank1 = read(plans[0], epoch), read(plans[1], epoch)
         assert len(rank0) == len(rank1) == 28 and not rank0 & rank1
         dropped.append(frozenset(set(range(61)) - rank0 - rank1))
     assert len(set(dropped)) == 4, "the same tail is dropped every epoch"
-    val = [ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)]
+    val = [
+        ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)
+    ]
     assert sorted(read(val[0], 0) | read(val[1], 0)) == list(range(61))

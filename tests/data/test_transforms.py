@@ -47,7 +47,10 @@ def test_crop_box_is_torchvision_get_params_draw_for_draw(size):
         torch.manual_seed(seed)
         expected = tv.RandomResizedCrop.get_params(image, scale=list(scale), ratio=list(ratio))
         torch.manual_seed(seed)
-        assert sample_crop_box(width, height, scale, ratio, TorchDraws()) == tuple(expected), (size, seed)
+        assert sample_crop_box(width, height, scale, ratio, TorchDraws()) == tuple(expected), (
+            size,
+            seed,
+        )
 
 
 def test_crop_box_falls_back_to_a_ratio_clamped_center_crop_like_torchvision():
@@ -60,19 +63,32 @@ def test_crop_box_falls_back_to_a_ratio_clamped_center_crop_like_torchvision():
 
     for width, height in [(400, 100), (100, 400), (120, 100), (90, 120)]:
         # scale (2, 2): twice the image area never fits, so all 10 tries fail in both implementations
-        expected = tv.RandomResizedCrop.get_params(Image.new("RGB", (width, height)), [2.0, 2.0], [3 / 4, 4 / 3])
-        assert sample_crop_box(width, height, (2.0, 2.0), (3 / 4, 4 / 3), NeverFits()) == tuple(expected)
+        expected = tv.RandomResizedCrop.get_params(
+            Image.new("RGB", (width, height)), [2.0, 2.0], [3 / 4, 4 / 3]
+        )
+        assert sample_crop_box(width, height, (2.0, 2.0), (3 / 4, 4 / 3), NeverFits()) == tuple(
+            expected
+        )
 
 
 def test_crop_box_statistics_match_torchvision_with_python_random():
     rng = random.Random(0)
-    ours = np.array([sample_crop_box(500, 375, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(4000)], dtype=float)
+    ours = np.array(
+        [sample_crop_box(500, 375, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(4000)],
+        dtype=float,
+    )
     torch.manual_seed(0)
     image = Image.new("RGB", (500, 375))
-    theirs = np.array([tv.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)], dtype=float)
+    theirs = np.array(
+        [tv.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)],
+        dtype=float,
+    )
     area_ours, area_theirs = ours[:, 2] * ours[:, 3], theirs[:, 2] * theirs[:, 3]
     assert abs(area_ours.mean() - area_theirs.mean()) / area_theirs.mean() < 0.05
-    assert abs(ours[:, 0].mean() - theirs[:, 0].mean()) < 5 and abs(ours[:, 1].mean() - theirs[:, 1].mean()) < 5
+    assert (
+        abs(ours[:, 0].mean() - theirs[:, 0].mean()) < 5
+        and abs(ours[:, 1].mean() - theirs[:, 1].mean()) < 5
+    )
 
 
 def test_val_output_equals_torchvision_resize_and_center_crop():
@@ -96,9 +112,13 @@ def test_train_crop_with_draft_matches_the_same_box_decoded_at_full_size():
     aug = Augmentation(train_crop=64, flip_prob=0.0)
     for index in range(20):
         ours = decode_train(PHOTO.read_bytes(), aug, sample_rng(1, 0, index)).astype(np.int16)
-        top, left, height, width = sample_crop_box(570, 401, aug.scale, aug.ratio, sample_rng(1, 0, index))
+        top, left, height, width = sample_crop_box(
+            570, 401, aug.scale, aug.ratio, sample_rng(1, 0, index)
+        )
         full = Image.open(PHOTO).convert("RGB")
-        reference = full.resize((64, 64), Image.Resampling.BILINEAR, box=(left, top, left + width, top + height))
+        reference = full.resize(
+            (64, 64), Image.Resampling.BILINEAR, box=(left, top, left + width, top + height)
+        )
         assert ours.shape == (64, 64, 3)
         assert np.abs(ours - np.asarray(reference).astype(np.int16)).mean() < 6, index
 
@@ -113,8 +133,12 @@ def test_flip_probability_one_mirrors_and_zero_does_not():
 def test_train_decoding_is_reproducible_from_seed_epoch_and_index():
     data = PHOTO.read_bytes()
     aug = Augmentation(train_crop=32)
-    assert np.array_equal(decode_train(data, aug, sample_rng(3, 1, 7)), decode_train(data, aug, sample_rng(3, 1, 7)))
-    assert not np.array_equal(decode_train(data, aug, sample_rng(3, 1, 7)), decode_train(data, aug, sample_rng(3, 2, 7)))
+    assert np.array_equal(
+        decode_train(data, aug, sample_rng(3, 1, 7)), decode_train(data, aug, sample_rng(3, 1, 7))
+    )
+    assert not np.array_equal(
+        decode_train(data, aug, sample_rng(3, 1, 7)), decode_train(data, aug, sample_rng(3, 2, 7))
+    )
 
 
 def test_grayscale_and_png_inputs_come_out_rgb():
@@ -125,7 +149,9 @@ def test_grayscale_and_png_inputs_come_out_rgb():
 
 
 def test_normalize_matches_torchvision_normalize_and_keeps_channels_last():
-    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
     ours = normalize(images)
     theirs = tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)(images.float() / 255)
     assert ours.dtype == torch.float32 and torch.allclose(ours, theirs, atol=1e-5)

@@ -178,11 +178,19 @@ def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
     from pipeline.demo import DemoResult, shortfalls
 
     everything = {name: tmp_path / name for name in EXPECTED_ARTEFACTS}
-    good = DemoResult(top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={})
+    good = DemoResult(
+        top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={}
+    )
     assert shortfalls(good, 50.0) == []
-    low = DemoResult(top1=12.0, top5=50.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={})
-    assert shortfalls(low, 50.0) == [f"val top-1 12.00% is below the required 50% (chance 10%): the run did not learn; see {tmp_path}"]
+    low = DemoResult(
+        top1=12.0, top5=50.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={}
+    )
+    assert shortfalls(low, 50.0) == [
+        f"val top-1 12.00% is below the required 50% (chance 10%): the run did not learn; see {tmp_path}"
+    ]
     assert shortfalls(low, 0.0) == []
     partial = {k: v for k, v in everything.items() if k != "prediction grid PNG"}
-    missing = DemoResult(top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=partial, seconds={})
+    missing = DemoResult(
+        top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=partial, seconds={}
+    )
     assert shortfalls(missing, 50.0) == [f"missing artefacts: prediction grid PNG (see {tmp_path})"]

@@ -14,7 +14,12 @@ import pytest
 from PIL import Image
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
-NAMES = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tiger shark, Galeocerdo cuvieri"]
+NAMES = [
+    "tench, Tinca tinca",
+    "goldfish, Carassius auratus",
+    "great white shark",
+    "tiger shark, Galeocerdo cuvieri",
+]
 COLOURS = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60)]
 
 
@@ -44,7 +49,9 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-imagenet")
     write_split(root / "train", [40, 40, 40, 40], seed=1)
     write_split(root / "val", [5, 4, 4, 4], seed=2)
-    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(WNIDS, NAMES)))
+    (root / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{w} {n}\n" for w, n in zip(WNIDS, NAMES))
+    )
     return root
 
 
@@ -55,7 +62,18 @@ def tiny_shards(tiny_data, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-shards")
     for split, shard_size in (("train", 48), ("val", 8)):
-        code = preprocess_main(["shard", str(tiny_data / split), str(root / split), "--split", split,
-                                "--shard-size", str(shard_size), "--workers", "1"])
+        code = preprocess_main(
+            [
+                "shard",
+                str(tiny_data / split),
+                str(root / split),
+                "--split",
+                split,
+                "--shard-size",
+                str(shard_size),
+                "--workers",
+                "1",
+            ]
+        )
         assert code == 0, f"preprocess shard {split} failed"
     return root

@@ -36,13 +36,27 @@ def test_a_checkpoint_of_model_optimizer_and_scaler_state_loads_with_weights_onl
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "rng": capture_rng_state(), "epoch": 3, "step": 17, "config": {"optim": {"betas": [0.9, 0.999]}}}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": capture_rng_state(),
+        "epoch": 3,
+        "step": 17,
+        "config": {"optim": {"betas": [0.9, 0.999]}},
+    }
     save_checkpoints(state, tmp_path, is_best=True, epoch_file=True)
     assert find_latest(tmp_path) == tmp_path / "checkpoints/last.pt"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "epoch_003.pt", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best.pt",
+        "epoch_003.pt",
+        "last.pt",
+    ]
     loaded = load_checkpoint(tmp_path / "checkpoints/best.pt")
-    assert torch.equal(loaded["optimizer"]["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        loaded["optimizer"]["state"][0]["momentum_buffer"],
+        optimizer.state_dict()["state"][0]["momentum_buffer"],
+    )
     assert loaded["scaler"]["scale"] == 1024.0 and loaded["step"] == 17
 
 
@@ -55,11 +69,12 @@ def test_a_checkpoint_that_needs_pickled_classes_is_refused_in_one_line(tmp_path
     assert "\n" not in message and "refusing" in message and "weights_only" in message
 
 
-def test_resuming_from_an_unsafe_checkpoint_exits_2_with_one_error_line(tmp_path, capsys, tiny_data):
+def test_resuming_from_an_unsafe_checkpoint_exits_2_with_one_error_line(
+    tmp_path, capsys, tiny_data
+):
     path = tmp_path / "unsafe.pt"
     torch.save({"model": collections.OrderedDict(), "extra": NotATensor(1)}, path)
-    code = main([*tiny_args(tiny_data, tmp_path / "run"),
-                 "--resume", str(path)])
+    code = main([*tiny_args(tiny_data, tmp_path / "run"), "--resume", str(path)])
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "refusing" in errors[0]
@@ -83,7 +98,9 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_training_start_up_removes_temps_left_by_a_killed_save_and_nothing_else(tiny_data, tmp_path):
+def test_training_start_up_removes_temps_left_by_a_killed_save_and_nothing_else(
+    tiny_data, tmp_path
+):
     checkpoints = tmp_path / "run/checkpoints"
     checkpoints.mkdir(parents=True)
     stale = [checkpoints / ".last.pt.k2j4h1.tmp", checkpoints / ".best.pt.9x8y7z.tmp"]

@@ -59,7 +59,9 @@ def test_eval_over_two_ranks_with_uneven_shards_equals_one_rank(reference_run, t
     for key in ("val/top1", "val/top5", "val/macro_f1"):
         assert one_rank[key] == two_rank[key], key
     assert one_rank["val/loss"] == pytest.approx(two_rank["val/loss"], rel=1e-5)
-    assert (single / "per_class_accuracy.csv").read_text() == (run_dir / "per_class_accuracy.csv").read_text()
+    assert (single / "per_class_accuracy.csv").read_text() == (
+        run_dir / "per_class_accuracy.csv"
+    ).read_text()
     assert capsys.readouterr().out.strip().splitlines()[-1] in stdout
 
 
@@ -84,7 +86,9 @@ def wait_for(predicate, timeout: float, what: str, processes=()):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigterm_mid_epoch_then_sigkill_then_resume_ends_with_the_uninterrupted_weights(reference_run, tiny_data, tmp_path):
+def test_sigterm_mid_epoch_then_sigkill_then_resume_ends_with_the_uninterrupted_weights(
+    reference_run, tiny_data, tmp_path
+):
     reference_dir, _ = reference_run
     run_dir = tmp_path / "run"
     argv = tiny_args(tiny_data, run_dir, *RECIPE)
@@ -102,7 +106,11 @@ def test_sigterm_mid_epoch_then_sigkill_then_resume_ends_with_the_uninterrupted_
                 process.kill()
     assert codes == [75, 75], (tmp_path / "rank0.log").read_text()[-3000:]
     stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
-    assert stopped["epoch"] == 0 and 3 <= stopped["step"] < 20 and stopped["batch_in_epoch"] == stopped["step"]
+    assert (
+        stopped["epoch"] == 0
+        and 3 <= stopped["step"] < 20
+        and stopped["batch_in_epoch"] == stopped["step"]
+    )
     assert "stopped by SIGTERM" in (tmp_path / "rank0.log").read_text()
 
     # 2. torchrun resumes mid-epoch with no flag; SIGKILL it and its workers mid-way through epoch 2
@@ -156,9 +164,15 @@ def test_two_ranks_with_a_single_val_image_train_and_evaluate_it_exactly_once(ti
     (data / "val" / image.parent.name).mkdir(parents=True)
     shutil.copy(image, data / "val" / image.parent.name / image.name)
     run_dir = tmp_path / "run"
-    result = torchrun(2, tiny_args(data, run_dir, "train.max_steps=2", "log.plots=true"), timeout=180)
+    result = torchrun(
+        2, tiny_args(data, run_dir, "train.max_steps=2", "log.plots=true"), timeout=180
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("final: val/top1=") == 1
-    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/top1" in line][-1]
+    last = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "val/top1" in line
+    ][-1]
     assert last["val/top1"] in (0.0, 100.0)
     assert "(1 images)" in result.stdout + result.stderr

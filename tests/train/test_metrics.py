@@ -24,13 +24,19 @@ def test_top1_top5_loss_and_macro_f1_match_scikit_learn_and_torch():
     logits, labels = random_eval()
     accumulator = EvalAccumulator(7, "cpu")
     for start in range(0, 101, 16):
-        accumulator.update(logits[start:start + 16], labels[start:start + 16])
+        accumulator.update(logits[start : start + 16], labels[start : start + 16])
     result = accumulator.reduce(DistInfo())  # a world of one: no process group needed
     predictions = logits.argmax(1).numpy()
     assert result.top1 == pytest.approx(100 * (predictions == labels.numpy()).mean())
-    assert result.top5 == pytest.approx(100 * top_k_accuracy_score(labels.numpy(), logits.numpy(), k=5, labels=range(7)))
-    assert result.macro_f1 == pytest.approx(100 * f1_score(labels.numpy(), predictions, average="macro"))
-    assert result.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert result.top5 == pytest.approx(
+        100 * top_k_accuracy_score(labels.numpy(), logits.numpy(), k=5, labels=range(7))
+    )
+    assert result.macro_f1 == pytest.approx(
+        100 * f1_score(labels.numpy(), predictions, average="macro")
+    )
+    assert result.loss == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6
+    )
     assert result.num_samples == 101 and sum(result.per_class_support) == 101
 
 
@@ -41,12 +47,20 @@ def test_an_odd_val_set_split_unevenly_over_two_ranks_sums_to_the_single_rank_re
     ranks = [EvalAccumulator(7, "cpu"), EvalAccumulator(7, "cpu")]
     ranks[0].update(logits[:19], labels[:19])
     for start in range(19, 37, 4):  # rank 1 sees more, smaller batches
-        ranks[1].update(logits[start:start + 4], labels[start:start + 4])
+        ranks[1].update(logits[start : start + 4], labels[start : start + 4])
     expected = whole.reduce(DistInfo())
-    rank_results = [r.reduce(DistInfo()) for r in ranks]  # each rank's own sums; then what all_reduce_sum adds up
-    combined = compute_result(ranks[0].confusion + ranks[1].confusion, ranks[0].sums + ranks[1].sums)
+    rank_results = [
+        r.reduce(DistInfo()) for r in ranks
+    ]  # each rank's own sums; then what all_reduce_sum adds up
+    combined = compute_result(
+        ranks[0].confusion + ranks[1].confusion, ranks[0].sums + ranks[1].sums
+    )
     assert (combined.top1, combined.top5, combined.macro_f1, combined.per_class_correct) == (
-        expected.top1, expected.top5, expected.macro_f1, expected.per_class_correct)
+        expected.top1,
+        expected.top5,
+        expected.macro_f1,
+        expected.per_class_correct,
+    )
     assert combined.loss == pytest.approx(expected.loss, rel=1e-12)
     # whereas the mean of per-rank top-1s is not the answer
     rank_top1 = [r.top1 for r in rank_results]
@@ -65,7 +79,9 @@ def test_per_class_csv_names_every_class_with_support_and_accuracy(tmp_path):
     accumulator = EvalAccumulator(3, "cpu")
     accumulator.update(logits, labels)
     result = accumulator.reduce(DistInfo())  # a world of one: no process group needed
-    path = write_per_class_csv(result, ["n1", "n2", "n3"], {"n2": "goldfish"}, tmp_path / "per_class.csv")
+    path = write_per_class_csv(
+        result, ["n1", "n2", "n3"], {"n2": "goldfish"}, tmp_path / "per_class.csv"
+    )
     rows = path.read_text().splitlines()
     assert rows[0] == "class_index,wnid,name,support,correct,accuracy"
     assert rows[2].startswith("1,n2,goldfish,")

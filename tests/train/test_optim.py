@@ -13,7 +13,14 @@ from pipeline.optim import LearningRateSchedule, build_optimizer, scaled_lr
 
 
 def make_config(**schedule):
-    return build_config({"optim": {"lr": 0.1}, "data": {"global_batch_size": 512}, "schedule": schedule, "train": {"epochs": 9}})
+    return build_config(
+        {
+            "optim": {"lr": 0.1},
+            "data": {"global_batch_size": 512},
+            "schedule": schedule,
+            "train": {"epochs": 9},
+        }
+    )
 
 
 def reference_optimizer(lr: float):
@@ -32,7 +39,9 @@ def test_step_schedule_matches_torch_steplr_at_every_step():
     reference = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
     for epoch in range(9):
         for inner in range(steps_per_epoch):
-            assert schedule.lr_at(epoch * steps_per_epoch + inner) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
+            assert schedule.lr_at(epoch * steps_per_epoch + inner) == pytest.approx(
+                optimizer.param_groups[0]["lr"], rel=1e-12
+            )
         optimizer.step()
         reference.step()
 
@@ -52,12 +61,16 @@ def test_plateau_schedule_matches_reduce_lr_on_plateau_in_max_mode_and_survives_
     cfg = make_config(name="plateau", plateau_patience=2, gamma=0.5)
     schedule = LearningRateSchedule(cfg, steps_per_epoch=4, total_steps=400)
     optimizer = reference_optimizer(0.2)
-    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2, threshold=0.0)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=2, threshold=0.0
+    )
     accuracies = [10, 20, 20, 19, 20, 25, 25, 25, 25, 24, 24, 24, 24, 30]
     for index, accuracy in enumerate(accuracies):
         schedule.observe(accuracy)
         reference.step(accuracy)
-        assert schedule.lr_at(100) == pytest.approx(optimizer.param_groups[0]["lr"]), f"after {index + 1} evals"
+        assert schedule.lr_at(100) == pytest.approx(optimizer.param_groups[0]["lr"]), (
+            f"after {index + 1} evals"
+        )
         if index == 6:  # checkpoint round trip mid-way
             state = schedule.state_dict()
             schedule = LearningRateSchedule(cfg, steps_per_epoch=4, total_steps=400)
@@ -80,10 +93,24 @@ def test_schedule_is_a_function_of_the_step_so_a_mid_epoch_resume_gets_the_same_
     assert not math.isclose(first.lr_at(5), first.lr_at(15))
 
 
-@pytest.mark.parametrize("name,expected", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)],
+)
 def test_no_decay_on_biases_and_norms_puts_them_in_a_zero_decay_group(name, expected):
-    cfg = build_config({"optim": {"name": name, "no_decay_bias_norm": True, "weight_decay": 5e-4, "nesterov": name == "sgd"}})
-    model = build_model(ModelConfig(arch="alexnet_bn", width_mult=0.25, classifier_width=16), num_classes=3)
+    cfg = build_config(
+        {
+            "optim": {
+                "name": name,
+                "no_decay_bias_norm": True,
+                "weight_decay": 5e-4,
+                "nesterov": name == "sgd",
+            }
+        }
+    )
+    model = build_model(
+        ModelConfig(arch="alexnet_bn", width_mult=0.25, classifier_width=16), num_classes=3
+    )
     optimizer = build_optimizer(cfg, model)
     assert isinstance(optimizer, expected)
     decay, no_decay = optimizer.param_groups

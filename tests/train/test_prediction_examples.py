@@ -15,11 +15,21 @@ from pipeline.train import evaluate
 
 def test_prediction_examples_spread_over_class_ordered_val_folders(tiny_data):
     """17 val images in class order (5, 4, 4, 4) in batches of 4: 4 examples are one per class, not 4 of class 0."""
-    cfg = build_config({
-        "data": {"backend": "folder", "train_dir": str(tiny_data / "train"), "val_dir": str(tiny_data / "val"),
-                 "global_batch_size": 4, "num_workers": 0, "train_crop": 64, "val_resize": 72, "val_crop": 64},
-        "train": {"device": "cpu", "channels_last": False},
-    })
+    cfg = build_config(
+        {
+            "data": {
+                "backend": "folder",
+                "train_dir": str(tiny_data / "train"),
+                "val_dir": str(tiny_data / "val"),
+                "global_batch_size": 4,
+                "num_workers": 0,
+                "train_crop": 64,
+                "val_resize": 72,
+                "val_crop": 64,
+            },
+            "train": {"device": "cpu", "channels_last": False},
+        }
+    )
     dist = DistInfo()
     loader = build_loader(cfg, "val", dist)
     torch.manual_seed(0)
@@ -27,7 +37,11 @@ def test_prediction_examples_spread_over_class_ordered_val_folders(tiny_data):
     output = evaluate(model, loader, 4, dist, contextlib.nullcontext, keep_examples=4)
     images, labels, predictions = output.examples
     assert labels.tolist() == [0, 1, 2, 3]
-    assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8 and predictions.shape == (4,)
+    assert (
+        images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8 and predictions.shape == (4,)
+    )
     assert output.result.num_samples == 17
     everything = evaluate(model, loader, 4, dist, contextlib.nullcontext, keep_examples=32).examples
-    assert everything[1].tolist() == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 4  # fewer samples than kept: all of them
+    assert (
+        everything[1].tolist() == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 4
+    )  # fewer samples than kept: all of them

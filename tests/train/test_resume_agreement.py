@@ -29,6 +29,8 @@ def test_every_rank_resumes_from_rank_0s_checkpoint_or_all_fail_in_one_line(tmp_
     shared.parent.mkdir(parents=True)
     shared.write_bytes(b"checkpoint")
     for chosen, nothing, unreadable in run_gloo_ranks(2, _agree_in_three_cases, shared):
-        assert chosen == shared  # rank 1 found nothing in its (node-local) run dir, yet resumes from rank 0's choice
+        assert (
+            chosen == shared
+        )  # rank 1 found nothing in its (node-local) run dir, yet resumes from rank 0's choice
         assert nothing is None  # nobody found one: a fresh start everywhere
         assert str(shared) in unreadable and "[0, 1]" in unreadable and "\n" not in unreadable

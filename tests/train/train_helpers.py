@@ -13,23 +13,55 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     """argv for pipeline.train on the tiny data (W&B off unless a test turns it on)."""
     return [
-        "--config", str(REPO / "configs/tiny.yaml"),
-        f"data.train_dir={data / 'train'}", f"data.val_dir={data / 'val'}",
-        f"train.run_dir={run_dir}", "log.wandb=disabled", "log.plots=false", "train.sanity_grid=false",
+        "--config",
+        str(REPO / "configs/tiny.yaml"),
+        f"data.train_dir={data / 'train'}",
+        f"data.val_dir={data / 'val'}",
+        f"train.run_dir={run_dir}",
+        "log.wandb=disabled",
+        "log.plots=false",
+        "train.sanity_grid=false",
         *extra,
     ]
 
 
-def torchrun(nproc: int, argv: list[str], timeout: float = 240, **popen) -> subprocess.CompletedProcess:
+def torchrun(
+    nproc: int, argv: list[str], timeout: float = 240, **popen
+) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --nproc_per_node=N -m pipeline.train ARGV` on CPU (gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-               "--standalone", "-m", "pipeline.train", *argv]
-    return subprocess.run(command, check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout, **popen)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_port=0",
+        "--standalone",
+        "-m",
+        "pipeline.train",
+        *argv,
+    ]
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("WANDB_API_KEY", None)
     env.update(extra)
     return env
@@ -49,18 +81,42 @@ def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subpro
     port = free_port()
     processes = []
     for rank in range(world_size):
-        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = child_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         log = open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 (the rank process writes to it after we return)
-        processes.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", *argv], cwd=REPO, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.train", *argv],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return processes
 
 
 def start_torchrun(nproc: int, argv: list[str], log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-               "--standalone", "-m", "pipeline.train", *argv]
-    return subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_port=0",
+        "--standalone",
+        "-m",
+        "pipeline.train",
+        *argv,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO, env=child_env(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT
+    )
 
 
 def child_pids(pid: int) -> list[int]:
@@ -99,8 +155,12 @@ def run_gloo_ranks(world_size: int, function, *args, timeout: float = 120) -> li
     port = free_port()
     with context.Manager() as manager:
         results = manager.dict()
-        processes = [context.Process(target=_gloo_rank, args=(rank, world_size, port, results, function, args))
-                     for rank in range(world_size)]
+        processes = [
+            context.Process(
+                target=_gloo_rank, args=(rank, world_size, port, results, function, args)
+            )
+            for rank in range(world_size)
+        ]
         for process in processes:
             process.start()
         for process in processes:
@@ -118,11 +178,24 @@ def _gloo_rank(rank, world_size, port, results, function, args) -> None:
 
     from pipeline.distributed import DistInfo
 
-    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                  timeout=datetime.timedelta(seconds=60))
+    torch_dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
-        results[rank] = function(DistInfo(rank=rank, local_rank=rank, world_size=world_size,
-                                          local_world_size=world_size, backend="gloo"), *args)
+        results[rank] = function(
+            DistInfo(
+                rank=rank,
+                local_rank=rank,
+                world_size=world_size,
+                local_world_size=world_size,
+                backend="gloo",
+            ),
+            *args,
+        )
     except Exception as err:  # noqa: BLE001 (handed back to the test)
         results[rank] = err
     finally:
