@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml uv.lock | uv
 setup: $(STAMP)
 
 demo: setup
-	$(RUN) python -m pipeline.demo
+	$(RUN) python -m tools.demo
 
 # Slurm tests need slurm-wlm and munge; install them when we can (root + apt), else they skip.
 # CI sets REQUIRE_SLURM=1: there a missing Slurm is a failure, never a silent skip.
@@ -55,8 +55,8 @@ bench-deps:
 
 bench: setup bench-deps
 	$(RUN) python -m preprocess bench
-	$(RUN) python -m pipeline.bench_loader
-	$(RUN) python -m pipeline.bench_train
+	$(RUN) python -m tools.bench_loader
+	$(RUN) python -m tools.bench_train
 
 lint: setup
 	$(RUN) ruff check .

@@ -29,7 +29,7 @@ import torch.distributed as torch_dist
 
 from pipeline.distributed import DistInfo, all_reduce_sum, init_distributed, read_env, shutdown
 
-log = logging.getLogger("launch.preflight")
+logger = logging.getLogger(__name__)
 
 
 def describe_device(dist: DistInfo) -> str:

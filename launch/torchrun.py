@@ -39,14 +39,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger("launch")
+from pipeline.errors import EXIT_USAGE, UserError
+
+logger = logging.getLogger(__name__)
 
 # Signals torchrun passes on to its workers (pipeline.train checkpoints on TERM/USR1/USR2).
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """A launch input a user can fix; the message says what was received and what to do."""
 
 
@@ -138,7 +140,7 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
         host, port = parse_endpoint(args.rdzv_endpoint)
         addresses = resolve_host(host, port)
         if args.nnodes > 1 and is_loopback(addresses):
-            log.warning(
+            logger.warning(
                 "rendezvous host %s is a loopback address (%s): with %d nodes this only works when "
                 "every node is this machine",
                 host,
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = build_plan(args)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     command = build_torchrun_command(plan, payload)
     if args.dry_run:
         if not args.no_preflight:

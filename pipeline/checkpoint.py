@@ -22,14 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.errors import CheckpointError
 from preprocess.manifest import atomic_output
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint file is missing, unreadable or needs more than weights_only loading."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

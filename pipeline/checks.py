@@ -24,7 +24,7 @@ from pipeline.config import Config, replace
 from pipeline.data.transforms import normalize
 from pipeline.models import build_model
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OVERFIT_LR = 1e-3
 

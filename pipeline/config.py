@@ -18,9 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override a user wrote is wrong; the message says how to fix it."""
+from pipeline.errors import ConfigError
 
 
 def _field(default: Any, help: str) -> Any:

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Smallest input side for which every max-pool still has a 3x3 window (11/4 stem, three pools).
 MIN_INPUT_SIZE = 63
@@ -208,7 +209,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"weights in {path} do not fit model (arch, width_mult, classifier_width, num_classes): {detail}"
         )
     model.load_state_dict(state)
-    log.info("loaded weights from %s", path)
+    logger.info("loaded weights from %s", path)
 
 
 def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
@@ -232,7 +233,7 @@ def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
         )
     model.load_state_dict(body, strict=False)
     apply_freeze(model, freeze)
-    log.info(
+    logger.info(
         "fine-tuning from %s: head re-initialized for %d classes, freeze=%s",
         path,
         model.head.out_features,

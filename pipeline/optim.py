@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
+from pipeline.errors import ConfigError
 
 
 def scaled_lr(cfg: Config) -> float:

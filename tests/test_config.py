@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import ConfigError, dump_config, load_config, replace
+from pipeline.config import dump_config, load_config, replace
+from pipeline.errors import ConfigError
 
 
 def write(tmp_path, text):

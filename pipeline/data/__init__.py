@@ -20,8 +20,10 @@ Choosing a backend (all three read the same samples on the same rank; see each m
   * folder: class folders (DST/folders/{train,val}); nothing to convert, many small files;
   * wds: shards (DST/{train,val}); sequential tar reads, the choice for network storage;
   * dali: either layout; `mixed` decodes on the GPU (nvJPEG) when the CPU is the bottleneck.
-Modules: base.py (Loader, LoaderError, rank arithmetic), transforms.py (the augmentation
-contract), samplers.py (index plan), folder.py, wds.py, dali.py, grid.py (sanity grid).
+Modules: base.py (the Loader interface, batch-size and split checks), transforms.py (the
+augmentation contract), plans.py (which samples each rank reads), files.py (class-folder
+listing), folder.py, wds.py, dali.py (the backends, which never import each other), grid.py
+(the sanity grid).
 """
 
 from __future__ import annotations
@@ -29,29 +31,30 @@ from __future__ import annotations
 from typing import Literal
 
 from pipeline.config import Config
-from pipeline.data.base import (
-    Loader,
-    LoaderError,
-    SampleDecodeError,
-    per_rank_batch_size,
-    split_directory,
-)
+from pipeline.data.base import ClassList, Loader, per_rank_batch_size, split_directory
+from pipeline.data.classes import resolve_classes
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from pipeline.distributed import DistInfo
+from pipeline.errors import LoaderError
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ClassList",
     "Loader",
-    "LoaderError",
-    "SampleDecodeError",
     "build_loader",
+    "resolve_classes",
     "normalize",
 ]
 
 
-def build_loader(cfg: Config, split: Literal["train", "val"], dist: DistInfo) -> Loader:
+def build_loader(
+    cfg: Config, split: Literal["train", "val"], dist: DistInfo, classes: ClassList | None = None
+) -> Loader:
     """The loader cfg.data.backend names over cfg.data.{split}_dir, for this rank of `dist`.
+
+    `classes` is the run's class list (`resolve_classes(cfg)`, read once by the caller and
+    shared by both splits); None reads it here.
 
     Raises LoaderError (one line: what was wrong and what to do) for bad paths, shards of the
     other split, a manifest that does not match its tars, a batch that does not divide, or a
@@ -59,17 +62,19 @@ def build_loader(cfg: Config, split: Literal["train", "val"], dist: DistInfo) ->
     """
     batch_size = per_rank_batch_size(cfg, dist)
     directory = split_directory(cfg, split)
+    classes = classes if classes is not None else resolve_classes(cfg)
     backend = cfg.data.backend
+    # each backend is imported only when chosen: wds needs webdataset, dali needs NVIDIA DALI
     if backend == "folder":
         from pipeline.data.folder import FolderLoader
 
-        return FolderLoader(cfg, split, dist, directory, batch_size)
+        return FolderLoader(cfg, split, dist, directory, batch_size, classes)
     if backend == "wds":
         from pipeline.data.wds import WdsLoader
 
-        return WdsLoader(cfg, split, dist, directory, batch_size)
+        return WdsLoader(cfg, split, dist, directory, batch_size, classes)
     if backend == "dali":
         from pipeline.data.dali import build_dali_loader
 
-        return build_dali_loader(cfg, split, dist, directory, batch_size)
+        return build_dali_loader(cfg, split, dist, directory, batch_size, classes)
     raise LoaderError(f"data.backend {backend!r} is not one of folder, wds, dali")

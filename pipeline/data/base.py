@@ -1,44 +1,36 @@
-"""What every backend shares: the error type, the per-rank batch size and the Loader interface."""
+"""What every backend shares: the per-rank batch size, split checks, the host-to-device copy and
+the Loader interface."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from pipeline.config import Config
 from pipeline.distributed import DistInfo, all_gather_ints
-from preprocess.errors import UserError
-from preprocess.manifest import MANIFEST_NAME, ManifestError, read_manifest
-from preprocess.synsets import folder_classes
+from pipeline.errors import LoaderError, SampleDecodeError
 
 logger = logging.getLogger(__name__)
 
 
-class LoaderError(ValueError):
-    """A data path, config or installation problem a user can fix; the message says how."""
+@dataclasses.dataclass(frozen=True)
+class ClassList:
+    """WNIDs (or any folder names) in class-index order, and their human-readable names."""
 
+    wnids: tuple[str, ...]
+    names: Mapping[str, str]  # wnid -> "goldfish, Carassius auratus"; may lack some wnids
+    source: Path  # the split directory they were read from
 
-class SampleDecodeError(LoaderError):
-    """An image that does not decode: one line with the file (or shard and key), the reason and
-    what to do, even when raised in a DataLoader worker.
+    def __len__(self) -> int:
+        return len(self.wnids)
 
-    torch re-raises a worker's exception in the main process as
-    `type(err)("Caught ... in DataLoader worker process N.\nOriginal Traceback ...: <message>")`;
-    this class keeps the original message as str(err) and the rest in `.worker_report`.
-    """
-
-    def __init__(self, message: str) -> None:
-        self.worker_report = ""
-        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            marker = f"{type(self).__name__}: "
-            last = [line for line in message.splitlines() if marker in line]
-            if last:
-                self.worker_report = message
-                message = last[-1].split(marker, 1)[1]
-        super().__init__(message)
+    def display_names(self) -> list[str]:
+        """One caption per class index: the name when known, else the WNID."""
+        return [self.names.get(wnid, wnid) for wnid in self.wnids]
 
 
 def decode_error(source: str, err: BaseException, directory_hint: str) -> SampleDecodeError:
@@ -87,38 +79,15 @@ def split_directory(cfg: Config, split: str) -> Path:
     return directory
 
 
-def train_classes(cfg: Config, split: str) -> list[str] | None:
-    """For val: the train split's class list, which val labels must index too (None if unreadable).
-
-    A val split missing a class would otherwise shift every later class index by one.
-    """
-    if split != "val" or not cfg.data.train_dir:
-        return None
-    train_dir = Path(cfg.data.train_dir).expanduser()
-    if not train_dir.is_dir():
-        return None
-    try:
-        if (train_dir / MANIFEST_NAME).is_file():
-            return read_manifest(train_dir).classes
-        return folder_classes(train_dir) or None
-    except (ManifestError, UserError):
-        return None
-
-
-def check_same_classes(directory: Path, classes: list[str], reference: list[str] | None) -> None:
+def check_same_classes(directory: Path, classes: list[str], reference: Sequence[str]) -> None:
     """Shards carry their labels: a val manifest must list exactly the train classes."""
-    if reference is not None and list(classes) != list(reference):
+    if list(classes) != list(reference):
         missing = sorted(set(reference) - set(classes))[:3]
         raise LoaderError(
             f"{directory}: lists {len(classes)} classes but the train data lists {len(reference)} "
             f"(missing e.g. {', '.join(missing) or 'none'}): shard val from class folders holding every train "
             f"class (an empty folder is enough) so the class indices agree"
         )
-
-
-def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block of `num_samples` (DALI's reader sharding formula)."""
-    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
 def to_device_batch(
@@ -146,16 +115,15 @@ class Loader:
         self,
         *,
         split: str,
-        classes: list[str],
-        class_names: dict[str, str],
+        classes: ClassList,
         num_samples: int,
         batch_size: int,
         dist: DistInfo,
         channels_last: bool,
     ) -> None:
         self.split = split
-        self.classes = list(classes)
-        self.class_names = dict(class_names)
+        self.classes = list(classes.wnids)  # in class-index order
+        self.class_names = dict(classes.names)
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)  # per rank, per micro-batch
         self.dist = dist

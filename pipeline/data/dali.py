@@ -9,9 +9,9 @@ A directory with manifest.json is read as shards, any other as class folders. De
 
 DALI's own examples shard by local rank and shuffle inside the reader; here the reading plan is
 ours, so `dali` visits exactly the samples the other backends visit on each rank:
-  * folders: the file list of pipeline/data/samplers.py's IndexPlan (the `folder` backend's),
+  * folders: the file list of pipeline/data/plans.py's IndexPlan (the `folder` backend's),
     passed to fn.readers.file as files + labels, unshuffled;
-  * shards: the rank's block of the epoch sequence of pipeline/data/wds.py's ShardPlan, each
+  * shards: the rank's block of the epoch sequence of pipeline/data/plans.py's ShardReadPlan, each
     tar slice shuffled per epoch, written as per-rank DALI index files (the .idx next to each
     tar, cut to the chosen samples in the chosen order) that fn.readers.webdataset follows.
     Nothing outside the rank's block is read.
@@ -37,14 +37,13 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, check_same_classes, train_classes
-from pipeline.data.folder import PathTable, list_class_folders
-from pipeline.data.samplers import IndexPlan
+from pipeline.data.base import ClassList, Loader, check_same_classes
+from pipeline.data.files import PathTable, list_class_folders
+from pipeline.data.plans import IndexPlan, ShardReadPlan, open_manifest
 from pipeline.data.transforms import Augmentation
-from pipeline.data.wds import ShardPlan, open_manifest
 from pipeline.distributed import DistInfo
+from pipeline.errors import LoaderError
 from preprocess.manifest import MANIFEST_NAME, dali_index_name
-from preprocess.synsets import find_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -216,16 +215,22 @@ class DaliLoader(Loader):
 
 class DaliFolderLoader(DaliLoader):
     def __init__(
-        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str
+        self,
+        cfg: Config,
+        split: str,
+        dist: DistInfo,
+        directory: Path,
+        batch_size: int,
+        classes: ClassList,
+        decode: str,
     ) -> None:
-        classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
+        _, paths, labels = list_class_folders(directory, list(classes.wnids))
         super().__init__(
             cfg,
             split,
             dist,
             decode,
             classes=classes,
-            class_names=find_class_names(directory),
             num_samples=len(paths),
             batch_size=batch_size,
         )
@@ -284,17 +289,23 @@ def read_index_lines(tar: Path, expected: int) -> tuple[str, list[str]]:
 
 class DaliShardLoader(DaliLoader):
     def __init__(
-        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, decode: str
+        self,
+        cfg: Config,
+        split: str,
+        dist: DistInfo,
+        directory: Path,
+        batch_size: int,
+        classes: ClassList,
+        decode: str,
     ) -> None:
         manifest, paths = open_manifest(directory, split)
-        check_same_classes(directory, manifest.classes, train_classes(cfg, split))
+        check_same_classes(directory, manifest.classes, classes.wnids)
         super().__init__(
             cfg,
             split,
             dist,
             decode,
-            classes=manifest.classes,
-            class_names=manifest.class_names or find_class_names(directory),
+            classes=classes,
             num_samples=manifest.num_samples,
             batch_size=batch_size,
         )
@@ -304,7 +315,7 @@ class DaliShardLoader(DaliLoader):
         }
         self.index_versions = {tar: version for tar, (version, _) in indexes.items()}
         self.index_lines = {tar: lines for tar, (_, lines) in indexes.items()}
-        self.plan = ShardPlan.for_split(
+        self.plan = ShardReadPlan.for_split(
             paths, manifest, cfg, split, dist, batch_size, num_workers=1
         )
         self.check_planned_batches(directory)
@@ -372,11 +383,11 @@ class DaliShardLoader(DaliLoader):
 
 
 def build_dali_loader(
-    cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+    cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, classes: ClassList
 ) -> DaliLoader:
     """Shards when `directory` holds manifest.json, else class folders."""
     import_dali()
     decode = resolve_decode(cfg.data.dali_decode, dist)
     if (directory / MANIFEST_NAME).is_file():
-        return DaliShardLoader(cfg, split, dist, directory, batch_size, decode)
-    return DaliFolderLoader(cfg, split, dist, directory, batch_size, decode)
+        return DaliShardLoader(cfg, split, dist, directory, batch_size, classes, decode)
+    return DaliFolderLoader(cfg, split, dist, directory, batch_size, classes, decode)

@@ -10,7 +10,7 @@ What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.m
   * each worker builds a whole batch straight into a shared-memory uint8 buffer
     (batch-level __getitem__, no per-sample collate), pinned in the main process;
   * workers persist across epochs.
-Which rank reads which files is pipeline/data/samplers.py's IndexPlan.
+Which rank reads which files is pipeline/data/plans.py's IndexPlan.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config
-from pipeline.data.base import Loader, LoaderError, decode_error, train_classes
-from pipeline.data.samplers import IndexPlan
+from pipeline.data.base import ClassList, Loader, decode_error
+from pipeline.data.files import PathTable, list_class_folders
+from pipeline.data.plans import IndexPlan
 from pipeline.data.transforms import (
     Augmentation,
     collate_uint8,
@@ -35,94 +36,8 @@ from pipeline.data.transforms import (
     sample_rng,
 )
 from pipeline.distributed import DistInfo
-from preprocess.errors import UserError
-from preprocess.images import IMAGE_SUFFIXES
-from preprocess.manifest import MANIFEST_NAME
-from preprocess.synsets import find_class_names, folder_classes
 
 logger = logging.getLogger(__name__)
-
-# the suffixes preprocessing reads (lower case): one definition, so a folder prepare accepted loads here too
-IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
-
-
-def list_class_folders(
-    directory: Path, classes: list[str] | None = None
-) -> tuple[list[str], list[str], np.ndarray]:
-    """(classes, file paths, labels) of DIR/<class>/<file>, files sorted within each class.
-
-    With `classes` given (the train split's), labels index into it and a folder outside it is an error.
-    """
-    if (directory / MANIFEST_NAME).is_file():
-        raise LoaderError(
-            f"{directory} holds WebDataset shards (manifest.json), not class folders: "
-            f"use data.backend=wds or data.backend=dali, or point at DST/folders/<split>"
-        )
-    try:
-        found = folder_classes(directory)
-    except UserError as err:
-        raise LoaderError(str(err)) from err
-    if not found:
-        raise LoaderError(
-            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
-        )
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise LoaderError(
-                f"{directory} has class folders the train split lacks ({', '.join(unknown[:3])}...): "
-                f"train and val must come from the same class list"
-            )
-    class_index = {name: index for index, name in enumerate(classes)}
-    paths: list[str] = []
-    labels: list[int] = []
-    for name in found:
-        folder = os.path.join(directory, name)
-        with os.scandir(folder) as entries:
-            files = sorted(
-                entry.name
-                for entry in entries
-                if entry.is_file()
-                and not entry.name.startswith(".")
-                and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        paths.extend(os.path.join(folder, file) for file in files)
-        labels.extend([class_index[name]] * len(files))
-    if not paths:
-        raise LoaderError(
-            f"{directory} has class folders but no images in them (none of {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return classes, paths, np.asarray(labels, dtype=np.int64)
-
-
-class PathTable:
-    """A read-only list of file paths as one bytes blob + int64 offsets (two objects, not N str).
-
-    DataLoader workers are forked: a Python list of 1.28M str would be copied page by page into
-    every worker as reading it touches each str's reference count (pytorch issue 13246), about
-    160 MB per worker on ImageNet. One blob and one numpy array are never written to.
-    """
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        encoded = [os.fsencode(path) for path in paths]
-        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(item) for item in encoded], out=self.offsets[1:])
-        self.blob = b"".join(encoded)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, index: int) -> str:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"path index {index} out of range for {len(self)} paths")
-        index %= len(self)
-        return os.fsdecode(self.blob[int(self.offsets[index]) : int(self.offsets[index + 1])])
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[index] for index in range(len(self)))
-
 
 class FolderBatches(Dataset):
     """Item = (epoch, sample indices) → one decoded, augmented uint8 batch."""
@@ -187,13 +102,18 @@ class FolderLoader(Loader):
     backend = "folder"
 
     def __init__(
-        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+        self,
+        cfg: Config,
+        split: str,
+        dist: DistInfo,
+        directory: Path,
+        batch_size: int,
+        classes: ClassList,
     ) -> None:
-        classes, paths, labels = list_class_folders(directory, train_classes(cfg, split))
+        _, paths, labels = list_class_folders(directory, list(classes.wnids))
         super().__init__(
             split=split,
             classes=classes,
-            class_names=find_class_names(directory),
             num_samples=len(paths),
             batch_size=batch_size,
             dist=dist,

@@ -4,23 +4,14 @@
         data.train_dir=DST/train data.val_dir=DST/val
 
 How the samples are split, so every rank yields the same number of train batches and val
-visits every sample exactly once (the two classic WebDataset-under-DDP bugs):
-
-  1. The epoch's sample sequence is the shards' samples, shards in a per-epoch permutation
-     drawn from (seed, epoch) for train, in manifest order for val; train also rotates the
-     sequence to a per-epoch start, so the few samples an epoch drops differ per epoch even
-     with one shard. The manifest gives each shard's count, so every rank computes the whole
-     plan without reading a tar.
-  2. Rank r reads the contiguous block [N*r//W, N*(r+1)//W) of that sequence (the formula
-     DALI's readers use, so `wds` and `dali` put the same samples on the same rank). Train
-     keeps the first (N//W rounded down to whole batches) of it: the minimum over ranks, so
-     every rank plans the same count (checked by an all-gather before each epoch); val keeps
-     all of it, with a partial last batch. A block may start or end inside a shard; the
-     reader then seeks to its first sample with the offsets in the shard's DALI index.
-  3. Inside a rank, batch j comes from DataLoader worker j % num_workers (the order in which
-     the DataLoader polls its workers), and each worker reads one contiguous sub-block.
-  4. Train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
-     (seed, epoch, rank, worker); shards were also globally shuffled when written.
+visits every sample exactly once (the two classic WebDataset-under-DDP bugs), is
+pipeline/data/plans.py's ShardReadPlan: a per-epoch sample sequence over the manifest's shards,
+cut into rank blocks and, inside a rank, into one contiguous sub-block per DataLoader worker
+(batch j comes from worker j % num_workers). What this module adds:
+  * a block that starts inside a shard seeks straight to its first sample with the offsets in
+    the shard's DALI index, so ranks, workers and resumed epochs read only their own bytes;
+  * train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
+    (seed, epoch, rank, worker); shards were also globally shuffled when written.
 
 The per-epoch order therefore depends on (seed, epoch, world size, batch size, num_workers)
 (pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
@@ -30,7 +21,6 @@ of the first k batches before decoding, so the rest is identical to the uninterr
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -46,14 +36,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.config import Config
-from pipeline.data.base import (
-    Loader,
-    LoaderError,
-    check_same_classes,
-    decode_error,
-    rank_range,
-    train_classes,
-)
+from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
+from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.transforms import (
     Augmentation,
     collate_uint8,
@@ -62,149 +46,9 @@ from pipeline.data.transforms import (
     sample_rng,
 )
 from pipeline.distributed import DistInfo
-from preprocess.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestError,
-    check_files,
-    dali_index_name,
-    read_manifest,
-)
-from preprocess.synsets import find_class_names
+from preprocess.manifest import dali_index_name
 
 logger = logging.getLogger(__name__)
-
-
-def open_manifest(directory: Path, split: str) -> tuple[Manifest, list[Path]]:
-    """The manifest and tar paths of a shard directory, with the loader's one-line errors."""
-    if not (directory / MANIFEST_NAME).is_file():
-        raise LoaderError(
-            f"{directory} has no {MANIFEST_NAME}, so it is not a shard directory: for class folders use "
-            f"data.backend=folder (or dali); to make shards run `python -m preprocess shard SRC DST --split {split}`"
-        )
-    try:
-        manifest = read_manifest(directory)
-        paths = check_files(directory, manifest, split)
-    except ManifestError as err:
-        raise LoaderError(str(err)) from err
-    return manifest, paths
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """Samples [skip, skip + take) of one tar, in tar order."""
-
-    path: str
-    skip: int
-    take: int
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerBlock:
-    """What one logical worker reads in one epoch."""
-
-    segments: tuple[Segment, ...]
-    first_position: int  # position of the block's first sample in the epoch sequence
-    num_batches: int
-    size: int  # samples
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """The whole per-epoch split of a shard directory over ranks and workers (see module doc)."""
-
-    paths: tuple[str, ...]
-    counts: tuple[int, ...]
-    batch_size: int
-    rank: int
-    world_size: int
-    num_workers: int  # logical workers, >= 1
-    train: bool
-    seed: int
-
-    @classmethod
-    def for_split(
-        cls, paths, manifest, cfg, split: str, dist, batch_size: int, num_workers: int
-    ) -> ShardPlan:
-        """The plan of one rank over a manifest's shards (what the wds and dali backends read)."""
-        return cls(
-            paths=tuple(str(path) for path in paths),
-            counts=tuple(shard.count for shard in manifest.shards),
-            batch_size=batch_size,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            num_workers=max(1, num_workers),
-            train=split == "train",
-            seed=cfg.train.seed,
-        )
-
-    @property
-    def num_samples(self) -> int:
-        return sum(self.counts)
-
-    def shard_order(self, epoch: int) -> np.ndarray:
-        if self.train:
-            return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.paths))
-        return np.arange(len(self.paths))
-
-    def rotation(self, epoch: int) -> int:
-        """Train: where the epoch sequence starts, drawn from (seed, epoch). The sequence is
-        rotated by it before rank blocks are cut, so the few samples a train epoch drops (to
-        give every rank whole, equal batches) differ per epoch even with one shard. Val: 0."""
-        if not self.train or self.num_samples == 0:
-            return 0
-        return int(np.random.default_rng([self.seed, epoch, 11]).integers(self.num_samples))
-
-    def rank_samples(self) -> tuple[int, int]:
-        """(first position, sample count) of this rank's part of the epoch sequence."""
-        start, stop = rank_range(self.num_samples, self.rank, self.world_size)
-        if self.train:
-            per_rank = self.num_samples // self.world_size
-            return start, per_rank - per_rank % self.batch_size
-        return start, stop - start
-
-    def num_batches(self) -> int:
-        _, count = self.rank_samples()
-        return count // self.batch_size if self.train else -(-count // self.batch_size)
-
-    def worker_block(self, epoch: int, worker: int) -> WorkerBlock:
-        """Logical worker `worker`'s contiguous sub-block: the rank batches j with j % workers == worker."""
-        start, count = self.rank_samples()
-        total_batches = self.num_batches()
-        sizes = []
-        for logical in range(self.num_workers):
-            batches = range(logical, total_batches, self.num_workers)
-            sizes.append(sum(min(self.batch_size, count - j * self.batch_size) for j in batches))
-        first = start + sum(sizes[:worker])
-        size = sizes[worker]
-        return WorkerBlock(
-            segments=tuple(self.segments(epoch, first, size)),
-            first_position=first,
-            num_batches=len(range(worker, total_batches, self.num_workers)),
-            size=size,
-        )
-
-    def segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
-        """The tar slices covering positions [first, first + size) of the epoch sequence
-        (shards in `shard_order`, rotated by `rotation`: a block may wrap around its end)."""
-        total = self.num_samples
-        start = (first + self.rotation(epoch)) % total if total else 0
-        head = min(size, total - start)
-        yield from self._unrotated_segments(epoch, start, head)
-        if size > head:
-            yield from self._unrotated_segments(epoch, 0, size - head)
-
-    def _unrotated_segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
-        position = 0
-        stop = first + size
-        for shard in self.shard_order(epoch):
-            count = self.counts[shard]
-            low, high = max(first, position), min(stop, position + count)
-            if low < high:
-                yield Segment(self.paths[shard], low - position, high - low)
-            position += count
-            if position >= stop:
-                break
 
 
 TAR_BLOCK = 512  # bytes of a tar member header
@@ -250,7 +94,7 @@ def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
-    def __init__(self, plan: ShardPlan, aug: Augmentation, shuffle_buffer: int, split: str) -> None:
+    def __init__(self, plan: ShardReadPlan, aug: Augmentation, shuffle_buffer: int, split: str) -> None:
         self.plan = plan
         self.aug = aug
         self.shuffle_buffer = shuffle_buffer
@@ -314,14 +158,19 @@ class WdsLoader(Loader):
     backend = "wds"
 
     def __init__(
-        self, cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int
+        self,
+        cfg: Config,
+        split: str,
+        dist: DistInfo,
+        directory: Path,
+        batch_size: int,
+        classes: ClassList,
     ) -> None:
         manifest, paths = open_manifest(directory, split)
-        check_same_classes(directory, manifest.classes, train_classes(cfg, split))
+        check_same_classes(directory, manifest.classes, classes.wnids)
         super().__init__(
             split=split,
-            classes=manifest.classes,
-            class_names=manifest.class_names or find_class_names(directory),
+            classes=classes,
             num_samples=manifest.num_samples,
             batch_size=batch_size,
             dist=dist,
@@ -330,7 +179,7 @@ class WdsLoader(Loader):
         self.directory = directory
         self.manifest = manifest
         workers = cfg.data.num_workers
-        self.plan = ShardPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
+        self.plan = ShardReadPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
         self.check_planned_batches(directory)
         self.stream = ShardStream(
             self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split

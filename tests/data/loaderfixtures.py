@@ -141,7 +141,8 @@ def two_rank_worker(rank: int, world_size: int, port: int, combos: list, out_dir
 
     import torch.distributed as torch_dist
 
-    from pipeline.data import LoaderError, build_loader
+    from pipeline.data import build_loader
+    from pipeline.errors import LoaderError
 
     torch_dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size

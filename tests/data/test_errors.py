@@ -9,8 +9,9 @@ import pytest
 from loaderfixtures import single_rank, tiny_config
 
 import pipeline.data.dali as dali_module
-from pipeline.data import LoaderError, build_loader
+from pipeline.data import build_loader
 from pipeline.distributed import DistInfo
+from pipeline.errors import LoaderError
 
 
 def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -247,7 +248,7 @@ def corrupt_first_image(directory, layout):
 def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_worker(
     request, tmp_path, backend, layout, workers
 ):
-    from pipeline.data import SampleDecodeError
+    from pipeline.errors import SampleDecodeError
 
     data = request.getfixturevalue(layout)
     val = shutil.copytree(data["val"], tmp_path / "val")

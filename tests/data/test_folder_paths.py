@@ -9,7 +9,7 @@ import pytest
 from loaderfixtures import single_rank, tiny_config
 
 from pipeline.data import build_loader
-from pipeline.data.folder import PathTable, list_class_folders
+from pipeline.data.files import PathTable, list_class_folders
 
 
 def test_path_table_returns_every_path_including_non_utf8_names():

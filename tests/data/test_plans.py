@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from pipeline.data.samplers import IndexPlan
-from pipeline.data.wds import ShardPlan
+from pipeline.data.plans import IndexPlan, ShardReadPlan
 
 CASES = list(itertools.product([1, 2, 3, 5, 8], [7, 64, 101], [1, 4]))  # world, samples, batch
 
@@ -36,7 +35,7 @@ def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, wo
     counts = shard_counts(samples, 10)
     paths = tuple(f"shard{index}.tar" for index in range(len(counts)))
 
-    def positions(plan: ShardPlan, epoch: int) -> list[tuple[str, int]]:
+    def positions(plan: ShardReadPlan, epoch: int) -> list[tuple[str, int]]:
         """(tar, sample number) of every sample the rank's workers read, worker by worker."""
         read = []
         for worker in range(workers):
@@ -51,7 +50,7 @@ def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, wo
 
     everything = [(path, number) for path, count in zip(paths, counts) for number in range(count)]
     val = [
-        ShardPlan(paths, counts, batch, rank, world, workers, train=False, seed=0)
+        ShardReadPlan(paths, counts, batch, rank, world, workers, train=False, seed=0)
         for rank in range(world)
     ]
     assert sorted(sample for plan in val for sample in positions(plan, 0)) == sorted(everything)
@@ -61,7 +60,7 @@ def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, wo
         size = samples * (rank + 1) // world - samples * rank // world
         assert plan.num_batches() == -(-size // batch)
     train = [
-        ShardPlan(paths, counts, batch, rank, world, workers, train=True, seed=0)
+        ShardReadPlan(paths, counts, batch, rank, world, workers, train=True, seed=0)
         for rank in range(world)
     ]
     assert {plan.num_batches() for plan in train} == {samples // world // batch}
@@ -73,20 +72,21 @@ def test_shard_plan_splits_by_rank_then_worker_exactly(world, samples, batch, wo
 def test_shard_order_changes_per_epoch_and_repeats_per_seed():
     counts = (10,) * 12
     paths = tuple(f"shard{index}.tar" for index in range(12))
-    plan = ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5)
+    plan = ShardReadPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5)
     assert list(plan.shard_order(0)) != list(plan.shard_order(1))
     assert list(plan.shard_order(1)) == list(
-        ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1)
+        ShardReadPlan(paths, counts, 4, 0, 1, 1, train=True, seed=5).shard_order(1)
     )
     assert list(plan.shard_order(1)) != list(
-        ShardPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1)
+        ShardReadPlan(paths, counts, 4, 0, 1, 1, train=True, seed=6).shard_order(1)
     )
 
 
 def test_a_slice_starting_inside_a_tar_seeks_to_the_same_samples_a_sequential_read_finds(
     tiny_shards,
 ):
-    from pipeline.data.wds import Segment, read_segments, sample_offset
+    from pipeline.data.plans import Segment
+    from pipeline.data.wds import read_segments, sample_offset
 
     tar = str(tiny_shards["train"] / "imagenet-train-000002.tar")
     assert sample_offset(tar, 0) == 0 and sample_offset(tar, 4) > 0
@@ -108,7 +108,8 @@ def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start
 ):
     import shutil
 
-    from pipeline.data.wds import Segment, read_segments, sample_offset
+    from pipeline.data.plans import Segment
+    from pipeline.data.wds import read_segments, sample_offset
 
     tar = str(
         shutil.copy(
@@ -133,7 +134,7 @@ def test_a_missing_or_shifted_index_falls_back_to_reading_the_tar_from_the_start
 
 
 def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none():
-    def read(plan: ShardPlan, epoch: int) -> set[int]:
+    def read(plan: ShardReadPlan, epoch: int) -> set[int]:
         block = plan.worker_block(epoch, 0)
         return {
             segment.skip + offset for segment in block.segments for offset in range(segment.take)
@@ -141,7 +142,7 @@ def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none(
 
     counts = (61,)  # 2 ranks x 7 batches of 4 = 56 read, 5 dropped per epoch
     plans = [
-        ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=True, seed=3) for rank in range(2)
+        ShardReadPlan(("only.tar",), counts, 4, rank, 2, 1, train=True, seed=3) for rank in range(2)
     ]
     dropped = []
     for epoch in range(4):
@@ -150,6 +151,6 @@ def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none(
         dropped.append(frozenset(set(range(61)) - rank0 - rank1))
     assert len(set(dropped)) == 4, "the same tail is dropped every epoch"
     val = [
-        ShardPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)
+        ShardReadPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)
     ]
     assert sorted(read(val[0], 0) | read(val[1], 0)) == list(range(61))

@@ -2,7 +2,7 @@
 
     .venv/bin/pytest tests/demo/test_demo.py          # ~2 minutes on 2 cores: runs `--fast` once
 
-`--fast` is the same code as `make demo` with fewer epochs (pipeline.demo.FAST_EPOCHS).
+`--fast` is the same code as `make demo` with fewer epochs (tools.demo.FAST_EPOCHS).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import re
 import pytest
 from PIL import Image
 
-from pipeline.demo import EXPECTED_ARTEFACTS, find_artefacts, main
-from pipeline.tracking import read_wandb_history
+from pipeline.tracking.history import read_wandb_history
+from tools.demo import EXPECTED_ARTEFACTS, find_artefacts, main
 
 # Chance is 10 % (10 classes). The fast path reaches ~80-90 % here; 50 % is five times chance
 # and still fails loudly if the labels, the val sort or the class order were scrambled.
@@ -25,7 +25,7 @@ FAST_TOP1_THRESHOLD = 50.0
 
 @pytest.fixture(scope="module")
 def fast_demo(tmp_path_factory):
-    """Run `python -m pipeline.demo --fast --quiet` once; return (workdir, exit code, stdout)."""
+    """Run `python -m tools.demo --fast --quiet` once; return (workdir, exit code, stdout)."""
     workdir = tmp_path_factory.mktemp("demo")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
@@ -115,7 +115,7 @@ def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
 
 
 def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
-    from pipeline.demo import cause_line
+    from tools.demo import cause_line
 
     output = (
         "starting\n"
@@ -139,7 +139,7 @@ def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
 )
 def test_each_backend_trains_on_the_data_prepare_wrote_for_it(tmp_path, backend, train_subdir):
     from pipeline.config import load_config
-    from pipeline.demo import DEMO_CONFIG, DemoOptions, train_command, train_overrides
+    from tools.demo import DEMO_CONFIG, DemoOptions, train_command, train_overrides
 
     options = DemoOptions(
         backend=backend, workdir=tmp_path, fast=True, overrides=("optim.lr=0.004",)
@@ -175,7 +175,7 @@ def test_a_run_dir_override_is_refused_before_any_stage_runs(tmp_path, capsys):
 
 
 def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
-    from pipeline.demo import DemoResult, shortfalls
+    from tools.demo import DemoResult, shortfalls
 
     everything = {name: tmp_path / name for name in EXPECTED_ARTEFACTS}
     good = DemoResult(

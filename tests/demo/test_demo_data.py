@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo_data import (
+from preprocess.labels import load_val_labels
+from preprocess.synsets import is_wnid, read_synset_mapping
+from tools.demo_data import (
     DEMO_WNIDS,
     SYNSET_MAPPING_PATH,
     TRAIN_SUBDIR,
@@ -22,8 +24,6 @@ from pipeline.demo_data import (
     render_digit,
     split_indices,
 )
-from preprocess.labels import load_val_labels
-from preprocess.synsets import is_wnid, read_synset_mapping
 
 SHARED_MAPPING = Path("/work/shared/imagenet-meta/LOC_synset_mapping.txt")
 

@@ -20,7 +20,7 @@ from pipeline.checkpoint import (
     restore_rng_state,
     save_checkpoints,
 )
-from pipeline.train import main
+from pipeline.train.cli import main
 
 
 class NotATensor:

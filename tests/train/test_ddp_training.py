@@ -12,7 +12,7 @@ import torch
 from train_helpers import child_pids, latest_step, launch_ranks, start_torchrun, tiny_args, torchrun
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.train import main
+from pipeline.train.cli import main
 
 pytestmark = pytest.mark.slow
 

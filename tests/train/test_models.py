@@ -7,7 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError
 from pipeline.models import (
     build_model,
     check_input_size,

@@ -10,7 +10,7 @@ from torch import nn
 from pipeline.config import build_config
 from pipeline.data import build_loader
 from pipeline.distributed import DistInfo
-from pipeline.train import evaluate
+from pipeline.evaluate import evaluate
 
 
 def test_prediction_examples_spread_over_class_ordered_val_folders(tiny_data):

@@ -19,9 +19,9 @@ from train_helpers import tiny_args
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.models import AlexNet
-from pipeline.tracking import main as tracking_main
-from pipeline.tracking import read_wandb_history
-from pipeline.train import main
+from pipeline.tracking.cli import main as tracking_main
+from pipeline.tracking.history import read_wandb_history
+from pipeline.train.cli import main
 
 STEPS_PER_EPOCH = 10  # 160 train images / global batch 16
 
@@ -455,7 +455,7 @@ def test_bad_config_or_paths_exit_2_with_one_error_line(
 
 
 def test_overrides_may_follow_any_flag_including_resume():
-    from pipeline.train import parse_args
+    from pipeline.train.cli import parse_args
 
     args = parse_args(
         [
@@ -532,7 +532,7 @@ def test_resuming_with_another_model_or_optimizer_is_one_line_and_new_hyperparam
 
 
 def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_steps():
-    from pipeline.train import resume_batch
+    from pipeline.train.resume import resume_batch
 
     assert resume_batch(3, 16, 16, 1, 10) == (3, 0)  # unchanged plan
     assert resume_batch(3, 16, 8, 1, 20) == (6, 0)  # half the batch: twice the batches

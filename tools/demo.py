@@ -1,14 +1,14 @@
 """The embedded demo: the whole pipeline, end to end, on real images, on a laptop CPU, in minutes.
 
     make demo                                     # installs with uv, then runs the line below
-    python -m pipeline.demo                       # wds shards, 2 DDP ranks over gloo on CPU
-    python -m pipeline.demo --backend folder      # or dali; same data, another loader
-    python -m pipeline.demo --workdir /tmp/demo --epochs 20 optim.lr=0.004  # any config override
+    python -m tools.demo                       # wds shards, 2 DDP ranks over gloo on CPU
+    python -m tools.demo --backend folder      # or dali; same data, another loader
+    python -m tools.demo --workdir /tmp/demo --epochs 20 optim.lr=0.004  # any config override
 
 Stages, each a real command whose full output also goes to WORKDIR/logs/<stage>.log:
   1. raw data  scikit-learn's 1,797 real handwritten digits, written as a raw ImageNet in
                Kaggle's layout (train class folders named by WNID, a flat val folder,
-               LOC_val_solution.csv, LOC_synset_mapping.txt): pipeline/demo_data.py.
+               LOC_val_solution.csv, LOC_synset_mapping.txt): tools/demo_data.py.
   2. prepare   python -m preprocess prepare RAW DST: val sorted by the CSV, images resized,
                class folders and shuffled WebDataset shards + manifest written.
   3. train     python -m launch --nproc 2 -- -m pipeline.train --config configs/demo.yaml: the
@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import ConfigError, load_config
-from pipeline.demo_data import DEMO_WNIDS, build_demo_raw
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from tools.demo_data import DEMO_WNIDS, build_demo_raw
 
 Backend = Literal["folder", "wds", "dali"]
 
@@ -404,7 +405,7 @@ def shortfalls(result: DemoResult, required_top1: float) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.demo",
+        prog="python -m tools.demo",
         description="Real handwritten digits → raw ImageNet layout → prepare → 2-rank DDP training on CPU.",
     )
     parser.add_argument(

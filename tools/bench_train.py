@@ -1,10 +1,10 @@
 """Training throughput: the model step alone, the step fed by a real loader, and DDP's all-reduce cost.
 
-    python -m pipeline.bench_train                                  # CPU-sized defaults, ~1-2 minutes
-    python -m pipeline.bench_train --data DST/folders/train --backend folder
-    python -m pipeline.bench_train --image-size 224 --width-mult 1 --classifier-width 4096 \
+    python -m tools.bench_train                                  # CPU-sized defaults, ~1-2 minutes
+    python -m tools.bench_train --data DST/folders/train --backend folder
+    python -m tools.bench_train --image-size 224 --width-mult 1 --classifier-width 4096 \
         --batch-size 256 --precision bf16 --channels-last --compile          # a GPU
-    python -m pipeline.bench_train --data DST/train --backend dali --dali-decode mixed
+    python -m tools.bench_train --data DST/train --backend dali --dali-decode mixed
 
 Prints one line per measurement:
   * step: images/s of forward + backward + SGD step on synthetic uint8 batches already on the
@@ -39,7 +39,7 @@ from pipeline.models import build_model
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     on_gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.bench_train", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.bench_train", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--arch", default="alexnet", choices=["alexnet", "alexnet_bn", "alexnet_lrn"]

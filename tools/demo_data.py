@@ -1,6 +1,6 @@
 """Write scikit-learn's 1,797 real handwritten digits as a raw ImageNet in the Kaggle layout.
 
-    python -m pipeline.demo_data demo/raw          # what `python -m pipeline.demo` runs first
+    python -m tools.demo_data demo/raw          # what `python -m tools.demo` runs first
 
 The digits (UCI "Optical Recognition of Handwritten Digits", 8x8 pixels, 17 grey levels) ship
 inside the scikit-learn wheel, so nothing is downloaded. Each digit becomes an upscaled RGB JPEG
@@ -197,7 +197,7 @@ def build_demo_raw(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.demo_data", description=__doc__.split("\n")[0]
+        prog="python -m tools.demo_data", description=__doc__.split("\n")[0]
     )
     parser.add_argument("root", type=Path, help="directory to create (reused if already complete)")
     parser.add_argument("--image-size", type=int, default=96, help="JPEG side in pixels")

@@ -1,8 +1,8 @@
 """Loader throughput, images/s per backend on the same data and cores, next to the seed's baseline.
 
-    python -m pipeline.bench_loader                       # 4096 images, 2 workers, batches of 64, 3 x 8 s each
-    python -m pipeline.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
-    python -m pipeline.bench_loader --backends baseline folder wds
+    python -m tools.bench_loader                       # 4096 images, 2 workers, batches of 64, 3 x 8 s each
+    python -m tools.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
+    python -m tools.bench_loader --backends baseline folder wds
 
 The data: the real photos in /work/shared/photos (or --photos DIR), each replicated as random
 80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("bench_loader")
+logger = logging.getLogger(__name__)
 
 DEFAULT_PHOTOS = Path("/work/shared/photos")
 DEFAULT_CACHE = (
@@ -201,7 +201,7 @@ def our_batches(root: Path, backend: str, batch_size: int, workers: int, device:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.bench_loader", description=__doc__.split("\n")[0]
+        prog="python -m tools.bench_loader", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--images", type=int, default=4096, help="benchmark images (default 4096)")
     parser.add_argument(

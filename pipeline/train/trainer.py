@@ -1,71 +1,29 @@
-"""Train, evaluate or sanity-check AlexNet with DDP and AMP.
-
-    python -m pipeline.train --config configs/alexnet.yaml data.train_dir=DST/train data.val_dir=DST/val
-    torchrun --nproc_per_node=8 -m pipeline.train --config configs/alexnet.yaml   # one node, 8 GPUs
-    python -m pipeline.train --config configs/alexnet.yaml --evaluate              # latest checkpoint
-    python -m pipeline.train --config configs/alexnet.yaml --evaluate --init-from alexnet-owt.pth
-    python -m pipeline.train --config configs/tiny.yaml --check                    # ln(C) + overfit one batch
-    python -m pipeline.train --config configs/alexnet.yaml --finetune best.pt --freeze features
-
-Any `section.key=value` after the flags overrides the YAML (see pipeline/config.py).
-
-Resuming: a rerun with the same train.run_dir continues from RUN_DIR/checkpoints/last.pt with no
-flag; `--resume PATH` picks another checkpoint. The checkpoint records the optimizer step and
-the batch inside the epoch, and the learning rate and dropout masks are functions of the step
-(the torch generator is reseeded from (seed, rank, step) before every optimizer step, so nothing
-the loaders draw in between can shift it): a resumed run takes exactly the steps an
-uninterrupted one would have taken and ends with the same step count.
-
-Stopping: SIGTERM, SIGUSR1 or SIGUSR2 set a flag. After the current optimizer step every rank
-learns of it (a one-element MAX all-reduce per step, on a CPU gloo group when training on
-nccl so it never waits for the GPU), rank 0 writes last.pt, which resumes at the next batch, and
-every rank exits with code 75 (EX_TEMPFAIL). torchrun forwards only TERM/INT/HUP/QUIT to its
-workers and SIGKILLs them 30 s after TERM; a signal save writes last.pt only (AlexNet + SGD
-momentum is about 0.5 GB: seconds on local disk), so keep train.run_dir on a file system that
-can take that in well under 30 s. A signal after an epoch's last step or during its eval cuts
-the eval short and saves the point before it (batch_in_epoch = the whole epoch): the resumed run
-does that eval, best.pt and epoch_NNN.pt first. Ctrl-C (SIGINT) aborts without saving.
-Rank 0 picks the checkpoint to resume from and broadcasts it; every rank must be able to read it.
-
-Exit codes: 0 done, 1 `--check` failed, 2 bad config, paths or checkpoint (one line on
-stderr), 75 stopped by a signal after writing a resumable checkpoint.
-"""
+"""The Trainer: builds loaders, model, optimizer and schedule from a Config, then trains."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
-import shlex
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import Config, ConfigError, config_to_dict, dump_config, load_config
-from pipeline.distributed import (
-    DistInfo,
-    all_gather_ints,
-    all_reduce_max,
-    all_reduce_sum,
-    barrier,
-    broadcast_object,
-    init_distributed,
-    shutdown,
-)
-from pipeline.logging_setup import setup_logging
-from pipeline.metrics import EvalAccumulator, EvalResult, write_per_class_csv
+from pipeline.checks import run_checks
+from pipeline.config import Config, config_to_dict, replace
+from pipeline.data import build_loader, resolve_classes
+from pipeline.data.transforms import normalize
+from pipeline.distributed import DistInfo, all_reduce_sum, barrier
+from pipeline.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_STOPPED, CheckpointError, ConfigError
+from pipeline.evaluate import EvalOutput, evaluate, print_final
+from pipeline.metrics import write_per_class_csv
 from pipeline.models import (
     AlexNet,
     apply_freeze,
@@ -76,195 +34,21 @@ from pipeline.models import (
     set_train_mode,
 )
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer, load_optimizer_state
-from pipeline.tracking import ExamplePicker, NullTracker, build_tracker
+from pipeline.precision import build_autocast, resolve_precision
+from pipeline.tracking import NullTracker, build_tracker
+from pipeline.train.meters import Window, progress_bar
+from pipeline.train.resume import (
+    TrainState,
+    agree_on_checkpoint,
+    changed_keys,
+    first_detail,
+    resume_batch,
+)
+from pipeline.train.run_info import record_launch
+from pipeline.train.signals import StopFlag
+from pipeline.train.step import step_seed
 
-log = logging.getLogger("pipeline.train")
-
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again"; Slurm scripts requeue on it
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-Precision = Literal["bf16", "fp16", "fp32"]
-
-
-# ----------------------------------------------------------------------------- small parts
-
-
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU."""
-    if precision != "auto":
-        return precision  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def build_autocast(
-    precision: Precision, device: torch.device
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts (fresh each use) for the resolved precision."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The torch seed for one optimizer step of one rank: dropout depends on (seed, rank, step) only."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 2_654_435_761) % (2**63 - 1)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1/SIGUSR2; `agreed()` is true on every rank once any rank got one."""
-
-    def __init__(self, dist: DistInfo):
-        self.received: int | None = None
-        self.dist = dist
-        self.group = None
-        if dist.is_distributed and dist.backend == "nccl":
-            # A gloo side group: the per-step flag all-reduce runs on CPU and never syncs the GPU.
-            self.group = torch_dist.new_group(backend="gloo")
-        self.previous = {}
-        for signum in STOP_SIGNALS:
-            self.previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is None:
-            self.received = signum
-            # logging from a handler is not re-entrant safe; write one line directly
-            sys.stderr.write(
-                f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n"
-            )
-
-    def pending(self) -> bool:
-        """This rank got a signal (local, no collective: safe where ranks do different work)."""
-        return self.received is not None
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
-        if self.dist.is_distributed:
-            if self.group is not None:
-                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.group)
-            else:
-                all_reduce_max(flag, self.dist)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Where training is; everything here goes into the checkpoint as plain values."""
-
-    epoch: int = 0  # current epoch (epochs completed when batch_in_epoch == 0)
-    step: int = 0  # optimizer steps taken
-    batch_in_epoch: int = 0  # loader (micro-)batches consumed in `epoch`
-    best_top1: float = -1.0
-    evals_without_improvement: int = 0
-    stopped_early: bool = False  # early stopping fired: a rerun only evaluates
-    finished: bool = (
-        False  # informational: all steps done (a rerun with more epochs/max_steps continues)
-    )
-    wandb_run_id: str = ""
-    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return (
-            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-            if out.returncode == 0
-            else "unknown"
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def record_launch(
-    cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], resumed_from: Path | None
-) -> None:
-    """Rank 0 writes the resolved config.yaml and appends this launch to launches.jsonl."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    entry = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, "-m", "pipeline.train", *argv]),
-        "git_sha": git_sha(),
-        "world_size": dist.world_size,
-        "backend": dist.backend,
-        "device": dist.device,
-        "torch": torch.__version__,
-        "resumed_from": str(resumed_from) if resumed_from else None,
-    }
-    with open(run_dir / "launches.jsonl", "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@dataclasses.dataclass
-class EvalOutput:
-    result: EvalResult
-    examples: (
-        tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    )  # rank-local images, labels, predictions
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    num_classes: int,
-    dist: DistInfo,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    keep_examples: int = 32,
-    interrupted: Callable[[], bool] | None = None,
-) -> EvalOutput:
-    """Exact val metrics: this rank's batches with the unwrapped model (no DDP collectives, so
-    ranks with different batch counts cannot hang), then one all-reduce of sums and counts.
-    When `interrupted()` turns true the rank stops early (the caller discards the result)."""
-    from pipeline.data.transforms import normalize
-
-    was_training = model.training
-    model.eval()
-    accumulator = EvalAccumulator(num_classes, dist.torch_device)
-    picker = ExamplePicker(loader, keep_examples)  # a spread of val samples for the prediction grid
-    loader.set_epoch(0)
-    for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
-        if interrupted is not None and interrupted():
-            break
-        with autocast():
-            logits = model(normalize(images))
-        accumulator.update(logits, labels)
-        picker.add(images, labels, logits)
-    result = accumulator.reduce(dist)
-    model.train(was_training)
-    return EvalOutput(result, picker.examples())
-
-
-# ----------------------------------------------------------------------------- the trainer
-
+logger = logging.getLogger(__name__)
 
 class Trainer:
     """Builds loaders, model, optimizer and schedule from a Config, then trains or evaluates."""
@@ -293,18 +77,14 @@ class Trainer:
 
     # -- building -----------------------------------------------------------------------------
     def build_data(self, need_train: bool = True) -> None:
-        from pipeline.data import build_loader
-
-        self.train_loader = build_loader(self.cfg, "train", self.dist) if need_train else None
-        self.val_loader = build_loader(self.cfg, "val", self.dist)
-        reference = self.train_loader or self.val_loader
-        self.classes = reference.classes
-        self.class_names = reference.class_names
-        if self.train_loader is not None and self.val_loader.classes != self.train_loader.classes:
-            raise ConfigError(
-                f"train and val class lists differ ({len(self.train_loader.classes)} vs {len(self.val_loader.classes)} classes): "
-                "both splits must come from the same preprocessing run"
-            )
+        # the class list is read once, from the train split, and both loaders index into it
+        class_list = resolve_classes(self.cfg)
+        self.train_loader = (
+            build_loader(self.cfg, "train", self.dist, class_list) if need_train else None
+        )
+        self.val_loader = build_loader(self.cfg, "val", self.dist, class_list)
+        self.classes = list(class_list.wnids)
+        self.class_names = dict(class_list.names)
         self.num_classes = self.cfg.model.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
             raise ConfigError(
@@ -368,7 +148,7 @@ class Trainer:
             data = self.checkpoint_state(state)
             data["replica_fingerprints"] = [f.cpu() for f in fingerprints]
             path = ckpt.save_checkpoints(data, self.run_dir, is_best=is_best, epoch_file=epoch_file)
-            log.info(
+            logger.info(
                 "saved %s (epoch %d, step %d, batch %d) in %.1fs%s",
                 path,
                 state.epoch,
@@ -386,12 +166,12 @@ class Trainer:
             or data.get("format") != ckpt.FORMAT_VERSION
             or "model" not in data
         ):
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): "
                 "to start from plain weights use model.init_from=PATH"
             )
         if data.get("classes") and list(data["classes"]) != list(self.classes):
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
                 f"{len(self.classes)}: use model.finetune=PATH for a new class set"
             )
@@ -415,10 +195,10 @@ class Trainer:
             self.replan_resume_point(state, data)
         if state.batch_in_epoch:
             self.keep_wds_worker_split(state, data)
-        changed = _changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
+        changed = changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
         if changed:
-            log.warning("config differs from the checkpoint's in %s", ", ".join(changed))
-        log.info(
+            logger.warning("config differs from the checkpoint's in %s", ", ".join(changed))
+        logger.info(
             "resumed from %s: epoch %d, step %d, batch %d",
             path,
             state.epoch,
@@ -430,33 +210,33 @@ class Trainer:
         """Weights and optimizer state from a checkpoint; a model or optimizer this config builds
         differently (arch, widths, optim.name, parameter groups) is one CheckpointError line."""
         old_config = data.get("config") or {}
-        changed = _changed_keys(old_config, config_to_dict(self.cfg))
+        changed = changed_keys(old_config, config_to_dict(self.cfg))
         model_changes = [c for c in changed if c.startswith("model.")] or ["model settings"]
         try:
             self.model.load_state_dict(data["model"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path} does not fit the model this config builds ({', '.join(model_changes)} changed): "
-                f"{_first_detail(err)}; resume with the checkpoint's model settings or use a new "
+                f"{first_detail(err)}; resume with the checkpoint's model settings or use a new "
                 "train.run_dir (model.init_from/finetune=PATH to start from its weights)"
             ) from None
         old_name = (old_config.get("optim") or {}).get("name", self.cfg.optim.name)
         optim_changes = [c for c in changed if c.startswith(("optim.", "model.freeze"))]
         if old_name != self.cfg.optim.name:
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path} holds {old_name} state but optim.name={self.cfg.optim.name}: resume with "
                 f"optim.name={old_name} or start a new train.run_dir"
             )
         try:
             reapplied = load_optimizer_state(self.optimizer, data["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path}'s optimizer state does not fit this run's parameter groups "
-                f"({', '.join(optim_changes) or 'optimizer settings'} changed): {_first_detail(err)}; "
+                f"({', '.join(optim_changes) or 'optimizer settings'} changed): {first_detail(err)}; "
                 "resume with the checkpoint's settings or start a new train.run_dir"
             ) from None
         if reapplied:
-            log.warning(
+            logger.warning(
                 "optimizer settings from this run's config replace the checkpoint's: %s",
                 ", ".join(reapplied),
             )
@@ -488,7 +268,7 @@ class Trainer:
         if (batch, epoch) == (state.batch_in_epoch, 0) and old_world == self.dist.world_size:
             return
         if (batch, epoch) != (state.batch_in_epoch, 0):
-            log.warning(
+            logger.warning(
                 "resume point re-planned: the checkpoint stopped at batch %d of epoch %d with %s ranks, global batch %d, "
                 "accumulation %d; this run has %d ranks, global batch %d, accumulation %d (%d batches per epoch), so it "
                 "resumes at %s",
@@ -506,7 +286,7 @@ class Trainer:
                 else f"the start of epoch {state.epoch + 1}",
             )
         else:
-            log.warning(
+            logger.warning(
                 "checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for the new world",
                 old_world,
                 self.dist.world_size,
@@ -529,10 +309,7 @@ class Trainer:
             return
         if max(1, int(old_workers)) == max(1, self.cfg.data.num_workers):
             return
-        from pipeline.config import replace
-        from pipeline.data import build_loader
-
-        log.warning(
+        logger.warning(
             "data.num_workers changed from %s to %d in the middle of epoch %d: the wds order within an epoch depends "
             "on it, so epoch %d finishes with %s loader workers and later epochs use %d",
             old_workers,
@@ -583,7 +360,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         if dist.is_main:
             for stale in ckpt.remove_stale_temps(self.run_dir):
-                log.info("removed %s, left by a save that was killed", stale)
+                logger.info("removed %s, left by a save that was killed", stale)
         # rank 0 decides: with node-local or cached run dirs, ranks could otherwise disagree
         resume = agree_on_checkpoint(
             resume or (ckpt.find_latest(self.run_dir) if dist.is_main else None), dist
@@ -596,7 +373,7 @@ class Trainer:
             record_launch(cfg, dist, self.run_dir, self.argv, resume)
         tracker = build_tracker(cfg, dist, self.run_dir, state.wandb_run_id or None)
         state.wandb_run_id = tracker.run_id if dist.is_main else state.wandb_run_id
-        log.info(
+        logger.info(
             "%s: %d classes, %d train / %d val images, %d steps per epoch, %d steps in all, precision %s, world %d",
             cfg.model.arch,
             self.num_classes,
@@ -620,11 +397,9 @@ class Trainer:
     def train_loop(
         self, state: TrainState, tracker: NullTracker, stop: StopFlag, fresh: bool
     ) -> int:
-        from pipeline.data.transforms import normalize
-
         cfg, dist = self.cfg, self.dist
         step_model, ddp = self.wrap_model()
-        window = _Window(self.device)
+        window = Window(self.device)
         first_batch = fresh
         # a stop after an epoch's last step saves batch_in_epoch == full: that epoch's eval is still due
         epoch_end_pending = state.batch_in_epoch >= self.steps_per_epoch * self.accum
@@ -642,7 +417,7 @@ class Trainer:
             loader.set_epoch(epoch, start_batch=state.batch_in_epoch)
             set_train_mode(self.model, cfg.model.freeze)
             batches_left = self.steps_per_epoch * self.accum - state.batch_in_epoch
-            progress = _progress(
+            progress = progress_bar(
                 dist,
                 total=self.steps_per_epoch,
                 initial=state.batch_in_epoch // self.accum,
@@ -701,7 +476,7 @@ class Trainer:
                 if stop.agreed():
                     progress.close()
                     self.save(state)
-                    log.warning(
+                    logger.warning(
                         "stopped by %s at step %d (epoch %d, batch %d): rerun with the same run dir to resume",
                         signal.Signals(stop.received).name
                         if stop.received
@@ -732,7 +507,7 @@ class Trainer:
                 output = self.evaluate_and_report(state, tracker, stop)
                 if output is None:
                     self.save(resume_point)
-                    log.warning(
+                    logger.warning(
                         "stopped by a signal before the eval at step %d: rerun with the same run dir to "
                         "resume (it evaluates first)",
                         state.step,
@@ -748,7 +523,7 @@ class Trainer:
                     state.evals_without_improvement += 1
                 patience = cfg.train.early_stop_patience
                 if patience and state.evals_without_improvement >= patience and not state.finished:
-                    log.info(
+                    logger.info(
                         "early stop: val top-1 has not improved for %d evaluations (best %.2f%%)",
                         patience,
                         state.best_top1,
@@ -760,7 +535,7 @@ class Trainer:
             self.save(state, is_best=is_best, epoch_file=save_epoch)
             stopped = stop.agreed()  # every rank calls it: it is a collective
             if stopped and not state.finished:
-                log.warning(
+                logger.warning(
                     "stopped by a signal after epoch %d: rerun with the same run dir to resume",
                     state.epoch,
                 )
@@ -788,7 +563,7 @@ class Trainer:
             1, self.steps_per_epoch * self.accum
         )
         tracker.log(result.as_metrics(), state.step, epoch_position)
-        log.info(
+        logger.info(
             "eval at step %d: val/top1=%.2f val/top5=%.2f val/loss=%.4f val/macro_f1=%.2f (%d images)",
             state.step,
             result.top1,
@@ -844,7 +619,7 @@ class Trainer:
                 load_weights(self.model, source)
             else:
                 self.model.load_state_dict(weights)
-            log.info("evaluating weights from %s", source)
+            logger.info("evaluating weights from %s", source)
         elif not explicit_weights:
             raise ConfigError(
                 f"nothing to evaluate: no checkpoint in {self.run_dir / 'checkpoints'}; "
@@ -865,7 +640,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
             }
             (self.run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
-        log.info(
+        logger.info(
             "val/loss=%.4f val/macro_f1=%.2f on %d images",
             output.result.loss,
             output.result.macro_f1,
@@ -875,8 +650,6 @@ class Trainer:
         return EXIT_OK
 
     def check(self) -> int:
-        from pipeline.checks import run_checks
-
         self.build_data(need_train=True)
         self.train_loader.set_epoch(0)
         images, labels = next(iter(self.train_loader))
@@ -892,41 +665,6 @@ class Trainer:
         return EXIT_OK if int(ok.item()) == self.dist.world_size else EXIT_CHECK_FAILED
 
 
-def agree_on_checkpoint(path: Path | None, dist: DistInfo) -> Path | None:
-    """Rank 0's `path` on every rank; one clear error on every rank if any rank cannot read it."""
-    chosen = broadcast_object(str(path) if path is not None else None, dist)
-    if chosen is None:
-        return None
-    chosen = Path(chosen)
-    missing = all_gather_ints(0 if chosen.is_file() else 1, dist)
-    if any(missing):
-        ranks = [rank for rank, flag in enumerate(missing) if flag]
-        raise ckpt.CheckpointError(
-            f"rank 0 loads checkpoint {chosen} but rank(s) {ranks} cannot read it: put train.run_dir "
-            "(or the --resume file) on a file system every node shares"
-        )
-    return chosen
-
-
-def resume_batch(
-    batch_in_epoch: int,
-    old_micro_batch: int,
-    new_micro_batch: int,
-    accum: int,
-    batches_per_epoch: int,
-) -> tuple[int, int]:
-    """(batch to resume at, epochs to advance: 0 or 1) for a resume point of `batch_in_epoch`
-    micro-batches of `old_micro_batch` samples (all ranks), replayed in micro-batches of
-    `new_micro_batch` with `accum` per optimizer step and `batches_per_epoch` in the epoch."""
-    samples = batch_in_epoch * old_micro_batch
-    batch = samples // new_micro_batch
-    batch -= batch % accum
-    # == batches_per_epoch: the epoch's batches are done but its epoch-end eval and saves may not be
-    if batch > batches_per_epoch:
-        return 0, 1
-    return batch, 0
-
-
 def replica_fingerprints(model: nn.Module, dist: DistInfo) -> list[torch.Tensor]:
     """Every rank's [sum, sum of squares] per parameter tensor (float64), in rank order."""
     with torch.no_grad():
@@ -938,262 +676,3 @@ def replica_fingerprints(model: nn.Module, dist: DistInfo) -> list[torch.Tensor]
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     torch_dist.all_gather(gathered, local)
     return gathered
-
-
-class _Window:
-    """Train metrics over a logging window, kept on the device until `reduce` (no per-step sync)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.restart()
-
-    def restart(self) -> None:
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
-        self.samples = 0  # host-side counts: creating device tensors per step would sync the GPU
-        self.images = 0
-        self.data_wait = 0.0
-        self.started = self.last = time.perf_counter()
-
-    def data_ready(self) -> None:
-        now = time.perf_counter()
-        self.data_wait += now - self.last
-        self.last = now
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        count = labels.numel()
-        self.sums[0] += loss.detach().double() * count
-        self.sums[1] += (logits.detach().argmax(dim=1) == labels).sum()
-        self.samples += count
-
-    def step_done(self, images: int) -> None:
-        self.images += images
-        self.last = time.perf_counter()
-
-    def reduce(self, dist: DistInfo) -> dict[str, float]:
-        """Global train/loss, train/top1, perf/images_per_s, perf/data_wait_frac (+ perf/gpu_mem_gb on CUDA)."""
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        extra = torch.tensor(
-            [self.samples, self.images, self.data_wait / elapsed],
-            dtype=torch.float64,
-            device=self.device,
-        )
-        totals = all_reduce_sum(torch.cat([self.sums, extra]), dist).tolist()
-        loss_sum, correct, samples, images, wait_fraction_sum = totals
-        metrics = {
-            "train/loss": loss_sum / max(samples, 1.0),
-            "train/top1": 100.0 * correct / max(samples, 1.0),
-            "perf/images_per_s": images / elapsed,
-            "perf/data_wait_frac": wait_fraction_sum / dist.world_size,
-        }
-        if self.device.type == "cuda":
-            metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
-        return metrics
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(dist: DistInfo, total: int, initial: int, desc: str):
-    """tqdm on rank 0 only (and only on a terminal or when asked), a no-op elsewhere."""
-    if not dist.is_main:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-        leave=False,
-        disable=not sys.stderr.isatty(),
-    )
-
-
-def _first_detail(err: BaseException) -> str:
-    """The informative line of a load_state_dict error (torch puts a generic header first), shortened."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    detail = next((line for line in lines[1:]), lines[0] if lines else type(err).__name__)
-    return detail if len(detail) <= 240 else detail[:237] + "..."
-
-
-def _changed_keys(old: dict, new: dict) -> list[str]:
-    changed = []
-    for section, values in new.items():
-        for key, value in values.items():
-            before = (old.get(section) or {}).get(key, value)
-            if before != value and (section, key) not in {("train", "run_dir")}:
-                changed.append(f"{section}.{key} ({before!r} → {value!r})")
-    return changed
-
-
-def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
-    """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0 only."""
-    if dist.is_main:
-        print(
-            f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}",
-            flush=True,
-        )
-
-
-def render_predictions_from_run(run_dir: str | Path) -> Path | None:
-    """`python -m pipeline.tracking plots RUN_DIR`: prediction grid from best.pt (or last.pt) on val data."""
-    from pipeline.tracking import save_prediction_grid
-
-    run_dir = Path(run_dir)
-    source = next(
-        (
-            p
-            for p in (run_dir / "checkpoints/best.pt", run_dir / "checkpoints/last.pt")
-            if p.is_file()
-        ),
-        None,
-    )
-    if source is None or not (run_dir / "config.yaml").is_file():
-        log.warning("no checkpoint or config.yaml in %s: skipping the prediction grid", run_dir)
-        return None
-    cfg = load_config(run_dir / "config.yaml", ["data.num_workers=0", "train.device=cpu"])
-    dist = DistInfo()
-    trainer = Trainer(cfg, dist)
-    trainer.build_data(need_train=False)
-    trainer.build_model()
-    trainer.model.load_state_dict(ckpt.load_checkpoint(source)["model"])
-    output = evaluate(
-        trainer.model,
-        _first_batches(trainer.val_loader, 1),
-        trainer.num_classes,
-        dist,
-        trainer.autocast,
-    )
-    images, labels, predictions = output.examples
-    return save_prediction_grid(
-        images,
-        labels,
-        predictions,
-        trainer.class_name_list(),
-        run_dir / "plots" / "predictions.png",
-    )
-
-
-class _first_batches:
-    """A loader view that yields only the first `count` batches (for a quick prediction grid)."""
-
-    def __init__(self, loader, count: int):
-        self.loader, self.count = loader, count
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.loader.set_epoch(epoch, start_batch)
-
-    def __iter__(self):
-        for index, batch in enumerate(self.loader):
-            if index >= self.count:
-                break
-            yield batch
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML config (configs/alexnet.yaml, configs/alexnet_paper.yaml, configs/tiny.yaml)",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--evaluate",
-        action="store_true",
-        help="only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from weights",
-    )
-    mode.add_argument(
-        "--check",
-        action="store_true",
-        help="sanity checks: initial loss vs ln(C) and overfitting one batch",
-    )
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        help="resume from this checkpoint instead of RUN_DIR/checkpoints/last.pt",
-    )
-    parser.add_argument(
-        "--init-from",
-        help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)",
-    )
-    parser.add_argument("--finetune", help="shortcut for model.finetune=PATH")
-    parser.add_argument("--freeze", choices=["none", "features"], help="shortcut for model.freeze")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="config overrides"
-    )
-    # intermixed: overrides may come before, between or after the flags (`--resume PATH a.b=1`)
-    return parser.parse_intermixed_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.train` / `imagenet-train`; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in (
-        (args.init_from, "model.init_from"),
-        (args.finetune, "model.finetune"),
-        (args.freeze, "model.freeze"),
-    ):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    from pipeline.data.base import LoaderError
-
-    user_errors = (ConfigError, LoaderError)
-    try:
-        cfg = load_config(args.config, overrides)
-    except user_errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.resume is not None and not args.resume.is_file():
-        print(
-            f"error: --resume {args.resume} does not exist: pass a checkpoint file (RUN_DIR/checkpoints/last.pt)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    try:
-        dist = init_distributed(cfg.train.device)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    setup_logging(dist)
-    try:
-        trainer = Trainer(cfg, dist, argv)
-        if args.check:
-            code = trainer.check()
-        elif args.evaluate:
-            code = trainer.evaluate_only(args.resume)
-        else:
-            code = trainer.train(args.resume)
-        # Every rank got here (the run ended, or all agreed to stop): tear the process group down
-        # together. A rank that destroyed its gloo group and exited while rank 0 was still writing
-        # plots was seen once to abort at exit ("terminate called without an active exception").
-        barrier(dist)
-        return code
-    except user_errors as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        shutdown(dist)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Numeric precision of a run: which one `auto` means on this device, and its autocast context.
+
+    precision = resolve_precision(cfg.train.precision, device)   # auto -> bf16 | fp16 | fp32
+    autocast = build_autocast(precision, device)                  # a factory: `with autocast():`
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU."""
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def build_autocast(
+    precision: Precision, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts (fresh each use) for the resolved precision."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

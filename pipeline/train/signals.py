@@ -1,0 +1,62 @@
+"""Stop signals: SIGTERM, SIGUSR1 or SIGUSR2 set a flag that every rank agrees on after a step.
+
+    stop = StopFlag(dist)
+    ...
+    if stop.agreed():   # a collective: every rank calls it once per optimizer step
+        save(); return EXIT_STOPPED
+
+The agreement is a one-element MAX all-reduce per step, on a CPU gloo group when training on
+nccl, so it never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import torch
+import torch.distributed as torch_dist
+
+from pipeline.distributed import DistInfo, all_reduce_max
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1/SIGUSR2; `agreed()` is true on every rank once any rank got one."""
+
+    def __init__(self, dist: DistInfo):
+        self.received: int | None = None
+        self.dist = dist
+        self.group = None
+        if dist.is_distributed and dist.backend == "nccl":
+            # A gloo side group: the per-step flag all-reduce runs on CPU and never syncs the GPU.
+            self.group = torch_dist.new_group(backend="gloo")
+        self.previous = {}
+        for signum in STOP_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            # logging from a handler is not re-entrant safe; write one line directly
+            sys.stderr.write(
+                f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n"
+            )
+
+    def pending(self) -> bool:
+        """This rank got a signal (local, no collective: safe where ranks do different work)."""
+        return self.received is not None
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
+        if self.dist.is_distributed:
+            if self.group is not None:
+                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.group)
+            else:
+                all_reduce_max(flag, self.dist)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
