@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.distributed import DistInfo, all_gather_ints, broadcast_object
 from pipeline.errors import CheckpointError
 from preprocess.manifest import atomic_output
 
@@ -36,6 +37,24 @@ def find_latest(run_dir: str | Path) -> Path | None:
     """run_dir/checkpoints/last.pt when it exists (what auto-resume loads), else None."""
     path = checkpoint_dir(run_dir) / "last.pt"
     return path if path.is_file() else None
+
+
+def agree_on_checkpoint(path: Path | None, dist: DistInfo) -> Path | None:
+    """Rank 0's `path` on every rank; one clear error on every rank if any rank cannot read it.
+
+    Rank 0 decides: with node-local or cached run dirs, ranks could otherwise disagree."""
+    chosen = broadcast_object(str(path) if path is not None else None, dist)
+    if chosen is None:
+        return None
+    chosen = Path(chosen)
+    missing = all_gather_ints(0 if chosen.is_file() else 1, dist)
+    if any(missing):
+        ranks = [rank for rank, flag in enumerate(missing) if flag]
+        raise CheckpointError(
+            f"rank 0 loads checkpoint {chosen} but rank(s) {ranks} cannot read it: put "
+            "train.run_dir (or the --resume file) on a file system every node shares"
+        )
+    return chosen
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:

@@ -21,8 +21,12 @@ from collections.abc import Callable
 import torch
 
 from pipeline.config import Config, replace
+from pipeline.data import build_loader, resolve_classes
 from pipeline.data.transforms import normalize
-from pipeline.models import build_model
+from pipeline.distributed import DistInfo, all_reduce_sum
+from pipeline.errors import EXIT_CHECK_FAILED, EXIT_OK
+from pipeline.models import build_model, check_input_sizes, resolve_num_classes
+from pipeline.precision import build_autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +135,24 @@ def run_checks(
         if scaler is not None and scaler.is_enabled()
         else None,
     )
+
+
+def run_check_command(cfg: Config, dist: DistInfo) -> int:
+    """`python -m pipeline.train --check`: both checks on this rank's first train batch; every
+    rank must pass. Prints the report on rank 0; EXIT_CHECK_FAILED when a rank's overfit fails."""
+    device = dist.torch_device
+    precision = resolve_precision(cfg.train.precision, device)
+    check_input_sizes(cfg)
+    classes = resolve_classes(cfg)
+    num_classes = resolve_num_classes(cfg.model, len(classes))
+    train_loader = build_loader(cfg, "train", dist, classes)
+    train_loader.set_epoch(0)
+    images, labels = next(iter(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # as training steps
+    report = run_checks(cfg, num_classes, images, labels, build_autocast(precision, device), scaler)
+    passed = torch.tensor([1 if report.overfit_ok else 0], dtype=torch.int32, device=device)
+    all_reduce_sum(passed, dist)
+    if dist.is_main:
+        for line in report.lines():
+            print(line, flush=True)
+    return EXIT_OK if int(passed.item()) == dist.world_size else EXIT_CHECK_FAILED

@@ -150,3 +150,17 @@ def broadcast_object(obj, dist: DistInfo, src: int = 0):
         box, src=src, device=dist.torch_device if dist.backend == "nccl" else None
     )
     return box[0]
+
+
+def replica_fingerprints(model: torch.nn.Module, dist: DistInfo) -> list[torch.Tensor]:
+    """Every rank's [sum, sum of squares] per parameter tensor (float64), in rank order: DDP
+    replicas must be identical, and equal fingerprints show that they are."""
+    with torch.no_grad():
+        local = torch.stack(
+            [torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()]
+        ).flatten()
+    if not dist.is_distributed:
+        return [local]
+    gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
+    torch_dist.all_gather(gathered, local)
+    return gathered

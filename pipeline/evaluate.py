@@ -1,5 +1,5 @@
-"""Exact evaluation of a model over a val loader, the examples for the prediction grid, and the
-`final:` line scripts read.
+"""Exact evaluation of a model over a val loader, the examples for the prediction grid, the
+`final:` line scripts read, and the `--evaluate` command.
 
     output = evaluate(model, val_loader, num_classes, dist, autocast)
     output.result.top1, output.result.top5      # percent, over every val sample exactly once
@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipeline import checkpoint as ckpt
+from pipeline.config import Config
+from pipeline.data import build_loader, resolve_classes
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
-from pipeline.metrics import EvalAccumulator, EvalResult
+from pipeline.errors import EXIT_OK, ConfigError
+from pipeline.metrics import EvalAccumulator, EvalResult, write_per_class_csv
+from pipeline.models import (
+    check_input_sizes,
+    create_model,
+    load_weights,
+    resolve_num_classes,
+)
+from pipeline.precision import build_autocast, resolve_precision
+
+logger = logging.getLogger(__name__)
 
 
 class ExamplePicker:
@@ -125,3 +141,61 @@ def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
             f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}",
             flush=True,
         )
+
+
+def evaluate_checkpoint(cfg: Config, dist: DistInfo, resume: Path | None) -> int:
+    """`python -m pipeline.train --evaluate`: val metrics of one set of weights, first found:
+    --resume PATH, RUN_DIR/checkpoints/last.pt, model.init_from.
+
+    The run dir comes before init_from/finetune: a run started from those weights has trained
+    past them, and model.finetune alone has a fresh random head. Writes RUN_DIR/eval.json and
+    RUN_DIR/per_class_accuracy.csv (rank 0) and prints the `final:` line."""
+    device = dist.torch_device
+    run_dir = Path(cfg.train.run_dir)
+    autocast = build_autocast(resolve_precision(cfg.train.precision, device), device)
+    check_input_sizes(cfg)
+    classes = resolve_classes(cfg)
+    val_loader = build_loader(cfg, "val", dist, classes)
+    num_classes = resolve_num_classes(cfg.model, len(classes))
+    latest = ckpt.find_latest(run_dir) if dist.is_main else None
+    source = ckpt.agree_on_checkpoint(resume or latest, dist)
+    if source is None and cfg.model.finetune:
+        raise ConfigError(
+            f"nothing to evaluate: model.finetune={cfg.model.finetune} alone gets a new random "
+            f"head and {run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's "
+            "checkpoint (its train.run_dir or --resume PATH)"
+        )
+    if source is None and not cfg.model.init_from:
+        raise ConfigError(
+            f"nothing to evaluate: no checkpoint in {run_dir / 'checkpoints'}; "
+            "pass --resume PATH or --init-from WEIGHTS"
+        )
+    model = create_model(cfg, num_classes, device, load_initial_weights=source is None)
+    if source is not None:
+        data = ckpt.load_checkpoint(source)
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            model.load_state_dict(data["model"])
+        else:
+            load_weights(model, source)
+        logger.info("evaluating weights from %s", source)
+    output = evaluate(model, val_loader, num_classes, dist, autocast)
+    result = output.result
+    if dist.is_main:
+        write_per_class_csv(
+            result, list(classes.wnids), dict(classes.names), run_dir / "per_class_accuracy.csv"
+        )
+        report = {
+            **result.as_metrics(),
+            "val/num_samples": result.num_samples,
+            "weights": str(source or cfg.model.init_from or cfg.model.finetune),
+            "world_size": dist.world_size,
+        }
+        (run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    logger.info(
+        "val/loss=%.4f val/macro_f1=%.2f on %d images",
+        result.loss,
+        result.macro_f1,
+        result.num_samples,
+    )
+    print_final(result.as_metrics(), dist)
+    return EXIT_OK

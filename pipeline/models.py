@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.config import Config, ModelConfig
 from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,43 @@ def build_model(model_cfg: ModelConfig, num_classes: int) -> AlexNet:
     if model_cfg.kaiming_init:
         init_kaiming(model)
     return model
+
+
+def resolve_num_classes(model_cfg: ModelConfig, data_classes: int) -> int:
+    """model.num_classes, or the data's count when it is 0; fewer outputs than classes is an error."""
+    num_classes = model_cfg.num_classes or data_classes
+    if num_classes < data_classes:
+        raise ConfigError(
+            f"model.num_classes={num_classes} but the data has {data_classes} classes: use 0 "
+            "(from the data)"
+        )
+    return num_classes
+
+
+def create_model(
+    cfg: Config, num_classes: int, device: torch.device, *, load_initial_weights: bool = True
+) -> AlexNet:
+    """The run's model on `device` in its memory format, with model.finetune / model.init_from
+    applied unless `load_initial_weights` is False (a checkpoint will be loaded instead).
+
+    Every rank seeds the same way first, so every rank builds identical initial weights (DDP
+    also broadcasts rank 0's)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, num_classes)
+    if load_initial_weights and cfg.model.finetune:
+        load_for_finetune(model, cfg.model.finetune, cfg.model.freeze)
+    elif load_initial_weights and cfg.model.init_from:
+        load_weights(model, cfg.model.init_from)
+    # on every build, resumes too: the optimizer must see the trainable set the checkpoint's did
+    apply_freeze(model, cfg.model.freeze)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def check_input_sizes(cfg: Config) -> None:
+    """The configured train and val crops against the model's smallest input."""
+    check_input_size(cfg.data.train_crop, "data.train_crop")
+    check_input_size(cfg.data.val_crop, "data.val_crop")
 
 
 def check_input_size(size: int, what: str) -> None:

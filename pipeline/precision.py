@@ -1,7 +1,7 @@
 """Numeric precision of a run: which one `auto` means on this device, and its autocast context.
 
-    precision = resolve_precision(cfg.train.precision, device)   # auto -> bf16 | fp16 | fp32
-    autocast = build_autocast(precision, device)                  # a factory: `with autocast():`
+precision = resolve_precision(cfg.train.precision, device)   # auto -> bf16 | fp16 | fp32
+autocast = build_autocast(precision, device)                  # a factory: `with autocast():`
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ from typing import Literal
 
 import torch
 
+from pipeline.errors import ConfigError
+
 Precision = Literal["bf16", "fp16", "fp32"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU."""
+    """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU.
+
+    An explicit bf16 on a GPU without bf16 support is a ConfigError."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision=bf16 but this GPU has no bf16 support: use fp16 or auto")
     if precision != "auto":
         return precision  # type: ignore[return-value]
     if device.type == "cuda":

@@ -40,5 +40,7 @@ def resolve_classes(cfg: Config) -> ClassList:
     except UserError as err:
         raise LoaderError(str(err)) from err
     if not found:
-        raise LoaderError(f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG")
+        raise LoaderError(
+            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
+        )
     return ClassList(tuple(found), find_class_names(directory), directory)

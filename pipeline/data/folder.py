@@ -39,6 +39,7 @@ from pipeline.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
+
 class FolderBatches(Dataset):
     """Item = (epoch, sample indices) → one decoded, augmented uint8 batch."""
 

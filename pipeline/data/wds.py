@@ -94,7 +94,9 @@ def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
-    def __init__(self, plan: ShardReadPlan, aug: Augmentation, shuffle_buffer: int, split: str) -> None:
+    def __init__(
+        self, plan: ShardReadPlan, aug: Augmentation, shuffle_buffer: int, split: str
+    ) -> None:
         self.plan = plan
         self.aug = aug
         self.shuffle_buffer = shuffle_buffer

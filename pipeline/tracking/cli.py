@@ -1,7 +1,7 @@
 """Plots and history of a finished (or running) run, from its run dir.
 
-    python -m pipeline.tracking plots RUN_DIR     # curves (and prediction grid) from a run dir
-    python -m pipeline.tracking history RUN_DIR   # print the logged rows of the W&B offline run
+python -m pipeline.tracking plots RUN_DIR     # curves (and prediction grid) from a run dir
+python -m pipeline.tracking history RUN_DIR   # print the logged rows of the W&B offline run
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.model.num_classes or len(val_loader.classes))
     model.load_state_dict(ckpt.load_checkpoint(source)["model"])
-    autocast = build_autocast(resolve_precision(cfg.train.precision, dist.torch_device), dist.torch_device)
+    autocast = build_autocast(
+        resolve_precision(cfg.train.precision, dist.torch_device), dist.torch_device
+    )
     output = evaluate(model, FirstBatches(val_loader, 1), model.head.out_features, dist, autocast)
     images, labels, predictions = output.examples
     names = [val_loader.class_names.get(wnid, wnid) for wnid in val_loader.classes]

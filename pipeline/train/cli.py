@@ -37,9 +37,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.checks import run_check_command
 from pipeline.config import load_config
 from pipeline.distributed import barrier, init_distributed, shutdown
 from pipeline.errors import EXIT_USAGE, UserError, first_line
+from pipeline.evaluate import evaluate_checkpoint
 from pipeline.logging_setup import setup_logging
 from pipeline.train.trainer import Trainer
 
@@ -114,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(dist)
     try:
-        trainer = Trainer(cfg, dist, argv)
         if args.check:
-            code = trainer.check()
+            code = run_check_command(cfg, dist)
         elif args.evaluate:
-            code = trainer.evaluate_only(args.resume)
+            code = evaluate_checkpoint(cfg, dist, args.resume)
         else:
-            code = trainer.train(args.resume)
+            code = Trainer(cfg, dist, argv, args.resume).train()
         # Every rank got here (the run ended, or all agreed to stop): tear the process group down
         # together. A rank that destroyed its gloo group and exited while rank 0 was still writing
         # plots was seen once to abort at exit ("terminate called without an active exception").

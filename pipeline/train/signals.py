@@ -57,6 +57,12 @@ class StopFlag:
                 all_reduce_max(flag, self.dist)
         return bool(flag.item())
 
+    def signal_name(self) -> str:
+        """The signal this rank received, for log lines."""
+        if self.received is None:
+            return "a signal on another rank"
+        return signal.Signals(self.received).name
+
     def restore(self) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)

@@ -151,6 +151,7 @@ def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none(
         dropped.append(frozenset(set(range(61)) - rank0 - rank1))
     assert len(set(dropped)) == 4, "the same tail is dropped every epoch"
     val = [
-        ShardReadPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3) for rank in range(2)
+        ShardReadPlan(("only.tar",), counts, 4, rank, 2, 1, train=False, seed=3)
+        for rank in range(2)
     ]
     assert sorted(read(val[0], 0) | read(val[1], 0)) == list(range(61))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from train_helpers import run_gloo_ranks
 
+from pipeline.checkpoint import agree_on_checkpoint
 from pipeline.errors import CheckpointError
-from pipeline.train.resume import agree_on_checkpoint
 
 
 def _agree_in_three_cases(dist, shared: Path) -> list:

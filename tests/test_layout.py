@@ -1,0 +1,122 @@
+"""The layout's rules, read from the source: no import cycles, and who may import whom.
+
+Every import counts, at module level or inside a function, so a deferred import cannot hide a
+cycle. `TYPE_CHECKING` blocks would count too (there are none).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("preprocess", "pipeline", "launch", "tools")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports (a `from package import name` of a submodule counts
+    as that submodule)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name in modules:
+                found.add(name)
+    own = module_name(path)
+    found.discard(own)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a -> b -> ... -> a), or None. A package's __init__ importing its own
+    submodules is not a cycle unless a submodule imports back through a third module."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if node.startswith(target + "."):  # a submodule importing its own package's API
+                continue
+            if state.get(target) == 1:
+                return stack[stack.index(target) :] + [target]
+            if state.get(target) is None:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_project_has_no_import_cycle():
+    assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()) or [])
+
+
+def test_the_cycle_finder_finds_a_cycle_that_is_there():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize(
+    ("importer", "forbidden"),
+    [
+        ("preprocess", ("pipeline", "launch", "tools")),  # the first stage stands alone
+        ("pipeline", ("tools",)),  # the library never imports its demo or benchmarks
+        ("pipeline.tracking", ("pipeline.train",)),
+        ("pipeline.data", ("pipeline.train", "pipeline.tracking", "pipeline.models")),
+        ("pipeline.models", ("pipeline.data", "pipeline.train")),
+    ],
+)
+def test_a_stage_does_not_import_what_comes_after_it(importer, forbidden):
+    offending = sorted(
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        if name == importer or name.startswith(importer + ".")
+        for target in targets
+        if any(target == f or target.startswith(f + ".") for f in forbidden)
+    )
+    assert offending == []
+
+
+def test_the_loader_backends_never_import_each_other():
+    backends = {"pipeline.data.folder", "pipeline.data.wds", "pipeline.data.dali"}
+    graph = import_graph()
+    assert all(backends & graph[name] == set() for name in backends), {
+        name: sorted(backends & graph[name]) for name in backends
+    }
