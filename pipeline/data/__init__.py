@@ -43,8 +43,8 @@ __all__ = [
     "ClassList",
     "Loader",
     "build_loader",
-    "resolve_classes",
     "normalize",
+    "resolve_classes",
 ]
 
 

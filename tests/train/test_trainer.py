@@ -42,8 +42,8 @@ def test_data_wait_counts_only_the_time_blocked_in_the_loader_under_accumulation
 ):
     import time
 
-    from pipeline.train.meters import TrainMeter
     from pipeline.tracking import NullTracker
+    from pipeline.train.meters import TrainMeter
 
     meter = TrainMeter(DistInfo(), NullTracker(), log_every=1)
 
