@@ -16,15 +16,13 @@ A shard directory holds:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
+
+from preprocess.fileio import atomic_write_text
 
 Split = Literal["train", "val"]
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -138,34 +136,6 @@ class Manifest:
                 f"{source}: class counts sum to {sum(self.class_counts.values())} but shards hold "
                 f"{self.num_samples} samples"
             )
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`.
-
-    The one atomic-write discipline of the project (manifests, records, checkpoints): a reader
-    sees the old file or the whole new one, never a partial one, and a failure leaves no temp.
-    Temp names are `.{name}.XXXX.tmp`: the leading dot keeps them out of every listing.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are read by other users' jobs too
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory and a rename."""
-    with atomic_output(path, "w") as handle:
-        handle.write(text)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

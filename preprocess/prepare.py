@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names, list_dir
 from preprocess.images import is_image_file
-from preprocess.listing import file_names, list_dir
 from preprocess.manifest import SPLITS
 from preprocess.progress import add_workers_argument, rate
 from preprocess.resize import (

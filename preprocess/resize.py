@@ -45,11 +45,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from preprocess import listing
 from preprocess.errors import UserError
+from preprocess.fileio import (
+    atomic_output,
+    atomic_write_text,
+    remove_stale_temps,
+    walk_files,
+    write_atomic,
+)
 from preprocess.images import BadImage, is_image_file, resize_image
-from preprocess.listing import walk_files
-from preprocess.manifest import atomic_write_text
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 
@@ -125,22 +129,6 @@ def output_path(dst: Path, relative: Path) -> Path:
     return dst / relative.parent / (relative.stem + OUTPUT_SUFFIX)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via `.{name}.{pid}.resize-tmp` in the same folder + os.replace: never a partial file.
-
-    No fsync here: a crash can at worst leave an output without its JPEG end marker, which
-    `is_finished_output` rejects on resume; `_finish` syncs once before any record is written.
-    """
-    temp = path.parent / f".{path.name}.{os.getpid()}{TEMP_SUFFIX}"
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def is_finished_output(path: Path) -> bool:
     """True for an output a resumed run may skip: it exists, is non-empty and ends with the JPEG
     end-of-image marker (a file cut short by a node crash does not)."""
@@ -153,11 +141,6 @@ def is_finished_output(path: Path) -> bool:
             return handle.read(2) == b"\xff\xd9"
     except OSError:
         return False
-
-
-def remove_stale_temps(dst: Path, owned: Callable[[Path], bool] | None = None) -> int:
-    """Delete the `.…resize-tmp` files a killed run left under `dst` (see listing.remove_stale_temps)."""
-    return listing.remove_stale_temps(dst, TEMP_SUFFIX, owned)
 
 
 def plan_folder(src: Path, dst: Path) -> list[Path]:
@@ -212,7 +195,9 @@ def _resize_one(
         return _Outcome(source, "failed", f"unexpected {type(err).__name__}: {err}")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(destination, jpeg)
+        # no fsync per image: a crash can at worst leave an output without its JPEG end marker,
+        # which `is_finished_output` rejects on resume; `_finish` syncs once before any record
+        write_atomic(destination, jpeg, TEMP_SUFFIX)
     except OSError as err:  # disk full, permissions: no point going on
         raise UserError(
             f"cannot write {destination}: {err.strerror or err}: free space or fix permissions, "
@@ -312,8 +297,11 @@ def _finish(
     written = repaired = 0
     errors: list[tuple[str, str]] = []
     checksum_file = checksum_file_path(dst, task_index, num_tasks)
-    checksum_temp = dst / f".{checksum_file.name}.{os.getpid()}{TEMP_SUFFIX}"
-    with progress_bar(total, description) as bar, open(checksum_temp, "w") as checksums:
+    # no fsync of its own: the os.sync() below covers the list and every output it names
+    with (
+        atomic_output(checksum_file, "w", temp_suffix=TEMP_SUFFIX, fsync=False) as checksums,
+        progress_bar(total, description) as bar,
+    ):
         bar.update(skipped)
         for chunk in outcomes:
             for outcome in chunk:
@@ -331,7 +319,6 @@ def _finish(
             bar.update(len(chunk))
         checksums.flush()
         os.sync()  # every output of this run is on disk before the lists that vouch for it
-    os.replace(checksum_temp, checksum_file)
     error_file = error_file_path(dst, task_index, num_tasks)
     if errors:
         errors.sort()
@@ -586,9 +573,10 @@ def resize_folder(
         if in_slice(index, task_index, num_tasks)
     ]
     if num_tasks == 1:
-        remove_stale_temps(dst)
+        remove_stale_temps(dst, TEMP_SUFFIX)
     else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
-        remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
+        mine_outputs = {output_path(dst, relative) for relative in mine}
+        remove_stale_temps(dst, TEMP_SUFFIX, mine_outputs.__contains__)
     existing = _existing_files({output_path(dst, relative).parent for relative in mine})
     finished = {  # one directory listing per folder, then a read of the end marker of those there
         relative
@@ -641,7 +629,7 @@ def resize_stream(
     started = time.perf_counter()
     claim_settings(dst_dir, options)
     if num_tasks == 1:
-        remove_stale_temps(dst_dir)
+        remove_stale_temps(dst_dir, TEMP_SUFFIX)
     destinations: set[Path] = set()  # this slice's outputs; its leftovers are cleaned at the end
     planned: collections.Counter = collections.Counter()  # this slice's images per class
 
@@ -662,7 +650,7 @@ def resize_stream(
     outcomes = run_bounded(_resize_chunk, _chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
     summary = _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
     if num_tasks > 1:  # the slice is only known once streamed; other tasks may still be writing
-        remove_stale_temps(dst_dir, destinations.__contains__)
+        remove_stale_temps(dst_dir, TEMP_SUFFIX, destinations.__contains__)
     write_task_record(dst_dir, task_index, num_tasks, options, dict(planned), summary)
     return summary
 

@@ -45,13 +45,13 @@ import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
-from preprocess import listing
 from preprocess.errors import UserError
+from preprocess.fileio import atomic_output, atomic_write_text, file_names, remove_stale_temps
 from preprocess.images import is_image_file, read_provenance
-from preprocess.listing import file_names
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
@@ -59,7 +59,6 @@ from preprocess.manifest import (
     TIMM_INFO_NAME,
     Manifest,
     ShardEntry,
-    atomic_write_text,
     dali_index_name,
     shard_name,
     timm_info,
@@ -327,10 +326,16 @@ def _sample_members(src: Path, sample: Sample) -> list[tuple[str, bytes]]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _handle_sha256(handle)
+
+
+def _handle_sha256(handle: IO[bytes]) -> str:
+    """sha256 of everything `handle` holds, read from its start."""
+    digest = hashlib.sha256()
+    handle.seek(0)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -376,40 +381,40 @@ def write_shard(
     entry = shard_is_complete(dst, tar_name, len(samples), plan_digest)
     if entry is not None:
         return ShardResult(index, entry, counts, skipped=True)
-    temp = dst / f".{tar_name}.{os.getpid()}{TEMP_SUFFIX}"
     index_lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
     errors: list[tuple[str, str]] = []
     try:
-        with tarfile.open(temp, "w", format=tarfile.GNU_FORMAT) as tar:
-            for sample in samples:
-                try:
-                    members = _sample_members(src, sample)
-                except (ValueError, OSError) as err:
-                    errors.append((str(src / sample.path), str(err)))
-                    continue
-                parts = []
-                for name, data in members:
-                    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-                    # tar.offset is now past this member's padded data; its data began here:
-                    data_offset = (
-                        tar.offset
-                        - (len(data) + tarfile.BLOCKSIZE - 1)
-                        // tarfile.BLOCKSIZE
-                        * tarfile.BLOCKSIZE
-                    )
-                    parts.append(f"{name.rsplit('.', 1)[1]} {data_offset} {len(data)} {name}")
-                index_lines.append(" ".join(parts))
-        if errors:
-            return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())  # on disk before the name (and the record) say "complete"
-        size = temp.stat().st_size
-        sha256 = file_sha256(temp)
-        atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
-        os.chmod(temp, 0o644)
-        os.replace(temp, dst / tar_name)
-    finally:
-        temp.unlink(missing_ok=True)
+        # `.{tar}.{pid}.shard-tmp`, fsynced on exit: on disk before the name (and the record)
+        # say "complete"
+        with atomic_output(dst / tar_name, "w+b", temp_suffix=TEMP_SUFFIX) as handle:
+            with tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for sample in samples:
+                    try:
+                        members = _sample_members(src, sample)
+                    except (ValueError, OSError) as err:
+                        errors.append((str(src / sample.path), str(err)))
+                        continue
+                    parts = []
+                    for name, data in members:
+                        tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+                        # tar.offset is now past this member's padded data; its data began here:
+                        data_offset = (
+                            tar.offset
+                            - (len(data) + tarfile.BLOCKSIZE - 1)
+                            // tarfile.BLOCKSIZE
+                            * tarfile.BLOCKSIZE
+                        )
+                        parts.append(f"{name.rsplit('.', 1)[1]} {data_offset} {len(data)} {name}")
+                    index_lines.append(" ".join(parts))
+            if errors:
+                raise _BadInputs  # no tar: atomic_output removes the temp
+            handle.flush()
+            size = os.fstat(handle.fileno()).st_size
+            sha256 = _handle_sha256(handle)
+            atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
+            os.fchmod(handle.fileno(), 0o644)  # tars are read by other users' jobs too
+    except _BadInputs:
+        return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
     record = {
         "name": tar_name,
         "count": len(samples),
@@ -421,6 +426,10 @@ def write_shard(
     return ShardResult(
         index, ShardEntry(tar_name, len(samples), size, sha256), counts, skipped=False
     )
+
+
+class _BadInputs(Exception):
+    """Raised inside a shard's atomic write when some input is not an RGB JPEG: no tar is made."""
 
 
 def _write_shard_chunk(jobs: Sequence[tuple]) -> list[ShardResult]:
@@ -450,15 +459,15 @@ def _remove_stale_outputs(dst: Path, split: str, num_shards: int) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def remove_stale_temps(dst: Path, owned: Callable[[int], bool] | None = None) -> None:
-    """Delete `.{tar}.{pid}.shard-tmp` files a killed run left; with `owned`, only those of
-    this task's shard indices (other array tasks may be writing theirs right now)."""
+def owned_shards(task_index: int, num_tasks: int) -> Callable[[Path], bool]:
+    """Which output paths are the tars of task `task_index` of `num_tasks`: the `owned` test for
+    `remove_stale_temps` (other array tasks may be writing theirs right now)."""
 
-    def owned_tar(path: Path) -> bool:
+    def owned(path: Path) -> bool:
         match = SHARD_PATTERN.match(path.name)
-        return match is not None and owned(int(match.group(2)))
+        return match is not None and in_slice(int(match.group(2)), task_index, num_tasks)
 
-    listing.remove_stale_temps(dst, TEMP_SUFFIX, None if owned is None else owned_tar)
+    return owned
 
 
 def build_manifest(
@@ -555,7 +564,7 @@ def write_shards(
         _check_other_split(plan, dst)
     dst.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(
-        dst, None if num_tasks == 1 else (lambda index: in_slice(index, task_index, num_tasks))
+        dst, TEMP_SUFFIX, None if num_tasks == 1 else owned_shards(task_index, num_tasks)
     )
     previous = read_plan(dst)
     if previous is None or previous.get("plan_sha256") != plan.digest:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Literal
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names
 from preprocess.labels import read_val_labels, val_stem
-from preprocess.listing import file_names
 from preprocess.progress import progress_bar
 from preprocess.synsets import read_class_list
 

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from preprocess.errors import UserError
+from preprocess.fileio import list_dir as _list_dir
 from preprocess.images import IMAGE_SUFFIXES  # what counts as an image, one definition
 from preprocess.labels import (
     detect_label_format,
@@ -42,7 +43,6 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
-from preprocess.listing import list_dir as _list_dir
 from preprocess.synsets import (
     find_synset_mapping,
     folder_classes,

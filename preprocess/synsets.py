@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from preprocess.errors import UserError
+from preprocess.fileio import list_dir
 
 SYNSET_MAPPING_NAME = "LOC_synset_mapping.txt"
 WNID_PATTERN = re.compile(r"^n\d{8}$")
@@ -112,8 +113,6 @@ def folder_classes(directory: Path) -> list[str]:
         raise UserError(
             f"{directory} is not a directory: expected class folders such as {directory}/n01440764/"
         )
-    from preprocess.listing import list_dir
-
     return [name for name, is_dir in list_dir(directory) if is_dir]
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from PIL import Image
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names, list_dir
 from preprocess.images import is_image_file
-from preprocess.listing import file_names, list_dir
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
