@@ -24,8 +24,9 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
   planned images per class, settings, failures) and DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256
   (`sha256sum -c` format, one line per output): `prepare --stage shard` shards only when every
   task's record is there, and `verify` checks every image's sha256 against the lists.
-- Parallel: a pool of worker processes receives paths (never pixels) in chunks; the number of
-  chunks in flight is bounded, so memory stays flat for 1.28 M images or a streamed tar.
+- Parallel (preprocess/parallel.py): a pool of worker processes receives paths (never pixels)
+  in chunks; the number of chunks in flight is bounded, so memory stays flat for 1.28 M images
+  or a streamed tar.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
-import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -54,6 +53,7 @@ from preprocess.fileio import (
     write_atomic,
 )
 from preprocess.images import BadImage, is_image_file, resize_image
+from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 
@@ -217,58 +217,6 @@ def _resize_chunk(jobs: Sequence[tuple[Any, str, ResizeOptions, str]]) -> list[_
         _resize_one(item, Path(destination), options, source)
         for item, destination, options, source in jobs
     ]
-
-
-def _chunks(jobs: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for job in jobs:
-        chunk.append(job)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def pool_context() -> multiprocessing.context.BaseContext:
-    """fork where the platform has it: workers start in milliseconds with everything imported.
-
-    The parent holds no threads when the pool starts (progress bars run without tqdm's monitor
-    thread), which is what makes fork safe; torch's DataLoader forks its workers the same way.
-    spawn/forkserver would re-import numpy and PIL per worker and re-run an unguarded __main__.
-    """
-    if "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def run_bounded(
-    function: Callable[[Any], list[Any]],
-    chunks: Iterable[Any],
-    workers: int,
-    in_flight_per_worker: int = 4,
-) -> Iterator[list[Any]]:
-    """Map `function` over `chunks` in a process pool, at most workers x 4 chunks queued at a time.
-
-    Pool.imap would read the whole input ahead (all of a 140 GB tar stream); this never holds
-    more than a few chunks. Results come back in submission order. workers == 1 runs inline.
-    """
-    if workers == 1:
-        for chunk in chunks:
-            yield function(chunk)
-        return
-    iterator = iter(chunks)
-    first = next(iterator, None)
-    if first is None:
-        return  # nothing to do: no pool to start
-    with pool_context().Pool(workers) as pool:
-        pending: collections.deque = collections.deque()
-        for chunk in itertools.chain([first], iterator):
-            pending.append(pool.apply_async(function, (chunk,)))
-            while len(pending) >= workers * in_flight_per_worker:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 def checksum_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
@@ -598,7 +546,7 @@ def resize_folder(
         for relative in mine
     )
     workers = min(resolve_workers(workers), max(1, -(-len(todo) // CHUNK_SIZE)))
-    outcomes = run_bounded(_resize_chunk, _chunks(jobs, CHUNK_SIZE), workers)
+    outcomes = run_bounded(_resize_chunk, iter_chunks(jobs, CHUNK_SIZE), workers)
     summary = _finish(
         outcomes, dst, len(mine), 0, started, task_index, num_tasks, f"resize {src.name}"
     )
@@ -647,7 +595,7 @@ def resize_stream(
                 payload = image.read()
             yield payload, str(destination), options, image.source
 
-    outcomes = run_bounded(_resize_chunk, _chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
+    outcomes = run_bounded(_resize_chunk, iter_chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
     summary = _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
     if num_tasks > 1:  # the slice is only known once streamed; other tasks may still be writing
         remove_stale_temps(dst_dir, TEMP_SUFFIX, destinations.__contains__)

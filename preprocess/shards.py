@@ -64,8 +64,9 @@ from preprocess.manifest import (
     timm_info,
     write_manifest,
 )
+from preprocess.parallel import run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, run_bounded
+from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 from preprocess.synsets import find_class_names, folder_classes
 

@@ -42,13 +42,9 @@ from preprocess.manifest import (
     dali_index_name,
     read_manifest,
 )
+from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import (
-    FOLDER_MANIFEST_KIND,
-    FOLDER_MANIFEST_NAME,
-    check_resize_complete,
-    run_bounded,
-)
+from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, check_resize_complete
 from preprocess.shards import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -369,7 +365,7 @@ def verify_folders(
             )
             for path in paths
         ]
-        chunks = [jobs[start : start + 64] for start in range(0, len(jobs), 64)]
+        chunks = list(iter_chunks(jobs, 64))
         with progress_bar(len(paths), f"verify {directory.name}") as bar:
             for chunk in run_bounded(
                 _decode_chunk, chunks, min(resolve_workers(workers), max(1, len(chunks)))
