@@ -88,7 +88,13 @@ class Sample:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardPlan:
+class WritePlan:
+    """What a shard run writes: every shard's samples in order, and the digest that names it.
+
+    Saved as DST/.shard_plan.json (`to_json`; the file name and fields predate the class name,
+    which says "write" to keep it apart from the loaders' read plan in pipeline/data).
+    """
+
     split: str
     seed: int
     shard_size: int
@@ -248,7 +254,7 @@ def build_plan(
     seed: int = 0,
     short_side: int | None = None,
     classes: list[str] | None = None,
-) -> ShardPlan:
+) -> WritePlan:
     """List SRC, shuffle globally with `seed`, cut into shards of `shard_size`."""
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -268,7 +274,7 @@ def build_plan(
     digest = hashlib.sha256(f"{split}\n{seed}\n{shard_size}\n{len(samples)}\n".encode())
     for sample in samples:
         digest.update(f"{sample.key}\t{sample.label}\t{sample.wnid}\t{sample.path}\n".encode())
-    return ShardPlan(
+    return WritePlan(
         split,
         seed,
         shard_size,
@@ -472,10 +478,10 @@ def owned_shards(task_index: int, num_tasks: int) -> Callable[[Path], bool]:
 
 
 def build_manifest(
-    plan: ShardPlan | dict, entries: Sequence[ShardEntry], class_counts: dict[str, int]
+    plan: WritePlan | dict, entries: Sequence[ShardEntry], class_counts: dict[str, int]
 ) -> Manifest:
     """The split's Manifest from the plan (object or its JSON) and every shard's entry."""
-    data = plan.to_json() if isinstance(plan, ShardPlan) else plan
+    data = plan.to_json() if isinstance(plan, WritePlan) else plan
     classes = list(data["classes"])
     return Manifest(
         split=data["split"],
@@ -519,7 +525,7 @@ def _check_destination_split(dst: Path, split: str) -> None:
         )
 
 
-def _check_other_split(plan: ShardPlan, dst: Path) -> None:
+def _check_other_split(plan: WritePlan, dst: Path) -> None:
     """Train and val must share one class list, or the same label would mean different classes."""
     for other in SPLITS:
         sibling = dst.parent / other
