@@ -1,8 +1,9 @@
 """The shard format: naming and the manifest schema, shared by the writer and every loader.
 
 This module is the one contract between `preprocess` (which writes shards) and `pipeline`
-(which reads them). It imports nothing heavier than the standard library, so loaders can use it
-without pulling in the preprocessing code, and the preprocessing CLI never imports torch.
+(which reads them). It imports nothing heavier than the standard library (and preprocess's
+errors.py and fileio.py, which import only that), so loaders can use it without pulling in the
+preprocessing code, and the preprocessing CLI never imports torch.
 
 A shard directory holds:
 
@@ -22,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from preprocess.errors import UserError
 from preprocess.fileio import atomic_write_text
 
 Split = Literal["train", "val"]
@@ -33,8 +35,12 @@ MANIFEST_VERSION = 1
 SHARD_PATTERN = re.compile(r"^imagenet-(train|val)-(\d{6})\.tar$")
 
 
-class ManifestError(ValueError):
-    """A manifest is missing, malformed, or disagrees with the files next to it."""
+class ManifestError(UserError):
+    """A manifest is missing, malformed, or disagrees with the files next to it.
+
+    A UserError (the fix is to point at the right directory or re-run `preprocess shard`), so
+    every CLI prints it as one line; the loaders catch it to add their own context.
+    """
 
 
 def shard_name(split: str, index: int) -> str:

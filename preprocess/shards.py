@@ -60,6 +60,7 @@ from preprocess.manifest import (
     Manifest,
     ShardEntry,
     dali_index_name,
+    read_manifest,
     shard_name,
     timm_info,
     write_manifest,
@@ -69,6 +70,7 @@ from preprocess.progress import add_workers_argument, progress_bar, rate, resolv
 from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 from preprocess.synsets import find_class_names, folder_classes
+from preprocess.synsets import read_class_list as read_class_list_file
 
 logger = logging.getLogger(__name__)
 
@@ -233,17 +235,11 @@ def read_short_side(src: Path) -> int | None:
 
 def read_class_list(path: Path) -> list[str]:
     """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class folders."""
-    from preprocess.manifest import ManifestError, read_manifest
-    from preprocess.synsets import read_class_list as read_class_list_file
-
     path = Path(path)
     if path.is_file():
         return read_class_list_file(path)
     if (path / MANIFEST_NAME).is_file():
-        try:
-            return read_manifest(path).classes
-        except ManifestError as err:
-            raise UserError(str(err)) from None
+        return read_manifest(path).classes  # a broken one raises ManifestError, a UserError
     return folder_classes(path)
 
 
