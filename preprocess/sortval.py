@@ -32,7 +32,7 @@ from preprocess.labels import read_val_labels, val_stem
 from preprocess.progress import progress_bar
 from preprocess.synsets import read_class_list
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SortMode = Literal["move", "link"]
 ERROR_EXAMPLES = 3  # names listed per problem in an error message
@@ -270,7 +270,7 @@ def warn_on_unexpected_counts(
     if classes_ok and per_class_ok:
         return False
     spread = f"{min(per_class)}" if len(per_class) == 1 else f"{min(per_class)}-{max(per_class)}"
-    log.warning(
+    logger.warning(
         "labels cover %d classes x %s files each; ILSVRC2012 val is %s x %s: fine for a subset, "
         "otherwise check --labels",
         len(class_counts),

@@ -50,7 +50,7 @@ from preprocess.synsets import (
     read_synset_mapping,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Layout = Literal["ilsvrc-tars", "kaggle", "folders"]
 SPLITS = ("train", "val")
@@ -205,7 +205,7 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
                 else ""
             )
             if not is_wnid(wnid):
-                log.warning(
+                logger.warning(
                     "%s: skipping member %s: expected per-class tars nXXXXXXXX.tar",
                     tar_path.name,
                     member.name,
@@ -219,7 +219,7 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
             with _open_tar(class_tar, "r|*", name=f"{tar_path.name}:{member.name}") as inner:
                 for image_member in _regular_members(inner, f"{tar_path.name}:{member.name}"):
                     if not _is_image_name(image_member.name):
-                        log.warning(
+                        logger.warning(
                             "%s:%s: skipping non-image member %s",
                             tar_path.name,
                             member.name,
@@ -244,7 +244,7 @@ def _iter_val_tar(
         image_index = 0
         for member in _regular_members(archive, tar_path.name):
             if not _is_image_name(member.name):
-                log.warning("%s: skipping non-image member %s", tar_path.name, member.name)
+                logger.warning("%s: skipping non-image member %s", tar_path.name, member.name)
                 continue
             index, image_index = image_index, image_index + 1
             if index % num_tasks != task_index:
@@ -357,7 +357,7 @@ def _regular_members(archive: tarfile.TarFile, archive_name: str) -> Iterator[ta
             if member.isfile():
                 yield member
             elif not member.isdir():
-                log.warning(
+                logger.warning(
                     "%s: skipping %s, which is not a regular file", archive_name, member.name
                 )
     except (tarfile.TarError, EOFError) as err:  # a truncated download
