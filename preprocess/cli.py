@@ -7,7 +7,6 @@
     python -m preprocess verify DIR
     python -m preprocess grid DIR -o grid.png
     python -m preprocess merge DIR
-    python -m preprocess bench
 
 Each subcommand lives in its own module as `add_arguments(parser)` and `run(args) -> int`;
 this file only dispatches. Errors a user can cause (`UserError`) print one line and exit 2
@@ -44,7 +43,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("preprocess.verify", "check folders or shards against their manifest"),
     "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),
     "merge": ("preprocess.merge", "merge the per-task manifests of a Slurm array run"),
-    "bench": ("preprocess.bench", "time ImageMagick loops against our resize on the same images"),
 }
 
 

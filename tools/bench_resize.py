@@ -1,12 +1,13 @@
-"""`bench`: ImageMagick shell loops against our `resize`, side by side on the same images.
+"""ImageMagick shell loops against our `resize`, side by side on the same images.
 
-    python -m preprocess bench                       # 1000 images from /work/shared/photos
-    python -m preprocess bench --images 500 --workers 2 --photos ~/Pictures
+    python -m tools.bench_resize                     # 1000 images cycled from tools/photos
+    python -m tools.bench_resize --images 500 --workers 2 --photos ~/Pictures
     make bench
-    nice -n -15 python -m preprocess bench            # on a shared machine (root): less noise
+    nice -n -15 python -m tools.bench_resize         # on a shared machine (root): less noise
 
-The corpus is the photos folder copied (cycled) to --images files in a temp dir. Timed, on the
-same files, writing 256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
+The corpus is the photos folder (default: the 26 photos in tools/photos, shipped with the
+repository) copied (cycled) to --images files in a temp dir. Timed, on the same files, writing
+256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
 
 1. the seed's serial loop:   for f in src/*; do convert "$f" -resize "256^>" out/$(basename $f); done
 2. the same with xargs:      cd src && find . -type f -print0 | xargs -0 -P <cores> -I{} convert {} -resize "256^>" ../out/{}
@@ -32,6 +33,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +41,14 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from preprocess.errors import UserError
+from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from preprocess.images import is_image_file
 from preprocess.progress import default_workers
 from preprocess.resize import ResizeOptions, resize_folder
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PHOTOS = Path("/work/shared/photos")
+DEFAULT_PHOTOS = Path(__file__).resolve().parent / "photos"  # tools/photos in this checkout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--photos",
         type=Path,
         default=DEFAULT_PHOTOS,
-        help=f"source photos (default {DEFAULT_PHOTOS})",
+        help="source photos (default tools/photos: the 26 photos shipped with the repository)",
     )
     parser.add_argument(
         "--short-side", type=int, default=256, help="target short side (default 256)"
@@ -358,3 +360,32 @@ def run(args: argparse.Namespace) -> int:
     corpus = f"{args.photos} (long side <= {args.max_side})" if args.max_side else args.photos
     print(report(timings, workers, args.images, corpus))
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench_resize", description=__doc__.split("\n")[0]
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: no figures were printed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
