@@ -1,4 +1,4 @@
-"""File helpers every command shares: one directory lister, one atomic writer, one stale-temp remover.
+"""File helpers every command shares: one lister, one atomic writer, one stale-temp remover.
 
     from preprocess.fileio import atomic_output, list_dir, remove_stale_temps, walk_files
     for name, is_dir in list_dir(Path("train")): ...              # sorted, hidden entries skipped

@@ -56,7 +56,8 @@ def dali_index_name(tar_name: str) -> str:
 
 
 def brace_pattern(split: str, num_shards: int) -> str:
-    """The WebDataset brace pattern for all shards of a split: `imagenet-val-{000000..000009}.tar`."""
+    """The WebDataset brace pattern for all shards of a split:
+    `imagenet-val-{000000..000009}.tar`."""
     if num_shards < 1:
         raise ValueError("a split has at least one shard")
     return f"imagenet-{split}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
@@ -135,7 +136,8 @@ class Manifest:
         for index, shard in enumerate(self.shards):
             if shard.name != shard_name(self.split, index):
                 raise ManifestError(
-                    f"{source}: shard {index} is named {shard.name!r}, expected {shard_name(self.split, index)!r}"
+                    f"{source}: shard {index} is named {shard.name!r}, "
+                    f"expected {shard_name(self.split, index)!r}"
                 )
         if sum(self.class_counts.values()) != self.num_samples:
             raise ManifestError(
@@ -160,7 +162,8 @@ def read_manifest(directory: Path) -> Manifest:
         raise ManifestError(f"{directory}: not a directory: pass the folder that holds the shards")
     if not path.is_file():
         raise ManifestError(
-            f"{directory}: no {MANIFEST_NAME}: run `python -m preprocess shard SRC {directory} --split ...` first"
+            f"{directory}: no {MANIFEST_NAME}: "
+            f"run `python -m preprocess shard SRC {directory} --split ...` first"
         )
     try:
         data = json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """`resize`: every image under SRC → an RGB JPEG with the given short side under DST.
 
     python -m preprocess resize train/ train-256/ --short-side 256
-    python -m preprocess resize val/ val-256/ --short-side 256 --only-shrink --quality 90 --workers 16
+    python -m preprocess resize val/ val-256/ --only-shrink --quality 90 --workers 16
     sbatch --array=0-9 --wrap "python -m preprocess resize train/ train-256/"   # 10 disjoint slices
 
 DST mirrors SRC's relative layout (class folders or flat) with the extension `.JPEG`.
@@ -10,9 +10,10 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
   skipped; an empty one or one without the JPEG end marker (cut short by a crash) is redone.
   Durability is paid once per task, not per image: the task's checksum list and completion
   record are written only after os.sync(), so a record never vouches for bytes still in the
-  page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.) Temp files are
-  `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace; their leading
-  dot keeps them from ever being read as outputs, and a rerun deletes stale ones left by kill -9.
+  page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.)
+  Temp files are `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace
+  (preprocess/fileio.py); their leading dot keeps them from ever being read as outputs, and a
+  rerun deletes stale ones left by kill -9.
 - Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
   DST/resize_errors.txt (one file per task for Slurm slices), counted in the summary, and make
   the exit status 1. Everything else still gets done. Sources are only ever read.
@@ -21,9 +22,10 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
 - DST/resize_settings.json is written before the first output: a rerun (or `prepare`) with other
   --short-side/--only-shrink/--quality is refused instead of mixing sizes. DST = SRC is refused.
 - When a task has gone through its slice it writes DST/resize.task-{i:04d}-of-{n:04d}.json (its
-  planned images per class, settings, failures) and DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256
-  (`sha256sum -c` format, one line per output): `prepare --stage shard` shards only when every
-  task's record is there, and `verify` checks every image's sha256 against the lists.
+  planned images per class, settings, failures) and
+  DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256 (`sha256sum -c` format, one line per
+  output): `prepare --stage shard` shards only when every task's record is there, and `verify`
+  checks every image's sha256 against the lists.
 - Parallel (preprocess/parallel.py): a pool of worker processes receives paths (never pixels)
   in chunks; the number of chunks in flight is bounded, so memory stays flat for 1.28 M images
   or a streamed tar.
@@ -105,9 +107,9 @@ class ResizeSummary:
 
     def line(self, command: str = "resize") -> str:
         text = (
-            f"{command}: {self.images} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
-            f"written {self.written}, skipped {self.skipped} already done, repaired {self.repaired}, "
-            f"failed {self.failed}"
+            f"{command}: {self.images} images in {self.seconds:.1f} s "
+            f"({self.images_per_second:.1f} images/s), written {self.written}, "
+            f"skipped {self.skipped} already done, repaired {self.repaired}, failed {self.failed}"
         )
         if self.failed and self.error_file is not None:
             text += f" (listed in {self.error_file})"
@@ -144,11 +146,13 @@ def is_finished_output(path: Path) -> bool:
 
 
 def plan_folder(src: Path, dst: Path) -> list[Path]:
-    """Image paths under `src` relative to it, sorted; hidden entries and `dst` itself are skipped."""
+    """Image paths under `src` relative to it, sorted; hidden entries and `dst` itself are
+    skipped."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(
-            f"{src} is not a directory: expected class folders (SRC/n01440764/*.JPEG) or flat images"
+            f"{src} is not a directory: "
+            "expected class folders (SRC/n01440764/*.JPEG) or flat images"
         )
     relatives = walk_files(src, is_image_file, skip=[dst])
     seen: dict[Path, Path] = {}
@@ -156,7 +160,8 @@ def plan_folder(src: Path, dst: Path) -> list[Path]:
         target = output_path(Path(), relative)
         if target in seen:
             raise UserError(
-                f"{src / seen[target]} and {src / relative} would both become {target}: rename one of them"
+                f"{src / seen[target]} and {src / relative} would both become {target}: "
+                "rename one of them"
             )
         seen[target] = relative
     return relatives
@@ -220,7 +225,8 @@ def _resize_chunk(jobs: Sequence[tuple[Any, str, ResizeOptions, str]]) -> list[_
 
 
 def checksum_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
-    """DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256: `sha256sum -c` format, one line per output."""
+    """DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256: `sha256sum -c` format, one line per
+    output."""
     return Path(dst) / f"resize_checksums.task-{task_index:04d}-of-{num_tasks:04d}.sha256"
 
 
@@ -310,7 +316,8 @@ def settings_of(options: ResizeOptions) -> dict[str, Any]:
 
 
 def recorded_settings(dst: Path) -> dict[str, Any] | None:
-    """The settings DST's images were made with (resize_settings.json, else resize_manifest.json)."""
+    """The settings DST's images were made with (resize_settings.json, else
+    resize_manifest.json)."""
     for name in (SETTINGS_NAME, FOLDER_MANIFEST_NAME):
         try:
             recorded = json.loads((Path(dst) / name).read_text())
@@ -333,7 +340,8 @@ def recorded_options(dst: Path) -> ResizeOptions | None:
 
 
 def claim_settings(dst: Path, options: ResizeOptions) -> None:
-    """Check DST was made with `options` (or is fresh) and record them before any output is written."""
+    """Check DST was made with `options` (or is fresh) and record them before any output is
+    written."""
     check_settings_match(dst, options)
     Path(dst).mkdir(parents=True, exist_ok=True)
     if not (Path(dst) / SETTINGS_NAME).is_file():
@@ -355,13 +363,14 @@ def check_settings_match(dst: Path, options: ResizeOptions) -> None:
         made = ", ".join(f"{key}={value}" for key, value in differing.items())
         asked = ", ".join(f"{key}={wanted[key]}" for key in differing)
         raise UserError(
-            f"{dst} holds images made with {made} but this run asks for {asked}: resuming would mix "
-            f"the two; pass a new DST (or delete {dst} to redo it)"
+            f"{dst} holds images made with {made} but this run asks for {asked}: "
+            f"resuming would mix the two; pass a new DST (or delete {dst} to redo it)"
         )
 
 
 def task_record_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
-    """DST/resize.task-{i:04d}-of-{n:04d}.json: written when task i of n has gone through its slice."""
+    """DST/resize.task-{i:04d}-of-{n:04d}.json: written when task i of n has gone through its
+    slice."""
     return Path(dst) / f"resize.task-{task_index:04d}-of-{num_tasks:04d}.json"
 
 
@@ -408,7 +417,8 @@ class ResizeCompletion:
 
 
 def check_resize_complete(dst: Path) -> ResizeCompletion:
-    """Every task of the last resize of DST left its completion record; UserError naming the missing ones.
+    """Every task of the last resize of DST left its completion record; UserError naming the
+    missing ones.
 
     Records from an abandoned run with another task count are ignored when a full set exists.
     """
@@ -432,14 +442,15 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
             raise UserError(
                 f"{dst}: no resize completion records (resize.task-*.json"
                 + (f"; unreadable: {', '.join(unreadable[:3])}" if unreadable else "")
-                + "): run the resize stage first, every task of it, and wait for all of them to finish"
+                + "): run the resize stage first, every task of it, "
+                "and wait for all of them to finish"
             )
         newest = max(runs, key=lambda n: max(mtime for _, mtime in runs[n].values()))
         missing = sorted(set(range(newest)) - set(runs[newest]))
         raise UserError(
-            f"{dst}: resize tasks {missing[:10]}{'...' if len(missing) > 10 else ''} of {newest} have not "
-            f"finished (no resize.task-NNNN-of-{newest:04d}.json): rerun them (the same command resumes), "
-            f"then this stage"
+            f"{dst}: resize tasks {missing[:10]}{'...' if len(missing) > 10 else ''} "
+            f"of {newest} have not finished (no resize.task-NNNN-of-{newest:04d}.json): "
+            f"rerun them (the same command resumes), then this stage"
         )
     num_tasks = max(complete, key=lambda n: max(mtime for _, mtime in runs[n].values()))
     records = [runs[num_tasks][index][0] for index in range(num_tasks)]
@@ -510,7 +521,8 @@ def resize_folder(
     relatives = plan_folder(src, dst)
     if not relatives:
         raise UserError(
-            f"{src}: no images found (looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
+            f"{src}: no images found "
+            f"(looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
         )
     claim_settings(dst, options)
     class_counts = collections.Counter(str(relative.parent) for relative in relatives)

@@ -1,4 +1,4 @@
-"""`shard`: class folders → globally shuffled WebDataset tars, a manifest, timm's _info.json, DALI indexes.
+"""`shard`: class folders → globally shuffled WebDataset tars, manifest, _info.json, DALI indexes.
 
     python -m preprocess shard train-256/ shards/train --split train --shard-size 1000 --seed 0
     python -m preprocess shard val-256/ shards/val --split val
@@ -151,9 +151,10 @@ class ShardSummary:
 
     def line(self) -> str:
         text = (
-            f"shard {self.split}: {self.samples} images in {self.shards} shards, {self.seconds:.1f} s "
-            f"({rate(self.samples, self.seconds):.1f} images/s), written {self.written}, skipped "
-            f"{self.skipped} already complete, failed {self.failed}"
+            f"shard {self.split}: {self.samples} images in {self.shards} shards, "
+            f"{self.seconds:.1f} s ({rate(self.samples, self.seconds):.1f} images/s), "
+            f"written {self.written}, skipped {self.skipped} already complete, "
+            f"failed {self.failed}"
         )
         if self.manifest is not None:
             text += f"; manifest {self.manifest}"
@@ -178,7 +179,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
     present = folder_classes(src)
     if not present:
         raise UserError(
-            f"{src}: no class folders: expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
+            f"{src}: no class folders: "
+            "expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
         )
     if classes is None:
         classes = present
@@ -187,8 +189,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
         unknown = sorted(set(present) - set(classes))
         if unknown:
             raise UserError(
-                f"{src}: class folders {unknown[:5]} are not in the given class list of {len(classes)} "
-                f"classes: pass a class list that covers every folder"
+                f"{src}: class folders {unknown[:5]} are not in the given class list of "
+                f"{len(classes)} classes: pass a class list that covers every folder"
             )
     samples: list[Sample] = []
     seen: dict[str, str] = {}
@@ -201,8 +203,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
             relative = f"{wnid}/{name}"
             if key in seen:
                 raise UserError(
-                    f"{src}: {seen[key]} and {relative} both give the sample key {key!r}: keys must be "
-                    f"unique within a split; rename one"
+                    f"{src}: {seen[key]} and {relative} both give the sample key {key!r}: "
+                    f"keys must be unique within a split; rename one"
                 )
             seen[key] = relative
             samples.append(Sample(key, wnid, label, relative))
@@ -213,7 +215,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
 
 
 def read_resize_settings(src: Path) -> tuple[int | None, bool | None]:
-    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if none."""
+    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if
+    none."""
     path = Path(src) / FOLDER_MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
@@ -234,7 +237,8 @@ def read_short_side(src: Path) -> int | None:
 
 
 def read_class_list(path: Path) -> list[str]:
-    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class folders."""
+    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class
+    folders."""
     path = Path(path)
     if path.is_file():
         return read_class_list_file(path)
@@ -295,7 +299,8 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _sample_members(src: Path, sample: Sample) -> list[tuple[str, bytes]]:
-    """The three members of one sample; raises ValueError(reason) for an input that is not an RGB JPEG."""
+    """The three members of one sample; raises ValueError(reason) for an input that is not an RGB
+    JPEG."""
     data = (src / sample.path).read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -357,7 +362,8 @@ def read_record(directory: Path, tar_name: str) -> dict | None:
 def shard_is_complete(
     directory: Path, tar_name: str, count: int, plan_digest: str
 ) -> ShardEntry | None:
-    """The shard's entry when its tar matches its record and the plan (sha256 recomputed), else None."""
+    """The shard's entry when its tar matches its record and the plan (sha256 recomputed), else
+    None."""
     record = read_record(directory, tar_name)
     path = Path(directory) / tar_name
     if (
@@ -516,8 +522,9 @@ def _check_destination_split(dst: Path, split: str) -> None:
     other = next((name for name in recorded if name is not None and name != split), None)
     if other is not None:
         raise UserError(
-            f"{dst} holds the {other} split's shards, but this run is --split {split}: writing here "
-            f"would replace their manifest; pass the {split} directory (e.g. {dst.parent / split})"
+            f"{dst} holds the {other} split's shards, but this run is --split {split}: "
+            f"writing here would replace their manifest; "
+            f"pass the {split} directory (e.g. {dst.parent / split})"
         )
 
 
@@ -534,9 +541,9 @@ def _check_other_split(plan: WritePlan, dst: Path) -> None:
         if other_classes != plan.classes:
             missing = sorted(set(other_classes) - set(plan.classes))
             raise UserError(
-                f"{plan.split} has {len(plan.classes)} class folders but {sibling} was sharded with "
-                f"{len(other_classes)} classes (missing here: {missing[:3]}...): labels would disagree "
-                f"between the splits; pass --classes-from {sibling}"
+                f"{plan.split} has {len(plan.classes)} class folders but {sibling} was sharded "
+                f"with {len(other_classes)} classes (missing here: {missing[:3]}...): "
+                f"labels would disagree between the splits; pass --classes-from {sibling}"
             )
 
 
@@ -685,6 +692,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if num_tasks > 1:
         print(
-            f"task {task_index} of {num_tasks} done: when every task has finished, run `python -m preprocess merge {args.dst}`"
+            f"task {task_index} of {num_tasks} done: when every task has finished, "
+            f"run `python -m preprocess merge {args.dst}`"
         )
     return 0

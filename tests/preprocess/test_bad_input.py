@@ -1,4 +1,5 @@
-"""Corrupted metadata and undecodable text give one clear line (or a reported problem), never a traceback."""
+"""Corrupted metadata and undecodable text give one clear line (or a reported problem), never a
+traceback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""tools/bench_resize.py through its main(argv): help, and our resize timed on the shipped photos."""
+"""tools/bench_resize.py through its main(argv): help, bad arguments, and our resize timed on the
+photos shipped in tools/photos."""
 
 from __future__ import annotations
 
