@@ -15,7 +15,7 @@ os.replace, so a reader sees the old file or the whole new one, never a partial 
 start with a dot, which keeps them out of every listing: `.{name}.XXXX.tmp` (mkstemp) by
 default, or `.{name}.{pid}{suffix}` for the bulk outputs (resized JPEGs, shard tars), which a
 rerun finds and deletes after a kill -9 with `remove_stale_temps`. This module imports nothing
-but the standard library (pipeline/checkpoint.py uses it too).
+but the standard library, so the loaders and the trainer's checkpoints can use it too.
 """
 
 from __future__ import annotations
