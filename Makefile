@@ -54,7 +54,7 @@ bench-deps:
 	fi
 
 bench: setup bench-deps
-	$(RUN) python -m preprocess bench
+	$(RUN) python -m tools.bench_resize
 	$(RUN) python -m tools.bench_loader
 	$(RUN) python -m tools.bench_train
 

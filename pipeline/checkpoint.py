@@ -12,7 +12,6 @@ saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
@@ -24,7 +23,7 @@ import torch
 
 from pipeline.distributed import DistInfo, all_gather_ints, broadcast_object
 from pipeline.errors import CheckpointError
-from preprocess.manifest import atomic_output
+from preprocess.fileio import atomic_output, fsync_directory, remove_stale_temps
 
 FORMAT_VERSION = 1
 
@@ -57,30 +56,13 @@ def agree_on_checkpoint(path: Path | None, dist: DistInfo) -> Path | None:
     return chosen
 
 
-def remove_stale_temps(run_dir: str | Path) -> list[Path]:
-    """Delete `.NAME.pt.*.tmp` files a killed save left in run_dir/checkpoints (rank 0, at start-up,
-    before anything writes there); returns what it removed."""
-    removed = []
+def remove_killed_saves(run_dir: str | Path) -> list[Path]:
+    """Delete the `.NAME.pt.*.tmp` files a killed save left in run_dir/checkpoints (rank 0, at
+    start-up, before anything writes there); returns what it removed."""
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
-        return removed
-    for path in sorted(directory.glob(".*.pt.*.tmp")):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return []
+    return remove_stale_temps(directory, ".tmp", owned=lambda output: output.suffix == ".pt")
 
 
 def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
@@ -89,7 +71,7 @@ def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as handle:
         torch.save(state, handle)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
@@ -97,7 +79,7 @@ def atomic_copy(source: Path, target: Path) -> Path:
     """Copy a finished checkpoint (best/epoch files) with the same temp + rename discipline."""
     with atomic_output(target) as handle, open(source, "rb") as src:
         shutil.copyfileobj(src, handle, length=16 << 20)
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return target
 
 

@@ -8,11 +8,22 @@ keeps its traceback.
 
 from __future__ import annotations
 
-from preprocess.errors import UserError
+from preprocess.errors import EXIT_USAGE, UserError
+
+__all__ = [
+    "EXIT_CHECK_FAILED",
+    "EXIT_OK",
+    "EXIT_STOPPED",
+    "EXIT_USAGE",  # 2: bad config, paths, data or checkpoint; one line on stderr
+    "CheckpointError",
+    "ConfigError",
+    "LoaderError",
+    "SampleDecodeError",
+    "UserError",
+]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # `--check` ran and a check failed
-EXIT_USAGE = 2  # bad config, paths, data or checkpoint: one line on stderr
 EXIT_STOPPED = 75  # EX_TEMPFAIL, "try again": stopped by a signal after a resumable checkpoint
 
 

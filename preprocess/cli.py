@@ -7,10 +7,10 @@
     python -m preprocess verify DIR
     python -m preprocess grid DIR -o grid.png
     python -m preprocess merge DIR
-    python -m preprocess bench
 
 Each subcommand lives in its own module as `add_arguments(parser)` and `run(args) -> int`;
-this file only dispatches. Errors a user can cause (`UserError`) print one line and exit 2.
+this file only dispatches. Errors a user can cause (`UserError`) print one line and exit 2
+(EXIT_USAGE); Ctrl-C exits 130 (EXIT_INTERRUPTED), keeping every finished output.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import importlib
 import logging
 import sys
 
-from preprocess.errors import UserError
+from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 
 # subcommand -> (module, one-line help). No module here imports torch, so the CLI starts fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,7 +43,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("preprocess.verify", "check folders or shards against their manifest"),
     "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),
     "merge": ("preprocess.merge", "merge the per-task manifests of a Slurm array run"),
-    "bench": ("preprocess.bench", "time ImageMagick loops against our resize on the same images"),
 }
 
 
@@ -73,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(
             "interrupted: finished outputs are kept; rerun the same command to resume",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Val ground truth in any of its three published forms, detected on its own.
 
     from preprocess.labels import load_val_labels
-    labels = load_val_labels(Path("LOC_val_solution.csv"))  # {"ILSVRC2012_val_00000001.JPEG": "n01751748", ...}
+    labels = load_val_labels(Path("LOC_val_solution.csv"))
+    # {"ILSVRC2012_val_00000001.JPEG": "n01751748", ...}
 
 Forms:
 - the devkit: `ILSVRC2012_devkit_t12.tar.gz` (read in place), its extracted folder, or the two files
@@ -12,7 +13,8 @@ Forms:
 - Kaggle `LOC_val_solution.csv`: `ImageId,PredictionString` where PredictionString is
   "WNID x0 y0 x1 y1 WNID ..." (one group per box); the first WNID is the label.
 - caffe `val.txt`: "ILSVRC2012_val_00000001.JPEG 65", a 0-based index into the sorted WNIDs;
-  the class list comes from a `classes` argument or a LOC_synset_mapping.txt / synsets.txt beside it.
+  the class list comes from a `classes` argument or a LOC_synset_mapping.txt / synsets.txt
+  beside it.
 
 Internally labels are keyed by file stem ("ILSVRC2012_val_00000001"), so any extension matches.
 """
@@ -50,7 +52,8 @@ LabelSource = Path | str | Sequence[Path | str]
 
 
 def val_stem(file_name: str) -> str:
-    """ "ILSVRC2012_val_00000001.JPEG" → "ILSVRC2012_val_00000001" (the key labels are stored under)."""
+    """ "ILSVRC2012_val_00000001.JPEG" → "ILSVRC2012_val_00000001", the key labels are stored
+    under."""
     name = file_name.rsplit("/", 1)[-1]  # string ops, not PurePosixPath: this runs for every file
     stem, dot, _ = name.rpartition(".")
     return stem if dot and stem else name
@@ -67,7 +70,8 @@ def load_val_labels(
     *,
     classes: Sequence[str] | None = None,
 ) -> dict[str, str]:
-    """Val file name → WNID from a devkit (tar.gz, folder or its two files), a Kaggle CSV or a caffe val.txt.
+    """Val file name → WNID from a devkit (tar.gz, folder or its two files), a Kaggle CSV or a
+    caffe val.txt.
 
     Args:
         path: the label file, the devkit folder/tarball, or [meta.mat, ground truth].
@@ -147,7 +151,8 @@ def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...
         if found is not None and found != path:
             return detect_label_format(found)
         raise UserError(
-            f"{path} is a folder without val labels: expected {DEVKIT_TAR_NAME}, an extracted devkit "
+            f"{path} is a folder without val labels: expected {DEVKIT_TAR_NAME}, "
+            "an extracted devkit "
             f"(data/{META_MAT_NAME} + data/{GROUND_TRUTH_NAME}), {KAGGLE_CSV_NAME} or val.txt in it"
         )
     _require_file(path)
@@ -158,7 +163,8 @@ def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...
         ground_truth = path.parent / GROUND_TRUTH_NAME
         if not ground_truth.is_file():
             raise UserError(
-                f"got {path} but no {GROUND_TRUTH_NAME} beside it: pass the devkit folder or both files"
+                f"got {path} but no {GROUND_TRUTH_NAME} beside it: "
+                "pass the devkit folder or both files"
             )
         return "devkit-files", (path, ground_truth)
 
@@ -171,19 +177,22 @@ def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...
         meta_mat = path.parent / META_MAT_NAME
         if not meta_mat.is_file():
             raise UserError(
-                f"{path} looks like the devkit ground truth (one ILSVRC2012_ID per line) but there is no "
-                f"{META_MAT_NAME} beside it: its IDs mean nothing without meta.mat; pass the devkit folder or tarball"
+                f"{path} looks like the devkit ground truth (one ILSVRC2012_ID per line) "
+                f"but there is no {META_MAT_NAME} beside it: its IDs mean nothing without "
+                "meta.mat; pass the devkit folder or tarball"
             )
         return "devkit-files", (meta_mat, path)
     raise UserError(
-        f"cannot tell the label format of {path} (first line {first_line[:80]!r}): expected the devkit "
+        f"cannot tell the label format of {path} (first line {first_line[:80]!r}): "
+        "expected the devkit "
         f"({DEVKIT_TAR_NAME}, its folder, or {META_MAT_NAME} + {GROUND_TRUTH_NAME}), Kaggle "
         f"{KAGGLE_CSV_NAME} ('ImageId,PredictionString'), or caffe val.txt ('NAME.JPEG INDEX')"
     )
 
 
 def read_kaggle_csv(path: Path) -> dict[str, str]:
-    """Stem → WNID from Kaggle's LOC_val_solution.csv; the first WNID of PredictionString is the label."""
+    """Stem → WNID from Kaggle's LOC_val_solution.csv; the first WNID of PredictionString is the
+    label."""
     labels: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -200,7 +209,8 @@ def read_kaggle_csv(path: Path) -> dict[str, str]:
                 continue
             if len(row) < 2 or not row[1].split():
                 raise UserError(
-                    f"{path}:{reader.line_num}: expected 'ImageId,WNID ...', got {','.join(row)[:80]!r}"
+                    f"{path}:{reader.line_num}: expected 'ImageId,WNID ...', "
+                    f"got {','.join(row)[:80]!r}"
                 )
             wnid = row[1].split()[0]
             if not is_wnid(wnid):
@@ -227,7 +237,8 @@ def read_caffe_val_txt(path: Path, *, classes: Sequence[str] | None = None) -> d
             index = int(match.group(2))
             if index >= len(wnids):
                 raise UserError(
-                    f"{path}:{line_number}: class index {index} but the class list has {len(wnids)} WNIDs: "
+                    f"{path}:{line_number}: class index {index} but the class list has "
+                    f"{len(wnids)} WNIDs: "
                     "pass the full class list (LOC_synset_mapping.txt)"
                 )
             _add_label(labels, val_stem(match.group(1)), wnids[index], path)
@@ -265,13 +276,15 @@ def read_devkit_tar_members(path: Path) -> tuple[bytes, str]:
         raise UserError(f"cannot read devkit tarball {path}: {err}") from err
     if meta_bytes is None or ground_truth is None:
         raise UserError(
-            f"{path} lacks data/{META_MAT_NAME} or data/{GROUND_TRUTH_NAME}: expected {DEVKIT_TAR_NAME}"
+            f"{path} lacks data/{META_MAT_NAME} or data/{GROUND_TRUTH_NAME}: "
+            f"expected {DEVKIT_TAR_NAME}"
         )
     return meta_bytes, ground_truth
 
 
 def devkit_class_names(path: Path) -> dict[str, str]:
-    """WNID → words of the 1000 leaf classes from a devkit tarball, folder or meta.mat, sorted by WNID."""
+    """WNID → words of the 1000 leaf classes from a devkit tarball, folder or meta.mat, sorted by
+    WNID."""
     from preprocess.synsets import devkit_meta
 
     path = Path(path)
@@ -294,12 +307,14 @@ def _translate_ground_truth(id_to_wnid: dict[int, str], text: str, source: Path)
             continue
         if not GROUND_TRUTH_LINE.match(line.strip()):
             raise UserError(
-                f"{source}: ground truth line {line_number} is {line[:40]!r}: expected one ILSVRC2012_ID"
+                f"{source}: ground truth line {line_number} is {line[:40]!r}: "
+                "expected one ILSVRC2012_ID"
             )
         synset_id = int(line)
         if synset_id not in id_to_wnid:
             raise UserError(
-                f"{source}: ground truth line {line_number} has ILSVRC2012_ID {synset_id}, which meta.mat's "
+                f"{source}: ground truth line {line_number} has ILSVRC2012_ID {synset_id}, "
+                "which meta.mat's "
                 f"leaf synsets do not define (they define {min(id_to_wnid)}..{max(id_to_wnid)})"
             )
         labels[devkit_val_stem(line_number)] = id_to_wnid[synset_id]
@@ -314,7 +329,8 @@ def _caffe_classes_beside(path: Path) -> list[str]:
     if synsets_txt.is_file():
         return read_class_list(synsets_txt)
     raise UserError(
-        f"{path} is a caffe val.txt of class indices, which need the class list: put LOC_synset_mapping.txt "
+        f"{path} is a caffe val.txt of class indices, which need the class list: "
+        "put LOC_synset_mapping.txt "
         "beside it or pass --classes LOC_synset_mapping.txt"
     )
 

@@ -1,8 +1,9 @@
 """The shard format: naming and the manifest schema, shared by the writer and every loader.
 
 This module is the one contract between `preprocess` (which writes shards) and `pipeline`
-(which reads them). It imports nothing heavier than the standard library, so loaders can use it
-without pulling in the preprocessing code, and the preprocessing CLI never imports torch.
+(which reads them). It imports nothing heavier than the standard library (and preprocess's
+errors.py and fileio.py, which import only that), so loaders can use it without pulling in the
+preprocessing code, and the preprocessing CLI never imports torch.
 
 A shard directory holds:
 
@@ -16,15 +17,14 @@ A shard directory holds:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
+
+from preprocess.errors import UserError
+from preprocess.fileio import atomic_write_text
 
 Split = Literal["train", "val"]
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -35,8 +35,12 @@ MANIFEST_VERSION = 1
 SHARD_PATTERN = re.compile(r"^imagenet-(train|val)-(\d{6})\.tar$")
 
 
-class ManifestError(ValueError):
-    """A manifest is missing, malformed, or disagrees with the files next to it."""
+class ManifestError(UserError):
+    """A manifest is missing, malformed, or disagrees with the files next to it.
+
+    A UserError (the fix is to point at the right directory or re-run `preprocess shard`), so
+    every CLI prints it as one line; the loaders catch it to add their own context.
+    """
 
 
 def shard_name(split: str, index: int) -> str:
@@ -52,7 +56,8 @@ def dali_index_name(tar_name: str) -> str:
 
 
 def brace_pattern(split: str, num_shards: int) -> str:
-    """The WebDataset brace pattern for all shards of a split: `imagenet-val-{000000..000009}.tar`."""
+    """The WebDataset brace pattern for all shards of a split:
+    `imagenet-val-{000000..000009}.tar`."""
     if num_shards < 1:
         raise ValueError("a split has at least one shard")
     return f"imagenet-{split}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
@@ -131,41 +136,14 @@ class Manifest:
         for index, shard in enumerate(self.shards):
             if shard.name != shard_name(self.split, index):
                 raise ManifestError(
-                    f"{source}: shard {index} is named {shard.name!r}, expected {shard_name(self.split, index)!r}"
+                    f"{source}: shard {index} is named {shard.name!r}, "
+                    f"expected {shard_name(self.split, index)!r}"
                 )
         if sum(self.class_counts.values()) != self.num_samples:
             raise ManifestError(
                 f"{source}: class counts sum to {sum(self.class_counts.values())} but shards hold "
                 f"{self.num_samples} samples"
             )
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path`; on a clean exit fsync it and rename it over `path`.
-
-    The one atomic-write discipline of the project (manifests, records, checkpoints): a reader
-    sees the old file or the whole new one, never a partial one, and a failure leaves no temp.
-    Temp names are `.{name}.XXXX.tmp`: the leading dot keeps them out of every listing.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are read by other users' jobs too
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory and a rename."""
-    with atomic_output(path, "w") as handle:
-        handle.write(text)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
@@ -184,7 +162,8 @@ def read_manifest(directory: Path) -> Manifest:
         raise ManifestError(f"{directory}: not a directory: pass the folder that holds the shards")
     if not path.is_file():
         raise ManifestError(
-            f"{directory}: no {MANIFEST_NAME}: run `python -m preprocess shard SRC {directory} --split ...` first"
+            f"{directory}: no {MANIFEST_NAME}: "
+            f"run `python -m preprocess shard SRC {directory} --split ...` first"
         )
     try:
         data = json.loads(path.read_text())

@@ -50,8 +50,9 @@ def merge_manifests(directory: Path) -> Path:
             partial["shards"], partial["class_counts"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(
-                f"{path}: unreadable partial manifest ({err}): rerun shard task {int(match.group(1))} "
-                f"of {int(match.group(2))} (it rewrites it), then merge again"
+                f"{path}: unreadable partial manifest ({err}): "
+                f"rerun shard task {int(match.group(1))} of {int(match.group(2))} "
+                "(it rewrites it), then merge again"
             ) from None
         if partial.get("plan_sha256") != plan["plan_sha256"]:
             logger.warning(
@@ -60,7 +61,8 @@ def merge_manifests(directory: Path) -> Path:
             continue
         if num_tasks is not None and int(match.group(2)) != num_tasks:
             raise UserError(
-                f"{directory}: partial manifests from runs with {num_tasks} and {int(match.group(2))} tasks: "
+                f"{directory}: partial manifests from runs with {num_tasks} "
+                f"and {int(match.group(2))} tasks: "
                 f"delete the manifest.task-*.json of the run you abandoned and merge again"
             )
         num_tasks = int(match.group(2))

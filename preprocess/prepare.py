@@ -1,11 +1,12 @@
-"""`prepare`: raw ImageNet (ILSVRC2012 tars, Kaggle CLS-LOC layout, or folders) → training-ready shards.
+"""`prepare`: raw ImageNet (ILSVRC2012 tars, Kaggle CLS-LOC or folders) → training-ready shards.
 
-    python -m preprocess prepare /data/raw-imagenet /data/imagenet --short-side 256 --shard-size 1000
+    python -m preprocess prepare /data/raw /data/imagenet --short-side 256 --shard-size 1000
     python -m preprocess prepare raw/ out/ --labels LOC_val_solution.csv --workers 16
 
     # Slurm: two array jobs (every task resizes its slice; sharding needs all of them done)
-    jid=$(sbatch --parsable --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage resize")
-    sbatch --dependency=afterany:$jid --array=0-9 --wrap "python -m preprocess prepare raw/ out/ --stage shard"
+    prepare="python -m preprocess prepare raw/ out/"
+    jid=$(sbatch --parsable --array=0-9 --wrap "$prepare --stage resize")
+    sbatch --dependency=afterany:$jid --array=0-9 --wrap "$prepare --stage shard"
     python -m preprocess merge out/          # merges out/train and out/val
 
 Stages and exit codes, for chaining array jobs:
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names, list_dir
 from preprocess.images import is_image_file
-from preprocess.listing import file_names, list_dir
 from preprocess.manifest import SPLITS
 from preprocess.progress import add_workers_argument, rate
 from preprocess.resize import (
@@ -69,7 +70,8 @@ STAGES = ("all", "resize", "shard")
 
 
 def write_class_names(raw: Path, dst: Path, class_names: dict[str, str]) -> Path | None:
-    """DST/LOC_synset_mapping.txt: the raw data's file copied as is, else written from `class_names`."""
+    """DST/LOC_synset_mapping.txt: the raw data's file copied as is, else written from
+    `class_names`."""
     target = dst / SYNSET_MAPPING_NAME
     source = find_synset_mapping(raw, parents=0)
     if source is None:
@@ -114,7 +116,8 @@ def check_resized(folder: Path, options: ResizeOptions | None) -> ResizeCompleti
     found = sum(on_disk.values())
     if extra or found != completion.planned - completion.failed:
         raise UserError(
-            f"{folder}: {found} images, but the resize tasks planned {completion.planned} and reported "
+            f"{folder}: {found} images, but the resize tasks planned {completion.planned} "
+            "and reported "
             f"{completion.failed} bad"
             + (f" (more than planned in {extra[:3]})" if extra else "")
             + ": rerun the resize stage (it resumes) before sharding"
@@ -158,9 +161,9 @@ def prepare(
         raise UserError(f"--splits {' '.join(splits)}: expected one or both of {', '.join(SPLITS)}")
     if num_tasks > 1 and stage == "all":
         raise UserError(
-            f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs every resize "
-            f"task finished: run with --stage resize, then (afterany) with --stage shard, then "
-            f"`python -m preprocess merge {dst}`"
+            f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs "
+            f"every resize task finished: run with --stage resize, then (afterany) with "
+            f"--stage shard, then `python -m preprocess merge {dst}`"
         )
     if not raw.exists():
         raise UserError(f"{raw} does not exist: pass the folder holding the raw ImageNet download")
@@ -233,15 +236,20 @@ def summary_line(
         if split in resized:
             summary = resized[split]
             parts.append(
-                f"{split}: {summary.images} images (written {summary.written}, skipped {summary.skipped}, "
+                f"{split}: {summary.images} images (written {summary.written}, "
+                f"skipped {summary.skipped}, "
                 f"repaired {summary.repaired}, failed {summary.failed})"
             )
         if split in sharded:
             parts.append(
-                f"{split}: {sharded[split].shards} shards (written {sharded[split].written}, skipped {sharded[split].skipped})"
+                f"{split}: {sharded[split].shards} shards (written {sharded[split].written}, "
+                f"skipped {sharded[split].skipped})"
             )
     images = sum(summary.written + summary.failed for summary in resized.values())
-    return f"prepare: {'; '.join(parts)}; {seconds:.1f} s, {rate(images, seconds):.1f} images/s resized"
+    return (
+        f"prepare: {'; '.join(parts)}; {seconds:.1f} s, "
+        f"{rate(images, seconds):.1f} images/s resized"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 
 def default_workers() -> int:
-    """All cores this process may run on (respects taskset/cgroup CPU affinity, e.g. under Slurm)."""
+    """All cores this process may run on (respects taskset/cgroup CPU affinity, e.g. under
+    Slurm)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

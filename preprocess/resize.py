@@ -1,7 +1,7 @@
 """`resize`: every image under SRC → an RGB JPEG with the given short side under DST.
 
     python -m preprocess resize train/ train-256/ --short-side 256
-    python -m preprocess resize val/ val-256/ --short-side 256 --only-shrink --quality 90 --workers 16
+    python -m preprocess resize val/ val-256/ --only-shrink --quality 90 --workers 16
     sbatch --array=0-9 --wrap "python -m preprocess resize train/ train-256/"   # 10 disjoint slices
 
 DST mirrors SRC's relative layout (class folders or flat) with the extension `.JPEG`.
@@ -10,9 +10,10 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
   skipped; an empty one or one without the JPEG end marker (cut short by a crash) is redone.
   Durability is paid once per task, not per image: the task's checksum list and completion
   record are written only after os.sync(), so a record never vouches for bytes still in the
-  page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.) Temp files are
-  `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace; their leading
-  dot keeps them from ever being read as outputs, and a rerun deletes stale ones left by kill -9.
+  page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.)
+  Temp files are `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace
+  (preprocess/fileio.py); their leading dot keeps them from ever being read as outputs, and a
+  rerun deletes stale ones left by kill -9.
 - Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
   DST/resize_errors.txt (one file per task for Slurm slices), counted in the summary, and make
   the exit status 1. Everything else still gets done. Sources are only ever read.
@@ -21,11 +22,13 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
 - DST/resize_settings.json is written before the first output: a rerun (or `prepare`) with other
   --short-side/--only-shrink/--quality is refused instead of mixing sizes. DST = SRC is refused.
 - When a task has gone through its slice it writes DST/resize.task-{i:04d}-of-{n:04d}.json (its
-  planned images per class, settings, failures) and DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256
-  (`sha256sum -c` format, one line per output): `prepare --stage shard` shards only when every
-  task's record is there, and `verify` checks every image's sha256 against the lists.
-- Parallel: a pool of worker processes receives paths (never pixels) in chunks; the number of
-  chunks in flight is bounded, so memory stays flat for 1.28 M images or a streamed tar.
+  planned images per class, settings, failures) and
+  DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256 (`sha256sum -c` format, one line per
+  output): `prepare --stage shard` shards only when every task's record is there, and `verify`
+  checks every image's sha256 against the lists.
+- Parallel (preprocess/parallel.py): a pool of worker processes receives paths (never pixels)
+  in chunks; the number of chunks in flight is bounded, so memory stays flat for 1.28 M images
+  or a streamed tar.
 """
 
 from __future__ import annotations
@@ -34,22 +37,25 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
-import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from preprocess import listing
 from preprocess.errors import UserError
+from preprocess.fileio import (
+    atomic_output,
+    atomic_write_text,
+    remove_stale_temps,
+    walk_files,
+    write_atomic,
+)
 from preprocess.images import BadImage, is_image_file, resize_image
-from preprocess.listing import walk_files
-from preprocess.manifest import atomic_write_text
+from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 
@@ -101,9 +107,9 @@ class ResizeSummary:
 
     def line(self, command: str = "resize") -> str:
         text = (
-            f"{command}: {self.images} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
-            f"written {self.written}, skipped {self.skipped} already done, repaired {self.repaired}, "
-            f"failed {self.failed}"
+            f"{command}: {self.images} images in {self.seconds:.1f} s "
+            f"({self.images_per_second:.1f} images/s), written {self.written}, "
+            f"skipped {self.skipped} already done, repaired {self.repaired}, failed {self.failed}"
         )
         if self.failed and self.error_file is not None:
             text += f" (listed in {self.error_file})"
@@ -125,22 +131,6 @@ def output_path(dst: Path, relative: Path) -> Path:
     return dst / relative.parent / (relative.stem + OUTPUT_SUFFIX)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via `.{name}.{pid}.resize-tmp` in the same folder + os.replace: never a partial file.
-
-    No fsync here: a crash can at worst leave an output without its JPEG end marker, which
-    `is_finished_output` rejects on resume; `_finish` syncs once before any record is written.
-    """
-    temp = path.parent / f".{path.name}.{os.getpid()}{TEMP_SUFFIX}"
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def is_finished_output(path: Path) -> bool:
     """True for an output a resumed run may skip: it exists, is non-empty and ends with the JPEG
     end-of-image marker (a file cut short by a node crash does not)."""
@@ -155,17 +145,14 @@ def is_finished_output(path: Path) -> bool:
         return False
 
 
-def remove_stale_temps(dst: Path, owned: Callable[[Path], bool] | None = None) -> int:
-    """Delete the `.…resize-tmp` files a killed run left under `dst` (see listing.remove_stale_temps)."""
-    return listing.remove_stale_temps(dst, TEMP_SUFFIX, owned)
-
-
 def plan_folder(src: Path, dst: Path) -> list[Path]:
-    """Image paths under `src` relative to it, sorted; hidden entries and `dst` itself are skipped."""
+    """Image paths under `src` relative to it, sorted; hidden entries and `dst` itself are
+    skipped."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(
-            f"{src} is not a directory: expected class folders (SRC/n01440764/*.JPEG) or flat images"
+            f"{src} is not a directory: "
+            "expected class folders (SRC/n01440764/*.JPEG) or flat images"
         )
     relatives = walk_files(src, is_image_file, skip=[dst])
     seen: dict[Path, Path] = {}
@@ -173,7 +160,8 @@ def plan_folder(src: Path, dst: Path) -> list[Path]:
         target = output_path(Path(), relative)
         if target in seen:
             raise UserError(
-                f"{src / seen[target]} and {src / relative} would both become {target}: rename one of them"
+                f"{src / seen[target]} and {src / relative} would both become {target}: "
+                "rename one of them"
             )
         seen[target] = relative
     return relatives
@@ -212,7 +200,9 @@ def _resize_one(
         return _Outcome(source, "failed", f"unexpected {type(err).__name__}: {err}")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(destination, jpeg)
+        # no fsync per image: a crash can at worst leave an output without its JPEG end marker,
+        # which `is_finished_output` rejects on resume; `_finish` syncs once before any record
+        write_atomic(destination, jpeg, TEMP_SUFFIX)
     except OSError as err:  # disk full, permissions: no point going on
         raise UserError(
             f"cannot write {destination}: {err.strerror or err}: free space or fix permissions, "
@@ -234,60 +224,9 @@ def _resize_chunk(jobs: Sequence[tuple[Any, str, ResizeOptions, str]]) -> list[_
     ]
 
 
-def _chunks(jobs: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for job in jobs:
-        chunk.append(job)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def pool_context() -> multiprocessing.context.BaseContext:
-    """fork where the platform has it: workers start in milliseconds with everything imported.
-
-    The parent holds no threads when the pool starts (progress bars run without tqdm's monitor
-    thread), which is what makes fork safe; torch's DataLoader forks its workers the same way.
-    spawn/forkserver would re-import numpy and PIL per worker and re-run an unguarded __main__.
-    """
-    if "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def run_bounded(
-    function: Callable[[Any], list[Any]],
-    chunks: Iterable[Any],
-    workers: int,
-    in_flight_per_worker: int = 4,
-) -> Iterator[list[Any]]:
-    """Map `function` over `chunks` in a process pool, at most workers x 4 chunks queued at a time.
-
-    Pool.imap would read the whole input ahead (all of a 140 GB tar stream); this never holds
-    more than a few chunks. Results come back in submission order. workers == 1 runs inline.
-    """
-    if workers == 1:
-        for chunk in chunks:
-            yield function(chunk)
-        return
-    iterator = iter(chunks)
-    first = next(iterator, None)
-    if first is None:
-        return  # nothing to do: no pool to start
-    with pool_context().Pool(workers) as pool:
-        pending: collections.deque = collections.deque()
-        for chunk in itertools.chain([first], iterator):
-            pending.append(pool.apply_async(function, (chunk,)))
-            while len(pending) >= workers * in_flight_per_worker:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
 def checksum_file_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
-    """DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256: `sha256sum -c` format, one line per output."""
+    """DST/resize_checksums.task-{i:04d}-of-{n:04d}.sha256: `sha256sum -c` format, one line per
+    output."""
     return Path(dst) / f"resize_checksums.task-{task_index:04d}-of-{num_tasks:04d}.sha256"
 
 
@@ -312,8 +251,11 @@ def _finish(
     written = repaired = 0
     errors: list[tuple[str, str]] = []
     checksum_file = checksum_file_path(dst, task_index, num_tasks)
-    checksum_temp = dst / f".{checksum_file.name}.{os.getpid()}{TEMP_SUFFIX}"
-    with progress_bar(total, description) as bar, open(checksum_temp, "w") as checksums:
+    # no fsync of its own: the os.sync() below covers the list and every output it names
+    with (
+        atomic_output(checksum_file, "w", temp_suffix=TEMP_SUFFIX, fsync=False) as checksums,
+        progress_bar(total, description) as bar,
+    ):
         bar.update(skipped)
         for chunk in outcomes:
             for outcome in chunk:
@@ -331,7 +273,6 @@ def _finish(
             bar.update(len(chunk))
         checksums.flush()
         os.sync()  # every output of this run is on disk before the lists that vouch for it
-    os.replace(checksum_temp, checksum_file)
     error_file = error_file_path(dst, task_index, num_tasks)
     if errors:
         errors.sort()
@@ -375,7 +316,8 @@ def settings_of(options: ResizeOptions) -> dict[str, Any]:
 
 
 def recorded_settings(dst: Path) -> dict[str, Any] | None:
-    """The settings DST's images were made with (resize_settings.json, else resize_manifest.json)."""
+    """The settings DST's images were made with (resize_settings.json, else
+    resize_manifest.json)."""
     for name in (SETTINGS_NAME, FOLDER_MANIFEST_NAME):
         try:
             recorded = json.loads((Path(dst) / name).read_text())
@@ -398,7 +340,8 @@ def recorded_options(dst: Path) -> ResizeOptions | None:
 
 
 def claim_settings(dst: Path, options: ResizeOptions) -> None:
-    """Check DST was made with `options` (or is fresh) and record them before any output is written."""
+    """Check DST was made with `options` (or is fresh) and record them before any output is
+    written."""
     check_settings_match(dst, options)
     Path(dst).mkdir(parents=True, exist_ok=True)
     if not (Path(dst) / SETTINGS_NAME).is_file():
@@ -420,13 +363,14 @@ def check_settings_match(dst: Path, options: ResizeOptions) -> None:
         made = ", ".join(f"{key}={value}" for key, value in differing.items())
         asked = ", ".join(f"{key}={wanted[key]}" for key in differing)
         raise UserError(
-            f"{dst} holds images made with {made} but this run asks for {asked}: resuming would mix "
-            f"the two; pass a new DST (or delete {dst} to redo it)"
+            f"{dst} holds images made with {made} but this run asks for {asked}: "
+            f"resuming would mix the two; pass a new DST (or delete {dst} to redo it)"
         )
 
 
 def task_record_path(dst: Path, task_index: int = 0, num_tasks: int = 1) -> Path:
-    """DST/resize.task-{i:04d}-of-{n:04d}.json: written when task i of n has gone through its slice."""
+    """DST/resize.task-{i:04d}-of-{n:04d}.json: written when task i of n has gone through its
+    slice."""
     return Path(dst) / f"resize.task-{task_index:04d}-of-{num_tasks:04d}.json"
 
 
@@ -473,7 +417,8 @@ class ResizeCompletion:
 
 
 def check_resize_complete(dst: Path) -> ResizeCompletion:
-    """Every task of the last resize of DST left its completion record; UserError naming the missing ones.
+    """Every task of the last resize of DST left its completion record; UserError naming the
+    missing ones.
 
     Records from an abandoned run with another task count are ignored when a full set exists.
     """
@@ -497,14 +442,15 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
             raise UserError(
                 f"{dst}: no resize completion records (resize.task-*.json"
                 + (f"; unreadable: {', '.join(unreadable[:3])}" if unreadable else "")
-                + "): run the resize stage first, every task of it, and wait for all of them to finish"
+                + "): run the resize stage first, every task of it, "
+                "and wait for all of them to finish"
             )
         newest = max(runs, key=lambda n: max(mtime for _, mtime in runs[n].values()))
         missing = sorted(set(range(newest)) - set(runs[newest]))
         raise UserError(
-            f"{dst}: resize tasks {missing[:10]}{'...' if len(missing) > 10 else ''} of {newest} have not "
-            f"finished (no resize.task-NNNN-of-{newest:04d}.json): rerun them (the same command resumes), "
-            f"then this stage"
+            f"{dst}: resize tasks {missing[:10]}{'...' if len(missing) > 10 else ''} "
+            f"of {newest} have not finished (no resize.task-NNNN-of-{newest:04d}.json): "
+            f"rerun them (the same command resumes), then this stage"
         )
     num_tasks = max(complete, key=lambda n: max(mtime for _, mtime in runs[n].values()))
     records = [runs[num_tasks][index][0] for index in range(num_tasks)]
@@ -575,7 +521,8 @@ def resize_folder(
     relatives = plan_folder(src, dst)
     if not relatives:
         raise UserError(
-            f"{src}: no images found (looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
+            f"{src}: no images found "
+            f"(looked for {', '.join(sorted(['.JPEG', '.jpg', '.png']))} ...)"
         )
     claim_settings(dst, options)
     class_counts = collections.Counter(str(relative.parent) for relative in relatives)
@@ -586,9 +533,10 @@ def resize_folder(
         if in_slice(index, task_index, num_tasks)
     ]
     if num_tasks == 1:
-        remove_stale_temps(dst)
+        remove_stale_temps(dst, TEMP_SUFFIX)
     else:  # other array tasks may be writing into dst right now: clean only this slice's leftovers
-        remove_stale_temps(dst, {output_path(dst, relative) for relative in mine}.__contains__)
+        mine_outputs = {output_path(dst, relative) for relative in mine}
+        remove_stale_temps(dst, TEMP_SUFFIX, mine_outputs.__contains__)
     existing = _existing_files({output_path(dst, relative).parent for relative in mine})
     finished = {  # one directory listing per folder, then a read of the end marker of those there
         relative
@@ -610,7 +558,7 @@ def resize_folder(
         for relative in mine
     )
     workers = min(resolve_workers(workers), max(1, -(-len(todo) // CHUNK_SIZE)))
-    outcomes = run_bounded(_resize_chunk, _chunks(jobs, CHUNK_SIZE), workers)
+    outcomes = run_bounded(_resize_chunk, iter_chunks(jobs, CHUNK_SIZE), workers)
     summary = _finish(
         outcomes, dst, len(mine), 0, started, task_index, num_tasks, f"resize {src.name}"
     )
@@ -641,7 +589,7 @@ def resize_stream(
     started = time.perf_counter()
     claim_settings(dst_dir, options)
     if num_tasks == 1:
-        remove_stale_temps(dst_dir)
+        remove_stale_temps(dst_dir, TEMP_SUFFIX)
     destinations: set[Path] = set()  # this slice's outputs; its leftovers are cleaned at the end
     planned: collections.Counter = collections.Counter()  # this slice's images per class
 
@@ -659,10 +607,10 @@ def resize_stream(
                 payload = image.read()
             yield payload, str(destination), options, image.source
 
-    outcomes = run_bounded(_resize_chunk, _chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
+    outcomes = run_bounded(_resize_chunk, iter_chunks(jobs(), CHUNK_SIZE), resolve_workers(workers))
     summary = _finish(outcomes, dst_dir, total, 0, started, task_index, num_tasks, description)
     if num_tasks > 1:  # the slice is only known once streamed; other tasks may still be writing
-        remove_stale_temps(dst_dir, destinations.__contains__)
+        remove_stale_temps(dst_dir, TEMP_SUFFIX, destinations.__contains__)
     write_task_record(dst_dir, task_index, num_tasks, options, dict(planned), summary)
     return summary
 

@@ -1,4 +1,4 @@
-"""`shard`: class folders → globally shuffled WebDataset tars, a manifest, timm's _info.json, DALI indexes.
+"""`shard`: class folders → globally shuffled WebDataset tars, manifest, _info.json, DALI indexes.
 
     python -m preprocess shard train-256/ shards/train --split train --shard-size 1000 --seed 0
     python -m preprocess shard val-256/ shards/val --split val
@@ -45,13 +45,13 @@ import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
-from preprocess import listing
 from preprocess.errors import UserError
+from preprocess.fileio import atomic_output, atomic_write_text, file_names, remove_stale_temps
 from preprocess.images import is_image_file, read_provenance
-from preprocess.listing import file_names
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
@@ -59,16 +59,18 @@ from preprocess.manifest import (
     TIMM_INFO_NAME,
     Manifest,
     ShardEntry,
-    atomic_write_text,
     dali_index_name,
+    read_manifest,
     shard_name,
     timm_info,
     write_manifest,
 )
+from preprocess.parallel import run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, run_bounded
+from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 from preprocess.synsets import find_class_names, folder_classes
+from preprocess.synsets import read_class_list as read_class_list_file
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,13 @@ class Sample:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardPlan:
+class WritePlan:
+    """What a shard run writes: every shard's samples in order, and the digest that names it.
+
+    Saved as DST/.shard_plan.json (`to_json`; the file name and fields predate the class name,
+    which says "write" to keep it apart from the loaders' read plan in pipeline/data).
+    """
+
     split: str
     seed: int
     shard_size: int
@@ -143,9 +151,10 @@ class ShardSummary:
 
     def line(self) -> str:
         text = (
-            f"shard {self.split}: {self.samples} images in {self.shards} shards, {self.seconds:.1f} s "
-            f"({rate(self.samples, self.seconds):.1f} images/s), written {self.written}, skipped "
-            f"{self.skipped} already complete, failed {self.failed}"
+            f"shard {self.split}: {self.samples} images in {self.shards} shards, "
+            f"{self.seconds:.1f} s ({rate(self.samples, self.seconds):.1f} images/s), "
+            f"written {self.written}, skipped {self.skipped} already complete, "
+            f"failed {self.failed}"
         )
         if self.manifest is not None:
             text += f"; manifest {self.manifest}"
@@ -170,7 +179,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
     present = folder_classes(src)
     if not present:
         raise UserError(
-            f"{src}: no class folders: expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
+            f"{src}: no class folders: "
+            "expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
         )
     if classes is None:
         classes = present
@@ -179,8 +189,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
         unknown = sorted(set(present) - set(classes))
         if unknown:
             raise UserError(
-                f"{src}: class folders {unknown[:5]} are not in the given class list of {len(classes)} "
-                f"classes: pass a class list that covers every folder"
+                f"{src}: class folders {unknown[:5]} are not in the given class list of "
+                f"{len(classes)} classes: pass a class list that covers every folder"
             )
     samples: list[Sample] = []
     seen: dict[str, str] = {}
@@ -193,8 +203,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
             relative = f"{wnid}/{name}"
             if key in seen:
                 raise UserError(
-                    f"{src}: {seen[key]} and {relative} both give the sample key {key!r}: keys must be "
-                    f"unique within a split; rename one"
+                    f"{src}: {seen[key]} and {relative} both give the sample key {key!r}: "
+                    f"keys must be unique within a split; rename one"
                 )
             seen[key] = relative
             samples.append(Sample(key, wnid, label, relative))
@@ -205,7 +215,8 @@ def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str]
 
 
 def read_resize_settings(src: Path) -> tuple[int | None, bool | None]:
-    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if none."""
+    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if
+    none."""
     path = Path(src) / FOLDER_MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
@@ -226,18 +237,13 @@ def read_short_side(src: Path) -> int | None:
 
 
 def read_class_list(path: Path) -> list[str]:
-    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class folders."""
-    from preprocess.manifest import ManifestError, read_manifest
-    from preprocess.synsets import read_class_list as read_class_list_file
-
+    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class
+    folders."""
     path = Path(path)
     if path.is_file():
         return read_class_list_file(path)
     if (path / MANIFEST_NAME).is_file():
-        try:
-            return read_manifest(path).classes
-        except ManifestError as err:
-            raise UserError(str(err)) from None
+        return read_manifest(path).classes  # a broken one raises ManifestError, a UserError
     return folder_classes(path)
 
 
@@ -248,7 +254,7 @@ def build_plan(
     seed: int = 0,
     short_side: int | None = None,
     classes: list[str] | None = None,
-) -> ShardPlan:
+) -> WritePlan:
     """List SRC, shuffle globally with `seed`, cut into shards of `shard_size`."""
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -268,7 +274,7 @@ def build_plan(
     digest = hashlib.sha256(f"{split}\n{seed}\n{shard_size}\n{len(samples)}\n".encode())
     for sample in samples:
         digest.update(f"{sample.key}\t{sample.label}\t{sample.wnid}\t{sample.path}\n".encode())
-    return ShardPlan(
+    return WritePlan(
         split,
         seed,
         shard_size,
@@ -293,7 +299,8 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _sample_members(src: Path, sample: Sample) -> list[tuple[str, bytes]]:
-    """The three members of one sample; raises ValueError(reason) for an input that is not an RGB JPEG."""
+    """The three members of one sample; raises ValueError(reason) for an input that is not an RGB
+    JPEG."""
     data = (src / sample.path).read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -327,10 +334,16 @@ def _sample_members(src: Path, sample: Sample) -> list[tuple[str, bytes]]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _handle_sha256(handle)
+
+
+def _handle_sha256(handle: IO[bytes]) -> str:
+    """sha256 of everything `handle` holds, read from its start."""
+    digest = hashlib.sha256()
+    handle.seek(0)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -349,7 +362,8 @@ def read_record(directory: Path, tar_name: str) -> dict | None:
 def shard_is_complete(
     directory: Path, tar_name: str, count: int, plan_digest: str
 ) -> ShardEntry | None:
-    """The shard's entry when its tar matches its record and the plan (sha256 recomputed), else None."""
+    """The shard's entry when its tar matches its record and the plan (sha256 recomputed), else
+    None."""
     record = read_record(directory, tar_name)
     path = Path(directory) / tar_name
     if (
@@ -376,40 +390,40 @@ def write_shard(
     entry = shard_is_complete(dst, tar_name, len(samples), plan_digest)
     if entry is not None:
         return ShardResult(index, entry, counts, skipped=True)
-    temp = dst / f".{tar_name}.{os.getpid()}{TEMP_SUFFIX}"
     index_lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
     errors: list[tuple[str, str]] = []
     try:
-        with tarfile.open(temp, "w", format=tarfile.GNU_FORMAT) as tar:
-            for sample in samples:
-                try:
-                    members = _sample_members(src, sample)
-                except (ValueError, OSError) as err:
-                    errors.append((str(src / sample.path), str(err)))
-                    continue
-                parts = []
-                for name, data in members:
-                    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-                    # tar.offset is now past this member's padded data; its data began here:
-                    data_offset = (
-                        tar.offset
-                        - (len(data) + tarfile.BLOCKSIZE - 1)
-                        // tarfile.BLOCKSIZE
-                        * tarfile.BLOCKSIZE
-                    )
-                    parts.append(f"{name.rsplit('.', 1)[1]} {data_offset} {len(data)} {name}")
-                index_lines.append(" ".join(parts))
-        if errors:
-            return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())  # on disk before the name (and the record) say "complete"
-        size = temp.stat().st_size
-        sha256 = file_sha256(temp)
-        atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
-        os.chmod(temp, 0o644)
-        os.replace(temp, dst / tar_name)
-    finally:
-        temp.unlink(missing_ok=True)
+        # `.{tar}.{pid}.shard-tmp`, fsynced on exit: on disk before the name (and the record)
+        # say "complete"
+        with atomic_output(dst / tar_name, "w+b", temp_suffix=TEMP_SUFFIX) as handle:
+            with tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for sample in samples:
+                    try:
+                        members = _sample_members(src, sample)
+                    except (ValueError, OSError) as err:
+                        errors.append((str(src / sample.path), str(err)))
+                        continue
+                    parts = []
+                    for name, data in members:
+                        tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+                        # tar.offset is now past this member's padded data; its data began here:
+                        data_offset = (
+                            tar.offset
+                            - (len(data) + tarfile.BLOCKSIZE - 1)
+                            // tarfile.BLOCKSIZE
+                            * tarfile.BLOCKSIZE
+                        )
+                        parts.append(f"{name.rsplit('.', 1)[1]} {data_offset} {len(data)} {name}")
+                    index_lines.append(" ".join(parts))
+            if errors:
+                raise _BadInputs  # no tar: atomic_output removes the temp
+            handle.flush()
+            size = os.fstat(handle.fileno()).st_size
+            sha256 = _handle_sha256(handle)
+            atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
+            os.fchmod(handle.fileno(), 0o644)  # tars are read by other users' jobs too
+    except _BadInputs:
+        return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
     record = {
         "name": tar_name,
         "count": len(samples),
@@ -421,6 +435,10 @@ def write_shard(
     return ShardResult(
         index, ShardEntry(tar_name, len(samples), size, sha256), counts, skipped=False
     )
+
+
+class _BadInputs(Exception):
+    """Raised inside a shard's atomic write when some input is not an RGB JPEG: no tar is made."""
 
 
 def _write_shard_chunk(jobs: Sequence[tuple]) -> list[ShardResult]:
@@ -450,22 +468,22 @@ def _remove_stale_outputs(dst: Path, split: str, num_shards: int) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def remove_stale_temps(dst: Path, owned: Callable[[int], bool] | None = None) -> None:
-    """Delete `.{tar}.{pid}.shard-tmp` files a killed run left; with `owned`, only those of
-    this task's shard indices (other array tasks may be writing theirs right now)."""
+def owned_shards(task_index: int, num_tasks: int) -> Callable[[Path], bool]:
+    """Which output paths are the tars of task `task_index` of `num_tasks`: the `owned` test for
+    `remove_stale_temps` (other array tasks may be writing theirs right now)."""
 
-    def owned_tar(path: Path) -> bool:
+    def owned(path: Path) -> bool:
         match = SHARD_PATTERN.match(path.name)
-        return match is not None and owned(int(match.group(2)))
+        return match is not None and in_slice(int(match.group(2)), task_index, num_tasks)
 
-    listing.remove_stale_temps(dst, TEMP_SUFFIX, None if owned is None else owned_tar)
+    return owned
 
 
 def build_manifest(
-    plan: ShardPlan | dict, entries: Sequence[ShardEntry], class_counts: dict[str, int]
+    plan: WritePlan | dict, entries: Sequence[ShardEntry], class_counts: dict[str, int]
 ) -> Manifest:
     """The split's Manifest from the plan (object or its JSON) and every shard's entry."""
-    data = plan.to_json() if isinstance(plan, ShardPlan) else plan
+    data = plan.to_json() if isinstance(plan, WritePlan) else plan
     classes = list(data["classes"])
     return Manifest(
         split=data["split"],
@@ -504,12 +522,13 @@ def _check_destination_split(dst: Path, split: str) -> None:
     other = next((name for name in recorded if name is not None and name != split), None)
     if other is not None:
         raise UserError(
-            f"{dst} holds the {other} split's shards, but this run is --split {split}: writing here "
-            f"would replace their manifest; pass the {split} directory (e.g. {dst.parent / split})"
+            f"{dst} holds the {other} split's shards, but this run is --split {split}: "
+            f"writing here would replace their manifest; "
+            f"pass the {split} directory (e.g. {dst.parent / split})"
         )
 
 
-def _check_other_split(plan: ShardPlan, dst: Path) -> None:
+def _check_other_split(plan: WritePlan, dst: Path) -> None:
     """Train and val must share one class list, or the same label would mean different classes."""
     for other in SPLITS:
         sibling = dst.parent / other
@@ -522,9 +541,9 @@ def _check_other_split(plan: ShardPlan, dst: Path) -> None:
         if other_classes != plan.classes:
             missing = sorted(set(other_classes) - set(plan.classes))
             raise UserError(
-                f"{plan.split} has {len(plan.classes)} class folders but {sibling} was sharded with "
-                f"{len(other_classes)} classes (missing here: {missing[:3]}...): labels would disagree "
-                f"between the splits; pass --classes-from {sibling}"
+                f"{plan.split} has {len(plan.classes)} class folders but {sibling} was sharded "
+                f"with {len(other_classes)} classes (missing here: {missing[:3]}...): "
+                f"labels would disagree between the splits; pass --classes-from {sibling}"
             )
 
 
@@ -555,7 +574,7 @@ def write_shards(
         _check_other_split(plan, dst)
     dst.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(
-        dst, None if num_tasks == 1 else (lambda index: in_slice(index, task_index, num_tasks))
+        dst, TEMP_SUFFIX, None if num_tasks == 1 else owned_shards(task_index, num_tasks)
     )
     previous = read_plan(dst)
     if previous is None or previous.get("plan_sha256") != plan.digest:
@@ -673,6 +692,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if num_tasks > 1:
         print(
-            f"task {task_index} of {num_tasks} done: when every task has finished, run `python -m preprocess merge {args.dst}`"
+            f"task {task_index} of {num_tasks} done: when every task has finished, "
+            f"run `python -m preprocess merge {args.dst}`"
         )
     return 0

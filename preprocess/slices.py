@@ -32,7 +32,8 @@ def _env_int(name: str) -> int | None:
 
 
 def _slurm_index(slurm_id: int, num_tasks: int | None) -> int:
-    """This task's 0-based index in its array: (id - min) / step, checked to be a contiguous range."""
+    """This task's 0-based index in its array: (id - min) / step, checked to be a contiguous
+    range."""
     minimum = _env_int("SLURM_ARRAY_TASK_MIN") or 0
     maximum = _env_int("SLURM_ARRAY_TASK_MAX")
     step = _env_int("SLURM_ARRAY_TASK_STEP") or 1
@@ -73,14 +74,16 @@ def resolve_slice(task_index: int | None, num_tasks: int | None) -> tuple[int, i
         raise UserError(f"task index {task_index} given without a task count: pass --num-tasks N")
     if task_index is None:
         raise UserError(
-            f"{num_tasks} tasks given without a task index: pass --task-index I (0 <= I < {num_tasks})"
+            f"{num_tasks} tasks given without a task index: "
+            f"pass --task-index I (0 <= I < {num_tasks})"
         )
     if num_tasks < 1:
         raise UserError(f"--num-tasks must be >= 1, got {num_tasks}")
     if not 0 <= task_index < num_tasks:
         raise UserError(
-            f"task index {task_index} is outside 0..{num_tasks - 1}: for a Slurm array --array=A-B the "
-            f"index is (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP"
+            f"task index {task_index} is outside 0..{num_tasks - 1}: "
+            f"for a Slurm array --array=A-B the index is "
+            f"(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP"
         )
     return task_index, num_tasks
 
@@ -97,7 +100,8 @@ def add_slice_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-index",
         type=int,
         default=None,
-        help="this task's slice, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)",
+        help="this task's slice, 0-based "
+        "(default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)",
     )
     group.add_argument(
         "--num-tasks",

@@ -2,7 +2,8 @@
 
     python -m preprocess sort-val VAL_DIR --labels ILSVRC2012_devkit_t12.tar.gz
     python -m preprocess sort-val VAL_DIR --labels LOC_val_solution.csv --dry-run
-    python -m preprocess sort-val VAL_DIR --labels val.txt --classes LOC_synset_mapping.txt --link --out VAL_SORTED
+    python -m preprocess sort-val VAL_DIR --labels val.txt --classes LOC_synset_mapping.txt
+    python -m preprocess sort-val VAL_DIR --labels LOC_val_solution.csv --link --out VAL_SORTED
 
 The label format (devkit tarball/folder/meta.mat + ground truth, Kaggle CSV, caffe val.txt) is
 detected on its own; see preprocess/labels.py.
@@ -27,12 +28,12 @@ from pathlib import Path
 from typing import Literal
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names
 from preprocess.labels import read_val_labels, val_stem
-from preprocess.listing import file_names
 from preprocess.progress import progress_bar
 from preprocess.synsets import read_class_list
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SortMode = Literal["move", "link"]
 ERROR_EXAMPLES = 3  # names listed per problem in an error message
@@ -110,13 +111,14 @@ def run(args: argparse.Namespace) -> int:
     verb = {"move": "moved", "link": "linked"}[plan.mode]
     if args.dry_run:
         print(
-            f"dry run: would {plan.mode} {len(plan.operations)} files into {len(plan.class_counts)} class folders "
-            f"under {plan.out_dir} ({plan.already_sorted} already sorted); nothing was changed"
+            f"dry run: would {plan.mode} {len(plan.operations)} files into "
+            f"{len(plan.class_counts)} class folders under {plan.out_dir} "
+            f"({plan.already_sorted} already sorted); nothing was changed"
         )
     else:
         print(
-            f"sort-val: {verb} {result.done} files into {len(plan.class_counts)} class folders under "
-            f"{plan.out_dir}, {plan.already_sorted} already sorted, in {result.seconds:.1f} s"
+            f"sort-val: {verb} {result.done} files into {len(plan.class_counts)} class folders "
+            f"under {plan.out_dir}, {plan.already_sorted} already sorted, in {result.seconds:.1f} s"
         )
     return 0
 
@@ -157,11 +159,13 @@ def plan_sort(
     mode: SortMode = "move",
     ignore: Sequence[Path] = (),
 ) -> SortPlan:
-    """Compare the files in VAL_DIR (flat and already sorted) with the labels; raise UserError on any mismatch."""
+    """Compare the files in VAL_DIR (flat and already sorted) with the labels; raise UserError on
+    any mismatch."""
     val_dir = Path(val_dir)
     if not val_dir.is_dir():
         raise UserError(
-            f"VAL_DIR {val_dir} is not a directory: expected the folder of flat ILSVRC2012_val_*.JPEG files"
+            f"VAL_DIR {val_dir} is not a directory: "
+            "expected the folder of flat ILSVRC2012_val_*.JPEG files"
         )
     out_dir = Path(out_dir) if out_dir is not None else val_dir
     ignored = {path.resolve() for path in ignore}
@@ -261,7 +265,8 @@ def apply_plan(plan: SortPlan) -> int:
 def warn_on_unexpected_counts(
     class_counts: Mapping[str, int], expect_classes: int | None, expect_per_class: int | None
 ) -> bool:
-    """Log one warning line unless there are `expect_classes` classes of `expect_per_class` files each."""
+    """Log one warning line unless there are `expect_classes` classes of `expect_per_class` files
+    each."""
     if not class_counts:
         return False
     per_class = set(class_counts.values())
@@ -270,7 +275,7 @@ def warn_on_unexpected_counts(
     if classes_ok and per_class_ok:
         return False
     spread = f"{min(per_class)}" if len(per_class) == 1 else f"{min(per_class)}-{max(per_class)}"
-    log.warning(
+    logger.warning(
         "labels cover %d classes x %s files each; ILSVRC2012 val is %s x %s: fine for a subset, "
         "otherwise check --labels",
         len(class_counts),
@@ -306,6 +311,8 @@ def _require_same_filesystem(val_dir: Path, out_dir: Path, mode: SortMode) -> No
         existing = existing.parent
     if os.stat(val_dir).st_dev != os.stat(existing).st_dev:
         raise UserError(
-            f"--out {out_dir} is on another filesystem than {val_dir}: a {mode} must stay on one filesystem "
-            "(renames and hard links are what make sort-val atomic); choose --out on the same filesystem"
+            f"--out {out_dir} is on another filesystem than {val_dir}: "
+            f"a {mode} must stay on one filesystem "
+            "(renames and hard links are what make sort-val atomic); "
+            "choose --out on the same filesystem"
         )

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from preprocess.errors import UserError
+from preprocess.fileio import list_dir as _list_dir
 from preprocess.images import IMAGE_SUFFIXES  # what counts as an image, one definition
 from preprocess.labels import (
     detect_label_format,
@@ -42,7 +43,6 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
-from preprocess.listing import list_dir as _list_dir
 from preprocess.synsets import (
     find_synset_mapping,
     folder_classes,
@@ -50,7 +50,7 @@ from preprocess.synsets import (
     read_synset_mapping,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Layout = Literal["ilsvrc-tars", "kaggle", "folders"]
 SPLITS = ("train", "val")
@@ -91,7 +91,8 @@ def detect_layout(raw: Path) -> Layout:
     if (raw / "train").is_dir() or (raw / "val").is_dir():
         return "folders"
     raise UserError(
-        f"{raw} holds no raw ImageNet layout: looked for {TRAIN_TAR_NAME} / {VAL_TAR_NAME} (ILSVRC2012 tars), "
+        f"{raw} holds no raw ImageNet layout: "
+        f"looked for {TRAIN_TAR_NAME} / {VAL_TAR_NAME} (ILSVRC2012 tars), "
         f"{KAGGLE_DATA_DIR}/ (Kaggle download) and train/ or val/ class folders"
     )
 
@@ -130,13 +131,15 @@ def iter_raw_images(
     split_dir = raw / KAGGLE_DATA_DIR / split if layout == "kaggle" else raw / split
     if not split_dir.is_dir():
         raise UserError(
-            f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder for the {split} split"
+            f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder "
+            f"for the {split} split"
         )
     return _iter_folder(raw, split_dir, split, labels, task_index, num_tasks)
 
 
 def raw_classes(raw: Path) -> list[str]:
-    """The sorted WNIDs of RAW: class index = position. Taken from the train split where there is one."""
+    """The sorted WNIDs of RAW: class index = position. Taken from the train split where there is
+    one."""
     raw = Path(raw)
     layout = detect_layout(raw)
     if layout == "ilsvrc-tars" and (raw / TRAIN_TAR_NAME).is_file():
@@ -160,13 +163,15 @@ def raw_classes(raw: Path) -> list[str]:
         classes |= set(read_val_labels(source).values())
     if not classes:
         raise UserError(
-            f"cannot tell the classes of {raw}: no train split, LOC_synset_mapping.txt, devkit or val labels"
+            f"cannot tell the classes of {raw}: "
+            "no train split, LOC_synset_mapping.txt, devkit or val labels"
         )
     return sorted(classes)
 
 
 def raw_class_names(raw: Path) -> dict[str, str]:
-    """WNID → words for the classes of RAW, from LOC_synset_mapping.txt or the devkit; {} when neither."""
+    """WNID → words for the classes of RAW, from LOC_synset_mapping.txt or the devkit; {} when
+    neither."""
     raw = Path(raw)
     names: dict[str, str] = {}
     mapping = find_synset_mapping(raw)
@@ -205,7 +210,7 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
                 else ""
             )
             if not is_wnid(wnid):
-                log.warning(
+                logger.warning(
                     "%s: skipping member %s: expected per-class tars nXXXXXXXX.tar",
                     tar_path.name,
                     member.name,
@@ -219,7 +224,7 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
             with _open_tar(class_tar, "r|*", name=f"{tar_path.name}:{member.name}") as inner:
                 for image_member in _regular_members(inner, f"{tar_path.name}:{member.name}"):
                     if not _is_image_name(image_member.name):
-                        log.warning(
+                        logger.warning(
                             "%s:%s: skipping non-image member %s",
                             tar_path.name,
                             member.name,
@@ -244,7 +249,7 @@ def _iter_val_tar(
         image_index = 0
         for member in _regular_members(archive, tar_path.name):
             if not _is_image_name(member.name):
-                log.warning("%s: skipping non-image member %s", tar_path.name, member.name)
+                logger.warning("%s: skipping non-image member %s", tar_path.name, member.name)
                 continue
             index, image_index = image_index, image_index + 1
             if index % num_tasks != task_index:
@@ -252,7 +257,8 @@ def _iter_val_tar(
             key = val_stem(member.name)
             if key not in labels:
                 raise UserError(
-                    f"{tar_path.name}: {member.name} has no val label: the labels do not match this val tar; "
+                    f"{tar_path.name}: {member.name} has no val label: "
+                    "the labels do not match this val tar; "
                     "pass the ILSVRC2012 devkit or LOC_val_solution.csv"
                 )
             yield RawImage(
@@ -286,7 +292,8 @@ def _iter_folder(
         unlabelled = [file.name for file in flat if val_stem(file.name) not in by_stem]
         if unlabelled:
             raise UserError(
-                f"{split_dir}: {len(unlabelled)} flat files have no label (first: {', '.join(unlabelled[:3])}): "
+                f"{split_dir}: {len(unlabelled)} flat files have no label "
+                f"(first: {', '.join(unlabelled[:3])}): "
                 "pass the val labels that match these files"
             )
         entries.extend((by_stem[val_stem(file.name)], val_stem(file.name), file) for file in flat)
@@ -295,7 +302,8 @@ def _iter_folder(
     for _, key, path in entries:
         if key in seen:
             raise UserError(
-                f"{split_dir}: two files share the key {key!r} ({seen[key]} and {path}): keys must be unique"
+                f"{split_dir}: two files share the key {key!r} ({seen[key]} and {path}): "
+                "keys must be unique"
             )
         seen[key] = path
     if not entries:
@@ -315,7 +323,8 @@ def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:
         source = kaggle_csv if kaggle_csv.is_file() else find_label_source(raw)
     if source is None:
         raise UserError(
-            f"no val labels in {raw}: looked for ILSVRC2012_devkit_t12.tar.gz, an extracted devkit, "
+            f"no val labels in {raw}: "
+            "looked for ILSVRC2012_devkit_t12.tar.gz, an extracted devkit, "
             f"{KAGGLE_LABELS_NAME} and val.txt; pass --labels FILE_OR_DEVKIT"
         )
     classes = None
@@ -350,14 +359,15 @@ def _open_tar(source: Path | IO[bytes], mode: str, name: str | None = None) -> t
 
 
 def _regular_members(archive: tarfile.TarFile, archive_name: str) -> Iterator[tarfile.TarInfo]:
-    """The archive's regular files, each checked for path traversal; links and folders are skipped."""
+    """The archive's regular files, each checked for path traversal; links and folders are
+    skipped."""
     try:
         for member in archive:
             check_member_name(member, archive_name)
             if member.isfile():
                 yield member
             elif not member.isdir():
-                log.warning(
+                logger.warning(
                     "%s: skipping %s, which is not a regular file", archive_name, member.name
                 )
     except (tarfile.TarError, EOFError) as err:  # a truncated download
@@ -378,7 +388,8 @@ def _check_complete(tar_path: Path, archive: tarfile.TarFile) -> None:
         block = handle.read(tarfile.BLOCKSIZE)
     if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
         raise UserError(
-            f"{tar_path.name} is truncated or corrupt after byte {archive.offset} (no end-of-archive block): re-download it"
+            f"{tar_path.name} is truncated or corrupt after byte {archive.offset} "
+            "(no end-of-archive block): re-download it"
         )
 
 

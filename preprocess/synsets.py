@@ -6,7 +6,8 @@ meta.mat's own order, which is NOT sorted by WNID: `devkit_meta` returns them so
 `preprocess.labels` can translate them, and they are never used as class indices.
 
     from preprocess.synsets import read_synset_mapping, folder_classes
-    names = read_synset_mapping(Path("LOC_synset_mapping.txt"))  # {"n01440764": "tench, Tinca tinca", ...}
+    names = read_synset_mapping(Path("LOC_synset_mapping.txt"))
+    # {"n01440764": "tench, Tinca tinca", ...}
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from preprocess.errors import UserError
+from preprocess.fileio import list_dir
 
 SYNSET_MAPPING_NAME = "LOC_synset_mapping.txt"
 WNID_PATTERN = re.compile(r"^n\d{8}$")
@@ -28,7 +30,8 @@ def is_wnid(name: str) -> bool:
 
 
 def read_synset_mapping(path: Path) -> dict[str, str]:
-    """WNID → words from a `LOC_synset_mapping.txt` ("n01440764 tench, Tinca tinca"), in file order."""
+    """WNID → words from a `LOC_synset_mapping.txt` ("n01440764 tench, Tinca tinca"), in file
+    order."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -46,7 +49,8 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
         wnid, _, words = line.strip().partition(" ")
         if not is_wnid(wnid):
             raise UserError(
-                f"{path}:{line_number}: expected 'nXXXXXXXX words' (LOC_synset_mapping.txt format), "
+                f"{path}:{line_number}: "
+                "expected 'nXXXXXXXX words' (LOC_synset_mapping.txt format), "
                 f"got {line[:80]!r}"
             )
         if wnid in mapping:
@@ -97,7 +101,8 @@ def find_synset_mapping(directory: Path, parents: int = 2) -> Path | None:
 
 
 def find_class_names(directory: Path) -> dict[str, str]:
-    """WNID → words from a LOC_synset_mapping.txt in `directory` or up to 2 parents; {} when none."""
+    """WNID → words from a LOC_synset_mapping.txt in `directory` or up to 2 parents; {} when
+    none."""
     path = find_synset_mapping(directory)
     return read_synset_mapping(path) if path is not None else {}
 
@@ -112,13 +117,12 @@ def folder_classes(directory: Path) -> list[str]:
         raise UserError(
             f"{directory} is not a directory: expected class folders such as {directory}/n01440764/"
         )
-    from preprocess.listing import list_dir
-
     return [name for name, is_dir in list_dir(directory) if is_dir]
 
 
 def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]:
-    """(ILSVRC2012_ID, WNID, words) of the leaf synsets in the devkit's `data/meta.mat`, in meta.mat order.
+    """(ILSVRC2012_ID, WNID, words) of the leaf synsets in the devkit's `data/meta.mat`, in
+    meta.mat order.
 
     meta.mat holds a struct array `synsets` with fields ILSVRC2012_ID, WNID, words, gloss,
     num_children, ...; the 1000 classification classes are the leaves (num_children == 0)
@@ -141,7 +145,8 @@ def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]
     missing = {"ILSVRC2012_ID", "WNID", "num_children"} - set(fields)
     if missing:
         raise UserError(
-            f"{name}: 'synsets' lacks fields {sorted(missing)}: expected the ILSVRC2012 devkit's meta.mat"
+            f"{name}: 'synsets' lacks fields {sorted(missing)}: "
+            "expected the ILSVRC2012 devkit's meta.mat"
         )
     leaves: list[tuple[int, str, str]] = []
     for entry in synsets:
@@ -158,5 +163,6 @@ def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]
 
 
 def devkit_id_to_wnid(meta_mat: Path | BinaryIO | bytes) -> dict[int, str]:
-    """ILSVRC2012_ID → WNID for the leaf synsets: the translation the devkit's ground truth needs."""
+    """ILSVRC2012_ID → WNID for the leaf synsets: the translation the devkit's ground truth
+    needs."""
     return {synset_id: wnid for synset_id, wnid, _ in devkit_meta(meta_mat)}

@@ -1,4 +1,4 @@
-"""`verify`: check shards or resized class folders against their manifest; non-zero exit on any mismatch.
+"""`verify`: check shards or resized class folders against their manifest; exit 1 on a mismatch.
 
     python -m preprocess verify shards/train             # sizes, sha256, per-shard counts, labels
     python -m preprocess verify shards/train --decode    # ... and decode every image
@@ -10,8 +10,8 @@ its members gives the recorded number of samples, each with .jpg/.cls/.json; eve
 range and agrees with the WNID in the .json; per-class totals match; the DALI index lists the
 same samples at the right offsets; no unlisted tar sits in the folder. Folder checks: image count
 per class against resize_manifest.json, every image's sha256 against the checksum lists the resize
-tasks wrote (resize_checksums.task-*.sha256, `sha256sum -c` format); with --decode, every image decodes as RGB with the
-promised short side. Prints one line per problem and a summary line.
+tasks wrote (resize_checksums.task-*.sha256, `sha256sum -c` format); with --decode, every image
+decodes as RGB with the promised short side. Prints one line per problem and a summary line.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 from PIL import Image
 
 from preprocess.errors import UserError
+from preprocess.fileio import file_names, list_dir
 from preprocess.images import is_image_file
-from preprocess.listing import file_names, list_dir
 from preprocess.manifest import (
     MANIFEST_NAME,
     SHARD_PATTERN,
@@ -42,13 +42,9 @@ from preprocess.manifest import (
     dali_index_name,
     read_manifest,
 )
+from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import (
-    FOLDER_MANIFEST_KIND,
-    FOLDER_MANIFEST_NAME,
-    check_resize_complete,
-    run_bounded,
-)
+from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, check_resize_complete
 from preprocess.shards import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -106,7 +102,10 @@ def _check_index(
         or len(lines) - 1 != entry.count
     ):
         return [
-            f"{path}: header {lines[0] if lines else ''!r} / {len(lines) - 1} sample lines, expected 'v1.2 {entry.count}'"
+            (
+                f"{path}: header {lines[0] if lines else ''!r} / {len(lines) - 1} sample lines, "
+                f"expected 'v1.2 {entry.count}'"
+            )
         ]
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
@@ -120,15 +119,19 @@ def _check_index(
         ):
             return [
                 (
-                    f"{path}:{number}: corrupted line {line[:80]!r}, expected 'ext offset size name' "
-                    f"per member: re-run `preprocess shard` after deleting {path}"
+                    f"{path}:{number}: corrupted line {line[:80]!r}, "
+                    f"expected 'ext offset size name' per member: "
+                    f"re-run `preprocess shard` after deleting {path}"
                 )
             ]
         for start in range(0, len(fields), 4):
             _, offset, size, name = fields[start : start + 4]
             if offsets.get(name) != (int(offset), int(size)):
                 return [
-                    f"{path}: {name} at offset {offset} size {size}, but the tar has {offsets.get(name)}"
+                    (
+                        f"{path}: {name} at offset {offset} size {size}, "
+                        f"but the tar has {offsets.get(name)}"
+                    )
                 ]
     return []
 
@@ -151,11 +154,17 @@ def verify_shard(
     size = path.stat().st_size
     if size != entry.bytes:
         return [
-            f"{path}: {size} bytes, manifest says {entry.bytes}: re-run `preprocess shard` to rewrite it"
+            (
+                f"{path}: {size} bytes, manifest says {entry.bytes}: "
+                "re-run `preprocess shard` to rewrite it"
+            )
         ], counts
     if file_sha256(path) != entry.sha256:
         return [
-            f"{path}: sha256 differs from the manifest (corrupted): re-run `preprocess shard` to rewrite it"
+            (
+                f"{path}: sha256 differs from the manifest (corrupted): "
+                "re-run `preprocess shard` to rewrite it"
+            )
         ], counts
     problems: list[str] = []
     samples: dict[str, dict[str, bytes]] = {}
@@ -251,7 +260,8 @@ def verify_shards(
         for wnid in manifest.classes:
             if totals.get(wnid, 0) != manifest.class_counts.get(wnid, 0):
                 problems.append(
-                    f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, manifest says {manifest.class_counts.get(wnid, 0)}"
+                    f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, "
+                    f"manifest says {manifest.class_counts.get(wnid, 0)}"
                 )
     return VerifyReport(
         directory, "shards", manifest.num_samples, tuple(problems), time.perf_counter() - started
@@ -261,7 +271,8 @@ def verify_shards(
 def _decode_chunk(
     jobs: Sequence[tuple[str, str | None, bool, int | None, bool]],
 ) -> list[tuple[str, str | None]]:
-    """(path, problem or None) for (path, expected sha256 or None, decode, short side, only shrink)."""
+    """(path, problem or None) for each (path, expected sha256 or None, decode, short side, only
+    shrink)."""
     results = []
     for path, sha256, decode, short_side, only_shrink in jobs:
         try:
@@ -369,7 +380,7 @@ def verify_folders(
             )
             for path in paths
         ]
-        chunks = [jobs[start : start + 64] for start in range(0, len(jobs), 64)]
+        chunks = list(iter_chunks(jobs, 64))
         with progress_bar(len(paths), f"verify {directory.name}") as bar:
             for chunk in run_bounded(
                 _decode_chunk, chunks, min(resolve_workers(workers), max(1, len(chunks)))
@@ -388,7 +399,8 @@ def find_targets(directory: Path) -> list[tuple[str, Path]]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(
-            f"{directory} is not a directory: pass a shard directory, resized class folders or a prepare output"
+            f"{directory} is not a directory: "
+            "pass a shard directory, resized class folders or a prepare output"
         )
     if (directory / MANIFEST_NAME).is_file() or any(
         SHARD_PATTERN.match(name) for name in os.listdir(directory)
@@ -408,8 +420,10 @@ def find_targets(directory: Path) -> list[tuple[str, Path]]:
             targets.append(("folders", directory / "folders" / split))
     if not targets:
         raise UserError(
-            f"{directory}: neither {MANIFEST_NAME} (shards) nor {FOLDER_MANIFEST_NAME} (resized folders) found: "
-            f"nothing to verify against; pass the output of `preprocess shard`, `resize` or `prepare`"
+            f"{directory}: neither {MANIFEST_NAME} (shards) "
+            f"nor {FOLDER_MANIFEST_NAME} (resized folders) found: "
+            f"nothing to verify against; "
+            f"pass the output of `preprocess shard`, `resize` or `prepare`"
         )
     return targets
 

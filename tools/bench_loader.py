@@ -4,7 +4,7 @@
     python -m tools.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
     python -m tools.bench_loader --backends baseline folder wds
 
-The data: the real photos in /work/shared/photos (or --photos DIR), each replicated as random
+The data: the real photos in tools/photos (or --photos DIR), each replicated as random
 80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
 folders and as WebDataset shards, built once under --cache-dir and reused.
 
@@ -35,7 +35,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PHOTOS = Path("/work/shared/photos")
+DEFAULT_PHOTOS = Path(__file__).resolve().parent / "photos"  # tools/photos in this checkout
 DEFAULT_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     / "imagenet-pipeline"
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "--photos",
         type=Path,
         default=DEFAULT_PHOTOS,
-        help="source JPEGs (default /work/shared/photos)",
+        help="source JPEGs (default: tools/photos)",
     )
     parser.add_argument(
         "--cache-dir",

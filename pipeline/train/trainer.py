@@ -127,7 +127,7 @@ class Trainer:
         first removes the temp files a killed save left behind."""
         latest = None
         if self.dist.is_main:
-            for stale in ckpt.remove_stale_temps(self.run_dir):
+            for stale in ckpt.remove_killed_saves(self.run_dir):
                 logger.info("removed %s, left by a save that was killed", stale)
             latest = ckpt.find_latest(self.run_dir)
         return ckpt.agree_on_checkpoint(resume or latest, self.dist)

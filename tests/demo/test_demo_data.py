@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from tools.demo_data import (
     split_indices,
 )
 
-SHARED_MAPPING = Path("/work/shared/imagenet-meta/LOC_synset_mapping.txt")
+# the ILSVRC2012 metadata copied unchanged into tests/fixtures-data, and the SHA-256 of Kaggle's file
+FIXTURE_MAPPING = Path(__file__).resolve().parents[1] / "fixtures-data" / "LOC_synset_mapping.txt"
+KAGGLE_MAPPING_SHA256 = "4f04dc0131b72a3463ac1ff62df6d2da5d98388e1f843f542a44f81898188ceb"
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +93,10 @@ def test_synset_mapping_holds_the_real_imagenet_lines_for_the_ten_wnids(demo_raw
     assert list(DEMO_WNIDS) == sorted(DEMO_WNIDS)  # so class index d is digit d
 
 
-@pytest.mark.skipif(
-    not SHARED_MAPPING.is_file(), reason="the shared ImageNet metadata is not on this machine"
-)
 def test_bundled_synset_mapping_is_identical_to_kaggles_file():
-    assert SYNSET_MAPPING_PATH.read_bytes() == SHARED_MAPPING.read_bytes()
+    bundled = SYNSET_MAPPING_PATH.read_bytes()
+    assert hashlib.sha256(bundled).hexdigest() == KAGGLE_MAPPING_SHA256
+    assert bundled == FIXTURE_MAPPING.read_bytes()
 
 
 def test_images_are_rgb_jpegs_of_the_requested_size(demo_raw):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PHOTOS = Path(__file__).resolve().parents[1] / "fixtures-data" / "photos"
+PHOTOS = Path(__file__).resolve().parents[2] / "tools" / "photos"  # the benchmark corpus
 LARGE_PHOTO = PHOTOS / "flower_of_life.jpg"  # 1320x1582: DCT scaling kicks in
 TYPICAL_PHOTO = PHOTOS / "impronte_d_artista.jpg"  # 570x401
 

@@ -86,7 +86,8 @@ def make_jpeg(
     *,
     quality: int = 85,
 ) -> bytes:
-    """A small RGB JPEG (a colour gradient, so it is not trivially compressible); written to `path` if given."""
+    """A small RGB JPEG (a colour gradient, so it is not trivially compressible); written to
+    `path` if given."""
     width, height = size
     ramp_x = np.linspace(0.4, 1.0, width, dtype=np.float32)[None, :, None]
     ramp_y = np.linspace(1.0, 0.6, height, dtype=np.float32)[:, None, None]
@@ -99,7 +100,8 @@ def make_jpeg(
 
 
 def image_bytes_for(split: str, key: str) -> bytes:
-    """The deterministic JPEG every builder writes for (split, key): size and colour derive from the key."""
+    """The deterministic JPEG every builder writes for (split, key): size and colour derive from
+    the key."""
     digest = hashlib.sha256(f"{split}/{key}".encode()).digest()
     width, height = 40 + digest[0] % 41, 40 + digest[1] % 41  # 40–80 px
     return make_jpeg(None, (width, height), (digest[2], digest[3], digest[4]))
@@ -144,7 +146,8 @@ def plan_train(wnids: Sequence[str], per_class: int) -> dict[str, str]:
 
 
 def plan_val(wnids: Sequence[str], per_class: int, seed: int = 0) -> dict[str, str]:
-    """Val key → WNID: "ILSVRC2012_val_%08d" numbered 1.., classes interleaved by a seeded shuffle."""
+    """Val key → WNID: "ILSVRC2012_val_%08d" numbered 1.., classes interleaved by a seeded
+    shuffle."""
     assignment = [wnid for wnid in sorted(wnids) for _ in range(per_class)]
     random.Random(seed).shuffle(assignment)
     return {f"ILSVRC2012_val_{index:08d}": wnid for index, wnid in enumerate(assignment, start=1)}
@@ -168,7 +171,8 @@ def shuffled_ids(wnids: Sequence[str], seed: int = 0) -> dict[str, int]:
 def write_meta_mat(
     path: Path | None, wnids: Sequence[str], *, shuffled: bool = True, seed: int = 0
 ) -> tuple[bytes, dict[str, int]]:
-    """A devkit-style meta.mat (struct array `synsets`) with scipy; returns (bytes, WNID → ILSVRC2012_ID).
+    """A devkit-style meta.mat (struct array `synsets`) with scipy; returns (bytes, WNID →
+    ILSVRC2012_ID).
 
     Leaves get IDs 1..N in a non-sorted order when `shuffled`; two non-leaf synsets
     (num_children > 0) follow, as in the real file's 1860 entries.
@@ -246,7 +250,8 @@ def write_devkit_tar(
     shuffled: bool = True,
     seed: int = 0,
 ) -> dict[str, int]:
-    """ILSVRC2012_devkit_t12.tar.gz with data/meta.mat and data/ILSVRC2012_validation_ground_truth.txt."""
+    """ILSVRC2012_devkit_t12.tar.gz with data/meta.mat and
+    data/ILSVRC2012_validation_ground_truth.txt."""
     meta, ids = write_meta_mat(None, wnids, shuffled=shuffled, seed=seed)
     members = {
         "ILSVRC2012_devkit_t12/data/meta.mat": meta,
@@ -275,7 +280,8 @@ def write_devkit_dir(
     shuffled: bool = True,
     seed: int = 0,
 ) -> dict[str, int]:
-    """An extracted devkit: directory/data/meta.mat + directory/data/ILSVRC2012_validation_ground_truth.txt."""
+    """An extracted devkit: directory/data/meta.mat +
+    directory/data/ILSVRC2012_validation_ground_truth.txt."""
     data_dir = directory / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     _, ids = write_meta_mat(data_dir / "meta.mat", wnids, shuffled=shuffled, seed=seed)
@@ -284,7 +290,8 @@ def write_devkit_dir(
 
 
 def write_kaggle_csv(path: Path, val: Mapping[str, str], *, box_coordinates: bool = True) -> Path:
-    """LOC_val_solution.csv; with boxes each row is "WNID x0 y0 x1 y1" repeated, as in the real download."""
+    """LOC_val_solution.csv; with boxes each row is "WNID x0 y0 x1 y1" repeated, as in the real
+    download."""
     rows = ["ImageId,PredictionString"]
     for index, (stem, wnid) in enumerate(sorted(val.items(), key=lambda item: item[0][::-1])):
         if box_coordinates:
@@ -347,7 +354,8 @@ def build_ilsvrc_tars(
     oddballs: bool = False,
     devkit: bool = True,
 ) -> RawLayout:
-    """RAW/ILSVRC2012_img_train.tar (a tar of per-class tars), RAW/ILSVRC2012_img_val.tar (flat), devkit tar.gz."""
+    """RAW/ILSVRC2012_img_train.tar (a tar of per-class tars), RAW/ILSVRC2012_img_val.tar (flat),
+    devkit tar.gz."""
     wnids = sorted(wnids or DEFAULT_WNIDS)
     layout = _plan_layout(root, wnids, per_class, val_per_class, oddballs)
     root.mkdir(parents=True, exist_ok=True)
@@ -376,7 +384,8 @@ def build_kaggle_layout(
     *,
     oddballs: bool = False,
 ) -> RawLayout:
-    """RAW/ILSVRC/Data/CLS-LOC/{train/nXXX/*.JPEG, val/*.JPEG}, RAW/LOC_val_solution.csv, RAW/LOC_synset_mapping.txt."""
+    """RAW/ILSVRC/Data/CLS-LOC/{train/nXXX/*.JPEG, val/*.JPEG}, RAW/LOC_val_solution.csv,
+    RAW/LOC_synset_mapping.txt."""
     wnids = sorted(wnids or DEFAULT_WNIDS)
     layout = _plan_layout(root, wnids, per_class, val_per_class, oddballs)
     data_dir = root / "ILSVRC" / "Data" / "CLS-LOC"

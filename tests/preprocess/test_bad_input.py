@@ -1,4 +1,5 @@
-"""Corrupted metadata and undecodable text give one clear line (or a reported problem), never a traceback."""
+"""Corrupted metadata and undecodable text give one clear line (or a reported problem), never a
+traceback."""
 
 from __future__ import annotations
 
@@ -86,3 +87,18 @@ def test_prepare_onto_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["prepare", str(raw), str(tmp_path / "file"), "--splits", "train"]) == 2
     assert "is a file" in _one_line_error(capsys)
+
+
+def test_a_broken_manifest_is_a_user_error_and_exits_2_with_one_line(
+    class_folders, tmp_path, capsys
+):
+    from preprocess.errors import EXIT_USAGE, UserError
+    from preprocess.manifest import ManifestError
+
+    assert issubclass(ManifestError, UserError)
+    out = _shards(class_folders, tmp_path)
+    capsys.readouterr()
+    (out / "manifest.json").write_text('{"split": ')
+    grid = ["grid", str(out), "-o", str(tmp_path / "grid.png")]
+    assert main(grid) == EXIT_USAGE
+    assert "manifest.json: not valid JSON" in _one_line_error(capsys)

@@ -1,9 +1,9 @@
-"""The CLI through preprocess.cli.main: help, Slurm slice defaults, grid, bench, exit codes."""
+"""The CLI through preprocess.cli.main: help, Slurm slice defaults, grid, exit codes."""
 
 from __future__ import annotations
 
 import pytest
-from imagefixtures import PHOTOS, make_class_folders
+from imagefixtures import make_class_folders
 from PIL import Image
 
 from preprocess.cli import COMMANDS, main
@@ -94,15 +94,6 @@ def test_render_grid_rejects_mismatched_captions(tmp_path):
 
     with pytest.raises(ValueError, match="2 images but 1 captions"):
         render_grid([np.zeros((8, 8, 3), np.uint8)] * 2, ["one"], tmp_path / "x.png")
-
-
-def test_bench_times_our_resize_and_reports_ratios(tmp_path, capsys):
-    assert (
-        main(["bench", "--images", "4", "--workers", "1", "--repeat", "1", "--photos", str(PHOTOS)])
-        == 0
-    )
-    output = capsys.readouterr().out
-    assert "preprocess resize, 1 worker" in output and "single-core rate" in output
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):

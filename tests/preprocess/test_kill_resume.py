@@ -1,4 +1,5 @@
-"""kill -9 part-way through `shard` and `prepare`, then rerun: the output equals an uninterrupted run."""
+"""kill -9 part-way through `shard` and `prepare`, then rerun: the output equals an uninterrupted
+run."""
 
 from __future__ import annotations
 

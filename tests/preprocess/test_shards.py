@@ -1,4 +1,5 @@
-"""`shard`: global shuffle, equal counts, deterministic tars, manifest, resume, slices + merge, readers."""
+"""`shard`: global shuffle, equal counts, deterministic tars, manifest, resume, slices + merge,
+readers."""
 
 from __future__ import annotations
 
@@ -153,7 +154,9 @@ def test_manifest_records_bytes_and_sha256_and_timm_info_lists_the_split(class_f
 
     src, _ = class_folders
     (src.parent / "LOC_synset_mapping.txt").write_text(
-        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n"
+        "n01440764 tench, Tinca tinca\n"
+        "n01443537 goldfish, Carassius auratus\n"
+        "n01484850 great white shark\n"
     )
     write_shards(src, tmp_path / "out", "val", shard_size=6, seed=3, workers=1)
     manifest = read_manifest(tmp_path / "out")

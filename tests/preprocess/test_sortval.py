@@ -1,4 +1,5 @@
-"""sort-val: every label form gives the same folders; reruns, half-done runs, dry runs, links, bad input.
+"""sort-val: every label form gives the same folders; reruns, half-done runs, dry runs, links, bad
+input.
 
 .venv/bin/pytest tests/preprocess/test_sortval.py
 """
@@ -162,8 +163,8 @@ def test_labels_with_no_file_are_one_error_line_and_nothing_moves(tmp_path, flat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert (
-        "4 labels with no file (first: ILSVRC2012_val_00000005, ILSVRC2012_val_00000006, ILSVRC2012_val_00000007, ...)"
-        in err
+        "4 labels with no file (first: ILSVRC2012_val_00000005, ILSVRC2012_val_00000006, "
+        "ILSVRC2012_val_00000007, ...)" in err
     )
     assert tree(val_dir) == before
 
@@ -193,7 +194,10 @@ def test_counts_other_than_1000_by_50_give_one_warning(tmp_path, flat_val, caplo
         record.getMessage() for record in caplog.records if record.levelno == logging.WARNING
     ]
     assert warnings == [
-        "labels cover 4 classes x 2 files each; ILSVRC2012 val is 1000 x 50: fine for a subset, otherwise check --labels"
+        (
+            "labels cover 4 classes x 2 files each; ILSVRC2012 val is 1000 x 50: "
+            "fine for a subset, otherwise check --labels"
+        )
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="preprocess.sortval"):

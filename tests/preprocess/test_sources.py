@@ -1,4 +1,5 @@
-"""Raw sources: the three layouts stream the same images; slices are disjoint and complete; bad tars are refused.
+"""Raw sources: the three layouts stream the same images; slices are disjoint and complete; bad
+tars are refused.
 
 .venv/bin/pytest tests/preprocess/test_sources.py
 """
@@ -267,7 +268,8 @@ def test_a_truncated_tar_is_one_clear_error(tmp_path, split, num_tasks, cut):
     with tarfile.open(tar_path) as archive:
         members = archive.getmembers()
     last = members[-1]
-    # tarfile itself stops silently at a header cut short: a download cut between members looks whole
+    # tarfile itself stops silently at a header cut short: a download cut between members looks
+    # whole
     length = {
         "inside-data": last.offset_data + last.size // 2,
         "at-a-header": last.offset,

@@ -1,4 +1,5 @@
-"""`verify`: shards and resized folders against their manifests; exit status and one line per problem."""
+"""`verify`: shards and resized folders against their manifests; exit status, one line per
+problem."""
 
 from __future__ import annotations
 

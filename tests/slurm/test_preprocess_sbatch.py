@@ -43,7 +43,8 @@ def prepare_locally(raw: Path, dst: Path) -> subprocess.CompletedProcess:
 def submit_chain(
     cluster, raw: str, dst: str, logs: Path, cwd: Path, options: list[str]
 ) -> dict[str, str]:
-    """Run the real submit_preprocess.sh with 2 tasks from `cwd`; {"resize": id, "shard": id, "finish": id}."""
+    """Run the real submit_preprocess.sh with 2 tasks from `cwd`; returns
+    {"resize": id, "shard": id, "finish": id}."""
     logs.mkdir(exist_ok=True)
     submit = subprocess.run(
         [str(REPO / "slurm" / "submit_preprocess.sh"), raw, dst, "--tasks", "2", "--", *options],
@@ -88,7 +89,8 @@ def test_array_job_with_relative_paths_gives_the_shards_of_one_local_prepare_run
         state = slurm_cluster.wait_for_job(jobs[stage], 180)
         assert state == "COMPLETED", f"{stage} job {jobs[stage]} ended {state}:\n{job_logs(logs)}"
     log_text = job_logs(logs)
-    # Each array task took its own slice (2 resize + 2 shard tasks) and the final job merged + verified.
+    # Each array task took its own slice (2 resize + 2 shard tasks) and the final job merged and
+    # verified.
     assert log_text.count("(array ids 0-1, 2 tasks): python -m preprocess prepare") == 4
     assert f"prepare {sliced} " not in log_text  # RAW, not DST, follows `prepare`
     assert f"python -m preprocess prepare {tiny_images} {sliced} --stage resize" in log_text

@@ -1,16 +1,19 @@
-"""`bench`: ImageMagick shell loops against our `resize`, side by side on the same images.
+"""ImageMagick shell loops against our `resize`, side by side on the same images.
 
-    python -m preprocess bench                       # 1000 images from /work/shared/photos
-    python -m preprocess bench --images 500 --workers 2 --photos ~/Pictures
+    python -m tools.bench_resize                     # 1000 images cycled from tools/photos
+    python -m tools.bench_resize --images 500 --workers 2 --photos ~/Pictures
     make bench
-    nice -n -15 python -m preprocess bench            # on a shared machine (root): less noise
+    nice -n -15 python -m tools.bench_resize         # on a shared machine (root): less noise
 
-The corpus is the photos folder copied (cycled) to --images files in a temp dir. Timed, on the
-same files, writing 256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
+The corpus is the photos folder (default: the 26 photos in tools/photos, shipped with the
+repository) copied (cycled) to --images files in a temp dir. Timed, on the same files, writing
+256 px short-side JPEGs without enlarging (ImageMagick's `256^>`):
 
-1. the seed's serial loop:   for f in src/*; do convert "$f" -resize "256^>" out/$(basename $f); done
-2. the same with xargs:      cd src && find . -type f -print0 | xargs -0 -P <cores> -I{} convert {} -resize "256^>" ../out/{}
-3. our resize, all cores:    python -m preprocess resize src out --only-shrink --workers <cores>
+1. the seed's serial loop:
+       for f in src/*; do convert "$f" -resize "256^>" out/$(basename $f); done
+2. the same with xargs, on N cores (--workers, default all):
+       cd src && find . -type f -print0 | xargs -0 -P N -I{} convert {} -resize "256^>" ../out/{}
+3. our resize, all cores:    python -m preprocess resize src out --only-shrink --workers N
 4. our resize, one core:     ... --workers 1
 
 Our variants run --repeat times (default 3) and the best run counts, the usual way to read
@@ -32,6 +35,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +43,14 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from preprocess.errors import UserError
+from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from preprocess.images import is_image_file
 from preprocess.progress import default_workers
 from preprocess.resize import ResizeOptions, resize_folder
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PHOTOS = Path("/work/shared/photos")
+DEFAULT_PHOTOS = Path(__file__).resolve().parent / "photos"  # tools/photos in this checkout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +99,8 @@ def find_imagemagick() -> tuple[str, str] | None:
             if "ImageMagick" in version:
                 if first and os.path.realpath(first) != os.path.realpath(candidate):
                     print(
-                        f"note: the `convert` first on PATH ({first}) is not the ImageMagick binary; using {candidate}"
+                        f"note: the `convert` first on PATH ({first}) is not the ImageMagick "
+                        f"binary; using {candidate}"
                     )
                 return candidate, version
     return None
@@ -162,7 +167,8 @@ def _time_shell(name: str, command: str, images: int, cwd: Path) -> Timing:
 def _time_resize(
     name: str, src: Path, dst: Path, workers: int, short_side: int, repeat: int = 1
 ) -> Timing:
-    """Best of `repeat` fresh runs (each into an empty folder): the least disturbed by other load."""
+    """Best of `repeat` fresh runs (each into an empty folder): the least disturbed by other
+    load."""
     seconds = cpu_seconds = float("inf")
     for attempt in range(repeat):
         target = dst.with_name(f"{dst.name}-{attempt}")
@@ -177,7 +183,10 @@ def _time_resize(
         raise RuntimeError(
             f"bench corpus has {summary.failed} undecodable images: {summary.errors[:3]}"
         )
-    command = f"python -m preprocess resize src {dst.name} --short-side {short_side} --only-shrink --workers {workers}"
+    command = (
+        f"python -m preprocess resize src {dst.name} --short-side {short_side} --only-shrink "
+        f"--workers {workers}"
+    )
     return Timing(name, command, summary.written, seconds, cpu_seconds)
 
 
@@ -201,7 +210,8 @@ def run_bench(
     repeat: int = 3,
     max_side: int | None = None,
 ) -> list[Timing]:
-    """Time every variant on one corpus; returns the timings (ImageMagick ones only when installed)."""
+    """Time every variant on one corpus; returns the timings (ImageMagick ones only when
+    installed)."""
     found = find_imagemagick()
     timings: list[Timing] = []
     with tempfile.TemporaryDirectory(prefix="preprocess-bench-") as temp:
@@ -211,8 +221,9 @@ def run_bench(
         geometry = f'"{short_side}^>"'
         if found is None:
             print(
-                "ImageMagick not found: `convert` is missing or is not ImageMagick (`convert -version` does not "
-                "say ImageMagick). Install it with `apt-get install -y imagemagick`; timing our resize only."
+                "ImageMagick not found: `convert` is missing or is not ImageMagick "
+                "(`convert -version` does not say ImageMagick). "
+                "Install it with `apt-get install -y imagemagick`; timing our resize only."
             )
         else:
             convert = shlex.quote(found[0])
@@ -221,7 +232,8 @@ def run_bench(
             timings.append(
                 _time_shell(
                     "ImageMagick, serial loop",
-                    f'for f in src/*; do {convert} "$f" -resize {geometry} im_serial/"$(basename "$f")"; done',
+                    f'for f in src/*; do {convert} "$f" -resize {geometry} '
+                    'im_serial/"$(basename "$f")"; done',
                     count,
                     root,
                 )
@@ -259,10 +271,14 @@ def report(timings: list[Timing], workers: int, count: int, photos: Path) -> str
     single = by_name["preprocess resize, 1 worker"]
     lines = [
         (
-            f"corpus: {count} images cycled from {photos}; machine: {os.cpu_count()} cores, {cpu_model()}; "
+            f"corpus: {count} images cycled from {photos}; "
+            f"machine: {os.cpu_count()} cores, {cpu_model()}; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         ),
-        f"versions: Python {platform.python_version()}, PIL {PIL.__version__}, {imagemagick_version() or 'no ImageMagick'}",
+        (
+            f"versions: Python {platform.python_version()}, PIL {PIL.__version__}, "
+            f"{imagemagick_version() or 'no ImageMagick'}"
+        ),
         "",
         (
             f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
@@ -273,7 +289,8 @@ def report(timings: list[Timing], workers: int, count: int, photos: Path) -> str
     ]
     for timing in timings:
         lines.append(
-            f"{timing.name:<34} {timing.images_per_second:9.1f} {timing.seconds:8.2f} {timing.cpu_seconds:8.2f}"
+            f"{timing.name:<34} {timing.images_per_second:9.1f} {timing.seconds:8.2f} "
+            f"{timing.cpu_seconds:8.2f}"
         )
     lines.append("")
     targets = []
@@ -309,10 +326,8 @@ def report(timings: list[Timing], workers: int, count: int, photos: Path) -> str
             f"(1.0 = no parallel overhead; bounds the wall-clock scaling on an idle machine)"
         )
         if serial is not None and serial.cpu_seconds > 0:
-            lines.append(
-                f"{'CPU time per image, ImageMagick/us':<34} "
-                f"{(serial.cpu_seconds / serial.images) / (single.cpu_seconds / single.images):6.2f}x"
-            )
+            cost = (serial.cpu_seconds / serial.images) / (single.cpu_seconds / single.images)
+            lines.append(f"{'CPU time per image, ImageMagick/us':<34} {cost:6.2f}x")
     return "\n".join(lines)
 
 
@@ -325,7 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--photos",
         type=Path,
         default=DEFAULT_PHOTOS,
-        help=f"source photos (default {DEFAULT_PHOTOS})",
+        help="source photos (default tools/photos: the 26 photos shipped with the repository)",
     )
     parser.add_argument(
         "--short-side", type=int, default=256, help="target short side (default 256)"
@@ -350,7 +365,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--images must be >= 1, got {args.images}")
     if args.max_side is not None and args.max_side < args.short_side:
         raise UserError(
-            f"--max-side {args.max_side} is below --short-side {args.short_side}: nothing would shrink"
+            f"--max-side {args.max_side} is below --short-side {args.short_side}: "
+            "nothing would shrink"
         )
     timings = run_bench(
         args.photos, args.images, workers, args.short_side, max(1, args.repeat), args.max_side
@@ -358,3 +374,32 @@ def run(args: argparse.Namespace) -> int:
     corpus = f"{args.photos} (long side <= {args.max_side})" if args.max_side else args.photos
     print(report(timings, workers, args.images, corpus))
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench_resize", description=__doc__.split("\n")[0]
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: no figures were printed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
