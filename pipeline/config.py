@@ -140,6 +140,10 @@ class OptimConfig:
         1, "micro-batches per optimizer step; the global batch is split across them"
     )
     clip_grad_norm: float = _field(0.0, "clip the gradient norm to this value; 0 disables")
+    rmsprop_alpha: float = _field(0.9, "rmsprop: smoothing constant (torchvision's and TF's 0.9)")
+    rmsprop_eps: float = _field(
+        0.0316, "rmsprop: epsilon (torchvision's 0.0316; Inception-v3's paper 1.0)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

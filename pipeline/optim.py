@@ -20,9 +20,6 @@ from torch import nn
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 
-RMSPROP_ALPHA = 0.9  # torchvision references/classification/train.py, with --opt rmsprop
-RMSPROP_EPS = 0.0316
-
 
 def scaled_lr(cfg: Config) -> float:
     """optim.lr (per 256 images) scaled to the global batch."""
@@ -59,7 +56,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if optim.name == "rmsprop":
         # torchvision's references use TF's RMSprop constants (their MobileNetV3 recipe)
         return torch.optim.RMSprop(
-            groups, lr=lr, momentum=optim.momentum, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS
+            groups, lr=lr, momentum=optim.momentum, alpha=optim.rmsprop_alpha, eps=optim.rmsprop_eps
         )
     if len(optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers, got {optim.betas}")
