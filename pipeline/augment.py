@@ -142,8 +142,8 @@ def erasing_box(
     for _ in range(10):
         target = area * (scale[0] + (scale[1] - scale[0]) * uniform(generator))
         aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * uniform(generator))
-        box_height = int(round(math.sqrt(target * aspect)))
-        box_width = int(round(math.sqrt(target / aspect)))
+        box_height = round(math.sqrt(target * aspect))
+        box_width = round(math.sqrt(target / aspect))
         if box_height < height and box_width < width:
             top = int(torch.randint(height - box_height + 1, (), generator=generator))
             left = int(torch.randint(width - box_width + 1, (), generator=generator))

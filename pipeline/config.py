@@ -128,6 +128,9 @@ class ModelConfig:
     transform_input: bool = _field(
         False, "inception_v3/googlenet: re-normalize inputs as torchvision's ported weights expect"
     )
+    blurpool: bool = _field(
+        False, "a 3x3 blur before each strided conv with >= 16 input channels (FFCV's ResNets)"
+    )
     init_from: str = _field(
         "", "local weights file (state_dict) to start from; nothing is downloaded"
     )

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import Config
+from pipeline.config import Config, replace
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
@@ -82,10 +82,19 @@ class ExamplePicker:
 
 @dataclasses.dataclass
 class EvalOutput:
-    result: EvalResult
+    result: EvalResult  # with flip-TTA: of the averaged logits
     examples: (
         tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     )  # rank-local images, labels, predictions
+    single: EvalResult | None = None  # with flip-TTA: of the unflipped view alone
+
+    def metrics(self, prefix: str = "val") -> dict[str, float]:
+        """`prefix/top1`, ...; with flip-TTA also `prefix/single_top1`, ... (one view)."""
+        metrics = self.result.as_metrics(prefix)
+        if self.single is not None:
+            for key, value in self.single.as_metrics(prefix).items():
+                metrics[key.replace(f"{prefix}/", f"{prefix}/single_", 1)] = value
+        return metrics
 
 
 @torch.no_grad()
@@ -97,25 +106,35 @@ def evaluate(
     autocast: Callable[[], contextlib.AbstractContextManager],
     keep_examples: int = 32,
     interrupted: Callable[[], bool] | None = None,
+    flip_tta: bool = False,
 ) -> EvalOutput:
     """Exact val metrics: this rank's batches with the unwrapped model (no DDP collectives, so
     ranks with different batch counts cannot hang), then one all-reduce of sums and counts.
-    When `interrupted()` turns true the rank stops early (the caller discards the result)."""
+    When `interrupted()` turns true the rank stops early (the caller discards the result).
+
+    flip_tta: the logits of each image and of its mirror are averaged (FFCV's test-time flips);
+    the single-view scores are kept beside them."""
     was_training = model.training
     model.eval()
     accumulator = EvalAccumulator(num_classes, dist.torch_device)
+    single = EvalAccumulator(num_classes, dist.torch_device) if flip_tta else None
     picker = ExamplePicker(loader, keep_examples)  # a spread of val samples for the prediction grid
     loader.set_epoch(0)
     for images, labels in loader:  # images: [B, 3, H, W] uint8 on device
         if interrupted is not None and interrupted():
             break
         with autocast():
-            logits = model(normalize(images))
+            logits = model(normalize(images))  # [B, C]
+            if single is not None:
+                single.update(logits, labels)
+                mirrored = model(normalize(images.flip(3)))  # [B, 3, H, W]: W mirrored
+                logits = (logits.float() + mirrored.float()) / 2
         accumulator.update(logits, labels)
         picker.add(images, labels, logits)
     result = accumulator.reduce(dist)
+    single_result = single.reduce(dist) if single is not None else None
     model.train(was_training)
-    return EvalOutput(result, picker.examples())
+    return EvalOutput(result, picker.examples(), single_result)
 
 
 class FirstBatches:
@@ -138,26 +157,51 @@ def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
     """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0
     only."""
     if dist.is_main:
-        print(
-            f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}",
-            flush=True,
-        )
+        line = f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}"
+        if "val/ema_top1" in metrics:  # the weight EMA's, after the raw weights'
+            line += f" val/ema_top1={metrics['val/ema_top1']:.2f}"
+        print(line, flush=True)
 
 
-def evaluate_checkpoint(cfg: Config, dist: DistInfo, resume: Path | None) -> int:
+def ema_named(metrics: dict[str, float]) -> dict[str, float]:
+    """val/top1 -> val/ema_top1, ...: the weight EMA's scores beside the raw weights'."""
+    return {key.replace("val/", "val/ema_", 1): value for key, value in metrics.items()}
+
+
+def parse_eval_sizes(texts: list[str]) -> list[tuple[int, int]]:
+    """`--eval-sizes 232/224 256/224`: (val_resize, val_crop) pairs; one line when malformed."""
+    sizes = []
+    for text in texts:
+        resize, _, crop = text.partition("/")
+        if not (resize.isdigit() and crop.isdigit()) or int(crop) > int(resize):
+            raise ConfigError(
+                f"--eval-sizes {text!r} is not RESIZE/CROP with CROP <= RESIZE (for example "
+                "232/224: the short side to 232 px, then a 224 px center crop)"
+            )
+        sizes.append((int(resize), int(crop)))
+    return sizes
+
+
+def evaluate_checkpoint(
+    cfg: Config, dist: DistInfo, resume: Path | None, sizes: list[tuple[int, int]] = ()
+) -> int:
     """`python -m pipeline.train --evaluate`: val metrics of one set of weights, first found:
-    --resume PATH, RUN_DIR/checkpoints/last.pt, model.init_from.
+    --resume PATH, RUN_DIR/checkpoints/last.pt, model.init_from, at each (val_resize, val_crop)
+    of `sizes` (default: the config's), one line per size; a checkpoint with a weight EMA is
+    scored with both. eval.flip_tta applies.
 
     The run dir comes before init_from/finetune: a run started from those weights has trained
     past them, and model.finetune alone has a fresh random head. Writes RUN_DIR/eval.json and
-    RUN_DIR/per_class_accuracy.csv (rank 0) and prints the `final:` line."""
+    RUN_DIR/per_class_accuracy.csv (rank 0, of the first size) and prints the `final:` line."""
     device = dist.torch_device
     run_dir = Path(cfg.train.run_dir)
     configure_device(device)
     autocast = build_autocast(resolve_precision(cfg.train.precision, device), device)
-    check_input_sizes(cfg)
+    sizes = list(sizes) or [(cfg.data.val_resize, cfg.data.val_crop)]
+    sized = [replace(cfg, "data", val_resize=resize, val_crop=crop) for resize, crop in sizes]
+    for each in sized:
+        check_input_sizes(each)
     classes = resolve_classes(cfg)
-    val_loader = build_loader(cfg, "val", dist, classes)
     num_classes = resolve_num_classes(cfg.model, len(classes))
     latest = ckpt.find_latest(run_dir) if dist.is_main else None
     source = ckpt.agree_on_checkpoint(resume or latest, dist)
@@ -172,25 +216,48 @@ def evaluate_checkpoint(cfg: Config, dist: DistInfo, resume: Path | None) -> int
             f"nothing to evaluate: no checkpoint in {run_dir / 'checkpoints'}; "
             "pass --resume PATH or --init-from WEIGHTS"
         )
-    model = create_model(cfg, num_classes, device, load_initial_weights=source is None)
+    models = {"raw": create_model(cfg, num_classes, device, load_initial_weights=source is None)}
     if source is not None:
         data = ckpt.load_checkpoint(source)
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            model.load_state_dict(data["model"])
+            models["raw"].load_state_dict(data["model"])
+            if isinstance(data.get("ema"), dict):  # the weight EMA, scored beside the weights
+                models["ema"] = create_model(cfg, num_classes, device, load_initial_weights=False)
+                models["ema"].load_state_dict(data["ema"])
         else:
-            load_weights(model, source)
+            load_weights(models["raw"], source, cfg.model.arch)
         logger.info("evaluating weights from %s", source)
-    output = evaluate(model, val_loader, num_classes, dist, autocast)
-    result = output.result
+    rows, first = [], None
+    for (resize, crop), each in zip(sizes, sized):
+        loader = build_loader(each, "val", dist, classes)
+        metrics: dict[str, float] = {}
+        for name, model in models.items():
+            output = evaluate(
+                model, loader, num_classes, dist, autocast, flip_tta=cfg.eval.flip_tta
+            )
+            metrics.update(ema_named(output.metrics("val")) if name == "ema" else output.metrics())
+            if first is None:
+                first = output
+        rows.append({"val_resize": resize, "val_crop": crop, **metrics})
+        if dist.is_main:
+            shown = " ".join(
+                f"{key}={metrics[key]:.2f}"
+                for key in ("val/top1", "val/top5", "val/ema_top1", "val/single_top1")
+                if key in metrics
+            )
+            print(f"eval at {resize}/{crop}: {shown}", flush=True)
+    result = first.result
     if dist.is_main:
         write_per_class_csv(
             result, list(classes.wnids), dict(classes.names), run_dir / "per_class_accuracy.csv"
         )
         report = {
-            **result.as_metrics(),
+            **{key: value for key, value in rows[0].items() if key.startswith("val/")},
             "val/num_samples": result.num_samples,
             "weights": str(source or cfg.model.init_from or cfg.model.finetune),
             "world_size": dist.world_size,
+            "flip_tta": cfg.eval.flip_tta,
+            "sizes": rows,
         }
         (run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
     logger.info(
@@ -199,5 +266,5 @@ def evaluate_checkpoint(cfg: Config, dist: DistInfo, resume: Path | None) -> int
         result.macro_f1,
         result.num_samples,
     )
-    print_final(result.as_metrics(), dist)
+    print_final(rows[0], dist)
     return EXIT_OK

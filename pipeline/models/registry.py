@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.models.alexnet import ALEXNET_VARIANTS, build_alexnet
+from pipeline.models.blurpool import apply_blurpool
 
 
 @functools.cache
@@ -109,6 +110,13 @@ def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int = 224)
         )
     if model_cfg.dropout >= 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {model_cfg.dropout}")
+    model = build_architecture(model_cfg, num_classes, image_size)
+    if model_cfg.blurpool and not apply_blurpool(model):
+        raise ConfigError(f"model.blurpool found no strided conv to blur in {model_cfg.arch}")
+    return model
+
+
+def build_architecture(model_cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
     if model_cfg.arch in ALEXNET_VARIANTS:
         if model_cfg.width_mult <= 0:
             raise ConfigError(f"model.width_mult must be positive, got {model_cfg.width_mult}")

@@ -1,10 +1,12 @@
-"""Train, evaluate or sanity-check AlexNet with DDP and AMP.
+"""Train, evaluate or sanity-check AlexNet (or any torchvision classification model) with DDP
+and AMP.
 
     python -m pipeline.train --config configs/alexnet.yaml \
         data.train_dir=DST/train data.val_dir=DST/val
     torchrun --nproc_per_node=8 -m pipeline.train --config configs/alexnet.yaml  # one node, 8 GPUs
     python -m pipeline.train --config configs/alexnet.yaml --evaluate  # latest checkpoint
     python -m pipeline.train --config configs/alexnet.yaml --evaluate --init-from alexnet-owt.pth
+    python -m pipeline.train --config configs/resnet50.yaml --evaluate --eval-sizes 232/224 256/224
     python -m pipeline.train --config configs/tiny.yaml --check  # ln(C) + overfit one batch
     python -m pipeline.train --config configs/alexnet.yaml --finetune best.pt --freeze features
 
@@ -42,7 +44,7 @@ from pipeline.checks import run_check_command
 from pipeline.config import load_config
 from pipeline.distributed import barrier, init_distributed, shutdown
 from pipeline.errors import EXIT_USAGE, UserError, first_line
-from pipeline.evaluate import evaluate_checkpoint
+from pipeline.evaluate import evaluate_checkpoint, parse_eval_sizes
 from pipeline.logging_setup import setup_logging
 from pipeline.train.trainer import Trainer
 
@@ -81,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--init-from",
         help="shortcut for model.init_from=PATH (a local state_dict, e.g. torchvision's)",
     )
+    parser.add_argument(
+        "--eval-sizes",
+        nargs="+",
+        default=[],
+        metavar="RESIZE/CROP",
+        help="with --evaluate: score at each val short side / center crop (e.g. 232/224 "
+        "256/224 288/256), one line each",
+    )
     parser.add_argument("--finetune", help="shortcut for model.finetune=PATH")
     parser.add_argument("--freeze", choices=["none", "features"], help="shortcut for model.freeze")
     parser.add_argument(
@@ -95,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     overrides = list(args.overrides)
+    # `--eval-sizes 232/224 256/224 eval.flip_tta=true`: the option's list swallows what follows
+    # it; a section.key=value among its items is an override
+    overrides += [item for item in args.eval_sizes if "=" in item]
+    eval_sizes = [item for item in args.eval_sizes if "=" not in item]
     for flag, key in (
         (args.init_from, "model.init_from"),
         (args.finetune, "model.finetune"),
@@ -106,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    if eval_sizes and not args.evaluate:
+        print("error: --eval-sizes scores a checkpoint: add --evaluate", file=sys.stderr)
         return EXIT_USAGE
     if args.resume is not None and not args.resume.is_file():
         print(
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             code = run_check_command(cfg, dist)
         elif args.evaluate:
-            code = evaluate_checkpoint(cfg, dist, args.resume)
+            code = evaluate_checkpoint(cfg, dist, args.resume, parse_eval_sizes(eval_sizes))
         else:
             code = Trainer(cfg, dist, argv, args.resume).train()
         # Every rank got here (the run ended, or all agreed to stop): tear the process group down

@@ -28,8 +28,15 @@ from pipeline.tracking import NullTracker
 class TrainMeter:
     """Loss, accuracy, throughput and data wait of the current logging window."""
 
-    def __init__(self, dist: DistInfo, tracker: NullTracker, log_every: int) -> None:
+    def __init__(
+        self,
+        dist: DistInfo,
+        tracker: NullTracker,
+        log_every: int,
+        accuracy_key: str = "train/top1",  # train/top1_dominant when labels are mixed
+    ) -> None:
         self.dist = dist
+        self.accuracy_key = accuracy_key
         self.device = dist.torch_device
         self.tracker = tracker
         self.every = log_every
@@ -86,7 +93,7 @@ class TrainMeter:
         loss_sum, correct, samples, wait_fraction_sum = totals
         metrics = {
             "train/loss": loss_sum / max(samples, 1.0),
-            "train/top1": 100.0 * correct / max(samples, 1.0),
+            self.accuracy_key: 100.0 * correct / max(samples, 1.0),
             "perf/images_per_s": samples / elapsed,
             "perf/data_wait_frac": wait_fraction_sum / self.dist.world_size,
         }

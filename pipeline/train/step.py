@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from pipeline.augment import BatchAugment, soft_cross_entropy
 from pipeline.data.transforms import normalize
 from pipeline.models import split_outputs
 from pipeline.optim import LearningRateSchedule
@@ -28,6 +29,11 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed for one optimizer step of one rank: dropout depends on (seed, rank, step)
     only."""
     return (seed * 1_000_003 + rank * 7_919 + step * 2_654_435_761) % (2**63 - 1)
+
+
+def mix_seed(seed: int, rank: int, step: int, micro_step: int) -> int:
+    """The seed of one micro-batch's mixup/cutmix/erasing draws: (seed, rank, step, micro) only."""
+    return (step_seed(seed, rank, step) * 131 + micro_step + 1) % (2**63 - 1)
 
 
 class OptimizerStep:
@@ -50,6 +56,7 @@ class OptimizerStep:
         seed: int,
         rank: int,
         aux_weight: float = 0.0,  # each auxiliary classifier's loss weight
+        augment: BatchAugment | None = None,  # mixup / cutmix / random erasing, on the device
     ) -> None:
         self.model = model
         self.step_model = step_model
@@ -65,6 +72,7 @@ class OptimizerStep:
         self.seed = seed
         self.rank = rank
         self.aux_weight = aux_weight
+        self.augment = augment if augment is not None and augment.enabled else None
 
     def __call__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
         """Optimizer step number `step` (0-based) over the next `accum` batches; returns its lr."""
@@ -75,20 +83,26 @@ class OptimizerStep:
                 # after the loader's first draw of the step (starting an epoch's iterator draws
                 # from torch's generator), so nothing the loader does can shift the masks
                 torch.manual_seed(step_seed(self.seed, self.rank, step))
+            inputs = normalize(images)  # float [B, 3, H, W]
+            targets = None  # soft targets [B, C] when the batch is mixed
+            if self.augment is not None:
+                generator = torch.Generator().manual_seed(
+                    mix_seed(self.seed, self.rank, step, micro_step)
+                )
+                inputs, targets = self.augment(inputs, labels, generator)
             last = micro_step == self.accum - 1
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             with sync:
                 with self.autocast():
                     # aux: Inception-v3's and GoogLeNet's auxiliary classifiers, in training
-                    logits, aux = split_outputs(self.step_model(normalize(images)))  # [B, C]
-                    loss = self.criterion(logits.float(), labels)
+                    logits, aux = split_outputs(self.step_model(inputs))  # [B, C]
+                    loss = self.loss(logits, labels, targets)
                     objective = loss
                     for extra in aux:
-                        objective = objective + self.aux_weight * self.criterion(
-                            extra.float(), labels
-                        )
+                        objective = objective + self.aux_weight * self.loss(extra, labels, targets)
                 self.scaler.scale(objective / self.accum).backward()
-            self.meter.add(loss, logits, labels)
+            # mixed labels: accuracy against each sample's larger-weight label
+            self.meter.add(loss, logits, labels if targets is None else targets.argmax(dim=1))
         if self.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
@@ -96,3 +110,12 @@ class OptimizerStep:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return lr
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy against the labels, or against the soft targets of a mixed batch (label
+        smoothing is then already in the targets)."""
+        if targets is None:
+            return self.criterion(logits.float(), labels)
+        return soft_cross_entropy(logits, targets)

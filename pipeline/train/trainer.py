@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint as ckpt
+from pipeline.augment import BatchAugment
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
 from pipeline.errors import EXIT_OK, EXIT_STOPPED
-from pipeline.evaluate import EvalOutput, evaluate, print_final
+from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
 from pipeline.metrics import write_per_class_csv
 from pipeline.models import (
     aux_loss_weight,
@@ -43,6 +44,7 @@ from pipeline.models import (
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.precision import build_autocast, configure_device, resolve_precision
 from pipeline.tracking import build_tracker
+from pipeline.train.ema import WeightEMA
 from pipeline.train.meters import TrainMeter, progress_bar
 from pipeline.train.resume import (
     TrainState,
@@ -95,6 +97,12 @@ class Trainer:
         self.criterion = build_loss(cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.schedule = LearningRateSchedule(cfg, self.steps_per_epoch, planned)
+        self.augment = BatchAugment(cfg.augment, self.num_classes, cfg.optim.label_smoothing)
+        self.ema = (
+            WeightEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
+            if cfg.train.ema_decay
+            else None
+        )
 
         # where training is: a fresh state, or the checkpoint's
         self.state = TrainState()
@@ -115,7 +123,8 @@ class Trainer:
         self.tracker.log(
             {"model/params": self.num_parameters}, self.state.step, self.epoch_position()
         )
-        self.meter = TrainMeter(dist, self.tracker, cfg.train.log_every)
+        accuracy = "train/top1_dominant" if self.augment.mixes else "train/top1"
+        self.meter = TrainMeter(dist, self.tracker, cfg.train.log_every, accuracy)
         self.take_step = OptimizerStep(
             model=self.model,
             step_model=self.step_model,
@@ -131,6 +140,7 @@ class Trainer:
             seed=cfg.train.seed,
             rank=dist.rank,
             aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
+            augment=self.augment,
         )
         self.last_eval_output: EvalOutput | None = None  # this process's latest eval
         self.stop = StopFlag(dist)  # last: from here on a signal means "checkpoint and stop"
@@ -170,6 +180,7 @@ class Trainer:
             "optimizer": ckpt.to_cpu(self.optimizer.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             **state.as_checkpoint(),
             "rng": ckpt.capture_rng_state(),
             "config": config_to_dict(self.cfg),
@@ -183,6 +194,9 @@ class Trainer:
         Every rank's weight fingerprint goes in too: DDP replicas must be identical, and the
         checkpoint shows that they were (and training stops with an error if they are not)."""
         fingerprints = replica_fingerprints(self.model, self.dist)
+        if self.ema is not None:  # every rank's EMA must be identical too
+            ema_prints = replica_fingerprints(self.ema.model, self.dist)
+            fingerprints = [torch.cat(pair) for pair in zip(fingerprints, ema_prints)]
         if any(not torch.equal(fingerprints[0], other) for other in fingerprints[1:]):
             raise RuntimeError(
                 f"DDP replicas diverged at step {state.step}: weight fingerprints differ across "
@@ -211,6 +225,15 @@ class Trainer:
         if data.get("scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
+        if self.ema is not None and data.get("ema") is not None:
+            self.ema.load_state_dict(data["ema"])
+        elif self.ema is not None:
+            self.ema = WeightEMA(
+                self.model, self.cfg.train.ema_decay, self.cfg.train.ema_warmup_steps
+            )
+            logger.warning("%s holds no weight EMA: it starts from the resumed weights", path)
+        elif data.get("ema") is not None:
+            logger.warning("%s holds a weight EMA but train.ema_decay=0: it is dropped", path)
         ckpt.restore_rng_state(data["rng"])
         state = self.state = TrainState.from_checkpoint(data)
         if state.batch_in_epoch:
@@ -294,6 +317,8 @@ class Trainer:
             for _ in range(steps):
                 lr = self.take_step(batches, state.step)
                 state.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, state.step)
                 state.batch_in_epoch += self.accum
                 progress.update(1)
                 logged = self.meter.end_step(
@@ -342,7 +367,7 @@ class Trainer:
                     state.step,
                 )
                 return False
-            is_best = self.observe(output.result.top1)
+            is_best = self.observe(state.last_eval[cfg.eval.best_metric])
         save_epoch = (
             epoch_done and cfg.train.save_every > 0 and state.epoch % cfg.train.save_every == 0
         )
@@ -355,20 +380,22 @@ class Trainer:
             return False
         return True
 
-    def observe(self, top1: float) -> bool:
-        """Best score, early stopping and the plateau schedule after an eval; True when best."""
+    def observe(self, score: float) -> bool:
+        """Best score (eval.best_metric), early stopping and the plateau schedule after an eval;
+        True when best."""
         state = self.state
-        self.schedule.observe(top1)
-        is_best = top1 > state.best_top1
+        self.schedule.observe(score)
+        is_best = score > state.best_top1
         if is_best:
-            state.best_top1 = top1
+            state.best_top1 = score
             state.evals_without_improvement = 0
         else:
             state.evals_without_improvement += 1
         patience = self.cfg.train.early_stop_patience
         if patience and state.evals_without_improvement >= patience and not state.finished:
             logger.info(
-                "early stop: val top-1 has not improved for %d evaluations (best %.2f%%)",
+                "early stop: %s has not improved for %d evaluations (best %.2f%%)",
+                self.cfg.eval.best_metric,
                 patience,
                 state.best_top1,
             )
@@ -413,6 +440,7 @@ class Trainer:
         state = self.state
         interrupted = self.stop.pending if interruptible else None
         broadcast_buffers(self.model, self.dist)  # every rank scores the model rank 0 saves
+        flip_tta = self.cfg.eval.flip_tta
         output = evaluate(
             self.model,
             self.val_loader,
@@ -420,12 +448,26 @@ class Trainer:
             self.dist,
             self.autocast,
             interrupted=interrupted,
+            flip_tta=flip_tta,
         )
+        metrics = output.metrics()
+        if self.ema is not None:  # the EMA's scores beside the raw weights'
+            ema_output = evaluate(
+                self.ema.model,
+                self.val_loader,
+                self.num_classes,
+                self.dist,
+                self.autocast,
+                keep_examples=0,
+                interrupted=interrupted,
+                flip_tta=flip_tta,
+            )
+            metrics.update(ema_named(ema_output.metrics()))
         if interruptible and self.stop.agreed():
             return None
         result = output.result
-        state.last_eval = result.as_metrics()
-        self.tracker.log(result.as_metrics(), state.step, self.epoch_position())
+        state.last_eval = metrics
+        self.tracker.log(metrics, state.step, self.epoch_position())
         logger.info(
             "eval at step %d: val/top1=%.2f val/top5=%.2f val/loss=%.4f val/macro_f1=%.2f "
             "(%d images)",
