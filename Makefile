@@ -59,6 +59,7 @@ bench: setup bench-deps
 	$(RUN) python -m tools.bench_train
 
 lint: setup
+	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 
 clean:

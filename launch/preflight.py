@@ -4,7 +4,7 @@
     python -m launch --nproc 2 -- -m pipeline.train ...   # runs this first by itself
 
 Prints (rank 0) one line such as
-    preflight ok: world_size=4 backend=gloo nodes=2 all_reduce=4 | node 0 vm: ranks 0-1 cpu, cpu | ...
+    preflight ok: world_size=2 backend=gloo nodes=1 all_reduce=2 | node 0 vm: ranks 0-1 cpu, cpu
 and exits 0, or exits 1 with the reason. The process group's timeout (--timeout) bounds how long
 a missing or unreachable rank can stall the all-reduce; forming the world in the first place is
 bounded by torchrun's rendezvous timeouts, which launch/torchrun.py sets.

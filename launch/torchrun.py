@@ -99,8 +99,9 @@ def resolve_host(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise LaunchError(
-            f"rendezvous host {host!r} does not resolve on {socket.gethostname()} ({err.strerror}): "
-            "give the first node's hostname or IP address as it is reachable from every node"
+            f"rendezvous host {host!r} does not resolve on {socket.gethostname()} "
+            f"({err.strerror}): give the first node's hostname or IP address as it is reachable "
+            "from every node"
         ) from None
     return sorted({info[4][0] for info in infos})
 
@@ -149,8 +150,9 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
             )
     elif args.nnodes > 1:
         raise LaunchError(
-            f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT of the first node (the same on "
-            "every node); there is no localhost default, which would leave each node waiting alone"
+            f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT of the first node (the same "
+            "on every node); there is no localhost default, which would leave each node waiting "
+            "alone"
         )
     if not args.rdzv_id or any(c.isspace() or c in ",=" for c in args.rdzv_id):
         raise LaunchError(
@@ -187,7 +189,8 @@ def build_torchrun_command(
             f"--rdzv-conf=join_timeout={timeout},read_timeout={timeout}",
         ]
     command += [
-        "--max-restarts=0",  # a restart after preemption is Slurm's (or your) job, from the checkpoint
+        # a restart after preemption is Slurm's (or your) job, from the checkpoint
+        "--max-restarts=0",
         f"--signals-to-handle={','.join(FORWARDED_SIGNALS)}",
         f"--shutdown-timeout={plan.shutdown_timeout_s}",
         *payload,
@@ -254,7 +257,8 @@ def run_preflight(plan: LaunchPlan) -> int:
         report = read_report(report_file)
     if signum is not None:
         print(
-            f"launch: stopped by {signal.Signals(signum).name} during the preflight; training was not started",
+            f"launch: stopped by {signal.Signals(signum).name} during the preflight; training was "
+            "not started",
             file=sys.stderr,
         )
         return 128 + signum
@@ -270,9 +274,9 @@ def run_preflight(plan: LaunchPlan) -> int:
             reason = (
                 f"rendezvous at {plan.endpoint} (id {preflight_rdzv_id(plan)}) did not form "
                 f"{plan.nnodes} nodes within {plan.rdzv_timeout_s} s: check that "
-                f"{format_host(plan.rdzv_host)} is the first node's address, that port {plan.rdzv_port} "
-                f"is reachable from every node, and that all {plan.nnodes} nodes were started with "
-                "the same --rdzv-endpoint and --rdzv-id"
+                f"{format_host(plan.rdzv_host)} is the first node's address, that port "
+                f"{plan.rdzv_port} is reachable from every node, and that all {plan.nnodes} nodes "
+                "were started with the same --rdzv-endpoint and --rdzv-id"
             )
     else:
         reason = (
@@ -295,7 +299,9 @@ def split_payload(argv: list[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m launch",
-        usage="python -m launch [options] -- -m pipeline.train --config FILE [section.key=value ...]",
+        usage=(
+            "python -m launch [options] -- -m pipeline.train --config FILE [section.key=value ...]"
+        ),
         description=__doc__.split("\n")[0],
     )
     parser.add_argument(
@@ -325,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout",
         type=int,
         default=120,
-        help="seconds workers get to checkpoint after a forwarded signal before SIGKILL (default 120)",
+        help=(
+            "seconds workers get to checkpoint after a forwarded signal before SIGKILL "
+            "(default 120)"
+        ),
     )
     parser.add_argument(
         "--preflight-timeout",
@@ -358,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         if not args.no_preflight:
             print(
-                f"launch: preflight: {shlex.join(build_preflight_command(plan, Path('REPORT.json')))}"
+                "launch: preflight: "
+                f"{shlex.join(build_preflight_command(plan, Path('REPORT.json')))}"
             )
         print(f"launch: {shlex.join(command)}")
         return 0

@@ -101,7 +101,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"{what} {path} does not exist: check the path (checkpoints live in RUN_DIR/checkpoints/)"
+            f"{what} {path} does not exist: check the path (checkpoints live in "
+            "RUN_DIR/checkpoints/)"
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -113,7 +114,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
         )
         raise CheckpointError(
             f"refusing {what} {path}: it needs more than tensors and plain containers to load "
-            f"(weights_only=True: {hint.strip()}); re-save its state_dict with torch.save(model.state_dict(), PATH)"
+            f"(weights_only=True: {hint.strip()}); re-save its state_dict with "
+            "torch.save(model.state_dict(), PATH)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]

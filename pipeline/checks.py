@@ -64,7 +64,10 @@ class CheckReport:
         overfit_verdict = (
             f"ok: 100% in {self.overfit_steps} steps"
             if self.overfit_ok
-            else f"FAILED: {self.overfit_accuracy:.1f}% after {self.overfit_steps} steps (limit {self.overfit_limit})"
+            else (
+                f"FAILED: {self.overfit_accuracy:.1f}% after {self.overfit_steps} steps "
+                f"(limit {self.overfit_limit})"
+            )
         )
         scaled = (
             f" (fp16 with GradScaler, loss scale {self.loss_scale:g})"
@@ -72,7 +75,10 @@ class CheckReport:
             else ""
         )
         return [
-            f"check initial loss: {self.initial_loss:.4f} vs ln({self.num_classes}) = {self.expected_loss:.4f}: {loss_verdict}",
+            (
+                f"check initial loss: {self.initial_loss:.4f} vs ln({self.num_classes}) = "
+                f"{self.expected_loss:.4f}: {loss_verdict}"
+            ),
             f"check overfit one batch of {self.batch_size}: {overfit_verdict}{scaled}",
         ]
 

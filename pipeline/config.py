@@ -48,7 +48,8 @@ class DataConfig:
     )
     train_dir: str = _field(
         "",
-        "train data: class folders (folder/dali) or a shard directory with manifest.json (wds/dali)",
+        "train data: class folders (folder/dali) or a shard directory with manifest.json "
+        "(wds/dali)",
     )
     val_dir: str = _field("", "val data, same forms as train_dir")
     global_batch_size: int = _field(
@@ -79,7 +80,8 @@ class DataConfig:
 class ModelConfig:
     arch: Arch = _field(
         "alexnet",
-        "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or alexnet_lrn (2012 paper)",
+        "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or "
+        "alexnet_lrn (2012 paper)",
     )
     num_classes: int = _field(0, "output classes; 0 takes the count from the training data")
     dropout: float = _field(0.5, "classifier dropout probability")
@@ -121,7 +123,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: ScheduleName = _field(
         "step",
-        "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or constant",
+        "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or "
+        "constant",
     )
     step_epochs: int = _field(30, "step: epochs between decays")
     gamma: float = _field(0.1, "step/plateau: decay factor")
@@ -244,7 +247,8 @@ def _section_hints(section_cls: type) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
-    """A Config from nested {section: {key: value}}; unknown keys and bad types raise ConfigError."""
+    """A Config from nested {section: {key: value}}; unknown keys and bad types raise
+    ConfigError."""
     values = values or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(values).__name__}")
@@ -286,11 +290,13 @@ def validate(config: Config) -> None:
         )
     if not 0 < data.scale_min <= data.scale_max <= 1:
         raise ConfigError(
-            f"data.scale_min/scale_max must satisfy 0 < min <= max <= 1, got {data.scale_min}, {data.scale_max}"
+            f"data.scale_min/scale_max must satisfy 0 < min <= max <= 1, got {data.scale_min}, "
+            f"{data.scale_max}"
         )
     if not 0 < data.ratio_min <= data.ratio_max:
         raise ConfigError(
-            f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, {data.ratio_max}"
+            f"data.ratio_min/ratio_max must satisfy 0 < min <= max, got {data.ratio_min}, "
+            f"{data.ratio_max}"
         )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
@@ -346,7 +352,8 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(
-                f"config file {path} does not exist: pass --config configs/alexnet.yaml or another YAML file"
+                f"config file {path} does not exist: pass --config configs/alexnet.yaml or another "
+                "YAML file"
             )
         try:
             loaded = yaml.safe_load(path.read_text()) or {}

@@ -135,7 +135,8 @@ class FirstBatches:
 
 
 def print_final(metrics: dict[str, float], dist: DistInfo) -> None:
-    """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0 only."""
+    """The one line scripts grep for: `final: val/top1=XX.XX val/top5=YY.YY` (percent), rank 0
+    only."""
     if dist.is_main:
         print(
             f"final: val/top1={metrics['val/top1']:.2f} val/top5={metrics['val/top5']:.2f}",

@@ -133,7 +133,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int) -> AlexNet:
     """The configured AlexNet variant with `num_classes` outputs (fresh weights)."""
     if num_classes < 1:
         raise ConfigError(
-            f"the model needs at least 1 class, got {num_classes}: check the data or model.num_classes"
+            f"the model needs at least 1 class, got {num_classes}: check the data or "
+            "model.num_classes"
         )
     if model_cfg.width_mult <= 0:
         raise ConfigError(f"model.width_mult must be positive, got {model_cfg.width_mult}")
@@ -156,7 +157,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int) -> AlexNet:
 
 
 def resolve_num_classes(model_cfg: ModelConfig, data_classes: int) -> int:
-    """model.num_classes, or the data's count when it is 0; fewer outputs than classes is an error."""
+    """model.num_classes, or the data's count when it is 0; fewer outputs than classes is an
+    error."""
     num_classes = model_cfg.num_classes or data_classes
     if num_classes < data_classes:
         raise ConfigError(
@@ -196,7 +198,8 @@ def check_input_size(size: int, what: str) -> None:
     """AlexNet's pools need >= 63 px; say so instead of failing deep inside max_pool2d."""
     if size < MIN_INPUT_SIZE:
         raise ConfigError(
-            f"{what}={size} is too small for AlexNet (three 3x3/2 max-pools after a stride-4 stem): use at least {MIN_INPUT_SIZE}"
+            f"{what}={size} is too small for AlexNet (three 3x3/2 max-pools after a stride-4 "
+            f"stem): use at least {MIN_INPUT_SIZE}"
         )
 
 
@@ -222,7 +225,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(
-            f"{path} holds no state_dict (a mapping of parameter names to tensors): pass a checkpoint or a saved state_dict"
+            f"{path} holds no state_dict (a mapping of parameter names to tensors): pass a "
+            "checkpoint or a saved state_dict"
         )
     return clean_state_dict(state)
 
@@ -240,17 +244,22 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             if missing
             else f"unexpected {unexpected[:3]}"
             if unexpected
-            else f"shape of {mismatched[0]} is {tuple(state[mismatched[0]].shape)}, model has {tuple(own[mismatched[0]].shape)}"
+            else (
+                f"shape of {mismatched[0]} is {tuple(state[mismatched[0]].shape)}, "
+                f"model has {tuple(own[mismatched[0]].shape)}"
+            )
         )
         raise ConfigError(
-            f"weights in {path} do not fit model (arch, width_mult, classifier_width, num_classes): {detail}"
+            f"weights in {path} do not fit model (arch, width_mult, classifier_width, "
+            f"num_classes): {detail}"
         )
     model.load_state_dict(state)
     logger.info("loaded weights from %s", path)
 
 
 def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
-    """model.finetune: load everything but the head (re-initialized for the new classes); optionally freeze features."""
+    """model.finetune: load everything but the head (re-initialized for the new classes);
+    optionally freeze features."""
     state = read_weights(path)
     head_keys = {f"classifier.{len(model.classifier) - 1}.{name}" for name in ("weight", "bias")}
     body = {k: v for k, v in state.items() if k not in head_keys}
@@ -266,7 +275,8 @@ def load_for_finetune(model: AlexNet, path: str | Path, freeze: str) -> None:
             else f"unexpected {sorted(set(body) - set(own))[:3]}"
         )
         raise ConfigError(
-            f"model.finetune={path} does not fit model (same arch, width_mult and classifier_width needed): {detail}"
+            f"model.finetune={path} does not fit model (same arch, width_mult and classifier_width "
+            f"needed): {detail}"
         )
     model.load_state_dict(body, strict=False)
     apply_freeze(model, freeze)

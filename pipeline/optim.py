@@ -29,7 +29,8 @@ def scaled_lr(cfg: Config) -> float:
 def parameter_groups(
     model: nn.Module, weight_decay: float, no_decay_bias_norm: bool
 ) -> list[dict[str, Any]]:
-    """Trainable parameters; with no_decay_bias_norm, biases and norm weights (ndim <= 1) get no decay."""
+    """Trainable parameters; with no_decay_bias_norm, biases and norm weights (ndim <= 1) get no
+    decay."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if not parameter.requires_grad:
@@ -108,7 +109,8 @@ class LearningRateSchedule:
     def __init__(self, cfg: Config, steps_per_epoch: int, total_steps: int):
         if steps_per_epoch < 1:
             raise ConfigError(
-                "the train loader yields no optimizer step per epoch: use a smaller data.global_batch_size or more data"
+                "the train loader yields no optimizer step per epoch: use a smaller "
+                "data.global_batch_size or more data"
             )
         schedule = cfg.schedule
         if schedule.name == "step" and schedule.step_epochs < 1:
@@ -153,10 +155,12 @@ class LearningRateSchedule:
         return lr
 
     def observe(self, val_top1: float) -> None:
-        """Plateau: after `patience` evaluations without improvement, decay by gamma (like ReduceLROnPlateau, mode max).
+        """Plateau: after `patience` evaluations without improvement, decay by gamma (like
+        ReduceLROnPlateau, mode max).
 
-        schedule.plateau_patience counts evaluations (one per train.eval_every epochs), not epochs;
-        `plateau_bad_epochs` keeps torch's name (and the checkpoint key) but counts evaluations too."""
+        schedule.plateau_patience counts evaluations (one per train.eval_every epochs), not
+        epochs; `plateau_bad_epochs` keeps torch's name (and the checkpoint key) but counts
+        evaluations too."""
         if self.name != "plateau":
             return
         if val_top1 > self.plateau_best:

@@ -11,7 +11,8 @@ def test_readme_config_reference_matches_the_config_dataclasses():
     text = README.read_text()
     block = text[text.index(README_START) + len(README_START) : text.index(README_END)]
     assert block == markdown_reference(), (
-        "README config reference is stale: run `python -m pipeline.config --update-readme README.md`"
+        "README config reference is stale: run "
+        "`python -m pipeline.config --update-readme README.md`"
     )
 
 

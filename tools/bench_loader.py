@@ -1,6 +1,6 @@
 """Loader throughput, images/s per backend on the same data and cores, next to the seed's baseline.
 
-    python -m tools.bench_loader                       # 4096 images, 2 workers, batches of 64, 3 x 8 s each
+    python -m tools.bench_loader  # 4096 images, 2 workers, batches of 64, 3 x 8 s each
     python -m tools.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
     python -m tools.bench_loader --backends baseline folder wds
 
@@ -15,7 +15,8 @@ training device (normalization then happens on the device, so it is not in the l
 Each measurement skips a warm-up (the workers' first batches), then counts images for
 --seconds. Backends take turns for --rounds rounds and the best round counts, so load from
 other jobs on a shared machine hits all of them alike. It also reports CPU milliseconds per
-image (this process, its threads and its worker processes), which other jobs barely change. Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
+image (this process, its threads and its worker processes), which other jobs barely change.
+Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ BACKENDS = ("baseline", "folder", "wds", "dali-cpu", "dali-mixed")
 def build_dataset(
     photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0
 ) -> Path:
-    """cache_dir/images-N/{folders/train, shards/train}: 256 px JPEGs from the photos; reused if complete."""
+    """cache_dir/images-N/{folders/train, shards/train}: 256 px JPEGs from the photos; reused if
+    complete."""
     from PIL import Image
 
     from preprocess.cli import main as preprocess_main
@@ -95,7 +97,8 @@ def build_dataset(
 
 def process_tree_cpu_seconds() -> float:
     """User + system CPU seconds of this process (all threads: DALI) and its live descendants
-    (DataLoader workers), from /proc. Unlike images/s it barely moves when others load the machine."""
+    (DataLoader workers), from /proc. Unlike images/s it barely moves when others load the
+    machine."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
@@ -242,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2 * max(1, args.workers) + 2
     print(
         f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
-        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend, device {device}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {platform.node()}"
+        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend, device "
+        f"{device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
+        f"{torch.__version__}, {platform.node()}"
     )
     loaders = {}
     for backend in args.backends:

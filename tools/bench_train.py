@@ -1,4 +1,5 @@
-"""Training throughput: the model step alone, the step fed by a real loader, and DDP's all-reduce cost.
+"""Training throughput: the model step alone, the step fed by a real loader, and DDP's all-reduce
+cost.
 
     python -m tools.bench_train                                  # CPU-sized defaults, ~1-2 minutes
     python -m tools.bench_train --data DST/folders/train --backend folder
@@ -210,7 +211,8 @@ def measure_loader(args, device, precision, data_dir: Path) -> tuple[float, floa
     total_steps = min(len(loader), args.warmup + args.steps)
     if total_steps <= args.warmup:
         raise SystemExit(
-            f"error: {data_dir} gives {len(loader)} batches of {args.batch_size}: need more than --warmup {args.warmup}"
+            f"error: {data_dir} gives {len(loader)} batches of {args.batch_size}: need more than "
+            f"--warmup {args.warmup}"
         )
     wait = 0.0
     iterator = iter(loader)
@@ -284,20 +286,26 @@ def measure_ddp(args) -> tuple[float, float, int]:
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    return (
+        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device, precision = resolve(args)
     shape = (
-        f"{args.arch} width {args.width_mult} classifier {args.classifier_width}, {args.image_size} px, "
-        f"batch {args.batch_size}, {precision}{', channels_last' if args.channels_last else ''}{', compile' if args.compile else ''}"
+        f"{args.arch} width {args.width_mult} classifier {args.classifier_width}, "
+        f"{args.image_size} px, batch {args.batch_size}, "
+        f"{precision}{', channels_last' if args.channels_last else ''}"
+        f"{', compile' if args.compile else ''}"
     )
     print(f"machine: {describe_machine(device)}; model: {shape}", flush=True)
     if "step" not in args.skip:
         print(
-            f"step:   {measure_step(args, device, precision):9.1f} images/s (synthetic uint8 batches on {device.type})",
+            f"step:   {measure_step(args, device, precision):9.1f} images/s (synthetic uint8 "
+            f"batches on {device.type})",
             flush=True,
         )
     if "loader" not in args.skip:
@@ -308,15 +316,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.backend = "folder"
             rate, wait, steps = measure_loader(args, device, precision, data_dir)
             print(
-                f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} workers, {steps} steps), "
-                f"data wait {100 * wait:.1f}% of wall time",
+                f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} "
+                f"workers, {steps} steps), data wait {100 * wait:.1f}% of wall time",
                 flush=True,
             )
     if "ddp" not in args.skip and device.type == "cpu":
         with_sync, without, gradient_bytes = measure_ddp(args)
         print(
-            f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, {1000 * without:.1f} ms without "
-            f"(no_sync): all-reduce costs {1000 * (with_sync - without):.1f} ms/step for {gradient_bytes / 1e6:.1f} MB of gradients",
+            f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, "
+            f"{1000 * without:.1f} ms without (no_sync): all-reduce costs "
+            f"{1000 * (with_sync - without):.1f} ms/step for {gradient_bytes / 1e6:.1f} MB of "
+            "gradients",
             flush=True,
         )
     return 0

@@ -118,7 +118,8 @@ def cause_line(output: str) -> str:
 def run_stage(
     stage: str, command: list[str], log_path: Path, *, env: dict[str, str], echo: bool
 ) -> str:
-    """Run one stage's command, teeing its output to `log_path` (and the console); return the output."""
+    """Run one stage's command, teeing its output to `log_path` (and the console); return the
+    output."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     chunks: list[bytes] = []
     with open(log_path, "wb") as log:
@@ -301,11 +302,13 @@ def run_demo(options: DemoOptions) -> DemoResult:
         config = load_config(DEMO_CONFIG, train_overrides(options, prepared, run_dir))
     except ConfigError as err:
         raise StageFailed(f"stage 'config' rejected the overrides: {err}") from err
-    # The demo deletes, reads and lists its own run dir: a train.run_dir override would move the run elsewhere.
+    # The demo deletes, reads and lists its own run dir: a train.run_dir override would move the run
+    # elsewhere.
     if Path(config.train.run_dir).resolve() != run_dir:
         raise StageFailed(
-            f"stage 'config' rejected the overrides: train.run_dir={config.train.run_dir} but the demo keeps its "
-            f"run in {run_dir} (it deletes and reports that directory): use --workdir DIR to move it"
+            f"stage 'config' rejected the overrides: train.run_dir={config.train.run_dir} but the "
+            f"demo keeps its run in {run_dir} (it deletes and reports that directory): use "
+            "--workdir DIR to move it"
         )
 
     start = time.perf_counter()
@@ -331,7 +334,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
     )
     seconds["prepare"] = time.perf_counter() - start
 
-    # Each demo trains from scratch: a leftover run dir would otherwise auto-resume and finish at once.
+    # Each demo trains from scratch: a leftover run dir would otherwise auto-resume and finish at
+    # once.
     if run_dir.exists():
         shutil.rmtree(run_dir)
     start = time.perf_counter()
@@ -406,7 +410,9 @@ def shortfalls(result: DemoResult, required_top1: float) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo",
-        description="Real handwritten digits → raw ImageNet layout → prepare → 2-rank DDP training on CPU.",
+        description=(
+            "Real handwritten digits → raw ImageNet layout → prepare → 2-rank DDP training on CPU."
+        ),
     )
     parser.add_argument(
         "--backend",
@@ -435,7 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-top1",
         type=float,
         default=REQUIRED_TOP1,
-        help=f"exit 1 when the final val top-1 (percent) is below this (default {REQUIRED_TOP1:.0f}; 0 never fails)",
+        help=(
+            "exit 1 when the final val top-1 (percent) is below this "
+            f"(default {REQUIRED_TOP1:.0f}; 0 never fails)"
+        ),
     )
     parser.add_argument(
         "overrides",
@@ -477,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {'; '.join(problems)}", file=sys.stderr)
         return 1
     print(
-        f"demo passed: val top-1 {result.top1:.2f}% >= the required {options.required_top1:.0f}% and every artefact written"
+        f"demo passed: val top-1 {result.top1:.2f}% >= the required {options.required_top1:.0f}% "
+        "and every artefact written"
     )
     return 0
 

@@ -6,10 +6,10 @@ The digits (UCI "Optical Recognition of Handwritten Digits", 8x8 pixels, 17 grey
 inside the scikit-learn wheel, so nothing is downloaded. Each digit becomes an upscaled RGB JPEG
 and is filed under a real ImageNet WNID, in exactly the layout Kaggle's ImageNet download has:
 
-    RAW/ILSVRC/Data/CLS-LOC/train/n01440764/n01440764_<sample>.JPEG   # digit 0, sklearn sample index
-    RAW/ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG          # flat, labels only in the CSV
-    RAW/LOC_val_solution.csv                                          # ImageId,PredictionString
-    RAW/LOC_synset_mapping.txt                                        # the real lines for the 10 WNIDs
+    RAW/ILSVRC/Data/CLS-LOC/train/n01440764/n01440764_<sample>.JPEG  # digit 0, sklearn sample index
+    RAW/ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG         # flat, labels only in the CSV
+    RAW/LOC_val_solution.csv                                         # ImageId,PredictionString
+    RAW/LOC_synset_mapping.txt                                       # real lines for the 10 WNIDs
 
 The 10 WNIDs are Imagenette's classes. They are already in sorted order, so digit d is class
 index d (class index = position of the WNID in sorted order, as everywhere in this project).
@@ -133,7 +133,8 @@ def build_demo_raw(
             )
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise FileExistsError(
-            f"{root} exists and is not a finished demo dataset: choose an empty directory or remove it"
+            f"{root} exists and is not a finished demo dataset: choose an empty directory or "
+            "remove it"
         )
 
     digits = load_digits()

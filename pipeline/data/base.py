@@ -36,19 +36,23 @@ class ClassList:
 def decode_error(source: str, err: BaseException, directory_hint: str) -> SampleDecodeError:
     """The one line for an image that cannot be decoded."""
     return SampleDecodeError(
-        f"{source}: cannot decode ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): run "
-        f"`python -m preprocess verify {directory_hint} --decode` to list every bad image, then re-run prepare or remove them"
+        f"{source}: cannot decode ({type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''}): run "
+        f"`python -m preprocess verify {directory_hint} --decode` to list every bad image, then "
+        "re-run prepare or remove them"
     )
 
 
 def per_rank_batch_size(cfg: Config, dist: DistInfo) -> int:
-    """cfg.data.global_batch_size // (world_size * grad_accum_steps); LoaderError if not divisible."""
+    """cfg.data.global_batch_size // (world_size * grad_accum_steps); LoaderError if not
+    divisible."""
     global_batch = cfg.data.global_batch_size
     parts = dist.world_size * cfg.optim.grad_accum_steps
     if global_batch % parts != 0:
         raise LoaderError(
-            f"data.global_batch_size {global_batch} is not divisible by world size {dist.world_size} x "
-            f"optim.grad_accum_steps {cfg.optim.grad_accum_steps} = {parts}: choose a multiple of {parts}"
+            f"data.global_batch_size {global_batch} is not divisible by world size "
+            f"{dist.world_size} x optim.grad_accum_steps {cfg.optim.grad_accum_steps} = {parts}: "
+            f"choose a multiple of {parts}"
         )
     return global_batch // parts
 
@@ -66,15 +70,18 @@ def split_directory(cfg: Config, split: str) -> Path:
     directory = Path(value).expanduser()
     if not directory.exists():
         raise LoaderError(
-            f"data.{key}={directory} does not exist: check the path or run `python -m preprocess prepare`"
+            f"data.{key}={directory} does not exist: check the path or run "
+            "`python -m preprocess prepare`"
         )
     if not directory.is_dir():
         raise LoaderError(
-            f"data.{key}={directory} is not a directory: pass the folder of class folders or of shards"
+            f"data.{key}={directory} is not a directory: pass the folder of class folders or of "
+            "shards"
         )
     if not any(directory.iterdir()):
         raise LoaderError(
-            f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with manifest.json"
+            f"data.{key}={directory} is empty: expected class folders nXXXXXXXX/ or shards with "
+            "manifest.json"
         )
     return directory
 
@@ -85,8 +92,8 @@ def check_same_classes(directory: Path, classes: list[str], reference: Sequence[
         missing = sorted(set(reference) - set(classes))[:3]
         raise LoaderError(
             f"{directory}: lists {len(classes)} classes but the train data lists {len(reference)} "
-            f"(missing e.g. {', '.join(missing) or 'none'}): shard val from class folders holding every train "
-            f"class (an empty folder is enough) so the class indices agree"
+            f"(missing e.g. {', '.join(missing) or 'none'}): shard val from class folders holding "
+            "every train class (an empty folder is enough) so the class indices agree"
         )
 
 
@@ -137,12 +144,14 @@ class Loader:
         with fewer val samples than ranks a rank may read none, and exact eval still all-reduces."""
         if self.split == "train" and self._planned_batches(0) == 0:
             raise LoaderError(
-                f"{directory}: {self.num_samples} {self.split} samples give no full batch of {self.batch_size} per "
-                f"rank on {self.dist.world_size} ranks: lower data.global_batch_size or add data"
+                f"{directory}: {self.num_samples} {self.split} samples give no full batch of "
+                f"{self.batch_size} per rank on {self.dist.world_size} ranks: lower "
+                "data.global_batch_size or add data"
             )
         if self.num_samples == 0:
             raise LoaderError(
-                f"{directory}: the {self.split} split holds no samples: point data.{self.split}_dir at data"
+                f"{directory}: the {self.split} split holds no samples: point "
+                f"data.{self.split}_dir at data"
             )
 
     @property
@@ -150,15 +159,17 @@ class Loader:
         return len(self.classes)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order (reproducible from the seed) and resume after `start_batch` batches."""
+        """Select the epoch's order (reproducible from the seed) and resume after `start_batch`
+        batches."""
         if epoch < 0 or start_batch < 0:
             raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
         full = self._planned_batches(epoch)
         if start_batch > full:
             raise LoaderError(
-                f"start_batch {start_batch} is past the end of {self.split} epoch {epoch}: this rank plans {full} "
-                f"batches of {self.batch_size} on {self.dist.world_size} ranks; a resume point from another world "
-                f"size or data.global_batch_size must be converted first (pipeline.train does) or start at batch 0"
+                f"start_batch {start_batch} is past the end of {self.split} epoch {epoch}: this "
+                f"rank plans {full} batches of {self.batch_size} on {self.dist.world_size} ranks; "
+                "a resume point from another world size or data.global_batch_size must be "
+                "converted first (pipeline.train does) or start at batch 0"
             )
         self.epoch = epoch
         self.start_batch = start_batch
@@ -188,8 +199,8 @@ class Loader:
         if len(set(counts)) != 1:
             raise LoaderError(
                 f"ranks plan different numbers of {self.split} batches for epoch {self.epoch} "
-                f"(start_batch {self.start_batch}): {counts}; every rank must use the same data, config "
-                f"and resume point"
+                f"(start_batch {self.start_batch}): {counts}; every rank must use the same data, "
+                "config and resume point"
             )
 
     # Backends implement these.
@@ -202,6 +213,7 @@ class Loader:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(split={self.split!r}, samples={self.num_samples}, classes={self.num_classes}, "
-            f"batch_size={self.batch_size}, rank={self.dist.rank}/{self.dist.world_size}, batches={len(self)})"
+            f"{type(self).__name__}(split={self.split!r}, samples={self.num_samples}, "
+            f"classes={self.num_classes}, batch_size={self.batch_size}, "
+            f"rank={self.dist.rank}/{self.dist.world_size}, batches={len(self)})"
         )

@@ -1,7 +1,8 @@
-"""The `dali` backend: NVIDIA DALI over class folders (fn.readers.file) or shards (fn.readers.webdataset).
+"""The `dali` backend: NVIDIA DALI over class folders (fn.readers.file) or shards
+(fn.readers.webdataset).
 
-    python -m pipeline.train --config configs/alexnet.yaml data.backend=dali data.dali_decode=mixed \
-        data.train_dir=DST/train data.val_dir=DST/val
+    python -m pipeline.train --config configs/alexnet.yaml data.backend=dali \
+        data.dali_decode=mixed data.train_dir=DST/train data.val_dir=DST/val
 
 A directory with manifest.json is read as shards, any other as class folders. Decoding is
 `mixed` (nvJPEG on the GPU) or `cpu` (a CPU-only pipeline, `device_id=None`: how CI runs it);
@@ -68,8 +69,9 @@ def resolve_decode(requested: str, dist: DistInfo) -> str:
         return "mixed" if on_gpu else "cpu"
     if requested == "mixed" and not on_gpu:
         raise LoaderError(
-            f"data.dali_decode=mixed decodes on the GPU (nvJPEG) but the training device is {dist.device} "
-            f"(CUDA available: {torch.cuda.is_available()}): use data.dali_decode=cpu or auto"
+            "data.dali_decode=mixed decodes on the GPU (nvJPEG) but the training device is "
+            f"{dist.device} (CUDA available: {torch.cuda.is_available()}): use "
+            "data.dali_decode=cpu or auto"
         )
     return requested
 
@@ -154,7 +156,8 @@ def images_to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 
 
 class DaliLoader(Loader):
-    """Shared driving: one pipeline per epoch, `len(self)` runs, the partial last val batch trimmed."""
+    """Shared driving: one pipeline per epoch, `len(self)` runs, the partial last val batch
+    trimmed."""
 
     backend = "dali"
 
@@ -170,7 +173,8 @@ class DaliLoader(Loader):
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
 
     def _reader(self, epoch: int, start_batch: int):
-        """The reader of this rank's remaining samples of `epoch`: (encoded images, labels) graph nodes."""
+        """The reader of this rank's remaining samples of `epoch`: (encoded images, labels) graph
+        nodes."""
         raise NotImplementedError
 
     def _labels(self, tensor_list) -> torch.Tensor:
@@ -264,25 +268,28 @@ class DaliFolderLoader(DaliLoader):
 
 
 def read_index_lines(tar: Path, expected: int) -> tuple[str, list[str]]:
-    """(version, per-sample lines) of the DALI index next to `tar`, checked against the manifest count.
+    """(version, per-sample lines) of the DALI index next to `tar`, checked against the manifest
+    count.
 
     The version matters: v1.2 lines list (ext, offset, size, file name) per member, older ones
     (ext, offset, size), so the per-rank indexes cut from these lines keep this header."""
     index = tar.with_name(dali_index_name(tar.name))
     if not index.is_file():
         raise LoaderError(
-            f"{index}: DALI index missing next to {tar.name}: re-run `python -m preprocess shard` to rewrite it"
+            f"{index}: DALI index missing next to {tar.name}: re-run `python -m preprocess shard` "
+            "to rewrite it"
         )
     lines = index.read_text().splitlines()
     header = lines[0].split() if lines else []
     if len(header) != 2 or not header[0].startswith("v1") or header[1] != str(len(lines) - 1):
         raise LoaderError(
-            f"{index}: not a DALI v1.x index (header {lines[:1]}): re-run `python -m preprocess shard`"
+            f"{index}: not a DALI v1.x index (header {lines[:1]}): re-run "
+            "`python -m preprocess shard`"
         )
     if len(lines) - 1 != expected:
         raise LoaderError(
-            f"{index}: indexes {len(lines) - 1} samples but the manifest says {expected}: the index does not "
-            f"match the tar; re-run `python -m preprocess shard`"
+            f"{index}: indexes {len(lines) - 1} samples but the manifest says {expected}: the "
+            "index does not match the tar; re-run `python -m preprocess shard`"
         )
     return header[0], lines[1:]
 

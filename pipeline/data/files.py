@@ -21,7 +21,8 @@ from preprocess.images import IMAGE_SUFFIXES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.synsets import folder_classes
 
-# the suffixes preprocessing reads (lower case): one definition, so a folder prepare accepted loads here too
+# the suffixes preprocessing reads (lower case): one definition, so a folder prepare accepted loads
+# here too
 IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 
@@ -30,7 +31,8 @@ def list_class_folders(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(classes, file paths, labels) of DIR/<class>/<file>, files sorted within each class.
 
-    With `classes` given (the train split's), labels index into it and a folder outside it is an error.
+    With `classes` given (the train split's), labels index into it and a folder outside it is an
+    error.
     """
     if (directory / MANIFEST_NAME).is_file():
         raise LoaderError(
@@ -51,8 +53,8 @@ def list_class_folders(
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise LoaderError(
-                f"{directory} has class folders the train split lacks ({', '.join(unknown[:3])}...): "
-                f"train and val must come from the same class list"
+                f"{directory} has class folders the train split lacks "
+                f"({', '.join(unknown[:3])}...): train and val must come from the same class list"
             )
     class_index = {name: index for index, name in enumerate(classes)}
     paths: list[str] = []
@@ -71,7 +73,8 @@ def list_class_folders(
         labels.extend([class_index[name]] * len(files))
     if not paths:
         raise LoaderError(
-            f"{directory} has class folders but no images in them (none of {', '.join(IMAGE_EXTENSIONS)})"
+            f"{directory} has class folders but no images in them (none of "
+            f"{', '.join(IMAGE_EXTENSIONS)})"
         )
     return classes, paths, np.asarray(labels, dtype=np.int64)
 

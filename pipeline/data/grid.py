@@ -2,7 +2,8 @@
 
     from pipeline.data.grid import save_batch_grid
     images, labels = next(iter(loader))
-    save_batch_grid(images, labels, [loader.class_names.get(w, w) for w in loader.classes], run_dir / "plots/train_batch.png")
+    names = [loader.class_names.get(w, w) for w in loader.classes]
+    save_batch_grid(images, labels, names, run_dir / "plots/train_batch.png")
 
 If the crops, flips or labels are wrong, it shows here before any GPU hour is spent.
 """
@@ -28,7 +29,8 @@ def save_batch_grid(
     """Write the first `max_images` of a batch as a labelled PNG; returns the path.
 
     Args:
-        images: [N,3,H,W] uint8 as loaders yield them, or float as `normalize` made them (undone here).
+        images: [N,3,H,W] uint8 as loaders yield them, or float as `normalize` made them
+            (undone here).
         labels: class indices; the caption is "index name" with `class_names[index]`.
     """
     images = images[:max_images].detach()

@@ -42,7 +42,8 @@ from preprocess.manifest import MANIFEST_NAME, Manifest, ManifestError, check_fi
 
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block of `num_samples` (DALI's reader sharding formula)."""
+    """[start, stop) of rank's contiguous block of `num_samples` (DALI's reader sharding
+    formula)."""
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
@@ -56,7 +57,8 @@ class IndexPlan:
     seed: int
 
     def rank_indices(self, epoch: int) -> np.ndarray:
-        """Dataset indices this rank reads in `epoch`, in reading order (train: trimmed to whole batches)."""
+        """Dataset indices this rank reads in `epoch`, in reading order (train: trimmed to whole
+        batches)."""
         if self.train:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
             per_rank = self.num_samples // self.world_size
@@ -83,8 +85,9 @@ def open_manifest(directory: Path, split: str) -> tuple[Manifest, list[Path]]:
     """The manifest and tar paths of a shard directory, with the loader's one-line errors."""
     if not (directory / MANIFEST_NAME).is_file():
         raise LoaderError(
-            f"{directory} has no {MANIFEST_NAME}, so it is not a shard directory: for class folders use "
-            f"data.backend=folder (or dali); to make shards run `python -m preprocess shard SRC DST --split {split}`"
+            f"{directory} has no {MANIFEST_NAME}, so it is not a shard directory: for class "
+            "folders use data.backend=folder (or dali); to make shards run "
+            f"`python -m preprocess shard SRC DST --split {split}`"
         )
     try:
         manifest = read_manifest(directory)
@@ -179,7 +182,8 @@ class ShardReadPlan:
         return count // self.batch_size if self.train else -(-count // self.batch_size)
 
     def worker_block(self, epoch: int, worker: int) -> WorkerBlock:
-        """Logical worker `worker`'s contiguous sub-block: the rank batches j with j % workers == worker."""
+        """Logical worker `worker`'s contiguous sub-block:
+        the rank batches j with j % workers == worker."""
         start, count = self.rank_samples()
         total_batches = self.num_batches()
         sizes = []

@@ -1,6 +1,7 @@
 """The augmentation contract, written once and honoured by every backend.
 
-    train: RandomResizedCrop(train_crop, scale=(scale_min, scale_max), ratio=(ratio_min, ratio_max)),
+    train: RandomResizedCrop(train_crop, scale=(scale_min, scale_max),
+                             ratio=(ratio_min, ratio_max)),
            then a horizontal flip with probability flip_prob;
     val:   resize the short side to val_resize, then center-crop val_crop.
 
@@ -37,7 +38,8 @@ _NORMALIZE_CACHE: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, tor
 
 
 def normalize(images_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [N,3,H,W] → `dtype` (x/255 - mean)/std, on the images' device, keeping the memory format."""
+    """uint8 [N,3,H,W] → `dtype` (x/255 - mean)/std, on the images' device, keeping the memory
+    format."""
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images, got {images_uint8.dtype}")
     key = (images_uint8.device, dtype)
@@ -100,7 +102,8 @@ def sample_crop_box(
     ratio: tuple[float, float],
     rng: RandomSource,
 ) -> tuple[int, int, int, int]:
-    """(top, left, crop_height, crop_width): torchvision's RandomResizedCrop.get_params, draw for draw.
+    """(top, left, crop_height, crop_width): torchvision's RandomResizedCrop.get_params, draw for
+    draw.
 
     Ten tries at a random area fraction and log-uniform aspect ratio that fit inside the image,
     then the same fallback: a center crop clamped to the ratio range.
@@ -169,7 +172,8 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 def _draft_for_box(image: Image.Image, box_width: float, box_height: float, out_size: int) -> float:
-    """Ask the JPEG decoder for the smallest DCT scale keeping the box >= out_size; returns the scale."""
+    """Ask the JPEG decoder for the smallest DCT scale keeping the box >= out_size; returns the
+    scale."""
     if image.format != "JPEG":
         return 1.0
     reduction = 1
@@ -210,7 +214,8 @@ def decode_train(data: bytes | str, aug: Augmentation, rng: random.Random) -> np
 
 
 def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
-    """JPEG bytes (or a path) → uint8 [val_crop, val_crop, 3]: short side to val_resize, center crop."""
+    """JPEG bytes (or a path) → uint8 [val_crop, val_crop, 3]: short side to val_resize, center
+    crop."""
     with _open(data) as image:
         width, height = image.size
         left, top, right, bottom = val_geometry(width, height, aug.val_resize, aug.val_crop)

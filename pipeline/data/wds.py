@@ -1,4 +1,5 @@
-"""The `wds` backend: WebDataset shards (DST/{train,val}/imagenet-*.tar + manifest.json) + DataLoader.
+"""The `wds` backend: WebDataset shards (DST/{train,val}/imagenet-*.tar + manifest.json) +
+DataLoader.
 
     python -m pipeline.train --config configs/alexnet.yaml data.backend=wds \
         data.train_dir=DST/train data.val_dir=DST/val
@@ -114,7 +115,8 @@ class ShardStream(IterableDataset):
         assert workers == self.plan.num_workers, (
             f"plan for {self.plan.num_workers} workers, running {workers}"
         )
-        # resuming at batch k: physical worker 0 must produce rank batch k (the DataLoader polls it first)
+        # resuming at batch k: physical worker 0 must produce rank batch k (the DataLoader polls it
+        # first)
         logical = (physical + start_batch) % workers
         skip_batches = max(0, (start_batch - logical + workers - 1) // workers)
         block = self.plan.worker_block(epoch, logical)

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     plots = commands.add_parser(
         "plots",
-        help="write RUN_DIR/plots/*.png from metrics.jsonl (+ prediction grid from the best checkpoint)",
+        help=(
+            "write RUN_DIR/plots/*.png from metrics.jsonl (+ prediction grid from the best "
+            "checkpoint)"
+        ),
     )
     plots.add_argument("run_dir", type=Path)
     plots.add_argument(

@@ -11,7 +11,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of RUN_DIR/metrics.jsonl; a resumed run may repeat steps, the last row per step wins per key."""
+    """The rows of RUN_DIR/metrics.jsonl; a resumed run may repeat steps, the last row per step wins
+    per key."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
@@ -24,7 +25,8 @@ _BLOCK = 32768  # LevelDB log block size used by the .wandb transaction log
 
 
 def read_wandb_records(path: str | Path):
-    """Yield the protobuf Records of a .wandb file (LevelDB log format: 32 KiB blocks, 7-byte record headers)."""
+    """Yield the protobuf Records of a .wandb file (LevelDB log format: 32 KiB blocks, 7-byte record
+    headers)."""
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class NullTracker:
-    """What non-main ranks (and logger.wandb=disabled plus no run dir) get: every call does nothing."""
+    """What non-main ranks (and logger.wandb=disabled plus no run dir) get: every call does
+    nothing."""
 
     run_id: str = ""
 
@@ -101,7 +102,8 @@ def _wandb_image(path: Path):
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """auto → online when WANDB_API_KEY is set, else offline; WANDB_MODE=disabled/offline in the env wins over auto."""
+    """auto → online when WANDB_API_KEY is set, else offline; WANDB_MODE=disabled/offline in the env
+    wins over auto."""
     if mode != "auto":
         return mode
     env_mode = os.environ.get("WANDB_MODE", "")

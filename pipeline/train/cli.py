@@ -1,10 +1,11 @@
 """Train, evaluate or sanity-check AlexNet with DDP and AMP.
 
-    python -m pipeline.train --config configs/alexnet.yaml data.train_dir=DST/train data.val_dir=DST/val
-    torchrun --nproc_per_node=8 -m pipeline.train --config configs/alexnet.yaml   # one node, 8 GPUs
-    python -m pipeline.train --config configs/alexnet.yaml --evaluate              # latest checkpoint
+    python -m pipeline.train --config configs/alexnet.yaml \
+        data.train_dir=DST/train data.val_dir=DST/val
+    torchrun --nproc_per_node=8 -m pipeline.train --config configs/alexnet.yaml  # one node, 8 GPUs
+    python -m pipeline.train --config configs/alexnet.yaml --evaluate  # latest checkpoint
     python -m pipeline.train --config configs/alexnet.yaml --evaluate --init-from alexnet-owt.pth
-    python -m pipeline.train --config configs/tiny.yaml --check                    # ln(C) + overfit one batch
+    python -m pipeline.train --config configs/tiny.yaml --check  # ln(C) + overfit one batch
     python -m pipeline.train --config configs/alexnet.yaml --finetune best.pt --freeze features
 
 Any `section.key=value` after the flags overrides the YAML (see pipeline/config.py).
@@ -61,7 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument(
         "--evaluate",
         action="store_true",
-        help="only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from weights",
+        help=(
+            "only evaluate: --resume PATH, else RUN_DIR/checkpoints/last.pt, else --init-from "
+            "weights"
+        ),
     )
     mode.add_argument(
         "--check",
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.resume is not None and not args.resume.is_file():
         print(
-            f"error: --resume {args.resume} does not exist: pass a checkpoint file (RUN_DIR/checkpoints/last.pt)",
+            f"error: --resume {args.resume} does not exist: pass a checkpoint file "
+            "(RUN_DIR/checkpoints/last.pt)",
             file=sys.stderr,
         )
         return EXIT_USAGE

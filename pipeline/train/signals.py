@@ -41,7 +41,8 @@ class StopFlag:
             self.received = signum
             # logging from a handler is not re-entrant safe; write one line directly
             sys.stderr.write(
-                f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this step\n"
+                f"rank {self.dist.rank}: got {signal.Signals(signum).name}, saving after this "
+                "step\n"
             )
 
     def pending(self) -> bool:

@@ -24,7 +24,8 @@ from pipeline.train.meters import TrainMeter
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
-    """The torch seed for one optimizer step of one rank: dropout depends on (seed, rank, step) only."""
+    """The torch seed for one optimizer step of one rank: dropout depends on (seed, rank, step)
+    only."""
     return (seed * 1_000_003 + rank * 7_919 + step * 2_654_435_761) % (2**63 - 1)
 
 

@@ -170,7 +170,8 @@ class Trainer:
         fingerprints = replica_fingerprints(self.model, self.dist)
         if any(not torch.equal(fingerprints[0], other) for other in fingerprints[1:]):
             raise RuntimeError(
-                f"DDP replicas diverged at step {state.step}: weight fingerprints differ across ranks"
+                f"DDP replicas diverged at step {state.step}: weight fingerprints differ across "
+                "ranks"
             )
         if self.dist.is_main:
             started = time.perf_counter()
@@ -364,7 +365,8 @@ class Trainer:
         return EXIT_STOPPED
 
     def epoch_loader(self, epoch: int) -> Loader:
-        """The train loader; an interrupted wds epoch finishes with the checkpoint's worker count."""
+        """The train loader; an interrupted wds epoch finishes with the checkpoint's worker
+        count."""
         if self.resume_loader is not None and epoch != self.resume_epoch:
             self.resume_loader = None  # its workers go with it
         return self.resume_loader or self.train_loader

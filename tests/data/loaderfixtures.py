@@ -60,7 +60,8 @@ def write_class_folders(
 
 @pytest.fixture(scope="session")
 def tiny_folders(tmp_path_factory) -> dict:
-    """folders/{train,val}/<wnid>/*.JPEG: 8 classes, 61 train and 27 val images (uneven on purpose)."""
+    """folders/{train,val}/<wnid>/*.JPEG: 8 classes, 61 train and 27 val images (uneven on
+    purpose)."""
     root = tmp_path_factory.mktemp("tiny-imagenet")
     train = write_class_folders(root / "folders" / "train", [8, 7, 8, 8, 7, 8, 7, 8])
     val = write_class_folders(root / "folders" / "val", [4, 3, 3, 4, 3, 3, 4, 3], first_id=100)
@@ -118,7 +119,8 @@ def make_shards(src: Path, dst: Path, split: str, shard_size: int) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_folders) -> dict:
-    """The tiny folders as shards: train in shards of 10 (61 → 6×10 + 1), val in shards of 4 (27 → 6×4 + 3)."""
+    """The tiny folders as shards: train in shards of 10 (61 → 6×10 + 1),
+    val in shards of 4 (27 → 6×4 + 3)."""
     root = tiny_folders["root"]
     return {
         **tiny_folders,

@@ -206,7 +206,7 @@ def test_val_with_two_workers_on_each_of_two_ranks_reads_every_sample_once(setup
     assert sorted(seen) == sorted(sample_id for _, sample_id in setup[1]["val_ids"])
 
 
-def test_val_on_more_ranks_than_samples_gives_empty_ranks_zero_batches_and_still_reads_every_sample_once(
+def test_val_on_more_ranks_than_samples_gives_empty_ranks_zero_batches_and_reads_every_sample_once(
     setup,
 ):
     from pipeline.distributed import DistInfo
@@ -262,7 +262,8 @@ def gradient_data(tmp_path_factory):
 def test_train_crops_follow_the_random_resized_crop_and_flip_contract(
     gradient_data, backend, layout
 ):
-    """Read each crop's box back from the gradient: area, aspect ratio and flips like torchvision's."""
+    """Read each crop's box back from the gradient: area, aspect ratio and flips like
+    torchvision's."""
     import numpy as np
     from PIL import Image
     from torchvision import transforms as tv

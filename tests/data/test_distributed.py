@@ -54,7 +54,7 @@ def test_train_batch_counts_are_equal_on_both_ranks_and_the_ranks_are_disjoint(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS)
-def test_shuffle_differs_per_epoch_repeats_for_the_same_seed_and_resume_continues_the_epoch_on_each_rank(
+def test_shuffle_differs_per_epoch_repeats_for_one_seed_and_resume_continues_the_epoch_on_each_rank(
     two_rank_report, key
 ):
     for rank in two_rank_report[key]:

@@ -225,7 +225,8 @@ def test_dali_shards_with_older_v1_1_indexes_are_read_with_their_own_index_versi
 
 
 def corrupt_first_image(directory, layout):
-    """Overwrite the first image's bytes with zeros (same size, so tars and manifests still line up)."""
+    """Overwrite the first image's bytes with zeros (same size, so tars and manifests still line
+    up)."""
     import tarfile
 
     if layout == "tiny_folders":

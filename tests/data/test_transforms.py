@@ -29,7 +29,8 @@ PHOTO = Path(__file__).parent / "fixtures" / "photo.jpg"  # a real 570x401 photo
 
 
 class TorchDraws:
-    """A RandomSource drawing from torch's global RNG exactly as RandomResizedCrop.get_params does."""
+    """A RandomSource drawing from torch's global RNG exactly as RandomResizedCrop.get_params
+    does."""
 
     def uniform(self, a, b):
         return torch.empty(1).uniform_(a, b).item()
@@ -62,7 +63,8 @@ def test_crop_box_falls_back_to_a_ratio_clamped_center_crop_like_torchvision():
             raise AssertionError("no try may succeed")
 
     for width, height in [(400, 100), (100, 400), (120, 100), (90, 120)]:
-        # scale (2, 2): twice the image area never fits, so all 10 tries fail in both implementations
+        # scale (2, 2): twice the image area never fits, so all 10 tries fail in both
+        # implementations
         expected = tv.RandomResizedCrop.get_params(
             Image.new("RGB", (width, height)), [2.0, 2.0], [3 / 4, 4 / 3]
         )

@@ -186,7 +186,10 @@ def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
         top1=12.0, top5=50.0, chance=10.0, run_dir=tmp_path, artefacts=everything, seconds={}
     )
     assert shortfalls(low, 50.0) == [
-        f"val top-1 12.00% is below the required 50% (chance 10%): the run did not learn; see {tmp_path}"
+        (
+            "val top-1 12.00% is below the required 50% (chance 10%): the run did not learn; "
+            f"see {tmp_path}"
+        )
     ]
     assert shortfalls(low, 0.0) == []
     partial = {k: v for k, v in everything.items() if k != "prediction grid PNG"}

@@ -26,7 +26,8 @@ from tools.demo_data import (
     split_indices,
 )
 
-# the ILSVRC2012 metadata copied unchanged into tests/fixtures-data, and the SHA-256 of Kaggle's file
+# the ILSVRC2012 metadata copied unchanged into tests/fixtures-data, and the SHA-256 of Kaggle's
+# file
 FIXTURE_MAPPING = Path(__file__).resolve().parents[1] / "fixtures-data" / "LOC_synset_mapping.txt"
 KAGGLE_MAPPING_SHA256 = "4f04dc0131b72a3463ac1ff62df6d2da5d98388e1f843f542a44f81898188ceb"
 
@@ -69,7 +70,8 @@ def test_kaggle_csv_is_read_by_the_projects_label_reader_and_matches_the_images(
 
 
 def test_val_label_is_the_digit_drawn_in_the_image(demo_raw):
-    """Each val JPEG, decoded and shrunk to 8x8, is nearest to a training digit of its labelled class."""
+    """Each val JPEG, decoded and shrunk to 8x8, is nearest to a training digit of its labelled
+    class."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

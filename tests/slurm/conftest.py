@@ -66,7 +66,8 @@ def tiny_images(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def raw_with_an_undecodable_image(tmp_path) -> Path:
-    """RAW/train (4 classes x 4) and RAW/val (4 x 2) class folders plus one .JPEG that is not an image."""
+    """RAW/train (4 classes x 4) and RAW/val (4 x 2) class folders plus one .JPEG that is not an
+    image."""
     root = tmp_path / "raw-bad"
     write_class_folders(root / "train", per_class=4, seed=3)
     write_class_folders(root / "val", per_class=2, seed=4)

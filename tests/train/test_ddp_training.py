@@ -93,7 +93,8 @@ def test_sigterm_mid_epoch_then_sigkill_then_resume_ends_with_the_uninterrupted_
     run_dir = tmp_path / "run"
     argv = tiny_args(tiny_data, run_dir, *RECIPE)
 
-    # 1. srun-style launch (one process per rank); SIGTERM both ranks mid-epoch, as Slurm preemption does
+    # 1. srun-style launch (one process per rank); SIGTERM both ranks mid-epoch, as Slurm preemption
+    # does
     ranks = launch_ranks(2, argv, tmp_path)
     try:
         wait_for(lambda: latest_step(run_dir) >= 3, 180, "step 3", ranks)
@@ -153,8 +154,8 @@ def _kill(pid: int) -> None:
 
 
 def test_two_ranks_with_a_single_val_image_train_and_evaluate_it_exactly_once(tiny_data, tmp_path):
-    """Rank 0's val block is empty ([0, 0) of 1 image over 2 ranks): it evaluates 0 batches and still
-    joins the all-reduce; the final line counts the one image, and nobody hangs."""
+    """Rank 0's val block is empty ([0, 0) of 1 image over 2 ranks): it evaluates 0 batches and
+    still joins the all-reduce; the final line counts the one image, and nobody hangs."""
     import shutil
 
     data = tmp_path / "data"

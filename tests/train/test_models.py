@@ -1,4 +1,5 @@
-"""Model variants: torchvision compatibility, the BN and LRN variants, weights from files, fine-tuning."""
+"""Model variants: torchvision compatibility, the BN and LRN variants, weights from files,
+fine-tuning."""
 
 from __future__ import annotations
 

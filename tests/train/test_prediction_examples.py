@@ -14,7 +14,8 @@ from pipeline.evaluate import evaluate
 
 
 def test_prediction_examples_spread_over_class_ordered_val_folders(tiny_data):
-    """17 val images in class order (5, 4, 4, 4) in batches of 4: 4 examples are one per class, not 4 of class 0."""
+    """17 val images in class order (5, 4, 4, 4) in batches of 4: 4 examples are one per class,
+    not 4 of class 0."""
     cfg = build_config(
         {
             "data": {

@@ -145,7 +145,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_exact_batch_and_matches_an_unint
 
 
 @pytest.mark.parametrize("when", ["last step of the epoch", "epoch-end eval"])
-def test_a_sigterm_at_the_end_of_an_epoch_resumes_with_that_epochs_eval_and_the_uninterrupted_weights(
+def test_a_sigterm_at_an_epochs_end_resumes_with_that_epochs_eval_and_the_uninterrupted_weights(
     when, tiny_data, tmp_path, capsys
 ):
     """A real SIGTERM to this process, sent from a forward pre-hook either in the epoch's 10th
@@ -204,7 +204,8 @@ def test_a_sigterm_at_the_end_of_an_epoch_resumes_with_that_epochs_eval_and_the_
 def test_check_passes_on_the_tiny_data_and_fails_when_the_overfit_budget_is_too_small(
     tiny_data, tmp_path, capsys
 ):
-    """The passing run is fp16 (CPU autocast): its overfit steps go through a GradScaler, as training's do."""
+    """The passing run is fp16 (CPU autocast): its overfit steps go through a GradScaler, as
+    training's do."""
     assert main([*tiny_args(tiny_data, tmp_path / "run", "train.precision=fp16"), "--check"]) == 0
     out = capsys.readouterr().out
     assert (
@@ -331,7 +332,8 @@ def test_a_frozen_finetune_run_resumes_with_its_features_still_frozen_and_evalua
 ):
     """The resume path builds the model without loading the fine-tune weights; it must still freeze
     the conv base, or the optimizer has more parameters than the checkpoint's and refuses it.
-    --evaluate with the same flags scores the run's last.pt, not the backbone with a new random head."""
+    --evaluate with the same flags scores the run's last.pt, not the backbone with a new random
+    head."""
     source = tmp_path / "source"
     assert main(tiny_args(tiny_data, source, "train.max_steps=2")) == 0
     weights = source / "checkpoints/last.pt"
@@ -354,7 +356,8 @@ def test_a_frozen_finetune_run_resumes_with_its_features_still_frozen_and_evalua
     assert json.loads((run_dir / "eval.json").read_text())["weights"] == str(
         run_dir / "checkpoints/last.pt"
     )
-    # model.finetune alone, with no fine-tune checkpoint to score: one line, not a random head's accuracy
+    # model.finetune alone, with no fine-tune checkpoint to score: one line, not a random head's
+    # accuracy
     assert main([*tiny_args(tiny_data, tmp_path / "empty"), *finetune, "--evaluate"]) == 2
     assert "model.finetune" in capsys.readouterr().err
 
@@ -372,7 +375,8 @@ def test_gradient_accumulation_takes_the_same_steps_as_one_big_batch(tiny_data, 
 
 def settled_wandb_history(run_dir, keys, timeout_s=30.0):
     """The offline run's history once it holds `keys`: wandb-core, a separate process, can still be
-    flushing the .wandb log for a moment after run.finish() returns (seen once on a loaded machine)."""
+    flushing the .wandb log for a moment after run.finish() returns (seen once on a loaded
+    machine)."""
     deadline = time.monotonic() + timeout_s
     while True:
         history = read_wandb_history(run_dir)
@@ -573,7 +577,8 @@ def test_a_wds_resume_with_another_worker_count_finishes_the_epoch_exactly_as_un
     tiny_shards, tmp_path, capsys
 ):
     """The wds order inside an epoch depends on data.num_workers: stopped at batch 3 of epoch 1 with
-    2 workers and resumed with 1, epoch 1 must still end bit-identical to an uninterrupted 2-worker run."""
+    2 workers and resumed with 1, epoch 1 must still end bit-identical to an uninterrupted
+    2-worker run."""
     common = ("data.backend=wds", "train.log_every=1")
     assert (
         main(

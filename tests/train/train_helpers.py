@@ -1,4 +1,5 @@
-"""Helpers shared by the training tests: argv for the tiny config and torchrun/subprocess launchers."""
+"""Helpers shared by the training tests: argv for the tiny config and torchrun/subprocess
+launchers."""
 
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def free_port() -> int:
 
 
 def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subprocess.Popen]:
-    """Start `python -m pipeline.train ARGV` once per rank with RANK/WORLD_SIZE/MASTER_* set, as srun
-    without torchrun does (pipeline.distributed reads the same variables)."""
+    """Start `python -m pipeline.train ARGV` once per rank with RANK/WORLD_SIZE/MASTER_* set, as
+    srun without torchrun does (pipeline.distributed reads the same variables)."""
     port = free_port()
     processes = []
     for rank in range(world_size):
@@ -147,8 +148,8 @@ def latest_step(run_dir: Path) -> int:
 
 
 def run_gloo_ranks(world_size: int, function, *args, timeout: float = 120) -> list:
-    """`function(dist, *args)` in `world_size` spawned processes joined by a gloo group (no torchrun);
-    returns each rank's result (or the exception it raised), in rank order."""
+    """`function(dist, *args)` in `world_size` spawned processes joined by a gloo group (no
+    torchrun); returns each rank's result (or the exception it raised), in rank order."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
