@@ -42,12 +42,12 @@ Writes, under DST:
     folders/{split}/selection.json             with a subset: what it chose (the manifest's
                                                `subset`, which `verify` re-derives)
 
-Other datasets (docs/datasets.md): CIFAR-10/100 (`cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`;
-`--dataset cifar100-coarse` for the 20 superclasses) and MNIST, Fashion-MNIST, KMNIST (the four
-IDX files) are read as downloaded; their test split becomes val, class k is folder `n%08d`
-(preprocess/synsets.py `class_wnid`) with the real names in the manifest, and their images keep
-their size (32 / 28 px) unless --short-side says otherwise, as quality 95, 4:4:4 JPEGs
-(`--quality 100` is near-lossless: the bound is in docs/datasets.md).
+Other datasets (docs/datasets.md): CIFAR-10/100 (`cifar-10-python.tar.gz`,
+`cifar-100-python.tar.gz`; `--dataset cifar100-coarse` for the 20 superclasses) and MNIST,
+Fashion-MNIST, KMNIST (the four IDX files) are read as downloaded; their test split becomes
+val, class k is folder `n%08d` (preprocess/synsets.py `class_wnid`) with the real names in the
+manifest, and their images keep their size (32 / 28 px) unless --short-side says otherwise, as
+quality 95, 4:4:4 JPEGs (`--quality 100` is near-lossless: the bound is in docs/datasets.md).
 Subsets of any of them (preprocess/subsets.py): --classes, --random-classes, --train-per-class,
 --val-per-class, --val-from-train, --train-from-val, all seeded by --seed.
 
