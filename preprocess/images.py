@@ -198,16 +198,16 @@ def resize_pixels(
     short_side: int,
     *,
     only_shrink: bool = False,
-    quality: int = 95,
+    quality: int = 100,
     subsampling: Subsampling = "4:4:4",
     source: str | None = None,
 ) -> tuple[bytes, ImageInfo]:
     """An image given as uint8 pixels ([H, W, 3] RGB or [H, W] gray: CIFAR, MNIST) → RGB JPEG.
 
     Gray becomes R = G = B (the shard contract is RGB JPEGs), which JPEG stores as luma with
-    constant chroma. These images are tiny (32 px): 4:2:0 would halve the colour resolution of
-    a 32 px image, so "4:4:4" is the default here; quality 100 with 4:4:4 is near-lossless
-    (tests/preprocess/test_small_datasets.py measures the bound).
+    constant chroma. The defaults are near-lossless (within 4 levels on 32 px photos, 1 on
+    gray; preprocess/prepare.py `default_options` says why): 4:2:0 would halve the colour
+    resolution of an image this small.
     """
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
         raise BadImage(

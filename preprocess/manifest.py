@@ -252,3 +252,13 @@ def write_timm_info(
         path, json.dumps(timm_info(manifests, prefixes), indent=1, sort_keys=True) + "\n"
     )
     return path
+
+
+def write_both_splits_info(dst: Path) -> Path | None:
+    """DST/_info.json for timm with both splits of a `prepare` output (`root=DST`), once both
+    DST/train and DST/val have their manifest; None before that."""
+    dst = Path(dst)
+    if not all((dst / split / MANIFEST_NAME).is_file() for split in SPLITS):
+        return None
+    manifests = {split: read_manifest(dst / split) for split in SPLITS}
+    return write_timm_info(dst, manifests, {split: f"{split}/" for split in SPLITS})
