@@ -563,8 +563,9 @@ def _read_small_split(
     else:
         folder = _idx(raw)
         images, labels = idx.read_idx_split(folder, official)
+        # no file names inside IDX files: the source is the file and the index in it
         sources = [
-            f"{idx.IDX_FILES[official][0]}:{official}_{index:05d}" for index in range(len(labels))
+            f"{folder.name}:{idx.IDX_FILES[official][0]}[{index}]" for index in range(len(labels))
         ]
     keys = [f"{prefix}_{official}_{index:05d}" for index in range(len(labels))]
     return keys, labels, images, sources
