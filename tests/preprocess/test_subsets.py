@@ -205,3 +205,21 @@ def test_classes_by_name_or_file_and_a_changed_subset_is_refused(tmp_path, capsy
         assert prepare(layout.root, tmp_path / "x", *argv) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and expected in error, error
+
+
+@pytest.mark.slow
+def test_a_subset_prepared_by_a_two_task_array_equals_a_single_run(imagenet, tmp_path, capsys):
+    raw = imagenet["tars"].root
+    assert prepare(raw, tmp_path / "single", *SUBSET) == 0, capsys.readouterr()
+    sliced = tmp_path / "sliced"
+    for stage in ("resize", "shard"):
+        for task in ("0", "1"):
+            argv = (*SUBSET, "--stage", stage, "--task-index", task, "--num-tasks", "2")
+            assert prepare(raw, sliced, *argv) == 0, capsys.readouterr()
+    assert main(["merge", str(sliced)]) == 0
+    merged = {k: v for k, v in published(sliced).items() if ".task-" not in k}
+    single = published(tmp_path / "single")
+    assert {k: v for k, v in merged.items() if not k.startswith("folders")} == {
+        k: v for k, v in single.items() if not k.startswith("folders")
+    }  # shards, manifests with their subset record, both _info.json files
+    assert main(["verify", str(sliced), "--workers", "1"]) == 0
