@@ -1,6 +1,6 @@
 """32 px CIFAR samples load at 224 px through pipeline.data.build_loader with the settings of
-configs/cifar100_alexnet.yaml (RandomResizedCrop from 32 px, val 256 → 224), on the folder
-and wds backends, each image with its own label.
+configs/cifar100_alexnet.yaml (RandomResizedCrop from 32 px, val 256 → 224), on the folder,
+wds and DALI (fn.readers.webdataset, CPU decode) backends, each image with its own label.
 
     .venv/bin/python -m pytest tests/preprocess/test_small_loaders.py -q
 """
@@ -48,7 +48,7 @@ def nearest_label(image: torch.Tensor, originals: np.ndarray, labels: np.ndarray
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["folder", "wds"])
+@pytest.mark.parametrize("backend", ["folder", "wds", pytest.param("dali", marks=pytest.mark.dali)])
 def test_cifar100_loads_at_224_from_32_px_with_the_write_ups_settings(prepared, backend):
     out, cifar = prepared
     base = out / "folders" if backend == "folder" else out
@@ -63,6 +63,7 @@ def test_cifar100_loads_at_224_from_32_px_with_the_write_ups_settings(prepared, 
             "data.pin_memory=false",
             "train.channels_last=false",
             "train.device=cpu",
+            "data.dali_decode=cpu",  # DALI's CPU pipeline here; mixed (nvJPEG) needs a GPU
         ],
     )
     assert (config.data.train_crop, config.data.val_resize, config.data.val_crop) == (224, 256, 224)
