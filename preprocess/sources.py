@@ -52,6 +52,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from preprocess import cifar, idx
 from preprocess.errors import UserError
@@ -104,8 +105,6 @@ class RawImage:
         if self.data is not None:
             return self.data
         if self.pixels is not None:
-            from PIL import Image  # only this accessor needs it; the readers never do
-
             buffer = io.BytesIO()
             Image.fromarray(self.pixels).save(buffer, "PNG")
             return buffer.getvalue()

@@ -323,3 +323,18 @@ def test_the_cifar_classes_and_per_class_counts_can_be_a_subset(tmp_path, capsys
     assert set(train.class_counts.values()) == {2} and set(val.class_counts.values()) == {1}
     assert train.class_names[class_wnid(3)] == "cat"
     assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 0
+
+
+def test_torchvisions_extracted_cifar_folder_gives_the_same_shards_as_the_archive(tmp_path, capsys):
+    cifar = build_cifar(tmp_path / "raw", "cifar10", train_per_class=2, test_per_class=1)
+    extracted = tmp_path / "torchvision-root"
+    with tarfile.open(cifar.path) as archive:
+        archive.extractall(extracted, filter="data")  # what CIFAR10(root, download=True) leaves
+    assert prepare(cifar.path, tmp_path / "from-archive") == 0, capsys.readouterr()
+    assert prepare(extracted, tmp_path / "from-folder") == 0, capsys.readouterr()
+    for split in ("train", "val"):
+        names = sorted(path.name for path in (tmp_path / "from-archive" / split).glob("*.tar"))
+        assert names
+        for name in names:
+            archive_tar = (tmp_path / "from-archive" / split / name).read_bytes()
+            assert archive_tar == (tmp_path / "from-folder" / split / name).read_bytes()
