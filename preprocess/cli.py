@@ -4,6 +4,8 @@
     python -m preprocess resize SRC DST --short-side 256
     python -m preprocess shard SRC DST --split train
     python -m preprocess prepare RAW DST
+    python -m preprocess prepare cifar-10-python.tar.gz DST      # also CIFAR-100, MNIST family
+    python -m preprocess prepare RAW DST --classes 100 --random-classes   # subsets
     python -m preprocess verify DIR
     python -m preprocess grid DIR -o grid.png
     python -m preprocess merge DIR
@@ -38,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "prepare": (
         "preprocess.prepare",
-        "raw ImageNet (tars, Kaggle layout or folders) → shards, in one pass",
+        "ImageNet (tars, Kaggle, folders), CIFAR or MNIST-family files → shards, or a subset",
     ),
     "verify": ("preprocess.verify", "check folders or shards against their manifest"),
     "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),

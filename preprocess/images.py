@@ -33,6 +33,7 @@ import dataclasses
 import io
 import json
 import warnings
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -40,6 +41,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 # A truncated file is an error, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+Subsampling = Literal["4:2:0", "4:4:4"]
+# Pillow's `subsampling` codes; 2 (4:2:0) is also what Pillow uses when none is given, so
+# ImageNet outputs are byte-identical to those made before the option existed.
+SUBSAMPLING: dict[str, int] = {"4:4:4": 0, "4:2:0": 2}
 DRAFT_REDUCING_GAP = 2.0  # DCT-scale only while the decoded image stays >= 2x the target
 PROVENANCE_PREFIX = "imagenet-pipeline "  # JPEG comment: prefix + {"source","width","height"}
 # Files treated as images in folders and tars (every command); anything else (README, .txt) is
@@ -167,6 +172,7 @@ def resize_image(
     *,
     only_shrink: bool = False,
     quality: int = 90,
+    subsampling: Subsampling = "4:2:0",
     source: str | None = None,
     use_draft: bool = True,
 ) -> tuple[bytes, ImageInfo]:
@@ -174,12 +180,59 @@ def resize_image(
 
     Args:
         only_shrink: ImageMagick `256^>`: never enlarge an image whose short side is <= short_side.
+        subsampling: JPEG chroma subsampling; "4:2:0" is libjpeg's default (what every ImageNet
+            output has), "4:4:4" keeps full colour resolution (see `resize_pixels`).
         source: the original's name, recorded with its size in a JPEG comment for `shard`.
         use_draft: JPEG DCT scaling for large inputs (off only to measure its effect).
     Raises:
         BadImage: zero bytes, truncated, or not an image; str(err) is the reason.
     """
     image, info, repairs = decode_image(data, short_side if use_draft else None)
+    return _resize_and_encode(
+        image, info, repairs, short_side, only_shrink, quality, subsampling, source
+    )
+
+
+def resize_pixels(
+    pixels: np.ndarray,
+    short_side: int,
+    *,
+    only_shrink: bool = False,
+    quality: int = 100,
+    subsampling: Subsampling = "4:4:4",
+    source: str | None = None,
+) -> tuple[bytes, ImageInfo]:
+    """An image given as uint8 pixels ([H, W, 3] RGB or [H, W] gray: CIFAR, MNIST) → RGB JPEG.
+
+    Gray becomes R = G = B (the shard contract is RGB JPEGs), which JPEG stores as luma with
+    constant chroma. The defaults are near-lossless (within 4 levels on 32 px photos, 1 on
+    gray; preprocess/prepare.py `default_options` says why): 4:2:0 would halve the colour
+    resolution of an image this small.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+        raise BadImage(
+            f"pixels are {pixels.dtype} {list(pixels.shape)}, expected uint8 [H, W(, 3)]"
+        )
+    gray = pixels.ndim == 2
+    image = Image.fromarray(pixels, "L" if gray else "RGB")
+    image = image.convert("RGB") if gray else image
+    height, width = pixels.shape[:2]
+    info = ImageInfo(width, height, "pixels", "L" if gray else "RGB", width, height)
+    return _resize_and_encode(
+        image, info, [], short_side, only_shrink, quality, subsampling, source
+    )
+
+
+def _resize_and_encode(
+    image: Image.Image,
+    info: ImageInfo,
+    repairs: list[str],
+    short_side: int,
+    only_shrink: bool,
+    quality: int,
+    subsampling: Subsampling,
+    source: str | None,
+) -> tuple[bytes, ImageInfo]:
     out_width, out_height = target_size(info.width, info.height, short_side, only_shrink)
     if image.size != (out_width, out_height):
         image = image.resize((out_width, out_height), Image.LANCZOS)
@@ -189,7 +242,13 @@ def resize_image(
         separators=(",", ":"),
     )
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, comment=comment.encode("utf-8"))
+    image.save(
+        buffer,
+        "JPEG",
+        quality=quality,
+        subsampling=SUBSAMPLING[subsampling],
+        comment=comment.encode("utf-8"),
+    )
     info = dataclasses.replace(
         info, out_width=out_width, out_height=out_height, repairs=tuple(repairs)
     )

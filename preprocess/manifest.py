@@ -12,7 +12,19 @@ A shard directory holds:
                                        source name, original size)
     imagenet-{split}-{index:06d}.idx   DALI index for that tar (tools/wds2idx format)
     manifest.json                      the Manifest below
-    _info.json                         timm's wds dataset-info format
+    _info.json                         timm's wds dataset-info format (`timm_info`)
+
+`_info.json` is what timm's wds reader (timm/data/readers/reader_wds.py, `_load_info` and
+`_parse_split_info`) reads from the `root` it is given: `splits[split]` with `filenames` a LIST
+of shard names relative to root (it joins each to root; a brace pattern there is taken as one
+file per character), `shard_lengths` and `num_samples`. Each split directory holds one for its
+own split, and `prepare` writes one more at DST with both splits ("train/imagenet-train-…"), so
+
+    timm.data.create_dataset("wds/imagenet", root="DST/train", split="train")
+    timm.data.create_dataset("wds/imagenet", root="DST", split="val")
+
+both work (tests/preprocess/test_readers.py reads every label back through timm and through
+Hugging Face datasets' webdataset loader).
 """
 
 from __future__ import annotations
@@ -84,6 +96,8 @@ class Manifest:
         None  # whether smaller images were left unenlarged ("256^>"), if known
     )
     version: int = MANIFEST_VERSION
+    dataset: str = ""  # what prepare read: "imagenet", "cifar10", "mnist", ... ("" if unknown)
+    subset: dict | None = None  # the subset's rule and choice (preprocess/subsets.py), if any
 
     @property
     def num_samples(self) -> int:
@@ -117,6 +131,8 @@ class Manifest:
                 short_side=data.get("short_side"),
                 only_shrink=data.get("only_shrink"),
                 version=int(data["version"]),
+                dataset=str(data.get("dataset") or ""),
+                subset=data.get("subset"),
             )
         except (KeyError, TypeError) as err:
             raise ManifestError(
@@ -203,15 +219,46 @@ def check_files(directory: Path, manifest: Manifest, split: str | None = None) -
     return paths
 
 
-def timm_info(manifests: dict[str, Manifest]) -> dict:
-    """timm's `_info.json` for a wds dataset: splits with shard brace patterns and counts."""
+def timm_info(manifests: dict[str, Manifest], prefixes: dict[str, str] | None = None) -> dict:
+    """timm's `_info.json`: per split, the shard names (a list), their lengths and the total.
+
+    Args:
+        prefixes: split -> folder of its shards relative to the info file ("train/"), for an
+            info file above the split directories; default: the shards sit beside it.
+    """
     splits = {}
     for split, manifest in manifests.items():
+        prefix = (prefixes or {}).get(split, "")
         splits[split] = {
             "name": split,
-            "filenames": brace_pattern(split, len(manifest.shards)),
+            "filenames": [prefix + shard.name for shard in manifest.shards],
             "num_samples": manifest.num_samples,
             "shard_lengths": [shard.count for shard in manifest.shards],
         }
     first = next(iter(manifests.values()))
-    return {"name": "imagenet", "num_classes": first.num_classes, "splits": splits}
+    return {
+        "name": first.dataset or "imagenet",
+        "num_classes": first.num_classes,
+        "splits": splits,
+    }
+
+
+def write_timm_info(
+    directory: Path, manifests: dict[str, Manifest], prefixes: dict[str, str] | None = None
+) -> Path:
+    """Atomically write `directory/_info.json` (see `timm_info`)."""
+    path = Path(directory) / TIMM_INFO_NAME
+    atomic_write_text(
+        path, json.dumps(timm_info(manifests, prefixes), indent=1, sort_keys=True) + "\n"
+    )
+    return path
+
+
+def write_both_splits_info(dst: Path) -> Path | None:
+    """DST/_info.json for timm with both splits of a `prepare` output (`root=DST`), once both
+    DST/train and DST/val have their manifest; None before that."""
+    dst = Path(dst)
+    if not all((dst / split / MANIFEST_NAME).is_file() for split in SPLITS):
+        return None
+    manifests = {split: read_manifest(dst / split) for split in SPLITS}
+    return write_timm_info(dst, manifests, {split: f"{split}/" for split in SPLITS})

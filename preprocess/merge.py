@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from preprocess.errors import UserError
-from preprocess.manifest import ShardEntry, shard_name
+from preprocess.manifest import ShardEntry, shard_name, write_both_splits_info
 from preprocess.shards import PLAN_NAME, build_manifest, read_plan, write_split_metadata
 
 logger = logging.getLogger(__name__)
@@ -130,4 +130,5 @@ def run(args: argparse.Namespace) -> int:
         path = merge_manifests(target)
         plan = read_plan(target)
         print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
+    write_both_splits_info(args.directory)  # a sliced `prepare`: timm's info for both splits
     return 0

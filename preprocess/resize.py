@@ -46,6 +46,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from preprocess.errors import UserError
 from preprocess.fileio import (
     atomic_output,
@@ -54,7 +56,7 @@ from preprocess.fileio import (
     walk_files,
     write_atomic,
 )
-from preprocess.images import BadImage, is_image_file, resize_image
+from preprocess.images import SUBSAMPLING, BadImage, is_image_file, resize_image, resize_pixels
 from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
@@ -78,12 +80,27 @@ class ResizeOptions:
     short_side: int = 256  # output short side in pixels
     only_shrink: bool = False  # ImageMagick "256^>": never enlarge
     quality: int = 90  # JPEG quality of the outputs
+    subsampling: str = "4:2:0"  # JPEG chroma subsampling: "4:2:0" (libjpeg's default) or "4:4:4"
 
     def check(self) -> None:
         if self.short_side < 1:
             raise UserError(f"--short-side must be >= 1, got {self.short_side}")
         if not 1 <= self.quality <= 100:
             raise UserError(f"--quality must be in 1..100, got {self.quality}")
+        if self.subsampling not in SUBSAMPLING:
+            raise UserError(
+                f"--subsampling {self.subsampling!r}: expected one of {', '.join(SUBSAMPLING)}"
+            )
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ResizeOptions:
+        """The options a settings file or task record holds (older ones lack subsampling)."""
+        return cls(
+            int(record["short_side"]),
+            bool(record.get("only_shrink")),
+            int(record.get("quality", 90)),
+            str(record.get("subsampling", "4:2:0")),
+        )
 
 
 DEFAULT_OPTIONS = ResizeOptions()
@@ -173,7 +190,10 @@ def source_name(source: str) -> str:
 
 
 def _resize_one(
-    data_or_path: bytes | Path | None, destination: Path, options: ResizeOptions, source: str
+    data_or_path: bytes | Path | np.ndarray | None,
+    destination: Path,
+    options: ResizeOptions,
+    source: str,
 ) -> _Outcome:
     if data_or_path is None:  # the caller found the output already there: hash it for the record
         try:
@@ -184,14 +204,27 @@ def _resize_one(
             )
         return _Outcome(source, "skipped", output=str(destination), sha256=digest)
     try:
-        data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
-        jpeg, info = resize_image(
-            data,
-            options.short_side,
-            only_shrink=options.only_shrink,
-            quality=options.quality,
-            source=source_name(source),
-        )
+        if isinstance(data_or_path, np.ndarray):  # CIFAR / MNIST pixels
+            jpeg, info = resize_pixels(
+                data_or_path,
+                options.short_side,
+                only_shrink=options.only_shrink,
+                quality=options.quality,
+                subsampling=options.subsampling,  # type: ignore[arg-type]
+                source=source_name(source),
+            )
+        else:
+            data = (
+                data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
+            )
+            jpeg, info = resize_image(
+                data,
+                options.short_side,
+                only_shrink=options.only_shrink,
+                quality=options.quality,
+                subsampling=options.subsampling,  # type: ignore[arg-type]
+                source=source_name(source),
+            )
     except BadImage as err:
         return _Outcome(source, "failed", str(err))
     except OSError as err:  # unreadable source file
@@ -312,6 +345,7 @@ def settings_of(options: ResizeOptions) -> dict[str, Any]:
         "short_side": options.short_side,
         "only_shrink": options.only_shrink,
         "quality": options.quality,
+        "subsampling": options.subsampling,
     }
 
 
@@ -332,11 +366,7 @@ def recorded_options(dst: Path) -> ResizeOptions | None:
     recorded = recorded_settings(dst)
     if recorded is None:
         return None
-    return ResizeOptions(
-        int(recorded["short_side"]),
-        bool(recorded.get("only_shrink")),
-        int(recorded.get("quality", 90)),
-    )
+    return ResizeOptions.from_record(recorded)
 
 
 def claim_settings(dst: Path, options: ResizeOptions) -> None:
@@ -356,9 +386,10 @@ def check_settings_match(dst: Path, options: ResizeOptions) -> None:
     if recorded is None:
         return
     wanted = settings_of(options)
-    differing = {
-        key: recorded.get(key) for key, value in wanted.items() if recorded.get(key, value) != value
-    }
+    # a record from before a setting existed was made with that setting's default (4:2:0 for
+    # subsampling): compare with the default, not with what this run asks
+    made_with = settings_of(ResizeOptions.from_record(recorded))
+    differing = {key: made_with[key] for key, value in wanted.items() if made_with[key] != value}
     if differing:
         made = ", ".join(f"{key}={value}" for key, value in differing.items())
         asked = ", ".join(f"{key}={wanted[key]}" for key in differing)
@@ -463,10 +494,7 @@ def check_resize_complete(dst: Path) -> ResizeCompletion:
             f"{dst}: the resize tasks' records disagree on the settings ({sorted(settings)}): the "
             f"folders mix images of several runs; delete {dst} and resize again"
         )
-    first = records[0]
-    options = ResizeOptions(
-        int(first["short_side"]), bool(first.get("only_shrink")), int(first.get("quality", 90))
-    )
+    options = ResizeOptions.from_record(records[0])
     class_counts: collections.Counter = collections.Counter()
     for record in records:
         class_counts.update({key: int(value) for key, value in record["class_counts"].items()})
@@ -601,6 +629,8 @@ def resize_stream(
                 destinations.add(destination)
             if is_finished_output(destination):
                 payload = None  # counted as skipped; a tar stream has read the bytes already anyway
+            elif image.pixels is not None:
+                payload = image.pixels  # CIFAR / MNIST: 3 KB arrays, cheaper than encoding them
             elif image.data is None and image.path is not None:
                 payload = image.path  # workers read files themselves: no pixels through the pipe
             else:
@@ -636,11 +666,17 @@ def add_resize_options(parser: argparse.ArgumentParser) -> None:
         help='never enlarge small images (ImageMagick "256^>" semantics)',
     )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
+    parser.add_argument(
+        "--subsampling",
+        choices=sorted(SUBSAMPLING),
+        default="4:2:0",
+        help="JPEG chroma subsampling (default 4:2:0, libjpeg's; 4:4:4 keeps full colour)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     task_index, num_tasks = resolve_slice(args.task_index, args.num_tasks)
-    options = ResizeOptions(args.short_side, args.only_shrink, args.quality)
+    options = ResizeOptions(args.short_side, args.only_shrink, args.quality, args.subsampling)
     summary = resize_folder(
         args.src,
         args.dst,

@@ -62,8 +62,8 @@ from preprocess.manifest import (
     dali_index_name,
     read_manifest,
     shard_name,
-    timm_info,
     write_manifest,
+    write_timm_info,
 )
 from preprocess.parallel import run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
@@ -106,6 +106,8 @@ class WritePlan:
     class_names: dict[str, str]  # WNID -> words (may be empty)
     short_side: int | None  # from SRC/resize_manifest.json when present
     only_shrink: bool | None = None  # likewise
+    dataset: str = ""  # what prepare read ("imagenet", "cifar10", ...); "" for plain `shard`
+    subset: dict | None = None  # prepare's subset record for this split, if any
 
     @property
     def num_samples(self) -> int:
@@ -125,6 +127,8 @@ class WritePlan:
             "class_names": self.class_names,
             "short_side": self.short_side,
             "only_shrink": self.only_shrink,
+            "dataset": self.dataset,
+            "subset": self.subset,
         }
 
 
@@ -254,6 +258,8 @@ def build_plan(
     seed: int = 0,
     short_side: int | None = None,
     classes: list[str] | None = None,
+    dataset: str = "",
+    subset: dict | None = None,
 ) -> WritePlan:
     """List SRC, shuffle globally with `seed`, cut into shards of `shard_size`."""
     if split not in SPLITS:
@@ -284,6 +290,8 @@ def build_plan(
         class_names,
         short_side,
         only_shrink,
+        dataset,
+        subset,
     )
 
 
@@ -494,16 +502,15 @@ def build_manifest(
         class_names=dict(data.get("class_names") or {}),
         short_side=data.get("short_side"),
         only_shrink=data.get("only_shrink"),
+        dataset=str(data.get("dataset") or ""),
+        subset=data.get("subset"),
     )
 
 
 def write_split_metadata(dst: Path, manifest: Manifest) -> Path:
     """manifest.json then _info.json (timm's format for this one split)."""
     path = write_manifest(dst, manifest)
-    atomic_write_text(
-        Path(dst) / TIMM_INFO_NAME,
-        json.dumps(timm_info({manifest.split: manifest}), indent=1, sort_keys=True) + "\n",
-    )
+    write_timm_info(dst, {manifest.split: manifest})
     return path
 
 
@@ -559,17 +566,20 @@ def write_shards(
     num_tasks: int = 1,
     short_side: int | None = None,
     classes: list[str] | None = None,
+    dataset: str = "",
+    subset: dict | None = None,
 ) -> ShardSummary:
     """Shard class folders `src` into `dst` (this task's shards only); see the module doc.
 
     Args:
         classes: the full class list (label = position); default: SRC's folders, checked
             against the other split's manifest next to DST when there is one.
+        dataset, subset: what `prepare` read and chose, recorded in the manifest.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     _check_destination_split(dst, split)
-    plan = build_plan(src, split, shard_size, seed, short_side, classes)
+    plan = build_plan(src, split, shard_size, seed, short_side, classes, dataset, subset)
     if classes is None:
         _check_other_split(plan, dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -22,17 +22,39 @@ own members only, instead of every task reading all 138 GB. Members with absolut
 Slices: train from tars by per-class tar index, everything else by position in the sorted
 listing; item i belongs to task i % num_tasks. Slices are disjoint, their union is everything,
 and the order within a split is deterministic (tar order for tars, sorted for folders).
+
+The other datasets (`DATASETS`), as downloaded, go through the same stream:
+- "cifar": cifar-10-python.tar.gz / cifar-100-python.tar.gz (RAW is the file, a folder holding
+  it, or the extracted folder): preprocess/cifar.py;
+- "idx": MNIST, Fashion-MNIST or KMNIST's four IDX files: preprocess/idx.py.
+Their test split is "val". They have no WNIDs, so class k gets the stable WNID-shaped id
+`class_wnid(k)` = "n%08d" (sorted order = label order, so class index = the official label),
+and the real names come from the archive's meta (CIFAR) or the built-in lists (IDX). Keys are
+"{dataset}_{official split}_{index:05d}", the index into the official arrays (what torchvision's
+dataset classes index). Their images travel as pixel arrays (`RawImage.pixels`), not files.
+
+Subsets (preprocess/subsets.py): `select_images` lists the keys of the chosen classes (names
+only: tar headers, the label file, a directory listing) and picks the images; `iter_raw_images`
+with that `Selection` then reads only those. From the ILSVRC tars it opens the outer tar
+seekable, so the per-class tars of classes not chosen are skipped without reading a byte of
+them, and of a chosen class tar only the chosen members' bytes are read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import logging
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
+import numpy as np
+from PIL import Image
+
+from preprocess import cifar, idx
 from preprocess.errors import UserError
 from preprocess.fileio import list_dir as _list_dir
 from preprocess.images import IMAGE_SUFFIXES  # what counts as an image, one definition
@@ -43,7 +65,10 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
+from preprocess.shards import sample_key  # the key a shard stores: what a subset records
+from preprocess.subsets import Subset, selection_record
 from preprocess.synsets import (
+    class_wnid,
     find_synset_mapping,
     folder_classes,
     is_wnid,
@@ -52,8 +77,12 @@ from preprocess.synsets import (
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["ilsvrc-tars", "kaggle", "folders"]
+Layout = Literal["ilsvrc-tars", "kaggle", "folders", "cifar", "idx"]
+IMAGENET_LAYOUTS = ("ilsvrc-tars", "kaggle", "folders")
+# what `prepare --dataset` accepts; "imagenet" covers the three ImageNet layouts
+DATASETS = ("imagenet", *cifar.CIFAR_FORMATS, *idx.IDX_DATASETS)
 SPLITS = ("train", "val")
+OFFICIAL_SPLIT = {"train": "train", "val": "test"}  # our split -> CIFAR's / MNIST's name
 TRAIN_TAR_NAME = "ILSVRC2012_img_train.tar"
 VAL_TAR_NAME = "ILSVRC2012_img_val.tar"
 KAGGLE_DATA_DIR = Path("ILSVRC") / "Data" / "CLS-LOC"
@@ -68,33 +97,103 @@ class RawImage:
     source: str  # where it came from, for messages: a path or "TAR:MEMBER[/INNER]"
     path: Path | None = None  # the file, for folder layouts
     data: bytes | None = dataclasses.field(default=None, repr=False)  # the bytes, for tar members
+    # uint8 [H, W, 3] RGB or [H, W] gray, for datasets that ship arrays (CIFAR, MNIST)
+    pixels: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def read(self) -> bytes:
-        """The original file's bytes."""
+        """The original file's bytes (for pixel arrays: a lossless PNG of them)."""
         if self.data is not None:
             return self.data
+        if self.pixels is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(self.pixels).save(buffer, "PNG")
+            return buffer.getvalue()
         assert self.path is not None, f"RawImage {self.key} has neither data nor path"
         return self.path.read_bytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The images a subset gives one output split, chosen from names alone (`select_images`)."""
+
+    split: str  # the output split, "train" or "val"
+    source_split: str  # the raw split its images come from
+    keys: dict[str, frozenset[str]]  # chosen WNID -> chosen keys of that class
+    record: dict[str, Any]  # what the split's manifest records (subsets.selection_record)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(keys) for keys in self.keys.values())
 
 
 def detect_layout(raw: Path) -> Layout:
     """Which raw layout RAW holds; UserError naming what was looked for when none."""
     raw = Path(raw)
+    if raw.is_file() and cifar.find_cifar(raw) is not None:
+        return "cifar"
     if not raw.is_dir():
         raise UserError(
-            f"RAW {raw} is not a directory: expected the folder holding the raw ImageNet download"
+            f"RAW {raw} is not a directory: expected the folder holding the raw ImageNet download "
+            f"(or {cifar.CIFAR10.archive} / {cifar.CIFAR100.archive} itself)"
         )
     if (raw / TRAIN_TAR_NAME).is_file() or (raw / VAL_TAR_NAME).is_file():
         return "ilsvrc-tars"
     if (raw / KAGGLE_DATA_DIR).is_dir():
         return "kaggle"
+    if cifar.find_cifar(raw) is not None:
+        return "cifar"
+    if idx.find_idx_folder(raw) is not None:
+        return "idx"
     if (raw / "train").is_dir() or (raw / "val").is_dir():
         return "folders"
     raise UserError(
-        f"{raw} holds no raw ImageNet layout: "
+        f"{raw} holds no raw dataset: "
         f"looked for {TRAIN_TAR_NAME} / {VAL_TAR_NAME} (ILSVRC2012 tars), "
-        f"{KAGGLE_DATA_DIR}/ (Kaggle download) and train/ or val/ class folders"
+        f"{KAGGLE_DATA_DIR}/ (Kaggle download), train/ or val/ class folders, "
+        f"{cifar.CIFAR10.archive} / {cifar.CIFAR100.archive} and "
+        f"{idx.IDX_FILES['train'][0]}.gz (MNIST, Fashion-MNIST, KMNIST)"
     )
+
+
+def detect_dataset(raw: Path, dataset: str | None = None) -> str:
+    """Which of `DATASETS` RAW holds; `dataset` (prepare --dataset) is checked against the files,
+    and chooses where the files cannot tell (CIFAR-100's coarse labels, an unknown IDX set)."""
+    raw = Path(raw)
+    if dataset is not None and dataset not in DATASETS:
+        raise UserError(f"--dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    layout = detect_layout(raw)
+    if layout in IMAGENET_LAYOUTS:
+        found = "imagenet"
+    elif layout == "cifar":
+        family = _cifar(raw).family
+        found = dataset if family == "cifar100" and dataset == "cifar100-coarse" else family
+    else:
+        found = dataset if dataset in idx.IDX_DATASETS else idx.identify_idx_dataset(_idx(raw))
+        if found is None:
+            raise UserError(
+                f"{_idx(raw)} holds MNIST-format IDX files, but not the genuine MNIST, "
+                "Fashion-MNIST or KMNIST downloads (their md5 differs) nor torchvision's "
+                "ROOT/<Dataset>/raw/ folder: say which with --dataset "
+                f"{' | '.join(idx.IDX_DATASETS)}"
+            )
+    if dataset is not None and dataset != found:
+        raise UserError(
+            f"--dataset {dataset} but {raw} holds {found} ({layout} layout): "
+            f"pass --dataset {found}, or the folder that holds {dataset}"
+        )
+    return found
+
+
+def is_small_dataset(dataset: str) -> bool:
+    """CIFAR and the MNIST family: arrays of small images rather than image files."""
+    return dataset != "imagenet"
+
+
+def native_image_size(dataset: str) -> int | None:
+    """The short side the dataset's images have (None for ImageNet, whose sizes vary)."""
+    if dataset in cifar.CIFAR_FORMATS:
+        return cifar.IMAGE_SIZE
+    return 28 if dataset in idx.IDX_DATASETS else None
 
 
 def iter_raw_images(
@@ -104,12 +203,17 @@ def iter_raw_images(
     labels: Path | None = None,
     task_index: int = 0,
     num_tasks: int = 1,
+    dataset: str | None = None,
+    selection: Selection | None = None,
 ) -> Iterator[RawImage]:
     """Every image of `split` in this task's slice, in a deterministic order.
 
     Args:
         labels: val labels (any form preprocess.labels reads); default: found in RAW.
         task_index, num_tasks: this task's slice; item i belongs to task i % num_tasks.
+        dataset: one of DATASETS (prepare --dataset); default: detected from RAW.
+        selection: only these images (`select_images`), read from its source split; the
+            images still come out as `split`.
     """
     raw = Path(raw)
     if split not in SPLITS:
@@ -118,29 +222,66 @@ def iter_raw_images(
         raise UserError(
             f"task index {task_index} of {num_tasks} tasks: expected 0 <= task index < num tasks"
         )
+    assert selection is None or selection.split == split, "a selection is for one output split"
+    source = selection.source_split if selection is not None else split
+    wanted = selection.keys if selection is not None else None
+    dataset = detect_dataset(raw, dataset)
     layout = detect_layout(raw)
+    if is_small_dataset(dataset):
+        return _iter_small(raw, dataset, source, split, wanted, task_index, num_tasks)
     if layout == "ilsvrc-tars":
-        tar_path = raw / (TRAIN_TAR_NAME if split == "train" else VAL_TAR_NAME)
+        tar_path = raw / (TRAIN_TAR_NAME if source == "train" else VAL_TAR_NAME)
         if not tar_path.is_file():
             raise UserError(
-                f"{raw} has no {tar_path.name}: the {split} split of the ILSVRC2012 tars is missing"
+                f"{raw} has no {tar_path.name}: the {source} split of the ILSVRC2012 tars is "
+                "missing"
             )
-        if split == "train":
-            return _iter_train_tar(tar_path, task_index, num_tasks)
-        return _iter_val_tar(tar_path, _load_labels(raw, labels), task_index, num_tasks)
-    split_dir = raw / KAGGLE_DATA_DIR / split if layout == "kaggle" else raw / split
-    if not split_dir.is_dir():
-        raise UserError(
-            f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder "
-            f"for the {split} split"
+        if source == "train":
+            return _iter_train_tar(tar_path, task_index, num_tasks, split, wanted)
+        return _iter_val_tar(
+            tar_path, _load_labels(raw, labels), task_index, num_tasks, split, wanted
         )
-    return _iter_folder(raw, split_dir, split, labels, task_index, num_tasks)
+    entries = _folder_entries(raw, layout, source, labels)
+    if wanted is not None:
+        entries = [entry for entry in entries if entry[1] in wanted.get(entry[0], ())]
+    return _iter_entries(entries, split, task_index, num_tasks)
 
 
-def raw_classes(raw: Path) -> list[str]:
+def select_images(
+    raw: Path,
+    split: str,
+    subset: Subset,
+    *,
+    labels: Path | None = None,
+    dataset: str | None = None,
+) -> Selection:
+    """The images `subset` gives output `split`, chosen from names only (no image is read)."""
+    raw = Path(raw)
+    dataset = detect_dataset(raw, dataset)
+    every_class = raw_classes(raw, dataset)
+    chosen = subset.choose_classes(every_class)
+    source = subset.source_split(split)
+    available = {wnid: [] for wnid in chosen}
+    for wnid, key in _list_keys(raw, dataset, source, set(chosen), labels):
+        available[wnid].append(key)
+    keys = {wnid: frozenset(subset.take(split, names)) for wnid, names in available.items()}
+    record = selection_record(
+        subset,
+        split,
+        every_class,
+        {wnid: len(names) for wnid, names in available.items()},
+        (sample_key(key) for names in keys.values() for key in names),
+    )
+    return Selection(split, source, keys, record)
+
+
+def raw_classes(raw: Path, dataset: str | None = None) -> list[str]:
     """The sorted WNIDs of RAW: class index = position. Taken from the train split where there is
     one."""
     raw = Path(raw)
+    dataset = detect_dataset(raw, dataset)
+    if is_small_dataset(dataset):
+        return [class_wnid(index) for index in range(len(_small_class_names(raw, dataset)))]
     layout = detect_layout(raw)
     if layout == "ilsvrc-tars" and (raw / TRAIN_TAR_NAME).is_file():
         return sorted(_train_tar_classes(raw / TRAIN_TAR_NAME))
@@ -169,10 +310,15 @@ def raw_classes(raw: Path) -> list[str]:
     return sorted(classes)
 
 
-def raw_class_names(raw: Path) -> dict[str, str]:
-    """WNID → words for the classes of RAW, from LOC_synset_mapping.txt or the devkit; {} when
-    neither."""
+def raw_class_names(raw: Path, dataset: str | None = None) -> dict[str, str]:
+    """WNID → words for the classes of RAW, from LOC_synset_mapping.txt or the devkit (CIFAR: its
+    meta; MNIST family: the built-in names); {} when neither."""
     raw = Path(raw)
+    dataset = detect_dataset(raw, dataset)
+    if is_small_dataset(dataset):
+        return {
+            class_wnid(index): name for index, name in enumerate(_small_class_names(raw, dataset))
+        }
     names: dict[str, str] = {}
     mapping = find_synset_mapping(raw)
     if mapping is not None:
@@ -197,18 +343,19 @@ def check_member_name(member: tarfile.TarInfo, archive: str) -> None:
         )
 
 
-def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator[RawImage]:
-    mode = (
-        "r|*" if num_tasks == 1 else "r:*"
-    )  # see the module docstring: seek past other tasks' classes
+def _iter_train_tar(
+    tar_path: Path,
+    task_index: int,
+    num_tasks: int,
+    split: str = "train",
+    wanted: dict[str, frozenset[str]] | None = None,
+) -> Iterator[RawImage]:
+    # see the module docstring: seek past other tasks' classes, and past classes not chosen
+    mode = "r|*" if num_tasks == 1 and wanted is None else "r:*"
     with _open_tar(tar_path, mode) as outer:
         class_index = 0
         for member in _regular_members(outer, tar_path.name):
-            wnid = (
-                PurePosixPath(member.name).name[: -len(".tar")]
-                if member.name.endswith(".tar")
-                else ""
-            )
+            wnid = _class_tar_wnid(member)
             if not is_wnid(wnid):
                 logger.warning(
                     "%s: skipping member %s: expected per-class tars nXXXXXXXX.tar",
@@ -217,34 +364,39 @@ def _iter_train_tar(tar_path: Path, task_index: int, num_tasks: int) -> Iterator
                 )
                 continue
             index, class_index = class_index, class_index + 1
-            if index % num_tasks != task_index:
-                continue
+            if index % num_tasks != task_index or (wanted is not None and wnid not in wanted):
+                continue  # in "r:*" mode its bytes are never read
             class_tar = outer.extractfile(member)
             assert class_tar is not None, f"regular member {member.name} has no data"
-            with _open_tar(class_tar, "r|*", name=f"{tar_path.name}:{member.name}") as inner:
-                for image_member in _regular_members(inner, f"{tar_path.name}:{member.name}"):
+            name = f"{tar_path.name}:{member.name}"
+            # a subset reads the class tar's headers, then only the chosen members' bytes
+            with _open_tar(class_tar, "r|*" if wanted is None else "r:", name=name) as inner:
+                for image_member in _regular_members(inner, name):
                     if not _is_image_name(image_member.name):
-                        logger.warning(
-                            "%s:%s: skipping non-image member %s",
-                            tar_path.name,
-                            member.name,
-                            image_member.name,
-                        )
+                        logger.warning("%s: skipping non-image member %s", name, image_member.name)
+                        continue
+                    key = val_stem(image_member.name)
+                    if wanted is not None and key not in wanted[wnid]:
                         continue
                     yield RawImage(
-                        split="train",
+                        split=split,
                         wnid=wnid,
-                        key=val_stem(image_member.name),
-                        source=f"{tar_path.name}:{member.name}/{image_member.name}",
-                        data=_read_member(inner, image_member, f"{tar_path.name}:{member.name}"),
+                        key=key,
+                        source=f"{name}/{image_member.name}",
+                        data=_read_member(inner, image_member, name),
                     )
         _check_complete(tar_path, outer)
 
 
 def _iter_val_tar(
-    tar_path: Path, labels: dict[str, str], task_index: int, num_tasks: int
+    tar_path: Path,
+    labels: dict[str, str],
+    task_index: int,
+    num_tasks: int,
+    split: str = "val",
+    wanted: dict[str, frozenset[str]] | None = None,
 ) -> Iterator[RawImage]:
-    mode = "r|*" if num_tasks == 1 else "r:*"
+    mode = "r|*" if num_tasks == 1 and wanted is None else "r:*"
     with _open_tar(tar_path, mode) as archive:
         image_index = 0
         for member in _regular_members(archive, tar_path.name):
@@ -261,8 +413,10 @@ def _iter_val_tar(
                     "the labels do not match this val tar; "
                     "pass the ILSVRC2012 devkit or LOC_val_solution.csv"
                 )
+            if wanted is not None and key not in wanted.get(labels[key], ()):
+                continue
             yield RawImage(
-                "val",
+                split,
                 labels[key],
                 key,
                 f"{tar_path.name}:{member.name}",
@@ -271,10 +425,17 @@ def _iter_val_tar(
         _check_complete(tar_path, archive)
 
 
-def _iter_folder(
-    raw: Path, split_dir: Path, split: str, labels: Path | None, task_index: int, num_tasks: int
-) -> Iterator[RawImage]:
-    """Class subfolders give the WNID; flat files (an unsorted val) take it from the labels."""
+def _folder_entries(
+    raw: Path, layout: Layout, split: str, labels: Path | None
+) -> list[tuple[str, str, Path]]:
+    """(wnid, key, path) of every image of a folder layout's split, sorted. Class subfolders give
+    the WNID; flat files (an unsorted val) take it from the labels."""
+    split_dir = raw / KAGGLE_DATA_DIR / split if layout == "kaggle" else raw / split
+    if not split_dir.is_dir():
+        raise UserError(
+            f"{raw} ({layout} layout) has no {split_dir.relative_to(raw)}/ folder "
+            f"for the {split} split"
+        )
     # os.scandir: the file type comes with the listing, no stat per file (1.28M files on Lustre)
     entries: list[tuple[str, str, Path]] = []  # (wnid, key, path)
     flat: list[Path] = []
@@ -310,9 +471,136 @@ def _iter_folder(
         raise UserError(
             f"{split_dir} holds no images: expected nXXXXXXXX/ class folders of image files"
         )
+    return entries
+
+
+def _iter_entries(
+    entries: list[tuple[str, str, Path]], split: str, task_index: int, num_tasks: int
+) -> Iterator[RawImage]:
     for index, (wnid, key, path) in enumerate(entries):
         if index % num_tasks == task_index:
             yield RawImage(split, wnid, key, str(path), path=path)
+
+
+def _iter_small(
+    raw: Path,
+    dataset: str,
+    source: str,
+    split: str,
+    wanted: dict[str, frozenset[str]] | None,
+    task_index: int,
+    num_tasks: int,
+) -> Iterator[RawImage]:
+    """CIFAR / MNIST-family images as pixel arrays, in the official order (= key order)."""
+    keys, labels, images, sources = _read_small_split(raw, dataset, source)
+    position = 0
+    for key, label, pixels, where in zip(keys, labels, images, sources, strict=True):
+        wnid = class_wnid(int(label))
+        if wanted is not None and key not in wanted.get(wnid, ()):
+            continue
+        index, position = position, position + 1
+        if index % num_tasks == task_index:
+            yield RawImage(split, wnid, key, where, pixels=pixels)
+
+
+def _list_keys(
+    raw: Path, dataset: str, split: str, classes: set[str], labels: Path | None
+) -> Iterator[tuple[str, str]]:
+    """(wnid, key) of every image of raw `split` in `classes`, from names only."""
+    if is_small_dataset(dataset):
+        keys, class_labels, _, _ = _read_small_split(raw, dataset, split)
+        for key, label in zip(keys, class_labels, strict=True):
+            if class_wnid(int(label)) in classes:
+                yield class_wnid(int(label)), key
+        return
+    layout = detect_layout(raw)
+    if layout != "ilsvrc-tars":
+        for wnid, key, _ in _folder_entries(raw, layout, split, labels):
+            if wnid in classes:
+                yield wnid, key
+        return
+    tar_path = raw / (TRAIN_TAR_NAME if split == "train" else VAL_TAR_NAME)
+    if not tar_path.is_file():
+        raise UserError(
+            f"{raw} has no {tar_path.name}: the {split} split of the ILSVRC2012 tars is missing"
+        )
+    with _open_tar(tar_path, "r:*") as outer:  # headers only: seeks past every member's bytes
+        if split == "val":
+            by_stem = _load_labels(raw, labels)
+            for member in _regular_members(outer, tar_path.name):
+                key = val_stem(member.name)
+                if _is_image_name(member.name) and by_stem.get(key) in classes:
+                    yield by_stem[key], key
+            return
+        for member in _regular_members(outer, tar_path.name):
+            wnid = _class_tar_wnid(member)
+            if wnid not in classes:
+                continue  # never opened
+            class_tar = outer.extractfile(member)
+            assert class_tar is not None, f"regular member {member.name} has no data"
+            name = f"{tar_path.name}:{member.name}"
+            with _open_tar(class_tar, "r:", name=name) as inner:
+                for image_member in _regular_members(inner, name):
+                    if _is_image_name(image_member.name):
+                        yield wnid, val_stem(image_member.name)
+
+
+def _read_small_split(
+    raw: Path, dataset: str, split: str
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(keys, labels int64 [N], images uint8 [N, H, W(, 3)], sources) of a CIFAR / IDX split."""
+    official = OFFICIAL_SPLIT[split]
+    prefix = dataset.replace("-coarse", "").replace("-", "_")
+    if dataset in cifar.CIFAR_FORMATS:
+        found = _cifar(raw)
+        data = cifar.read_cifar_split(found.path, dataset, official)
+        images, labels = data.images, data.labels
+        sources = [
+            f"{found.path.name}:{member}:{name}"
+            for member, name in zip(data.members, data.filenames, strict=True)
+        ]
+    else:
+        folder = _idx(raw)
+        images, labels = idx.read_idx_split(folder, official)
+        # no file names inside IDX files: the source is the file and the index in it
+        sources = [
+            f"{folder.name}:{idx.IDX_FILES[official][0]}[{index}]" for index in range(len(labels))
+        ]
+    keys = [f"{prefix}_{official}_{index:05d}" for index in range(len(labels))]
+    return keys, labels, images, sources
+
+
+@functools.lru_cache(maxsize=8)
+def _small_class_names_cached(raw: Path, dataset: str, stamp: tuple) -> tuple[str, ...]:
+    if dataset in cifar.CIFAR_FORMATS:
+        return tuple(cifar.read_cifar_class_names(_cifar(raw).path, dataset))
+    return idx.IDX_DATASETS[dataset].class_names
+
+
+def _small_class_names(raw: Path, dataset: str) -> tuple[str, ...]:
+    """The class names in label order; CIFAR's meta is read once per archive version (a pass
+    over the gzip stream that prepare would otherwise make for every call)."""
+    path = _cifar(raw).path if dataset in cifar.CIFAR_FORMATS else raw
+    stat = path.stat()
+    return _small_class_names_cached(Path(raw), dataset, (stat.st_mtime_ns, stat.st_size))
+
+
+def _cifar(raw: Path) -> cifar.FoundCifar:
+    found = cifar.find_cifar(raw)
+    assert found is not None, f"{raw} was detected as a CIFAR layout"
+    return found
+
+
+def _idx(raw: Path) -> Path:
+    folder = idx.find_idx_folder(raw)
+    assert folder is not None, f"{raw} was detected as an IDX layout"
+    return folder
+
+
+def _class_tar_wnid(member: tarfile.TarInfo) -> str:
+    """The WNID a per-class member of the train tar is named by (n01440764.tar), else ""."""
+    name = PurePosixPath(member.name).name
+    return name[: -len(".tar")] if name.endswith(".tar") else ""
 
 
 def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:

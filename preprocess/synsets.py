@@ -29,6 +29,18 @@ def is_wnid(name: str) -> bool:
     return WNID_PATTERN.match(name) is not None
 
 
+def class_wnid(index: int) -> str:
+    """The stable WNID-shaped id of class `index` in a dataset without WNIDs: "n00000007".
+
+    Zero-padded to 8 digits, so sorted order is numeric order and class index = the official
+    label, and every tool that expects WNIDs (class folders, LOC_synset_mapping.txt, manifests)
+    takes it as is. No real WNID is this small (they start at n00001740, "entity").
+    """
+    if not 0 <= index < 10**8:
+        raise ValueError(f"class index {index} does not fit in a WNID-shaped id")
+    return f"n{index:08d}"
+
+
 def read_synset_mapping(path: Path) -> dict[str, str]:
     """WNID → words from a `LOC_synset_mapping.txt` ("n01440764 tench, Tinca tinca"), in file
     order."""

@@ -8,10 +8,16 @@
 Shard checks: every tar in the manifest is present with the recorded bytes and sha256; reading
 its members gives the recorded number of samples, each with .jpg/.cls/.json; every label is in
 range and agrees with the WNID in the .json; per-class totals match; the DALI index lists the
-same samples at the right offsets; no unlisted tar sits in the folder. Folder checks: image count
-per class against resize_manifest.json, every image's sha256 against the checksum lists the resize
-tasks wrote (resize_checksums.task-*.sha256, `sha256sum -c` format); with --decode, every image
-decodes as RGB with the promised short side. Prints one line per problem and a summary line.
+same samples at the right offsets; no unlisted tar sits in the folder. A manifest that records a
+subset (`prepare --classes ...`, preprocess/subsets.py) is also checked against it: its rule,
+applied to the recorded raw classes, gives the manifest's classes; every class holds what the
+rule takes from what that class had; the tars hold exactly the chosen keys (sha256 of the
+sorted keys); and train and val drawn from the same raw split share no key.
+
+Folder checks: image count per class against resize_manifest.json, every image's sha256 against
+the checksum lists the resize tasks wrote (resize_checksums.task-*.sha256, `sha256sum -c`
+format); with --decode, every image decodes as RGB with the promised short side. Prints one
+line per problem and a summary line.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -46,6 +53,7 @@ from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, check_resize_complete
 from preprocess.shards import file_sha256
+from preprocess.subsets import Subset, check_record, expected_count, keys_digest
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ class VerifyReport:
     items: int  # samples or images checked
     problems: tuple[str, ...]
     seconds: float
+    keys: frozenset[str] = frozenset()  # sample keys, collected only for a subset's shards
+    subset: dict | None = None  # the manifest's subset record, if any
 
     @property
     def ok(self) -> bool:
@@ -143,29 +153,40 @@ def verify_shard(
     decode: bool,
     short_side: int | None,
     only_shrink: bool = True,
-) -> tuple[list[str], dict[str, int]]:
-    """Problems found in one shard, and its per-class sample counts."""
+    collect_keys: bool = False,
+) -> tuple[list[str], dict[str, int], list[str]]:
+    """Problems found in one shard, its per-class sample counts, and (`collect_keys`) its keys."""
     path = Path(directory) / entry.name
     counts: collections.Counter = collections.Counter()
     if not path.is_file():
-        return [
-            f"{path}: missing (listed in the manifest): re-run `preprocess shard` to resume"
-        ], counts
+        return (
+            [f"{path}: missing (listed in the manifest): re-run `preprocess shard` to resume"],
+            counts,
+            [],
+        )
     size = path.stat().st_size
     if size != entry.bytes:
-        return [
-            (
-                f"{path}: {size} bytes, manifest says {entry.bytes}: "
-                "re-run `preprocess shard` to rewrite it"
-            )
-        ], counts
+        return (
+            [
+                (
+                    f"{path}: {size} bytes, manifest says {entry.bytes}: "
+                    "re-run `preprocess shard` to rewrite it"
+                )
+            ],
+            counts,
+            [],
+        )
     if file_sha256(path) != entry.sha256:
-        return [
-            (
-                f"{path}: sha256 differs from the manifest (corrupted): "
-                "re-run `preprocess shard` to rewrite it"
-            )
-        ], counts
+        return (
+            [
+                (
+                    f"{path}: sha256 differs from the manifest (corrupted): "
+                    "re-run `preprocess shard` to rewrite it"
+                )
+            ],
+            counts,
+            [],
+        )
     problems: list[str] = []
     samples: dict[str, dict[str, bytes]] = {}
     offsets: dict[str, tuple[int, int]] = {}
@@ -176,7 +197,7 @@ def verify_shard(
                 samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
                 offsets[member.name] = (member.offset_data, member.size)
     except (tarfile.TarError, OSError) as err:
-        return [f"{path}: unreadable tar ({err})"], counts
+        return [f"{path}: unreadable tar ({err})"], counts, []
     if len(samples) != entry.count:
         problems.append(f"{path}: {len(samples)} samples, manifest says {entry.count}")
     for key, members in samples.items():
@@ -204,11 +225,44 @@ def verify_shard(
             if reason:
                 problems.append(f"{path}: sample {key}: image {reason}")
     problems.extend(_check_index(directory, entry, offsets))
-    return problems, dict(counts)
+    return problems, dict(counts), list(samples) if collect_keys else []
 
 
-def _verify_shard_chunk(jobs: Sequence[tuple]) -> list[tuple[list[str], dict[str, int], int]]:
+def _verify_shard_chunk(
+    jobs: Sequence[tuple],
+) -> list[tuple[list[str], dict[str, int], list[str], int]]:
     return [(*verify_shard(*job), job[1].count) for job in jobs]
+
+
+def check_subset(
+    directory: Path,
+    manifest_split: str,
+    classes: Sequence[str],
+    record: dict,
+    totals: dict[str, int],
+    keys: set[str],
+) -> list[str]:
+    """What disagrees between a split's subset record and what its tars hold."""
+    problems = [
+        f"{directory}: {problem}" for problem in check_record(record, manifest_split, classes)
+    ]
+    if problems:
+        return problems
+    subset = Subset.from_rule(record["rule"], record["classes"])
+    for wnid in record["classes"]:
+        wanted = expected_count(subset, manifest_split, int(record["available"].get(wnid, 0)))
+        if totals.get(wnid, 0) != wanted:
+            problems.append(
+                f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples, but the subset takes "
+                f"{wanted} of the {record['available'].get(wnid, 0)} it had"
+            )
+    if len(keys) != record.get("num_selected") or keys_digest(keys) != record.get("keys_sha256"):
+        problems.append(
+            f"{directory}: the tars hold {len(keys)} samples, not the {record.get('num_selected')} "
+            "the subset chose (keys sha256 differs): a bad image left out, or shards from "
+            "another run; see resize_errors*.txt and re-run prepare"
+        )
+    return problems
 
 
 def verify_shards(
@@ -232,6 +286,7 @@ def verify_shards(
             f"{directory / '_info.json'}: missing (timm's dataset info): re-run `preprocess shard`"
         )
     totals: collections.Counter = collections.Counter()
+    keys: set[str] = set()
     jobs = [
         # only_shrink unknown (an older manifest): smaller images are given the benefit of the doubt
         [
@@ -242,6 +297,7 @@ def verify_shards(
                 decode,
                 manifest.short_side,
                 manifest.only_shrink is not False,
+                manifest.subset is not None,
             )
         ]
         for entry in manifest.shards
@@ -250,9 +306,10 @@ def verify_shards(
         for chunk in run_bounded(
             _verify_shard_chunk, jobs, min(resolve_workers(workers), len(jobs))
         ):
-            for shard_problems, counts, count in chunk:
+            for shard_problems, counts, shard_keys, count in chunk:
                 problems.extend(shard_problems)
                 totals.update(counts)
+                keys.update(shard_keys)
                 bar.update(count)
     if not any(
         "sha256" in problem or "missing" in problem or "bytes" in problem for problem in problems
@@ -263,8 +320,20 @@ def verify_shards(
                     f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, "
                     f"manifest says {manifest.class_counts.get(wnid, 0)}"
                 )
+        if manifest.subset is not None:
+            problems.extend(
+                check_subset(
+                    directory, manifest.split, manifest.classes, manifest.subset, totals, keys
+                )
+            )
     return VerifyReport(
-        directory, "shards", manifest.num_samples, tuple(problems), time.perf_counter() - started
+        directory,
+        "shards",
+        manifest.num_samples,
+        tuple(problems),
+        time.perf_counter() - started,
+        frozenset(keys),
+        manifest.subset,
     )
 
 
@@ -433,6 +502,25 @@ def verify(directory: Path, decode: bool = False, workers: int | None = None) ->
     for kind, target in find_targets(directory):
         check = verify_shards if kind == "shards" else verify_folders
         reports.append(check(target, decode=decode, workers=workers))
+    return _check_splits_disjoint(reports)
+
+
+def _check_splits_disjoint(reports: list[VerifyReport]) -> list[VerifyReport]:
+    """Train and val drawn from the same raw split (--val-from-train) must share no image."""
+    subsets = [report for report in reports if report.kind == "shards" and report.subset]
+    for first, second in itertools.combinations(subsets, 2):
+        assert first.subset is not None and second.subset is not None
+        if first.subset.get("source_split") != second.subset.get("source_split"):
+            continue
+        shared = sorted(first.keys & second.keys)
+        if shared:
+            problem = (
+                f"{first.directory} and {second.directory} share {len(shared)} samples "
+                f"(first: {shared[0]}), though their subset draws disjoint windows of raw "
+                f"{first.subset.get('source_split')}: re-run prepare into a new DST"
+            )
+            index = reports.index(second)
+            reports[index] = dataclasses.replace(second, problems=(*second.problems, problem))
     return reports
 
 
