@@ -34,11 +34,12 @@ import torch
 
 from pipeline.config import Config, replace
 from pipeline.data import build_loader, resolve_classes
+from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
 from pipeline.data.plans import open_manifest
 from pipeline.distributed import DistInfo
 from pipeline.doctor.report import Check
-from pipeline.errors import first_line
+from pipeline.errors import UserError, first_line
 from preprocess.manifest import MANIFEST_NAME
 
 MB = 1e6
@@ -240,7 +241,17 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
         "decode": {},
     }
     try:
-        resolve_classes(cfg)  # the configured data, with the loaders' one-line errors
+        split_directory(cfg, "train")  # the loaders' one-line error about data.train_dir
+    except UserError as err:
+        # nothing to read or decode; the configured loader fails for the same reason
+        result["read_error"] = first_line(err)
+        configured = list_candidates(cfg, dist, layouts)[0]
+        result["decode"][configured.label] = describe_candidate(configured) | {
+            "error": first_line(err)
+        }
+        return result
+    try:
+        resolve_classes(cfg)
         layout = "shards" if (train_dir / MANIFEST_NAME).is_file() else "folders"
         read = measure_read(train_dir, layout, dist, budget)
         read["bytes_per_image"] = bytes_per_image(train_dir, layout, read)
@@ -248,13 +259,7 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["read_error"] = describe_error(err)
     for candidate in list_candidates(cfg, dist, layouts):
-        entry: dict[str, Any] = {
-            "backend": candidate.backend,
-            "decode": candidate.decode,
-            "directory": str(candidate.directory),
-            "configured": candidate.configured,
-            "overrides": candidate.overrides(),
-        }
+        entry = describe_candidate(candidate)
         try:
             entry.update(measure_decode(cfg, dist, candidate, budget))
         except Exception as err:  # noqa: BLE001 - reported as the check's one line
@@ -263,10 +268,18 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     return result
 
 
+def describe_candidate(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "backend": candidate.backend,
+        "decode": candidate.decode,
+        "directory": str(candidate.directory),
+        "configured": candidate.configured,
+        "overrides": candidate.overrides(),
+    }
+
+
 def describe_error(err: BaseException) -> str:
     """A one-line description of a measurement that failed: the user error's line, or the type."""
-    from pipeline.errors import UserError
-
     if isinstance(err, UserError):
         return first_line(err)
     return f"{type(err).__name__}: {first_line(err)}"

@@ -50,26 +50,31 @@ def overall_status(checks: list[Check]) -> Status:
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
 
 
+def wrap(text: str, head: str, indent: str) -> list[str]:
+    """`text` after `head`, continued under `indent`, in lines of at most TABLE_WIDTH; words
+    are never broken (a long path stays whole, on its own line)."""
+    return textwrap.wrap(
+        text,
+        width=TABLE_WIDTH,
+        initial_indent=head,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    ) or [head.rstrip()]
+
+
 def format_table(title: str, checks: list[Check], section_notes: dict[str, str]) -> str:
     """The one-screen table: a title line, then each section's checks, results wrapped at 100."""
-    lines = [title]
-    indent = " " * 27  # under the result column
+    lines = wrap(title, "", "  ")
     for section in SECTIONS:
         members = [check for check in checks if check.section == section]
         if not members:
             continue
         note = section_notes.get(section, "")
-        lines.append(f"{section}{f' ({note})' if note else ''}")
+        lines += wrap(f"{section}{f' ({note})' if note else ''}", "", "  ")
         for check in members:
             head = f"  {check.status:<5} {check.name:<18} "
-            wrapped = textwrap.wrap(
-                check.summary,
-                width=TABLE_WIDTH - len(head),
-                break_on_hyphens=False,
-                break_long_words=False,
-            ) or [""]
-            lines.append(head + wrapped[0])
-            lines.extend(indent + rest for rest in wrapped[1:])
+            lines += wrap(check.summary, head, " " * len(head))
     return "\n".join(lines)
 
 
