@@ -54,7 +54,9 @@ def gather_rank_info(dist: DistInfo) -> list[dict]:
     return [info for info in gathered if info is not None]
 
 
-def summarize(dist: DistInfo, ranks: list[dict], reduced: float, seconds: float) -> dict:
+def summarize(
+    dist: DistInfo, ranks: list[dict], reduced: float, seconds: float, gloo_seconds: float
+) -> dict:
     """The report: world, backend, and per node (ranks are contiguous per node under torchrun)."""
     nodes = []
     per_node = max(dist.local_world_size, 1)
@@ -74,6 +76,7 @@ def summarize(dist: DistInfo, ranks: list[dict], reduced: float, seconds: float)
         "backend": dist.backend or "none (world of one)",
         "all_reduce": reduced,
         "all_reduce_s": round(seconds, 4),
+        "gloo_all_reduce_s": round(gloo_seconds, 4),
         "nodes": nodes,
     }
 
@@ -82,7 +85,8 @@ def format_report(report: dict) -> str:
     head = (
         f"preflight ok: world_size={report['world_size']} backend={report['backend']} "
         f"nodes={len(report['nodes'])} all_reduce={report['all_reduce']:g} "
-        f"({report['all_reduce_s'] * 1000:.1f} ms)"
+        f"({report['all_reduce_s'] * 1000:.1f} ms, gloo side group "
+        f"{report['gloo_all_reduce_s'] * 1000:.1f} ms)"
     )
     parts = [head]
     for node in report["nodes"]:
@@ -109,8 +113,21 @@ def run_preflight(device: str, timeout_s: float, report_file: Path | None) -> di
             raise RuntimeError(
                 f"all-reduce of ones gave {reduced:g}, expected the world size {dist.world_size}"
             )
+        # the trainer's gloo side group (its per-step stop flag) may pick a network interface
+        # other nodes cannot reach even when nccl works: all-reduce on a gloo group too
+        gloo = torch_dist.new_group(backend="gloo") if dist.is_distributed else None
+        started = time.perf_counter()
+        gloo_reduced = torch.ones(1)
+        if gloo is not None:
+            torch_dist.all_reduce(gloo_reduced, group=gloo)
+        gloo_seconds = time.perf_counter() - started
+        if float(gloo_reduced.item()) != (dist.world_size if gloo is not None else 1):
+            raise RuntimeError(
+                f"gloo all-reduce of ones gave {float(gloo_reduced.item()):g}, expected the "
+                f"world size {dist.world_size}"
+            )
         ranks = gather_rank_info(dist)
-        report = summarize(dist, ranks, reduced, seconds)
+        report = summarize(dist, ranks, reduced, seconds, gloo_seconds)
         if dist.is_main:
             print(format_report(report), flush=True)
         if report_file is not None and dist.local_rank == 0:

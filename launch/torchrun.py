@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 # Signals torchrun passes on to its workers (pipeline.train checkpoints on TERM/USR1/USR2).
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
+# payloads whose --config / overrides name the device the preflight must test
+TRAINING_MODULES = ("pipeline.train", "pipeline.doctor")
 
 
 class LaunchError(UserError):
@@ -62,6 +64,7 @@ class LaunchPlan:
     rdzv_timeout_s: int = 300  # bound on forming the world (joining and store connection)
     shutdown_timeout_s: int = 120  # grace between the forwarded signal and SIGKILL
     preflight_timeout_s: int = 120  # process-group timeout of the preflight all-reduce
+    device: str = "auto"  # the training command's train.device: the preflight tests that one
 
     @property
     def endpoint(self) -> str:
@@ -112,10 +115,41 @@ def is_loopback(addresses: list[str]) -> bool:
     )
 
 
-def count_visible_gpus() -> int:
-    import torch  # imported here: `--nproc N --dry-run` should not pay for it
+def training_device(payload: list[str]) -> str:
+    """train.device of a `-m pipeline.train` / `-m pipeline.doctor` payload (its --config and
+    overrides), so the preflight tests the backend training will use; "auto" for other commands
+    and for a config the trainer will reject with its own message."""
+    if len(payload) < 2 or payload[0] != "-m" or payload[1] not in TRAINING_MODULES:
+        return "auto"
+    from pipeline.config import load_config  # deferred: only a training payload needs it
 
-    return torch.cuda.device_count()
+    config, overrides, rest = None, [], payload[2:]
+    for index, token in enumerate(rest):
+        if token == "--config" and index + 1 < len(rest):
+            config = rest[index + 1]
+        elif token.startswith("--config="):
+            config = token.split("=", 1)[1]
+        elif not token.startswith("-") and "=" in token and "." in token.split("=", 1)[0]:
+            overrides.append(token)
+    try:
+        return load_config(config, overrides).train.device
+    except UserError:
+        return "auto"
+
+
+def count_visible_gpus() -> int:
+    """GPUs torch can use here; LaunchError when the node has GPUs but CUDA cannot start."""
+    from pipeline.distributed import CudaProbe  # deferred: `--nproc N --dry-run` needs no torch
+
+    probe = CudaProbe.read()
+    if not probe.available and probe.gpus_present:
+        raise LaunchError(
+            f"this node shows GPUs ({probe.gpus_present}) but CUDA cannot start: "
+            f"{probe.torch_warning or 'torch.cuda.is_available() is False'}; update the NVIDIA "
+            "driver or the torch build, or pass --nproc N with train.device=cpu to train on "
+            "the CPU on purpose"
+        )
+    return probe.device_count
 
 
 def build_plan(args: argparse.Namespace) -> LaunchPlan:
@@ -131,10 +165,13 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
             )
     nproc = args.nproc
     if nproc is None:
+        if args.device == "cpu":
+            raise LaunchError("train.device=cpu: pass --nproc N to run N CPU (gloo) processes")
         nproc = count_visible_gpus()
         if nproc == 0:
             raise LaunchError(
-                "no CUDA GPU is visible on this node: pass --nproc N to run N CPU (gloo) processes"
+                "no CUDA GPU is visible on this node: pass --nproc N with train.device=cpu to "
+                "run N CPU (gloo) processes"
             )
     host = port = None
     if args.rdzv_endpoint:
@@ -167,6 +204,7 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
         rdzv_timeout_s=args.rdzv_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
         preflight_timeout_s=args.preflight_timeout,
+        device=args.device,
     )
 
 
@@ -203,6 +241,7 @@ def build_preflight_command(plan: LaunchPlan, report_file: Path) -> list[str]:
     payload = [
         "-m",
         "launch.preflight",
+        f"--device={plan.device}",
         f"--timeout={plan.preflight_timeout_s}",
         f"--report-file={report_file}",
     ]
@@ -346,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the torchrun commands and exit"
     )
+    # not an option: main() reads it from the training command's config (training_device)
+    parser.set_defaults(device="auto")
     return parser
 
 
@@ -358,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "nothing to run: put the command after '--', e.g. -- -m pipeline.train --config FILE"
         )
+    args.device = training_device(payload)
     try:
         plan = build_plan(args)
     except LaunchError as err:

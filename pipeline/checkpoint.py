@@ -122,6 +122,18 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"cannot read {what} {path}: {first}") from None
 
 
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor in it moved to the CPU (dicts, lists and tuples walked), so a
+    checkpoint written on a GPU loads with a plain torch.load on a machine without one."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
     version, internal, gauss = random.getstate()

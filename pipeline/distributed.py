@@ -16,11 +16,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import socket
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.distributed as torch_dist
+
+from pipeline.errors import UserError
 
 Backend = Literal["nccl", "gloo"]
 
@@ -66,31 +71,98 @@ def read_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int, int]:
     return 0, 0, 1, 1
 
 
+@dataclasses.dataclass(frozen=True)
+class CudaProbe:
+    """What this process can see of CUDA, read once before any device is chosen."""
+
+    available: bool  # torch.cuda.is_available()
+    device_count: int  # GPUs this process may use (0 when CUDA cannot start)
+    gpus_present: str  # why the node looks like it has GPUs ("/dev/nvidia0", ...); "" if none
+    torch_warning: str  # torch's own message when it could not start CUDA; "" if none
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None, dev: Path = Path("/dev")) -> CudaProbe:
+        env = os.environ if env is None else env
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            available = torch.cuda.is_available()
+        count = torch.cuda.device_count() if available else 0
+        messages = [str(w.message).strip() for w in caught if "CUDA" in str(w.message)]
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        signs = sorted(path.name for path in dev.glob("nvidia[0-9]*")) if dev.is_dir() else []
+        if signs:
+            present = f"{dev / signs[0]}" + (f" and {len(signs) - 1} more" if signs[1:] else "")
+        elif visible not in (None, "", "-1", "none", "NoDevFiles"):
+            present = f"CUDA_VISIBLE_DEVICES={visible}"
+        else:
+            present = ""
+        return cls(
+            available, count, present, " ".join(messages).splitlines()[0] if messages else ""
+        )
+
+
+def select_device(
+    requested: Literal["auto", "cuda", "cpu"],
+    local_rank: int,
+    local_world_size: int,
+    probe: CudaProbe,
+) -> str:
+    """ "cuda:N" or "cpu" for this process, or a UserError line; never a silent CPU fallback
+    on a node that has GPUs.
+
+    Local rank r takes GPU r. A process that sees exactly one GPU while its node runs several
+    (srun --gpus-per-task=1 binds one GPU to each task) takes that one; `check_distinct_gpus`
+    then proves no two ranks share it."""
+    if requested == "cpu":
+        return "cpu"
+    if not probe.available:
+        reason = probe.torch_warning or "torch.cuda.is_available() is False"
+        if requested == "cuda":
+            raise UserError(
+                f"train.device=cuda but CUDA cannot start here ({reason}): fix the driver or the "
+                "torch build, or set train.device=cpu"
+            )
+        if probe.gpus_present:
+            raise UserError(
+                f"this node shows GPUs ({probe.gpus_present}) but CUDA cannot start: {reason}; "
+                "update the NVIDIA driver (the cu130 torch wheels need 580 or newer) or install "
+                "a torch built for it, or set train.device=cpu to train on the CPU on purpose"
+            )
+        return "cpu"
+    if probe.device_count == 1 and local_world_size > 1:
+        return "cuda:0"
+    if local_rank >= probe.device_count:
+        raise UserError(
+            f"local rank {local_rank} needs GPU {local_rank} but this process sees "
+            f"{probe.device_count} GPU(s): start at most {probe.device_count} processes per node "
+            f"(--nproc-per-node={probe.device_count}) or make more GPUs visible "
+            "(CUDA_VISIBLE_DEVICES)"
+        )
+    return f"cuda:{local_rank}"
+
+
 def init_distributed(
-    device: Literal["auto", "cuda", "cpu"] = "auto", timeout_s: float = 1800.0
+    device: Literal["auto", "cuda", "cpu"] = "auto",
+    timeout_s: float = 1800.0,
+    probe: CudaProbe | None = None,
 ) -> DistInfo:
     """Start the process group when launched by torchrun/srun; pick the device by local rank.
 
-    nccl on GPU, gloo on CPU. A world of one starts no process group.
+    nccl on GPU, gloo on CPU. A world of one starts no process group. Raises UserError (one
+    line) for a device this node cannot give (see `select_device`) and for two ranks on one GPU.
     """
     rank, local_rank, world_size, local_world_size = read_env()
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device 'cuda' was asked for but CUDA is not available: use --device cpu"
-        )
+    probe = probe if probe is not None else CudaProbe.read()
+    device_name = select_device(device, local_rank, local_world_size, probe)
+    use_cuda = device_name.startswith("cuda")
     if use_cuda:
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        device_name = f"cuda:{index}"
-    else:
-        device_name = "cpu"
+        torch.cuda.set_device(torch.device(device_name))
     backend = None
     if world_size > 1:
         backend = "nccl" if use_cuda else "gloo"
         if not torch_dist.is_initialized():
             if "MASTER_ADDR" not in os.environ and "RANK" not in os.environ:
-                raise RuntimeError(
+                raise UserError(
                     "launched under Slurm without torchrun but MASTER_ADDR is not set: "
                     "use slurm/train.sbatch or export MASTER_ADDR/MASTER_PORT"
                 )
@@ -104,7 +176,37 @@ def init_distributed(
                 timeout=datetime.timedelta(seconds=timeout_s),
                 device_id=torch.device(device_name) if use_cuda else None,
             )
-    return DistInfo(rank, local_rank, world_size, local_world_size, backend, device_name)
+    dist = DistInfo(rank, local_rank, world_size, local_world_size, backend, device_name)
+    if use_cuda:
+        check_distinct_gpus(dist)
+    return dist
+
+
+def check_distinct_gpus(dist: DistInfo) -> None:
+    """Every rank on its own GPU (NCCL would fail later with "Duplicate GPU detected")."""
+    if not dist.is_distributed:
+        return
+    uuid = str(torch.cuda.get_device_properties(dist.torch_device).uuid)
+    mine = (socket.gethostname(), uuid, dist.rank)
+    everyone: list = [None] * dist.world_size
+    torch_dist.all_gather_object(everyone, mine)
+    seen: dict[tuple[str, str], int] = {}
+    for host, gpu, rank in everyone:
+        if (host, gpu) in seen:
+            raise UserError(
+                f"ranks {seen[host, gpu]} and {rank} on {host} share GPU {gpu}: give every rank "
+                "its own GPU (one process per GPU, or srun --gpus-per-task=1)"
+            )
+        seen[host, gpu] = rank
+
+
+def side_group(dist: DistInfo):
+    """A gloo group over every rank for small CPU collectives beside nccl (the per-step stop
+    flag): they never wait for the GPU. None without a process group or when the default group
+    is gloo already. A collective call: every rank must make it, in the same order."""
+    if not dist.is_distributed or dist.backend != "nccl":
+        return None
+    return torch_dist.new_group(backend="gloo")
 
 
 def shutdown(dist: DistInfo) -> None:
@@ -164,3 +266,17 @@ def replica_fingerprints(model: torch.nn.Module, dist: DistInfo) -> list[torch.T
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     torch_dist.all_gather(gathered, local)
     return gathered
+
+
+def broadcast_buffers(model: torch.nn.Module, dist: DistInfo, src: int = 0) -> None:
+    """Rank `src`'s buffers (BatchNorm running statistics) on every rank.
+
+    DDP broadcasts buffers at the start of each training forward, but that forward then updates
+    them from each rank's own batch: after the last step every rank holds slightly different
+    statistics. Evaluating with those would score a different model per rank, and not the one
+    rank 0 saves."""
+    if not dist.is_distributed:
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer, src=src)

@@ -34,7 +34,7 @@ from pipeline.models import (
     load_weights,
     resolve_num_classes,
 )
-from pipeline.precision import build_autocast, resolve_precision
+from pipeline.precision import build_autocast, configure_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def evaluate_checkpoint(cfg: Config, dist: DistInfo, resume: Path | None) -> int
     RUN_DIR/per_class_accuracy.csv (rank 0) and prints the `final:` line."""
     device = dist.torch_device
     run_dir = Path(cfg.train.run_dir)
+    configure_device(device)
     autocast = build_autocast(resolve_precision(cfg.train.precision, device), device)
     check_input_sizes(cfg)
     classes = resolve_classes(cfg)

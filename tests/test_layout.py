@@ -120,3 +120,17 @@ def test_the_loader_backends_never_import_each_other():
     assert all(backends & graph[name] == set() for name in backends), {
         name: sorted(backends & graph[name]) for name in backends
     }
+
+
+def test_architecture_md_has_a_line_for_every_module():
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    missing = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.name in ("__init__.py", "__main__.py") and path.parent.name != "data":
+                continue
+            relative = path.relative_to(REPO / package).as_posix()
+            names = (f"`{relative}`", f"`{package}/{relative}`", f"`{path.name}`")
+            if not any(name in text for name in names):
+                missing.append(f"{package}/{relative}")
+    assert missing == []

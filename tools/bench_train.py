@@ -35,6 +35,7 @@ from pipeline.config import ModelConfig, build_config
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
 from pipeline.models import build_model
+from pipeline.precision import configure_device, resolve_precision
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,14 +88,8 @@ def resolve(args) -> tuple[torch.device, str]:
         if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
         else "cpu"
     )
-    precision = args.precision
-    if precision == "auto":
-        precision = (
-            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-            if device.type == "cuda"
-            else "fp32"
-        )
-    return device, precision
+    configure_device(device)  # cuDNN autotuning on CUDA, as the trainer does
+    return device, resolve_precision(args.precision, device)
 
 
 class StepRunner:

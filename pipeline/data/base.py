@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -97,6 +98,34 @@ def check_same_classes(directory: Path, classes: list[str], reference: Sequence[
         )
 
 
+CopyMode = Literal["in_place", "async", "pin_then_async", "blocking"]
+
+
+def copy_mode(source: torch.device, pinned: bool, target: torch.device) -> CopyMode:
+    """How one tensor reaches `target` without stalling the GPU, decided per tensor.
+
+    A batch can mix devices: DALI `mixed` hands over CUDA images and CPU labels. A pageable
+    host tensor copied to a GPU blocks the host until the GPU's queue drains (a bubble per
+    step that also counts compute as data wait), so it is pinned first (torch's caching host
+    allocator keeps the pinned buffer alive until the copy is done), then copied asynchronously.
+    """
+    if source == target:
+        return "in_place"
+    if target.type == "cuda" and source.type == "cpu":
+        return "async" if pinned else "pin_then_async"
+    return "blocking"
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`, copied as `copy_mode` says."""
+    mode = copy_mode(tensor.device, tensor.device.type == "cpu" and tensor.is_pinned(), device)
+    if mode == "in_place":
+        return tensor
+    if mode == "pin_then_async":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=mode != "blocking")
+
+
 def to_device_batch(
     images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
 ):
@@ -105,11 +134,10 @@ def to_device_batch(
     Host batches are NHWC because that is how decoders write pixels; the permuted view is already
     in channels_last memory format, so NHWC costs nothing and NCHW costs one copy on the device.
     """
-    non_blocking = device.type == "cuda" and images.is_pinned()
-    images = images.to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
+    images = to_device(images, device).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
     if not channels_last:
         images = images.contiguous()
-    labels = labels.to(device, dtype=torch.int64, non_blocking=non_blocking)
+    labels = to_device(labels, device).to(torch.int64)  # int64 already: no copy
     return images, labels
 
 

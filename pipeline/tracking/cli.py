@@ -36,7 +36,9 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     if source is None or not (run_dir / "config.yaml").is_file():
         logger.warning("no checkpoint or config.yaml in %s: skipping the prediction grid", run_dir)
         return None
-    cfg = load_config(run_dir / "config.yaml", ["data.num_workers=0", "train.device=cpu"])
+    # on the CPU, whatever the run used: a GPU run's dali_decode=mixed would need a GPU too
+    on_cpu = ["data.num_workers=0", "train.device=cpu", "data.dali_decode=cpu"]
+    cfg = load_config(run_dir / "config.yaml", on_cpu)
     dist = DistInfo()
     val_loader = build_loader(cfg, "val", dist)
     torch.manual_seed(cfg.train.seed)

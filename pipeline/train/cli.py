@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         dist = init_distributed(cfg.train.device)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UserError, RuntimeError) as err:  # RuntimeError: the rendezvous itself failed
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(dist)
     try:

@@ -74,6 +74,10 @@ class TrainMeter:
     def reduce(self) -> dict[str, float]:
         """Global train/loss, train/top1, perf/images_per_s, perf/data_wait_frac (+ perf/gpu_mem_gb
         on CUDA). A collective: every rank calls it at the same step."""
+        if self.device.type == "cuda":
+            # kernels run asynchronously: without this the window would end when the last step
+            # was queued, not when it ran, and images/s would read high
+            torch.cuda.synchronize(self.device)
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         extra = torch.tensor(
             [self.samples, self.data_wait / elapsed], dtype=torch.float64, device=self.device

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.distributed import DistInfo, all_reduce_max
+from pipeline.distributed import DistInfo, all_reduce_max, side_group
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -28,10 +28,9 @@ class StopFlag:
     def __init__(self, dist: DistInfo):
         self.received: int | None = None
         self.dist = dist
-        self.group = None
-        if dist.is_distributed and dist.backend == "nccl":
-            # A gloo side group: the per-step flag all-reduce runs on CPU and never syncs the GPU.
-            self.group = torch_dist.new_group(backend="gloo")
+        # a gloo side group under nccl: the per-step flag all-reduce runs on the CPU and never
+        # waits for the GPU (the preflight all-reduces on such a group too)
+        self.group = side_group(dist)
         self.previous = {}
         for signum in STOP_SIGNALS:
             self.previous[signum] = signal.signal(signum, self._handle)

@@ -28,13 +28,13 @@ from torch import nn
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
-from pipeline.distributed import DistInfo, barrier, replica_fingerprints
+from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
 from pipeline.errors import EXIT_OK, EXIT_STOPPED
 from pipeline.evaluate import EvalOutput, evaluate, print_final
 from pipeline.metrics import write_per_class_csv
 from pipeline.models import check_input_sizes, create_model, resolve_num_classes, set_train_mode
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.precision import build_autocast, resolve_precision
+from pipeline.precision import build_autocast, configure_device, resolve_precision
 from pipeline.tracking import build_tracker
 from pipeline.train.meters import TrainMeter, progress_bar
 from pipeline.train.resume import (
@@ -62,6 +62,7 @@ class Trainer:
         self.dist = dist
         self.device = dist.torch_device
         self.run_dir = Path(cfg.train.run_dir)
+        configure_device(self.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.autocast = build_autocast(self.precision, self.device)
         check_input_sizes(cfg)
@@ -152,7 +153,8 @@ class Trainer:
         return {
             "format": ckpt.FORMAT_VERSION,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            # on the CPU: Optimizer.load_state_dict moves it back to each parameter's device
+            "optimizer": ckpt.to_cpu(self.optimizer.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "schedule": self.schedule.state_dict(),
             **state.as_checkpoint(),
@@ -396,6 +398,7 @@ class Trainer:
         before or during it."""
         state = self.state
         interrupted = self.stop.pending if interruptible else None
+        broadcast_buffers(self.model, self.dist)  # every rank scores the model rank 0 saves
         output = evaluate(
             self.model,
             self.val_loader,

@@ -217,8 +217,10 @@ def test_preflight_all_reduces_across_two_cpu_processes_and_reports_the_world(tm
     )
     assert result.returncode == 0, result.stderr
     assert "preflight ok: world_size=2 backend=gloo nodes=1 all_reduce=2" in result.stdout
+    assert "gloo side group" in result.stdout  # the trainer's CPU group answered too
     data = json.loads(report.read_text())
     assert data["stage"] == "done" and data["world_size"] == 2
+    assert data["gloo_all_reduce_s"] >= 0
     assert data["nodes"] == [
         {"node": 0, "host": socket.gethostname(), "ranks": [0, 1], "devices": ["cpu", "cpu"]}
     ]
