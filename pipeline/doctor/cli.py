@@ -33,6 +33,7 @@ from pipeline.config import Config, config_to_dict, load_config
 from pipeline.data import resolve_classes
 from pipeline.data.base import per_rank_batch_size
 from pipeline.distributed import (
+    CudaProbe,
     DistInfo,
     barrier,
     broadcast_object,
@@ -98,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     started = time.perf_counter()
     budget = QUICK if args.quick else FULL
-    facts = environment.probe_host(cfg)  # first: torch's own CUDA warning fires only once
+    cuda = CudaProbe.read()  # first: torch's own CUDA warning fires only once
+    facts = environment.probe_host(cfg, cuda)
     try:
-        dist = init_distributed(cfg.train.device, timeout_s=args.timeout)
+        dist = init_distributed(cfg.train.device, timeout_s=args.timeout, probe=cuda)
     except (RuntimeError, ValueError, UserError) as err:
         return report_start_failure(cfg, args, argv, facts, err, started)
     setup_logging(dist)
@@ -352,7 +354,9 @@ def report_start_failure(
     meet), and exit 1. Only rank 0 prints the table and writes the report."""
     rank, _, world_size, local_world_size = read_env()
     message = first_line(err)
-    rendezvous = isinstance(err, torch_dist.DistError) or "timed out" in message.lower()
+    # the device's problems are UserErrors (select_device, check_distinct_gpus); anything else
+    # came from forming the process group
+    rendezvous = not isinstance(err, UserError) or "MASTER_ADDR" in message
     checks = environment.summarize_environment(
         cfg,
         [facts],

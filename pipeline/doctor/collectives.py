@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, side_group
 from pipeline.doctor.report import Check
 
 GB = 1e9
@@ -156,8 +156,7 @@ def measure_collectives(dist: DistInfo, gradient_numel: int, budget) -> dict[str
                 gradient_numel, mine, len(nodes), device, warmup, iterations
             )
     if dist.backend == "nccl":
-        # the trainer's side group (pipeline/train/signals.py): gloo, on CPU tensors
-        side = torch_dist.new_group(backend="gloo")
+        side = side_group(dist)  # the trainer's (pipeline/train/signals.py): gloo, CPU tensors
         result["gloo_side"] = all_reduce_timing(
             gradient_numel,
             side,

@@ -1,6 +1,8 @@
 """Environment: what this node offers the configured run, probed on every rank, judged on rank 0.
 
-    facts = probe_host(cfg)                   # before the process group: torch's CUDA warning
+    cuda = CudaProbe.read()                   # before any CUDA query: torch's warning fires once
+    facts = probe_host(cfg, cuda)             # before the process group
+    dist = init_distributed(cfg.train.device, probe=cuda)
     facts |= probe_device(cfg, dist)          # after it: the rank's device and its precision
     checks = summarize_environment(cfg, per_rank_facts, num_parameters, init_error)
 
@@ -14,24 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import glob
 import importlib.metadata
 import os
 import re
 import shutil
 import socket
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.config import Config
-from pipeline.distributed import DistInfo
+from pipeline.distributed import CudaProbe, DistInfo
 from pipeline.doctor.report import Check
 from pipeline.errors import ConfigError, first_line
-from pipeline.precision import resolve_precision
+from pipeline.precision import has_native_bf16, resolve_precision
 
 GB = 1e9
 # The oldest driver each CUDA major version runs on (NVIDIA's CUDA compatibility table).
@@ -49,23 +49,19 @@ VEX256 = re.compile(
 VEX256_PER_MB_FOR_AVX2 = 100  # measured: an AVX2 pillow-simd ~980 per MB; SSE-only libraries < 10
 
 
-def probe_host(cfg: Config) -> dict[str, Any]:
-    """This process's view of the host, before any process group or CUDA context exists."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cuda_available = torch.cuda.is_available()  # the first CUDA query warns when it fails
-    cuda_warnings = [str(w.message).strip() for w in caught if "CUDA" in str(w.message)]
+def probe_host(cfg: Config, cuda: CudaProbe) -> dict[str, Any]:
+    """This process's view of the host, before any process group exists; `cuda` is what
+    init_distributed will decide from (pipeline/distributed.py reads it once)."""
     return {
         "host": socket.gethostname(),
         "cpu_count": len(os.sched_getaffinity(0)),
         "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
         "torch": torch.__version__,
         "torch_cuda_build": torch.version.cuda,  # "13.0", or None for a CPU-only build
-        "cuda_available": cuda_available,
-        "cuda_warning": first_line_of(cuda_warnings[0]) if cuda_warnings else "",
-        "device_count": torch.cuda.device_count() if cuda_available else 0,
-        "dev_nvidia": sorted(glob.glob("/dev/nvidia[0-9]*")),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_available": cuda.available,
+        "cuda_warning": cuda.torch_warning,
+        "device_count": cuda.device_count,
+        "gpus_present": cuda.gpus_present,  # "/dev/nvidia0 and 7 more", or "" without GPUs
         "driver_cuda": driver_cuda_version(),
         "driver_version": driver_version(),
         "nccl": nccl_version(),
@@ -86,7 +82,7 @@ def probe_device(cfg: Config, dist: DistInfo) -> dict[str, Any]:
             "name": properties.name,
             "capability": f"{properties.major}.{properties.minor}",
             "memory_gb": round(properties.total_memory / GB, 1),
-            "bf16_native": properties.major >= 8,  # emulated bf16 on older GPUs is slow
+            "bf16_native": has_native_bf16(),  # emulated bf16 on older GPUs is slow
             "fp16_tensor_cores": properties.major >= 7,
         }
     try:
@@ -270,7 +266,7 @@ def wants_cuda(cfg: Config, main: dict[str, Any]) -> bool:
     """Whether the config trains on CUDA here (auto does wherever a GPU is visible)."""
     if cfg.train.device == "cuda":
         return True
-    return cfg.train.device == "auto" and bool(main["cuda_available"] or main["dev_nvidia"])
+    return cfg.train.device == "auto" and bool(main["cuda_available"] or main["gpus_present"])
 
 
 def check_torch_and_driver(cfg: Config, main: dict[str, Any]) -> Check:
@@ -333,21 +329,22 @@ def check_devices(
         "train_device": cfg.train.device,
         "devices": [f.get("device") for f in facts],
         "device_count": main["device_count"],
-        "dev_nvidia": main["dev_nvidia"],
-        "cuda_visible_devices": main["cuda_visible_devices"],
+        "gpus_present": main["gpus_present"],
         "ranks_per_node": local_world_size,
     }
     if init_error:
         values["error"] = init_error
         hint = f" (torch: {main['cuda_warning']})" if main["cuda_warning"] else ""
         return Check("environment", "devices", "fail", f"{init_error}{hint}", values)
-    if main["dev_nvidia"] and not main["cuda_available"] and cfg.train.device != "cpu":
+    if main["gpus_present"] and not main["cuda_available"]:
+        # auto and cuda fail in init_distributed; cpu trains on the CPU, as asked
         reason = main["cuda_warning"] or "torch.cuda.is_available() is False"
         return Check(
             "environment",
             "devices",
-            "fail",
-            f"{len(main['dev_nvidia'])} NVIDIA devices are visible but CUDA cannot start: {reason}",
+            "warn",
+            f"this node shows GPUs ({main['gpus_present']}) but CUDA cannot start ({reason}): "
+            "train.device=cpu trains on the CPU",
             values,
         )
     if "device" not in main:

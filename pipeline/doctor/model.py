@@ -31,7 +31,7 @@ from pipeline.distributed import DistInfo
 from pipeline.doctor.report import Check
 from pipeline.models import create_model
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.precision import build_autocast, resolve_precision
+from pipeline.precision import build_autocast, configure_device, resolve_precision
 from pipeline.tracking import NullTracker
 from pipeline.train.meters import TrainMeter
 from pipeline.train.step import OptimizerStep
@@ -148,8 +148,7 @@ def measure_step(
 ) -> dict[str, Any]:
     """Images/s of this rank's step alone (no DDP), and the peak memory it took."""
     device = dist.torch_device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the trainer does: autotuned in the warm-up
+    configure_device(device)  # cuDNN autotuning on CUDA, as the trainer does (in the warm-up)
     result: dict[str, Any] = {"rank": dist.rank}
     try:
         reset_peak_memory(device)

@@ -115,7 +115,7 @@ def host_facts(**changes) -> dict:
         "driver_cuda": "13.0",
         "driver_version": "580.95.05",
         "cuda_available": True,
-        "dev_nvidia": ["/dev/nvidia0"],
+        "gpus_present": "/dev/nvidia0",
         "cpu_flags": ["avx2"],
         "pillow": {"version": "12.1.1.post0", "simd": True, "avx2_build": True},
     }
