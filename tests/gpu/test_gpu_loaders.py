@@ -64,6 +64,8 @@ def test_a_steady_state_loader_to_step_loop_makes_no_host_sync(backend, gpu_data
     is warm. bf16 (or fp32): the fp16 GradScaler reads its inf check on the host by design."""
     if backend.startswith("dali"):
         pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    if backend == "wds":
+        pytest.importorskip("webdataset", reason="webdataset is not installed")
     layout = "folders" if backend == "folder" else "shards"
     train_dir = gpu_data / "folders" / "train" if layout == "folders" else gpu_data / "train"
     data_backend, decode = (backend.split("-") + ["auto"])[:2]
