@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pipeline.data").setLevel(logging.WARNING)
     try:
         try:
-            checks, verdict, world = examine(cfg, dist, budget, facts, args)
+            checks, verdict, world = examine(cfg, dist, budget, facts, started)
         except (RuntimeError, torch_dist.DistError) as err:
             # a collective failed or timed out: the group is unusable, so no table, one line
             print(
@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def examine(
-    cfg: Config, dist: DistInfo, budget: Budget, facts: dict[str, Any], args
+    cfg: Config, dist: DistInfo, budget: Budget, facts: dict[str, Any], started: float
 ) -> tuple[list[Check], dict[str, Any], dict[str, Any]]:
-    """Every section, in order, on every rank; the checks and the verdict are rank 0's."""
+    """Every section, in order, on every rank; the checks and the verdict are rank 0's.
+    `started` is when the doctor started (the environment section counts from there)."""
     facts |= environment.probe_device(cfg, dist)
     all_facts = gather(facts, dist)
     hosts = [f["host"] for f in all_facts]
@@ -148,7 +149,7 @@ def examine(
         "devices": [f["device"] for f in all_facts],
     }
     checks: list[Check] = []
-    clock = SectionClock(dist)
+    clock = SectionClock(started)
 
     # sizes every section needs: classes, the per-rank batch, the gradient
     try:
@@ -280,10 +281,9 @@ def examine(
 class SectionClock:
     """Seconds each section took on this rank, logged as it goes (rank 0 logs at INFO)."""
 
-    def __init__(self, dist: DistInfo) -> None:
-        self.dist = dist
+    def __init__(self, started: float) -> None:
         self.seconds: dict[str, float] = {}
-        self.last = time.perf_counter()
+        self.last = started
 
     def lap(self, section: str) -> None:
         now = time.perf_counter()

@@ -133,7 +133,7 @@ def measure_collectives(dist: DistInfo, gradient_numel: int, budget) -> dict[str
     try:
         torch.empty(gradient_numel, dtype=torch.float32, device=device)  # does it fit at all?
         fits = True
-    except torch.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, RuntimeError):  # CUDA, or the CPU allocator
         fits = False
     if not agree(fits, device):
         result["error"] = "a rank could not allocate the gradient-sized buffer"
