@@ -18,7 +18,8 @@ or skipped (with the reason), none able to stop the others:
   environment   Python, torch, CUDA, the GPU, the driver, and which optional packages import
   gpu-tests     pytest tests/gpu (every test skips, with its reason, without CUDA)
   data          benchmark images from tools/photos as class folders and shards (prepare's layout)
-  doctor        python -m pipeline.doctor on configs/alexnet.yaml (tiny.yaml on CPU) and that data
+  doctor        python -m pipeline.doctor --quick on configs/alexnet.yaml (tiny.yaml on CPU) and
+                that data
   bench-train   tools/bench_train: AlexNet bf16 at batch 256 with channels_last, eager and
                 compiled, and the step fed by the DALI mixed loader (its data-wait fraction)
   bench-loader  tools/bench_loader: images/s of every backend, DALI mixed included
@@ -211,8 +212,9 @@ def part_install(context: Context, part: Part) -> None:
         raise PartSkipped("no --wheels folder given (GPU_WHEELS=DIR)")
     if not context.wheels.is_dir():
         raise PartSkipped(
-            f"GPU_WHEELS={context.wheels} does not exist: make it with `make gpu-wheels` on a "
-            "machine with network; DALI, webdataset and wandb are used only where they import"
+            f"GPU_WHEELS={shown(context.wheels)} does not exist: make it with `make gpu-wheels` "
+            "on a machine with network; DALI, webdataset and wandb are used only where they "
+            "import"
         )
     try:
         done = install_wheels(
@@ -228,6 +230,14 @@ def part_install(context: Context, part: Part) -> None:
         add_to_pythonpath(context, context.site)
     where = "site-packages" if not done.get("on_pythonpath") else f"{context.site} (PYTHONPATH)"
     part.headline = f"{', '.join(done.get('requirements', [])) or 'nothing missing'} into {where}"
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the current directory where it is below it (shorter lines)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def add_to_pythonpath(context: Context, path: Path) -> None:
@@ -360,7 +370,9 @@ def part_data(context: Context, part: Part) -> None:
         link.symlink_to(target.resolve(), target_is_directory=True)
     context.prepared = prepared
     part.results |= {"images": images, "root": str(root), "prepared": str(prepared)}
-    part.headline = f"{images} images from tools/photos as shards and class folders in {prepared}"
+    part.headline = (
+        f"{images} images from tools/photos as shards and class folders in {shown(prepared)}"
+    )
 
 
 def workers_for(context: Context) -> int:
@@ -391,9 +403,8 @@ def part_doctor(context: Context, part: Part) -> None:
         f"data.num_workers={workers_for(context)}",
         f"train.run_dir={context.out / 'doctor-run'}",
         f"--json={report}",
+        "--quick",  # a second or two per measurement: the 8 minutes go to the benchmarks
     ]
-    if context.quick:
-        command.append("--quick")
     try:
         run(context, part, command, 200, part.name)
         failure = None
