@@ -121,25 +121,22 @@ def test_the_verdict_names_a_bound_with_its_numbers_and_a_change(one_rank):
     assert f"  {'ok' if verdict['bound'] == 'compute' else 'warn':<5} bound" in stdout
 
 
-def test_a_json_path_replaces_the_run_dirs_doctor_json(prepared_data, tmp_path, capsys):
-    target = tmp_path / "elsewhere" / "report.json"
-    code = main(doctor_args(prepared_data, tmp_path / "run", "--json", str(target)))
-    assert code == 0, capsys.readouterr().err
-    assert json.loads(target.read_text())["schema"] == SCHEMA
-    assert not (tmp_path / "run" / "doctor.json").exists()
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_config_on_a_machine_without_it_fails_in_one_line_with_exit_1(
     prepared_data, tmp_path, capsys
 ):
-    code = main(doctor_args(prepared_data, tmp_path / "run", "train.device=cuda"))
+    target = tmp_path / "elsewhere" / "report.json"  # --json replaces RUN_DIR/doctor.json
+    code = main(
+        doctor_args(prepared_data, tmp_path / "run", "train.device=cuda", "--json", str(target))
+    )
     captured = capsys.readouterr()
     assert code == 1
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cuda" in errors[0].lower(), captured.err
     assert errors[0].startswith("error: doctor: environment/devices: ")
-    report = json.loads((tmp_path / "run" / "doctor.json").read_text())
+    assert not (tmp_path / "run" / "doctor.json").exists()
+    report = json.loads(target.read_text())
+    assert report["schema"] == SCHEMA
     assert report["status"] == "fail" and report["exit_code"] == 1
     assert report["failures"] == [errors[0].removeprefix("error: doctor: ")]
     # no measurement ran on a device the config cannot have
