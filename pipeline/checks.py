@@ -19,13 +19,20 @@ import math
 from collections.abc import Callable
 
 import torch
+from torchvision.ops import StochasticDepth
 
-from pipeline.config import Config, replace
+from pipeline.config import Config
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo, all_reduce_sum
 from pipeline.errors import EXIT_CHECK_FAILED, EXIT_OK
-from pipeline.models import build_model, check_input_sizes, resolve_num_classes
+from pipeline.models import (
+    aux_loss_weight,
+    build_model,
+    check_input_sizes,
+    resolve_num_classes,
+    split_outputs,
+)
 from pipeline.precision import build_autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -83,6 +90,14 @@ class CheckReport:
         ]
 
 
+def silence_dropout(model: torch.nn.Module) -> None:
+    """Dropout and stochastic depth off everywhere (whatever the architecture calls them): the
+    overfit check tests the model and data path, not the regularization."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, StochasticDepth)):
+            module.p = 0.0
+
+
 def run_checks(
     cfg: Config,
     num_classes: int,
@@ -99,23 +114,29 @@ def run_checks(
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     inputs = normalize(images)
 
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, num_classes).to(device, memory_format=memory_format)
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model, num_classes, image_size=cfg.data.train_crop)
+        return model.to(device, memory_format=memory_format)
+
+    model = fresh_model()
     model.eval()  # dropout off: the loss of the function at init, not of a random sub-network
     with torch.no_grad(), autocast():
         initial_loss = float(torch.nn.functional.cross_entropy(model(inputs).float(), labels))
 
-    torch.manual_seed(cfg.train.seed)
-    quiet = replace(cfg, "model", dropout=0.0)
-    model = build_model(quiet.model, num_classes).to(device, memory_format=memory_format)
+    model = fresh_model()
+    silence_dropout(model)
     model.train()
+    aux_weight = aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR, weight_decay=0.0)
     limit = cfg.train.check_overfit_steps
     accuracy, steps = 0.0, 0
     while True:
         with autocast():
-            logits = model(inputs)
+            logits, aux = split_outputs(model(inputs))  # aux: Inception-v3, GoogLeNet in training
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            for extra in aux:
+                loss = loss + aux_weight * torch.nn.functional.cross_entropy(extra.float(), labels)
         accuracy = 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
         if accuracy >= 100.0 or steps >= limit:
             break

@@ -32,9 +32,8 @@ def _field(default: Any, help: str) -> Any:
 
 Backend = Literal["folder", "wds", "dali"]
 DaliDecode = Literal["auto", "mixed", "cpu"]
-Arch = Literal["alexnet", "alexnet_bn", "alexnet_lrn"]
 Freeze = Literal["none", "features"]
-OptimizerName = Literal["sgd", "adam", "adamw"]
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 ScheduleName = Literal["step", "cosine", "plateau", "constant"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
@@ -78,21 +77,39 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    arch: Arch = _field(
+    arch: str = _field(
         "alexnet",
-        "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2) or "
-        "alexnet_lrn (2012 paper)",
+        "alexnet (torchvision layout), alexnet_bn (BatchNorm after conv1/2), alexnet_lrn (2012 "
+        "paper), or any name in torchvision.models.list_models(module=torchvision.models): "
+        "resnet50, vgg16_bn, inception_v3, vit_b_16, ... (`python -m pipeline.models` lists them "
+        "with their input sizes); fresh weights, nothing downloaded",
     )
     num_classes: int = _field(0, "output classes; 0 takes the count from the training data")
-    dropout: float = _field(0.5, "classifier dropout probability")
+    dropout: float = _field(
+        -1.0, "classifier dropout probability; -1 keeps the architecture's own (AlexNet: 0.5)"
+    )
     width_mult: float = _field(
-        1.0, "conv channel multiplier (1.0 = the published widths; small demos use less)"
+        1.0, "alexnet variants: conv channel multiplier (1.0 = the published widths)"
     )
     classifier_width: int = _field(
-        4096, "hidden units of the two classifier layers (4096 in AlexNet)"
+        4096, "alexnet variants: hidden units of the two classifier layers (4096 in AlexNet)"
     )
     kaiming_init: bool = _field(
-        False, "Kaiming-normal init for conv/linear weights instead of PyTorch defaults"
+        False, "alexnet variants: Kaiming-normal init for conv/linear weights (else PyTorch's)"
+    )
+    zero_init_residual: bool = _field(
+        False, "resnet/resnext/wide_resnet: zero the last BatchNorm of each residual branch"
+    )
+    sync_bn: bool = _field(
+        False, "BatchNorm statistics over the global batch (for small per-GPU batches)"
+    )
+    aux_loss_weight: float = _field(
+        -1.0,
+        "inception_v3/googlenet: weight of each auxiliary classifier's training loss; -1 is the "
+        "paper's (0.4 Inception-v3, 0.3 GoogLeNet), 0 trains the main head only",
+    )
+    transform_input: bool = _field(
+        False, "inception_v3/googlenet: re-normalize inputs as torchvision's ported weights expect"
     )
     init_from: str = _field(
         "", "local weights file (state_dict) to start from; nothing is downloaded"
@@ -100,14 +117,20 @@ class ModelConfig:
     finetune: str = _field(
         "", "checkpoint to fine-tune from: loads the model, replaces the head for num_classes"
     )
-    freeze: Freeze = _field("none", "with finetune: 'features' freezes the conv base")
+    freeze: Freeze = _field(
+        "none",
+        "with finetune: 'features' freezes the feature part (the family's `features` module, "
+        "else all but the head)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    name: OptimizerName = _field("sgd", "sgd, adam or adamw")
+    name: OptimizerName = _field(
+        "sgd", "sgd, adam, adamw or rmsprop (torchvision's: alpha 0.9, eps 0.0316)"
+    )
     lr: float = _field(0.01, "learning rate per 256 images, scaled linearly with global_batch_size")
-    momentum: float = _field(0.9, "SGD momentum")
+    momentum: float = _field(0.9, "SGD (and RMSprop) momentum")
     nesterov: bool = _field(False, "SGD Nesterov momentum")
     betas: list = _field([0.9, 0.999], "Adam/AdamW betas")
     weight_decay: float = _field(1e-4, "L2 / decoupled weight decay")

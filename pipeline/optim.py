@@ -20,6 +20,9 @@ from torch import nn
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 
+RMSPROP_ALPHA = 0.9  # torchvision references/classification/train.py, with --opt rmsprop
+RMSPROP_EPS = 0.0316
+
 
 def scaled_lr(cfg: Config) -> float:
     """optim.lr (per 256 images) scaled to the global batch."""
@@ -53,6 +56,11 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
         if optim.nesterov and optim.momentum <= 0:
             raise ConfigError(f"optim.nesterov needs optim.momentum > 0, got {optim.momentum}")
         return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    if optim.name == "rmsprop":
+        # torchvision's references use TF's RMSprop constants (their MobileNetV3 recipe)
+        return torch.optim.RMSprop(
+            groups, lr=lr, momentum=optim.momentum, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS
+        )
     if len(optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers, got {optim.betas}")
     betas = (float(optim.betas[0]), float(optim.betas[1]))

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,13 @@ from torch import nn
 from pipeline.config import ModelConfig, build_config
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
-from pipeline.models import build_model
+from pipeline.models import (
+    ALEXNET_VARIANTS,
+    aux_loss_weight,
+    build_model,
+    check_arch,
+    split_outputs,
+)
 from pipeline.precision import configure_device, resolve_precision
 
 
@@ -45,13 +52,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m tools.bench_train", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--arch", default="alexnet", choices=["alexnet", "alexnet_bn", "alexnet_lrn"]
+        "--arch",
+        default="alexnet",
+        help="any model.arch: an alexnet variant or a torchvision classification model "
+        "(python -m pipeline.models lists them)",
     )
     parser.add_argument(
         "--image-size", type=int, default=224 if on_gpu else 96, help="train crop, pixels"
     )
-    parser.add_argument("--width-mult", type=float, default=1.0 if on_gpu else 0.5)
-    parser.add_argument("--classifier-width", type=int, default=4096 if on_gpu else 512)
+    parser.add_argument(
+        "--width-mult", type=float, default=1.0 if on_gpu else 0.5, help="alexnet variants only"
+    )
+    parser.add_argument(
+        "--classifier-width", type=int, default=4096 if on_gpu else 512, help="alexnet variants"
+    )
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256 if on_gpu else 32, help="per device")
     parser.add_argument(
@@ -100,12 +114,11 @@ class StepRunner:
     def __init__(self, args, device: torch.device, precision: str, model: nn.Module | None = None):
         self.device = device
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        model_cfg = ModelConfig(
-            arch=args.arch, width_mult=args.width_mult, classifier_width=args.classifier_width
-        )
-        self.model = model or build_model(model_cfg, args.num_classes).to(
+        model_cfg = model_config(args)
+        self.model = model or build_model(model_cfg, args.num_classes, args.image_size).to(
             device, memory_format=self.memory_format
         )
+        self.aux_weight = aux_loss_weight(args.arch, model_cfg.aux_loss_weight)
         self.step_model = torch.compile(self.model) if args.compile else self.model
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4
@@ -121,9 +134,12 @@ class StepRunner:
     ) -> None:
         with sync_context():
             with self.autocast():
-                loss = nn.functional.cross_entropy(
-                    self.step_model(normalize(images)).float(), labels
-                )
+                logits, aux = split_outputs(self.step_model(normalize(images)))
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+                for extra in aux:  # Inception-v3's and GoogLeNet's auxiliary heads
+                    loss = loss + self.aux_weight * nn.functional.cross_entropy(
+                        extra.float(), labels
+                    )
             self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -147,9 +163,29 @@ def synthetic_batch(args, device: torch.device, memory_format) -> tuple[torch.Te
     return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
 
 
-def measure_step(args, device, precision) -> float:
+def model_config(args) -> ModelConfig:
+    """The benchmarked model: the width knobs apply to the alexnet variants only."""
+    check_arch(args.arch)
+    if args.arch in ALEXNET_VARIANTS:
+        return ModelConfig(
+            arch=args.arch, width_mult=args.width_mult, classifier_width=args.classifier_width
+        )
+    return ModelConfig(arch=args.arch)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated since the last reset, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def measure_step(args, device, precision) -> tuple[float, float]:
+    """(images/s, peak memory GB) of the step on synthetic batches already on the device."""
     runner = StepRunner(args, device, precision)
     images, labels = synthetic_batch(args, device, runner.memory_format)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         runner(images, labels)
     runner.synchronize()
@@ -157,7 +193,7 @@ def measure_step(args, device, precision) -> float:
     for _ in range(args.steps):
         runner(images, labels)
     runner.synchronize()
-    return args.steps * args.batch_size / (time.perf_counter() - started)
+    return args.steps * args.batch_size / (time.perf_counter() - started), peak_memory_gb(device)
 
 
 def write_folder_dataset(
@@ -292,9 +328,13 @@ def describe_machine(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device, precision = resolve(args)
+    widths = (
+        f" width {args.width_mult} classifier {args.classifier_width}"
+        if args.arch in ALEXNET_VARIANTS
+        else ""
+    )
     shape = (
-        f"{args.arch} width {args.width_mult} classifier {args.classifier_width}, "
-        f"{args.image_size} px, batch {args.batch_size}, "
+        f"{args.arch}{widths}, {args.image_size} px, batch {args.batch_size}, "
         f"{precision}{', channels_last' if args.channels_last else ''}"
         f"{', compile' if args.compile else ''}"
     )
@@ -305,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     if "step" not in args.skip:
-        results["step_images_per_s"] = measure_step(args, device, precision)
+        rate, peak = measure_step(args, device, precision)
+        results["step_images_per_s"], results["step_peak_memory_gb"] = rate, peak
+        memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
         print(
-            f"step:   {results['step_images_per_s']:9.1f} images/s (synthetic uint8 "
-            f"batches on {device.type})",
+            f"step:   {rate:9.1f} images/s (synthetic uint8 batches on {device.type}), "
+            f"{memory} {peak:.2f} GB",
             flush=True,
         )
     if "loader" not in args.skip:

@@ -162,13 +162,24 @@ def examine(
     except UserError as err:
         per_rank_batch = None
         checks.append(Check("data", "batch", "fail", first_line(err)))
+    # the model on the training device (model.sync_bn picks its BatchNorm by device); every rank
+    # must have built it before any collective is sized by it
+    built: dict[str, Any] = {}
     try:
-        cpu_model = model.build_doctor_model(cfg, num_classes, torch.device("cpu"))
-        gradient_numel: int | None = model.count_gradient_elements(cpu_model)
-        num_parameters: int | None = sum(p.numel() for p in cpu_model.parameters())
-    except UserError as err:
-        cpu_model, gradient_numel, num_parameters = None, None, None
-        checks.append(Check("model", "build", "fail", first_line(err)))
+        step_model = model.build_doctor_model(cfg, num_classes, dist.torch_device)
+        built["gradient_numel"] = model.count_gradient_elements(step_model)
+        built["parameters"] = sum(p.numel() for p in step_model.parameters())
+    except (UserError, torch.cuda.OutOfMemoryError) as err:
+        step_model = None
+        built["error"] = first_line(err)
+    everyone = gather(built, dist)
+    failed = [(rank, b["error"]) for rank, b in enumerate(everyone) if "error" in b]
+    gradient_numel: int | None = None if failed else everyone[0]["gradient_numel"]
+    num_parameters: int | None = None if failed else everyone[0]["parameters"]
+    if failed:
+        step_model = None
+        rank, error = failed[0]
+        checks.append(Check("model", "build", "fail", f"rank {rank}: {error}"))
 
     checks[:0] = environment.summarize_environment(
         cfg,
@@ -216,8 +227,7 @@ def examine(
     # model
     model_summary: dict[str, Any] = {}
     precision = all_facts[0].get("precision")
-    if cpu_model is not None and per_rank_batch is not None:
-        step_model = cpu_model.to(dist.torch_device)
+    if step_model is not None and per_rank_batch is not None:
         steps = gather(
             model.measure_step(cfg, dist, step_model, num_classes, per_rank_batch, budget), dist
         )
@@ -236,12 +246,12 @@ def examine(
         model_checks, model_summary = model.summarize_model(cfg, steps, per_rank_batch, precision)
         checks += model_checks
         notes["model"] = (
-            f"{cfg.model.arch}, {per_rank_batch} images per rank, {precision}, channels_last "
+            f"{cfg.model.arch} ({num_parameters / 1e6:.2f} M parameters), {per_rank_batch} "
+            f"images per rank, {precision}, channels_last "
             f"{'on' if cfg.train.channels_last else 'off'}, compile "
             f"{'on' if cfg.train.compile else 'off'}"
         )
-        del step_model
-    cpu_model = None
+    step_model = None  # the device memory goes back before the verdict
 
     clock.lap("model")
 

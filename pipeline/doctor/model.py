@@ -29,7 +29,7 @@ from torch import nn
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
 from pipeline.doctor.report import Check
-from pipeline.models import create_model
+from pipeline.models import aux_loss_weight, check_input_sizes, create_model, set_train_mode
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.precision import build_autocast, configure_device, resolve_precision
 from pipeline.tracking import NullTracker
@@ -40,7 +40,9 @@ GB = 1e9
 
 
 def build_doctor_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
-    """The configured model on the device, fresh weights (init_from / finetune are not read)."""
+    """The configured model on the device, fresh weights (init_from / finetune are not read),
+    after the trainer's own check of the crops against the architecture."""
+    check_input_sizes(cfg)
     return create_model(cfg, num_classes, device, load_initial_weights=False)
 
 
@@ -88,6 +90,7 @@ def build_step(
         clip_grad_norm=cfg.optim.clip_grad_norm,
         seed=cfg.train.seed,
         rank=dist.rank,
+        aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
     )
 
 
@@ -150,14 +153,19 @@ def measure_step(
     device = dist.torch_device
     configure_device(device)  # cuDNN autotuning on CUDA, as the trainer does (in the warm-up)
     result: dict[str, Any] = {"rank": dist.rank}
+    # synchronized BatchNorm all-reduces in every forward: then every rank takes the same number
+    # of steps, not as many as fit in the time
+    seconds = None if cfg.model.sync_bn and dist.is_distributed else budget.model_seconds
     try:
+        set_train_mode(model)
         reset_peak_memory(device)
         take_step = build_step(cfg, dist, model, None)
         batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
         run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
-        taken, seconds = run_steps(
-            take_step, batch, device, steps=budget.model_max_steps, seconds=budget.model_seconds
+        steps = (
+            budget.model_max_steps if seconds is not None else max(3, budget.model_max_steps // 10)
         )
+        taken, seconds = run_steps(take_step, batch, device, steps=steps, seconds=seconds)
         images = taken * per_rank_batch * cfg.optim.grad_accum_steps
         result |= {
             "images_per_s": images / seconds,

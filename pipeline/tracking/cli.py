@@ -42,7 +42,8 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     dist = DistInfo()
     val_loader = build_loader(cfg, "val", dist)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.model.num_classes or len(val_loader.classes))
+    num_classes = cfg.model.num_classes or len(val_loader.classes)
+    model = build_model(cfg.model, num_classes, image_size=cfg.data.train_crop)
     model.load_state_dict(ckpt.load_checkpoint(source)["model"])
     autocast = build_autocast(
         resolve_precision(cfg.train.precision, dist.torch_device), dist.torch_device

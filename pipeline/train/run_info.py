@@ -43,9 +43,15 @@ def git_sha() -> str:
 
 
 def record_launch(
-    cfg: Config, dist: DistInfo, run_dir: Path, argv: list[str], resumed_from: Path | None
+    cfg: Config,
+    dist: DistInfo,
+    run_dir: Path,
+    argv: list[str],
+    resumed_from: Path | None,
+    facts: dict | None = None,
 ) -> None:
-    """Rank 0 writes the resolved config.yaml and appends this launch to launches.jsonl."""
+    """Rank 0 writes the resolved config.yaml and appends this launch to launches.jsonl, with
+    `facts` (the model's architecture and parameter count, ...)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     entry = {
@@ -57,6 +63,7 @@ def record_launch(
         "device": dist.device,
         "torch": torch.__version__,
         "resumed_from": str(resumed_from) if resumed_from else None,
+        **(facts or {}),
     }
     with open(run_dir / "launches.jsonl", "a") as handle:
         handle.write(json.dumps(entry) + "\n")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.data.transforms import normalize
+from pipeline.models import split_outputs
 from pipeline.optim import LearningRateSchedule
 from pipeline.train.meters import TrainMeter
 
@@ -48,6 +49,7 @@ class OptimizerStep:
         clip_grad_norm: float,  # 0 disables
         seed: int,
         rank: int,
+        aux_weight: float = 0.0,  # each auxiliary classifier's loss weight
     ) -> None:
         self.model = model
         self.step_model = step_model
@@ -62,6 +64,7 @@ class OptimizerStep:
         self.clip_grad_norm = clip_grad_norm
         self.seed = seed
         self.rank = rank
+        self.aux_weight = aux_weight
 
     def __call__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
         """Optimizer step number `step` (0-based) over the next `accum` batches; returns its lr."""
@@ -76,9 +79,15 @@ class OptimizerStep:
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             with sync:
                 with self.autocast():
-                    logits = self.step_model(normalize(images))  # [B, C]
+                    # aux: Inception-v3's and GoogLeNet's auxiliary classifiers, in training
+                    logits, aux = split_outputs(self.step_model(normalize(images)))  # [B, C]
                     loss = self.criterion(logits.float(), labels)
-                self.scaler.scale(loss / self.accum).backward()
+                    objective = loss
+                    for extra in aux:
+                        objective = objective + self.aux_weight * self.criterion(
+                            extra.float(), labels
+                        )
+                self.scaler.scale(objective / self.accum).backward()
             self.meter.add(loss, logits, labels)
         if self.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)

@@ -32,7 +32,14 @@ from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_f
 from pipeline.errors import EXIT_OK, EXIT_STOPPED
 from pipeline.evaluate import EvalOutput, evaluate, print_final
 from pipeline.metrics import write_per_class_csv
-from pipeline.models import check_input_sizes, create_model, resolve_num_classes, set_train_mode
+from pipeline.models import (
+    aux_loss_weight,
+    check_input_sizes,
+    count_parameters,
+    create_model,
+    resolve_num_classes,
+    set_train_mode,
+)
 from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.precision import build_autocast, configure_device, resolve_precision
 from pipeline.tracking import build_tracker
@@ -98,11 +105,16 @@ class Trainer:
 
         # the step and its bookkeeping
         self.step_model, self.ddp = self.wrap_model()
+        self.num_parameters = count_parameters(self.model)
+        facts = {"model/arch": cfg.model.arch, "model/params": self.num_parameters}
         if dist.is_main:
-            record_launch(cfg, dist, self.run_dir, list(argv or []), self.resume_from)
+            record_launch(cfg, dist, self.run_dir, list(argv or []), self.resume_from, facts)
         self.tracker = build_tracker(cfg, dist, self.run_dir, self.state.wandb_run_id or None)
         if dist.is_main:
             self.state.wandb_run_id = self.tracker.run_id
+        self.tracker.log(
+            {"model/params": self.num_parameters}, self.state.step, self.epoch_position()
+        )
         self.meter = TrainMeter(dist, self.tracker, cfg.train.log_every)
         self.take_step = OptimizerStep(
             model=self.model,
@@ -118,6 +130,7 @@ class Trainer:
             clip_grad_norm=cfg.optim.clip_grad_norm,
             seed=cfg.train.seed,
             rank=dist.rank,
+            aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
         )
         self.last_eval_output: EvalOutput | None = None  # this process's latest eval
         self.stop = StopFlag(dist)  # last: from here on a signal means "checkpoint and stop"
@@ -229,9 +242,10 @@ class Trainer:
         (EXIT_STOPPED, after a resumable checkpoint)."""
         cfg, state = self.cfg, self.state
         logger.info(
-            "%s: %d classes, %d train / %d val images, %d steps per epoch, %d steps in all, "
-            "precision %s, world %d",
+            "%s (%.1fM parameters): %d classes, %d train / %d val images, %d steps per epoch, "
+            "%d steps in all, precision %s, world %d",
             cfg.model.arch,
+            self.num_parameters / 1e6,
             self.num_classes,
             self.train_loader.num_samples,
             self.val_loader.num_samples,
@@ -263,7 +277,7 @@ class Trainer:
         state = self.state
         loader = self.epoch_loader(state.epoch)
         loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        set_train_mode(self.model, self.cfg.model.freeze)
+        set_train_mode(self.model)
         steps_left = self.steps_per_epoch - state.batch_in_epoch // self.accum
         steps = max(0, min(steps_left, self.total_steps - state.step))
         progress = progress_bar(

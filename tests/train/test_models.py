@@ -115,7 +115,7 @@ def test_finetune_keeps_the_body_replaces_the_head_and_freezes_features(tmp_path
     assert model.head.out_features == 3
     assert not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
-    set_train_mode(model, "features")
+    set_train_mode(model)
     assert (
         model.classifier.training and not model.features.training
     )  # frozen BN keeps its statistics
