@@ -13,8 +13,9 @@ runs on every rank the trainer would: environment, collectives, data, model, the
 naming which of disk, decode, all-reduce and compute bounds the config, and the change that
 would move the bound. Rank 0 prints one table and writes RUN_DIR/doctor.json (or --json PATH).
 
-Exit codes: 0 every check passed (warnings allowed), 1 a check failed (each failure is one
-`error: doctor: ...` line on stderr), 2 a bad config or argument (one line on stderr).
+Exit codes: 0 every check passed (warnings allowed), 1 a check failed, a config that cannot
+build its model or loaders here included (each failure is one `error: doctor: ...` line on
+stderr), 2 a config file or override that does not parse, or a bad argument (one line).
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ def examine(
         if "world" in timings[0] and not any(t.get("error") for t in timings):
             all_reduce_s = max(t["world"]["median_s"] for t in timings)
             inter_node = "inter_node" in timings[0]
+    else:
+        checks.append(Check("collectives", "-", "skip", "not measured: the model did not build"))
 
     clock.lap("collectives")
 
