@@ -6,8 +6,9 @@ Each candidate bound is expressed in the same unit, images/s per rank:
   * disk: the slowest node's cold read rate / bytes per image / ranks on the node;
   * decode: the configured loader's images/s on the slowest rank;
   * all-reduce: images one all-reduce serves (global batch / world) / the world all-reduce time,
-    the rate if the step did nothing but synchronize gradients (DDP overlaps it with the
-    backward pass, so this bounds only when it is the slowest part);
+    the rate if the step did nothing but synchronize gradients; or, when the step measured
+    inside DDP runs below DDP_HIDDEN of the step alone (the all-reduce did not hide behind the
+    backward pass), that measured rate;
   * compute: the step alone on synthetic data on the slowest rank.
 The lowest is the bound, and world size x that rate is the most the run can do. Each bound has
 a change that moves it, as `section.key=value` overrides where one exists.
@@ -23,6 +24,7 @@ from pipeline.config import Config
 from pipeline.doctor.report import Check
 
 BOUNDS = ("disk", "decode", "all-reduce", "compute")
+DDP_HIDDEN = 0.9  # a DDP step at >= 90% of the step alone: the all-reduce hides behind backward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,8 @@ def rates_per_rank(inputs: Inputs) -> dict[str, float | None]:
     all_reduce = None
     if inputs.all_reduce_s:
         all_reduce = inputs.images_per_step / inputs.all_reduce_s
+        if inputs.ddp and inputs.compute and inputs.ddp < DDP_HIDDEN * inputs.compute:
+            all_reduce = min(all_reduce, inputs.ddp)  # what the exposed all-reduce leaves
     return {
         "disk": disk,
         "decode": inputs.decode,

@@ -102,6 +102,14 @@ def test_a_slow_all_reduce_asks_for_a_larger_global_batch_and_leaves_the_hook_sl
     assert recommend_comm_hook(ALEXNET, inputs) is None and verdict["comm_hook"] is None
 
 
+def test_an_all_reduce_that_does_not_hide_behind_backward_bounds_at_the_measured_ddp_rate():
+    inputs = gpu_inputs(ddp=3000.0)  # 60% of the step alone, though the all-reduce alone is fast
+    verdict, checks = decide(ALEXNET, inputs)
+    assert verdict["bound"] == "all-reduce"
+    assert verdict["rates_images_per_s_per_rank"]["all-reduce"] == pytest.approx(3000.0)
+    assert "all-reduce: 3000 images/s per rank" in checks[0].summary
+
+
 def test_nothing_measured_gives_no_bound():
     inputs = gpu_inputs(compute=None, decode=None, node_read_bytes_per_s=None, all_reduce_s=None)
     verdict, checks = decide(ALEXNET, inputs)
