@@ -214,6 +214,8 @@ def measure_ddp_step(
         batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
         run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
         taken, seconds = run_steps(take_step, batch, device, steps=steps, seconds=None)
+    except Exception as err:  # noqa: BLE001 - the check's one line (the others time out)
+        return {"ddp_error": describe_failure(err, cfg, per_rank_batch)}
     finally:
         del ddp
         gc.collect()
@@ -260,7 +262,11 @@ def summarize_model(
         "device_memory_gb": main.get("device_memory_gb"),
         "precision": precision,
     }
-    if all("ddp_images_per_s" in r for r in per_rank):
+    ddp_errors = [(rank, r["ddp_error"]) for rank, r in enumerate(per_rank) if "ddp_error" in r]
+    if ddp_errors:
+        rank, error = ddp_errors[0]
+        checks.append(Check("model", "ddp step", "fail", f"rank {rank}: {error}", {"rank": rank}))
+    elif all("ddp_images_per_s" in r for r in per_rank):
         ddp_rates = [r["ddp_images_per_s"] for r in per_rank]
         ddp_rate = min(ddp_rates)
         summary["ddp_images_per_s"] = ddp_rate
