@@ -34,7 +34,9 @@ Backend = Literal["folder", "wds", "dali"]
 DaliDecode = Literal["auto", "mixed", "cpu"]
 Freeze = Literal["none", "features"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
-ScheduleName = Literal["step", "cosine", "plateau", "constant"]
+ScheduleName = Literal["step", "cosine", "plateau", "constant", "linear", "onecycle"]
+AutoAugment = Literal["none", "trivial", "imagenet"]
+BestMetric = Literal["val/top1", "val/ema_top1"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
@@ -72,6 +74,21 @@ class DataConfig:
     pin_memory: bool = _field(True, "pin host batches for asynchronous copies to the GPU")
     dali_decode: DaliDecode = _field(
         "auto", "dali: mixed (nvJPEG on GPU), cpu, or auto (mixed when CUDA is present)"
+    )
+    res_start: int = _field(
+        0,
+        "progressive resizing: the train crop of the first epochs, pixels, ramping up to "
+        "data.train_crop; 0 trains at data.train_crop throughout",
+    )
+    res_ramp_start: int = _field(0, "progressive resizing: the last epoch at data.res_start")
+    res_ramp_end: int = _field(
+        0, "progressive resizing: the first epoch at data.train_crop (a linear ramp in between)"
+    )
+    res_step: int = _field(32, "progressive resizing: ramp sizes are multiples of this (FFCV: 32)")
+    auto_augment: AutoAugment = _field(
+        "none",
+        "train: trivial (TrivialAugmentWide) or imagenet (AutoAugment's ImageNet policy) after "
+        "the crop and flip, in every backend; none",
     )
 
 
@@ -140,14 +157,19 @@ class OptimConfig:
         1, "micro-batches per optimizer step; the global batch is split across them"
     )
     clip_grad_norm: float = _field(0.0, "clip the gradient norm to this value; 0 disables")
+    rmsprop_alpha: float = _field(0.9, "rmsprop: smoothing constant (torchvision's and TF's 0.9)")
+    rmsprop_eps: float = _field(
+        0.0316, "rmsprop: epsilon (torchvision's 0.0316; Inception-v3's paper 1.0)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     name: ScheduleName = _field(
         "step",
-        "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1) or "
-        "constant",
+        "step (÷gamma every step_epochs), cosine, plateau (ReduceLROnPlateau on val top-1), "
+        "constant, linear (FFCV: up to peak_epoch, then down to 0) or onecycle (cosine up, then "
+        "down)",
     )
     step_epochs: int = _field(30, "step: epochs between decays")
     gamma: float = _field(0.1, "step/plateau: decay factor")
@@ -155,6 +177,15 @@ class ScheduleConfig:
         0.0, "linear warmup from 0 over this many epochs (fractions allowed)"
     )
     min_lr: float = _field(0.0, "cosine: final learning rate")
+    peak_epoch: float = _field(
+        2.0, "linear: epoch of the peak lr (FFCV: 2); linear up from start_factor x lr, then to 0"
+    )
+    start_factor: float = _field(1e-4, "linear: the lr at step 0 as a fraction of the peak (FFCV)")
+    onecycle_pct: float = _field(0.25, "onecycle: fraction of the steps spent rising to the peak")
+    onecycle_div: float = _field(25.0, "onecycle: the first lr is the peak divided by this")
+    onecycle_final_div: float = _field(
+        1e4, "onecycle: the last lr is the first divided by this (torch's OneCycleLR)"
+    )
     plateau_patience: int = _field(
         5, "plateau: evaluations without val top-1 improvement before decaying"
     )
@@ -171,6 +202,14 @@ class TrainConfig:
         True, "NHWC memory format for images and model (faster convs on tensor cores)"
     )
     compile: bool = _field(False, "torch.compile the model")
+    ema_decay: float = _field(
+        0.0,
+        "weight EMA decay per optimizer step, evaluated beside the raw weights as val/ema_*; "
+        "0 disables",
+    )
+    ema_warmup_steps: int = _field(
+        0, "the EMA copies the weights for this many optimizer steps before averaging"
+    )
     device: DeviceName = _field("auto", "auto (CUDA when available), cuda or cpu")
     run_dir: str = _field(
         "runs/alexnet", "checkpoints, metrics, config and plots go here; a rerun resumes from it"
@@ -195,6 +234,33 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Batch-level augmentation, on the device after the loader: the same for every backend."""
+
+    mixup_alpha: float = _field(0.0, "mixup: Beta(alpha, alpha) mixing weight; 0 disables")
+    cutmix_alpha: float = _field(0.0, "cutmix: Beta(alpha, alpha) box area; 0 disables")
+    mix_prob: float = _field(1.0, "probability that a batch is mixed at all (mixup or cutmix)")
+    switch_prob: float = _field(
+        0.5, "with both alphas set: probability of cutmix instead of mixup for a batch"
+    )
+    random_erase: float = _field(
+        0.0, "random erasing: probability per image (torchvision's scale 0.02-0.33, value 0)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    flip_tta: bool = _field(
+        False,
+        "average each val image's logits with its mirror's; val/* are then the averaged "
+        "scores and val/single_* the single-view ones",
+    )
+    best_metric: BestMetric = _field(
+        "val/top1", "the score best.pt and early stopping follow: val/top1 or val/ema_top1"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
     wandb: WandbMode = _field(
         "auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled"
@@ -212,6 +278,8 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
 
@@ -221,6 +289,8 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "train": TrainConfig,
+    "augment": AugmentConfig,
+    "eval": EvalConfig,
     "log": LogConfig,
 }
 
@@ -304,6 +374,7 @@ def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
 def validate(config: Config) -> None:
     """Cross-field checks that need no data or world size."""
     data = config.data
+    validate_schedules(config)
     for name in ("global_batch_size", "train_crop", "val_resize", "val_crop"):
         if getattr(data, name) < 1:
             raise ConfigError(f"data.{name} must be positive, got {getattr(data, name)}")
@@ -351,6 +422,45 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
         )
+
+
+def validate_schedules(config: Config) -> None:
+    """What varies over training must be possible: a ramp inside train.epochs, probabilities in
+    [0, 1], an EMA decay below 1, a best metric that exists."""
+    data, train, augment = config.data, config.train, config.augment
+    if data.res_start:
+        if not 0 < data.res_start <= data.train_crop:
+            raise ConfigError(
+                f"data.res_start={data.res_start} must be between 1 and data.train_crop="
+                f"{data.train_crop} (the ramp ends at the train crop)"
+            )
+        if not 0 <= data.res_ramp_start <= data.res_ramp_end <= train.epochs:
+            raise ConfigError(
+                f"the resolution ramp from epoch {data.res_ramp_start} to {data.res_ramp_end} "
+                f"does not fit train.epochs={train.epochs}: need 0 <= data.res_ramp_start <= "
+                "data.res_ramp_end <= train.epochs"
+            )
+        if data.res_step < 1:
+            raise ConfigError(f"data.res_step must be >= 1, got {data.res_step}")
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(augment, name) < 0:
+            raise ConfigError(f"augment.{name} must be >= 0 (0 disables)")
+    for name in ("mix_prob", "switch_prob", "random_erase"):
+        if not 0.0 <= getattr(augment, name) <= 1.0:
+            raise ConfigError(f"augment.{name} is a probability: got {getattr(augment, name)}")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
+    if train.ema_warmup_steps < 0:
+        raise ConfigError(f"train.ema_warmup_steps must be >= 0, got {train.ema_warmup_steps}")
+    if config.eval.best_metric == "val/ema_top1" and not train.ema_decay:
+        raise ConfigError("eval.best_metric=val/ema_top1 needs train.ema_decay > 0")
+    schedule = config.schedule
+    if schedule.name == "linear" and not 0 <= schedule.peak_epoch < train.epochs:
+        raise ConfigError(
+            f"schedule.peak_epoch={schedule.peak_epoch} must be in [0, train.epochs={train.epochs})"
+        )
+    if schedule.name == "onecycle" and not 0 < schedule.onecycle_pct < 1:
+        raise ConfigError(f"schedule.onecycle_pct must be in (0, 1), got {schedule.onecycle_pct}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

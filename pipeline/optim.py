@@ -20,9 +20,6 @@ from torch import nn
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 
-RMSPROP_ALPHA = 0.9  # torchvision references/classification/train.py, with --opt rmsprop
-RMSPROP_EPS = 0.0316
-
 
 def scaled_lr(cfg: Config) -> float:
     """optim.lr (per 256 images) scaled to the global batch."""
@@ -59,7 +56,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if optim.name == "rmsprop":
         # torchvision's references use TF's RMSprop constants (their MobileNetV3 recipe)
         return torch.optim.RMSprop(
-            groups, lr=lr, momentum=optim.momentum, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS
+            groups, lr=lr, momentum=optim.momentum, alpha=optim.rmsprop_alpha, eps=optim.rmsprop_eps
         )
     if len(optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers, got {optim.betas}")
@@ -111,6 +108,10 @@ class LearningRateSchedule:
       cosine    min_lr + (base - min_lr) * (1 + cos(pi * step / total_steps)) / 2
       plateau   base * gamma ** (number of plateaus seen by `observe(val_top1)`)
       constant  base
+      linear    FFCV's: linear from start_factor * base at step 0 to base at peak_epoch, then
+                linear to 0 at the last planned step (their "cyclic" schedule)
+      onecycle  torch's OneCycleLR (cosine): base / div at step 0, base after onecycle_pct of
+                the steps, base / (div * final_div) at the last
     Warmup multiplies by (step + 1) / warmup_steps for the first warmup_steps steps.
     """
 
@@ -134,6 +135,11 @@ class LearningRateSchedule:
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, total_steps)
         self.warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
+        self.peak_step = schedule.peak_epoch * steps_per_epoch
+        self.start_factor = schedule.start_factor
+        self.onecycle_pct = schedule.onecycle_pct
+        self.onecycle_div = schedule.onecycle_div
+        self.onecycle_final_div = schedule.onecycle_final_div
         # plateau state (plain numbers: they go into checkpoints)
         self.plateau_decays = 0
         self.plateau_best = -math.inf
@@ -149,11 +155,35 @@ class LearningRateSchedule:
             )
         elif self.name == "plateau":
             lr = self.base_lr * self.gamma**self.plateau_decays
+        elif self.name == "linear":
+            if step < self.peak_step:
+                start = self.start_factor * self.base_lr
+                lr = start + (self.base_lr - start) * step / self.peak_step
+            else:
+                left = max(0.0, self.total_steps - step) / max(
+                    1e-9, self.total_steps - self.peak_step
+                )
+                lr = self.base_lr * min(1.0, left)
+        elif self.name == "onecycle":
+            lr = self.onecycle_lr(step)
         else:
             lr = self.base_lr
         if step < self.warmup_steps:
             lr *= (step + 1) / self.warmup_steps
         return lr
+
+    def onecycle_lr(self, step: int) -> float:
+        """torch.optim.lr_scheduler.OneCycleLR's two cosine phases, step for step."""
+        first = self.base_lr / self.onecycle_div
+        last = first / self.onecycle_final_div
+        rise_end = self.onecycle_pct * self.total_steps - 1
+        if step <= rise_end:
+            start, end, progress = first, self.base_lr, step / max(rise_end, 1e-9)
+        else:
+            start, end = self.base_lr, last
+            progress = (step - rise_end) / max(self.total_steps - 1 - rise_end, 1e-9)
+        progress = min(1.0, progress)
+        return end + (start - end) / 2.0 * (math.cos(math.pi * progress) + 1.0)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every param group's lr for optimizer step `step`; returns it."""

@@ -442,7 +442,7 @@ def test_wandb_offline_run_holds_the_logged_keys_and_the_api_key_never_reaches_d
         (["optim.lrr=0.1"], "unknown config key optim.lrr"),
         (["data.train_dir=/nonexistent/train"], "does not exist"),
         (["data.global_batch_size=15", "optim.grad_accum_steps=2"], "not divisible"),
-        (["data.train_crop=32"], "too small for AlexNet"),
+        (["data.train_crop=32"], "too small for alexnet: use at least 63"),
         (["train.precision=fp8"], "is not one of"),
         (["--resume", "/nonexistent/last.pt"], "--resume /nonexistent/last.pt does not exist"),
         (["--init-from", "/nonexistent/weights.pth"], "does not exist"),
