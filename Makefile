@@ -10,7 +10,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: uv setup demo test test-fast bench bench-deps lint slurm-deps clean
+.PHONY: uv setup demo test test-fast bench bench-deps lint slurm-deps clean gpu-check gpu-wheels
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
@@ -57,6 +57,24 @@ bench: setup bench-deps
 	$(RUN) python -m tools.bench_resize
 	$(RUN) python -m tools.bench_loader
 	$(RUN) python -m tools.bench_train
+
+# The one-shot GPU check runs on the node's own Python and torch: no uv, no network, the
+# repository on PYTHONPATH. What the node lacks (DALI, webdataset, wandb) comes from GPU_WHEELS,
+# a folder `make gpu-wheels` fills on a machine with network. Results: GPU_CHECK_OUT/.
+# Here, without a GPU: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--quick
+GPU_CHECK_OUT ?= gpu-check-results
+GPU_WHEELS ?= gpu-wheels
+GPU_CHECK_ARGS ?=
+PYTHON_VERSION ?= 3.12
+SPLIT_MB ?= 60
+GPU_WHEELS_ARGS ?=
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m tools.gpu_check \
+	  --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m tools.gpu_wheels \
+	  --dest $(GPU_WHEELS) --python-version $(PYTHON_VERSION) --split-mb $(SPLIT_MB) $(GPU_WHEELS_ARGS)
 
 lint: setup
 	$(RUN) ruff format --check .

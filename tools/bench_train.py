@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import statistics
@@ -93,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["step", "loader", "ddp"],
         help="measurements to leave out",
     )
+    parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 
 
@@ -337,8 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{', compile' if args.compile else ''}"
     )
     print(f"machine: {describe_machine(device)}; model: {shape}", flush=True)
+    results: dict = {
+        "machine": describe_machine(device),
+        "model": shape,
+        "torch": torch.__version__,
+    }
     if "step" not in args.skip:
         rate, peak = measure_step(args, device, precision)
+        results["step_images_per_s"], results["step_peak_memory_gb"] = rate, peak
         memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
         print(
             f"step:   {rate:9.1f} images/s (synthetic uint8 batches on {device.type}), "
@@ -352,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir = write_folder_dataset(Path(temp) / "train")
                 args.backend = "folder"
             rate, wait, steps = measure_loader(args, device, precision, data_dir)
+            results["loader"] = {
+                "backend": args.backend
+                + (f"-{args.dali_decode}" if args.backend == "dali" else ""),
+                "images_per_s": rate,
+                "data_wait_frac": wait,
+                "steps": steps,
+                "num_workers": args.num_workers,
+            }
             print(
                 f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} "
                 f"workers, {steps} steps), data wait {100 * wait:.1f}% of wall time",
@@ -359,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     if "ddp" not in args.skip and device.type == "cpu":
         with_sync, without, gradient_bytes = measure_ddp(args)
+        results["ddp"] = {
+            "step_s_all_reduce": with_sync,
+            "step_s_no_sync": without,
+            "gradient_bytes": gradient_bytes,
+        }
         print(
             f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, "
             f"{1000 * without:.1f} ms without (no_sync): all-reduce costs "
@@ -366,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "gradients",
             flush=True,
         )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

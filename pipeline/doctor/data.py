@@ -1,0 +1,386 @@
+"""Data: how fast the train dir reads, and how fast each loader backend decodes and augments it.
+
+    layouts = find_layouts(Path(cfg.data.train_dir))     # {"shards": DST/train, "folders": ...}
+    measured = measure_data(cfg, dist, budget)           # every rank, no collectives inside
+    checks, summary = summarize_data(cfg, per_rank, ranks_per_node)   # rank 0
+
+The same data in its other form is found where `python -m preprocess prepare` puts it: shards in
+DST/<split>, class folders in DST/folders/<split>. Only what exists is measured.
+
+Reading: each rank reads its own share of the files (shards: whole tars in 8 MiB reads; folders:
+a seeded sample of image files), after asking the kernel to drop them from the page cache
+(posix_fadvise DONTNEED), so a dataset written a minute ago still reads at disk speed. MB/s and
+files/s are summed over the ranks of a node, which read at the same time, as training does.
+
+Decoding: the real `build_loader(..., "train", ...)` of each backend (the configured one, and
+folder / wds / dali cpu / dali mixed where the data and the machine have them), at the configured
+batch size per rank and data.num_workers, iterated to the training device for a fixed time after
+a warm-up. The loaders see a rank-local view of the world (`backend=None`): each rank reads its
+own share of the samples, but no loader waits for another rank, so a time-bounded loop is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import Config, replace
+from pipeline.data import build_loader, resolve_classes
+from pipeline.data.base import split_directory
+from pipeline.data.files import list_class_folders
+from pipeline.data.plans import open_manifest
+from pipeline.distributed import DistInfo
+from pipeline.doctor.report import Check
+from pipeline.errors import UserError, first_line
+from preprocess.manifest import MANIFEST_NAME
+
+MB = 1e6
+READ_CHUNK = 8 * 2**20
+
+
+def find_layouts(train_dir: Path) -> dict[str, Path]:
+    """The train data's forms that exist: {"shards": DST/train, "folders": DST/folders/train}."""
+    layouts: dict[str, Path] = {}
+    if (train_dir / MANIFEST_NAME).is_file():
+        layouts["shards"] = train_dir
+        folders = train_dir.parent / "folders" / train_dir.name
+        if folders.is_dir():
+            layouts["folders"] = folders
+    elif train_dir.is_dir():
+        layouts["folders"] = train_dir
+        if train_dir.parent.name == "folders":
+            shards = train_dir.parent.parent / train_dir.name
+            if (shards / MANIFEST_NAME).is_file():
+                layouts["shards"] = shards
+    return layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One loader to measure: a label for the table and the overrides that select it."""
+
+    label: str  # "folder", "wds", "dali cpu", "dali mixed"
+    backend: str
+    decode: str  # dali_decode: "cpu" / "mixed"; "auto" for the others
+    directory: Path
+    configured: bool
+
+    def overrides(self) -> list[str]:
+        """The `section.key=value` arguments that make a run use this loader."""
+        chosen = [f"data.backend={self.backend}"]
+        if self.backend == "dali":
+            chosen.append(f"data.dali_decode={self.decode}")
+        return chosen + [f"data.train_dir={self.directory}"]
+
+
+def dali_importable() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401  (deferred: optional and slow to import)
+    except ImportError:
+        return False
+    return True
+
+
+def list_candidates(cfg: Config, dist: DistInfo, layouts: dict[str, Path]) -> list[Candidate]:
+    """The configured loader first, then every other backend this data and machine allow."""
+    on_gpu = dist.device.startswith("cuda")
+    train_dir = Path(cfg.data.train_dir).expanduser()
+    decode = cfg.data.dali_decode
+    if cfg.data.backend == "dali" and decode == "auto":
+        decode = "mixed" if on_gpu else "cpu"
+    configured_label = "dali " + decode if cfg.data.backend == "dali" else cfg.data.backend
+    configured = Candidate(
+        configured_label,
+        cfg.data.backend,
+        decode if cfg.data.backend == "dali" else "auto",
+        train_dir,
+        True,
+    )
+    others = []
+    if "folders" in layouts:
+        others.append(Candidate("folder", "folder", "auto", layouts["folders"], False))
+    if "shards" in layouts:
+        others.append(Candidate("wds", "wds", "auto", layouts["shards"], False))
+    if layouts and dali_importable():
+        # DALI reads either form; the configured one is the like-for-like comparison
+        dali_dir = train_dir if train_dir in layouts.values() else next(iter(layouts.values()))
+        others.append(Candidate("dali cpu", "dali", "cpu", dali_dir, False))
+        if on_gpu:
+            others.append(Candidate("dali mixed", "dali", "mixed", dali_dir, False))
+    same = (configured.backend, configured.decode, configured.directory)
+    chosen = [configured]
+    for other in others:
+        if (other.backend, other.decode, other.directory) == same:
+            continue
+        if other.label == configured.label:  # the same backend on the data's other form
+            layout = "shards" if other.directory == layouts.get("shards") else "folders"
+            other = dataclasses.replace(other, label=f"{other.label} ({layout})")
+        chosen.append(other)
+    return chosen
+
+
+# -- reading ----------------------------------------------------------------------------------
+def drop_from_page_cache(path: str) -> None:
+    """Ask the kernel to forget the file's cached pages, so the next read comes from the disk."""
+    with contextlib.suppress(OSError, AttributeError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+
+
+def files_to_read(directory: Path, layout: str, dist: DistInfo, budget) -> list[str]:
+    """This rank's share: every world_size-th tar, or of a seeded sample of image files."""
+    if layout == "shards":
+        _, tars = open_manifest(directory, "train")
+        paths = [str(tar) for tar in tars]
+        mine = paths[dist.rank :: dist.world_size] or paths[dist.rank % len(paths) :][:1]
+        return mine
+    _, paths, _ = list_class_folders(directory)
+    order = np.random.default_rng(0).permutation(len(paths))[: budget.read_files * dist.world_size]
+    return [paths[index] for index in order[dist.rank :: dist.world_size]]
+
+
+def measure_read(directory: Path, layout: str, dist: DistInfo, budget) -> dict[str, Any]:
+    """(bytes, files, seconds) of reading this rank's share cold, within the budget."""
+    paths = files_to_read(directory, layout, dist, budget)
+    for path in paths:
+        drop_from_page_cache(path)
+    total = files = 0
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(READ_CHUNK):
+                total += len(chunk)
+                if (
+                    total >= budget.read_bytes
+                    or time.perf_counter() - started > budget.read_seconds
+                ):
+                    break
+        files += 1
+        if total >= budget.read_bytes or time.perf_counter() - started > budget.read_seconds:
+            break
+    seconds = max(time.perf_counter() - started, 1e-9)
+    return {"layout": layout, "bytes": total, "files": files, "seconds": seconds}
+
+
+def bytes_per_image(directory: Path, layout: str, read: dict[str, Any]) -> float:
+    """Mean bytes read per training image: the manifest's tar bytes over its samples, or the
+    sampled files' mean size."""
+    if layout == "shards":
+        manifest, _ = open_manifest(directory, "train")
+        return sum(shard.bytes for shard in manifest.shards) / max(1, manifest.num_samples)
+    return read["bytes"] / max(1, read["files"])
+
+
+# -- decoding ---------------------------------------------------------------------------------
+def batches_forever(loader):
+    """The loader's image batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        empty = True
+        for images, _labels in loader:
+            empty = False
+            yield images
+        if empty:
+            raise RuntimeError(f"the loader yielded no batch in epoch {epoch}")
+        epoch += 1
+
+
+def measure_decode(cfg: Config, dist: DistInfo, candidate: Candidate, budget) -> dict[str, Any]:
+    """images/s of one backend's train loader on this rank, after a warm-up."""
+    variant = replace(
+        cfg,
+        "data",
+        backend=candidate.backend,
+        train_dir=str(candidate.directory),
+        dali_decode=candidate.decode,
+    )
+    local = dataclasses.replace(dist, backend=None)  # no collectives inside the loader
+    loader = build_loader(variant, "train", local, resolve_classes(variant))
+    device = dist.torch_device
+    batches = batches_forever(loader)
+    try:
+        for _ in range(budget.decode_warmup_for(cfg.data.num_workers)):
+            next(batches)
+        synchronize(device)
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < budget.decode_seconds:
+            images += next(batches).shape[0]  # uint8 [B, 3, H, W] on the device
+        synchronize(device)
+        seconds = time.perf_counter() - started
+    finally:
+        batches.close()
+        del batches, loader
+        gc.collect()  # DataLoader workers and DALI pipelines go now, not during the next backend
+    return {"images_per_s": images / seconds, "images": images, "seconds": seconds}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
+    """This rank's read and decode measurements (no collectives: each rank at its own pace)."""
+    train_dir = Path(cfg.data.train_dir).expanduser()
+    layouts = find_layouts(train_dir) if cfg.data.train_dir else {}
+    result: dict[str, Any] = {
+        "rank": dist.rank,
+        "layouts": {name: str(path) for name, path in layouts.items()},
+        "decode": {},
+    }
+    try:
+        split_directory(cfg, "train")  # the loaders' one-line error about data.train_dir
+    except UserError as err:
+        # nothing to read or decode; the configured loader fails for the same reason
+        result["read_error"] = first_line(err)
+        configured = list_candidates(cfg, dist, layouts)[0]
+        result["decode"][configured.label] = describe_candidate(configured) | {
+            "error": first_line(err)
+        }
+        return result
+    try:
+        resolve_classes(cfg)
+        layout = "shards" if (train_dir / MANIFEST_NAME).is_file() else "folders"
+        read = measure_read(train_dir, layout, dist, budget)
+        read["bytes_per_image"] = bytes_per_image(train_dir, layout, read)
+        result["read"] = read
+    except Exception as err:  # noqa: BLE001 - reported as the check's one line
+        result["read_error"] = describe_error(err)
+    for candidate in list_candidates(cfg, dist, layouts):
+        entry = describe_candidate(candidate)
+        try:
+            entry.update(measure_decode(cfg, dist, candidate, budget))
+        except Exception as err:  # noqa: BLE001 - reported as the check's one line
+            entry["error"] = describe_error(err)
+        result["decode"][candidate.label] = entry
+    return result
+
+
+def describe_candidate(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "backend": candidate.backend,
+        "decode": candidate.decode,
+        "directory": str(candidate.directory),
+        "configured": candidate.configured,
+        "overrides": candidate.overrides(),
+    }
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line description of a measurement that failed: the user error's line, or the type."""
+    if isinstance(err, UserError):
+        return first_line(err)
+    return f"{type(err).__name__}: {first_line(err)}"
+
+
+# -- judging ----------------------------------------------------------------------------------
+def node_read_rates(per_rank: list[dict[str, Any]], ranks_per_node: int) -> list[dict[str, float]]:
+    """Per node: bytes/s and files/s summed over its ranks, which read at the same time."""
+    nodes = []
+    for start in range(0, len(per_rank), ranks_per_node):
+        reads = [r["read"] for r in per_rank[start : start + ranks_per_node] if "read" in r]
+        if not reads:
+            continue
+        seconds = max(read["seconds"] for read in reads)
+        nodes.append(
+            {
+                "node": start // ranks_per_node,
+                "bytes_per_s": sum(read["bytes"] for read in reads) / seconds,
+                "files_per_s": sum(read["files"] for read in reads) / seconds,
+            }
+        )
+    return nodes
+
+
+def summarize_data(
+    cfg: Config, per_rank: list[dict[str, Any]], ranks_per_node: int
+) -> tuple[list[Check], dict[str, Any]]:
+    """Rank 0's checks, and the numbers the verdict needs."""
+    main = per_rank[0]
+    checks: list[Check] = []
+    summary: dict[str, Any] = {"layouts": main["layouts"], "decode": {}}
+    read_errors = [(rank, r["read_error"]) for rank, r in enumerate(per_rank) if "read_error" in r]
+    if read_errors:
+        rank, error = read_errors[0]
+        checks.append(Check("data", "read", "fail", f"rank {rank}: {error}", {"rank": rank}))
+    else:
+        nodes = node_read_rates(per_rank, ranks_per_node)
+        slowest = min(nodes, key=lambda node: node["bytes_per_s"])
+        read = main["read"]
+        unit = "shards" if read["layout"] == "shards" else "files"
+        summary["read"] = {
+            "node_bytes_per_s": slowest["bytes_per_s"],
+            "bytes_per_image": read["bytes_per_image"],
+            "layout": read["layout"],
+        }
+        values = {
+            "layout": read["layout"],
+            "directory": cfg.data.train_dir,
+            "nodes": nodes,
+            "bytes_per_image": round(read["bytes_per_image"], 1),
+            "per_rank": [
+                {k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank
+            ],
+        }
+        checks.append(
+            Check(
+                "data",
+                "read",
+                "ok",
+                f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
+                f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
+                "image)",
+                values,
+            )
+        )
+    for label, entry in main["decode"].items():
+        entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
+        failed = [(rank, e["error"]) for rank, e in enumerate(entries) if "error" in e]
+        suffix = " (configured)" if entry["configured"] else ""
+        values = {
+            k: entry[k] for k in ("backend", "decode", "directory", "configured", "overrides")
+        }
+        if failed:
+            rank, error = failed[0]
+            status = "fail" if entry["configured"] else "skip"
+            checks.append(Check("data", label, status, f"rank {rank}: {error}{suffix}", values))
+            continue
+        rates = [e["images_per_s"] for e in entries]
+        slowest = int(np.argmin(rates))
+        values |= {
+            "images_per_s_per_rank": [round(rate, 1) for rate in rates],
+            "slowest_rank": slowest,
+        }
+        summary["decode"][label] = {
+            "images_per_s": rates[slowest],
+            "configured": entry["configured"],
+            "overrides": entry["overrides"],
+        }
+        workers = (
+            f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali.py starts them
+            if entry["backend"] == "dali"
+            else f"{cfg.data.num_workers} workers"
+        )
+        checks.append(
+            Check(
+                "data",
+                label,
+                "ok",
+                f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}"
+                f"{suffix}",
+                values,
+            )
+        )
+    return checks, summary

@@ -1,0 +1,284 @@
+"""Model: the configured training step on synthetic data on the device, alone and under DDP.
+
+    model = build_doctor_model(cfg, num_classes, device)
+    measured = measure_step(cfg, dist, model, num_classes, budget)      # every rank, alone
+    measured |= measure_ddp_step(cfg, dist, model, num_classes, steps)  # a collective
+    checks, summary = summarize_model(cfg, per_rank, per_rank_batch)    # rank 0
+
+The step is the trainer's own (`pipeline.train.step.OptimizerStep`: autocast, GradScaler for
+fp16, gradient accumulation, clipping, the optimizer and schedule the config names) on a
+uint8 batch already on the device, in the configured precision, memory format and
+torch.compile setting. Timed alone it is the compute ceiling the loader and the network must
+feed; timed again inside DDP (every rank at once, the gradient all-reduce overlapped with the
+backward pass as in training) it shows what the all-reduce costs on top. Peak memory is the
+device allocator's high-water mark on CUDA and the process's peak RSS on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import resource
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import Config
+from pipeline.distributed import DistInfo
+from pipeline.doctor.report import Check
+from pipeline.models import aux_loss_weight, check_input_sizes, create_model, set_train_mode
+from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
+from pipeline.precision import build_autocast, configure_device, resolve_precision
+from pipeline.tracking import NullTracker
+from pipeline.train.meters import TrainMeter
+from pipeline.train.step import OptimizerStep
+
+GB = 1e9
+
+
+def build_doctor_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
+    """The configured model on the device, fresh weights (init_from / finetune are not read),
+    after the trainer's own check of the crops against the architecture."""
+    check_input_sizes(cfg)
+    return create_model(cfg, num_classes, device, load_initial_weights=False)
+
+
+def count_gradient_elements(model: nn.Module) -> int:
+    """Elements DDP all-reduces per step: every trainable parameter (fp32 under autocast too)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def synthetic_batch(
+    cfg: Config, batch_size: int, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [B, 3, crop, crop] images and int64 [B] labels on the device, as a loader hands
+    them over (channels_last when the config says so)."""
+    generator = torch.Generator().manual_seed(0)
+    size = cfg.data.train_crop
+    images = torch.randint(
+        0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator
+    )
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
+
+
+def build_step(
+    cfg: Config, dist: DistInfo, model: nn.Module, ddp: nn.parallel.DistributedDataParallel | None
+) -> OptimizerStep:
+    """The trainer's optimizer step around `model` (wrapped in `ddp` when given)."""
+    device = dist.torch_device
+    precision = resolve_precision(cfg.train.precision, device)
+    step_model: nn.Module = ddp if ddp is not None else model
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
+    local = dataclasses.replace(dist, backend=None)  # the meter's sums stay on this rank
+    return OptimizerStep(
+        model=model,
+        step_model=step_model,
+        ddp=ddp,
+        optimizer=build_optimizer(cfg, model),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        criterion=build_loss(cfg),
+        autocast=build_autocast(precision, device),
+        schedule=LearningRateSchedule(cfg, 1000, 1000 * cfg.train.epochs),
+        meter=TrainMeter(local, NullTracker(), cfg.train.log_every),
+        accum=cfg.optim.grad_accum_steps,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
+        seed=cfg.train.seed,
+        rank=dist.rank,
+        aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The device allocator's peak (CUDA), else this process's peak resident set (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # Linux: kB
+
+
+def run_steps(
+    take_step: OptimizerStep, batch, device: torch.device, *, steps: int, seconds: float | None
+) -> tuple[int, float]:
+    """Optimizer steps from `batch`, `steps` of them, or until `seconds` pass (checked every few
+    steps: a check syncs the GPU); (steps taken, seconds)."""
+    batches = itertools.repeat(batch)
+    chunk = 1 if device.type == "cpu" or seconds is None else 5
+    synchronize(device)
+    started = time.perf_counter()
+    taken = 0
+    while taken < steps:
+        for _ in range(min(chunk, steps - taken)):
+            take_step(batches, taken)
+            taken += 1
+        if seconds is not None:
+            synchronize(device)
+            if time.perf_counter() - started >= seconds:
+                break
+    synchronize(device)
+    return taken, time.perf_counter() - started
+
+
+def describe_failure(err: BaseException, cfg: Config, per_rank_batch: int) -> str:
+    """One line for a step that failed: out of memory, torch.compile, or anything else."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return (
+            f"out of memory at {per_rank_batch} images per rank: lower data.global_batch_size or "
+            "raise optim.grad_accum_steps"
+        )
+    if cfg.train.compile and "dynamo" in type(err).__module__ + text.lower():
+        return f"torch.compile failed ({type(err).__name__}: {text}): try train.compile=false"
+    return f"{type(err).__name__}: {text}"
+
+
+def measure_step(
+    cfg: Config, dist: DistInfo, model: nn.Module, num_classes: int, per_rank_batch: int, budget
+) -> dict[str, Any]:
+    """Images/s of this rank's step alone (no DDP), and the peak memory it took."""
+    device = dist.torch_device
+    configure_device(device)  # cuDNN autotuning on CUDA, as the trainer does (in the warm-up)
+    result: dict[str, Any] = {"rank": dist.rank}
+    # synchronized BatchNorm all-reduces in every forward: then every rank takes the same number
+    # of steps, not as many as fit in the time
+    seconds = None if cfg.model.sync_bn and dist.is_distributed else budget.model_seconds
+    try:
+        set_train_mode(model)
+        reset_peak_memory(device)
+        take_step = build_step(cfg, dist, model, None)
+        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
+        run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
+        steps = (
+            budget.model_max_steps if seconds is not None else max(3, budget.model_max_steps // 10)
+        )
+        taken, seconds = run_steps(take_step, batch, device, steps=steps, seconds=seconds)
+        images = taken * per_rank_batch * cfg.optim.grad_accum_steps
+        result |= {
+            "images_per_s": images / seconds,
+            "steps": taken,
+            "step_s": seconds / taken,
+            "peak_memory_gb": round(peak_memory_gb(device), 3),
+        }
+        if device.type == "cuda":
+            result["device_memory_gb"] = round(
+                torch.cuda.get_device_properties(device).total_memory / GB, 1
+            )
+    except Exception as err:  # noqa: BLE001 - reported as the check's one line
+        result["error"] = describe_failure(err, cfg, per_rank_batch)
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def ddp_steps_for(per_rank: list[dict[str, Any]], budget) -> int:
+    """Timed DDP steps: about the budget's seconds at the slowest rank's pace (the same number on
+    every rank, computed from the same gathered results)."""
+    slowest = max(r["step_s"] for r in per_rank)
+    return int(min(budget.model_max_steps, max(2, budget.model_seconds / slowest)))
+
+
+def measure_ddp_step(
+    cfg: Config,
+    dist: DistInfo,
+    model: nn.Module,
+    num_classes: int,
+    per_rank_batch: int,
+    steps: int,
+    budget,
+) -> dict[str, Any]:
+    """Images/s of the step inside DDP, every rank at once: a fixed step count (a collective)."""
+    device = dist.torch_device
+    ddp = nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+    )
+    try:
+        take_step = build_step(cfg, dist, model, ddp)
+        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
+        run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
+        taken, seconds = run_steps(take_step, batch, device, steps=steps, seconds=None)
+    except Exception as err:  # noqa: BLE001 - the check's one line (the others time out)
+        return {"ddp_error": describe_failure(err, cfg, per_rank_batch)}
+    finally:
+        del ddp
+        gc.collect()
+    images = taken * per_rank_batch * cfg.optim.grad_accum_steps
+    return {"ddp_images_per_s": images / seconds, "ddp_steps": taken}
+
+
+def summarize_model(
+    cfg: Config, per_rank: list[dict[str, Any]], per_rank_batch: int, precision: str | None
+) -> tuple[list[Check], dict[str, Any]]:
+    """Rank 0's checks and the verdict's numbers (the slowest rank bounds a DDP run)."""
+    failed = [(rank, r["error"]) for rank, r in enumerate(per_rank) if "error" in r]
+    if failed:
+        rank, error = failed[0]
+        return [Check("model", "step", "fail", f"rank {rank}: {error}", {"rank": rank})], {}
+    rates = [r["images_per_s"] for r in per_rank]
+    slowest = min(range(len(rates)), key=rates.__getitem__)
+    main = per_rank[slowest]
+    kind = "GPU memory" if "device_memory_gb" in main else "RSS"
+    memory = f"peak {kind} {main['peak_memory_gb']:.2f} GB"
+    if "device_memory_gb" in main:
+        memory += f" of {main['device_memory_gb']:.0f} GB"
+    values = {
+        "images_per_s_per_rank": [round(rate, 1) for rate in rates],
+        "slowest_rank": slowest,
+        "per_rank_batch": per_rank_batch,
+        "steps": main["steps"],
+        "peak_memory_gb": main["peak_memory_gb"],
+        "device_memory_gb": main.get("device_memory_gb"),
+    }
+    checks = [
+        Check(
+            "model",
+            "step",
+            "ok",
+            f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}, "
+            f"{main['step_s'] * 1000:.0f} ms per step), {memory}",
+            values,
+        )
+    ]
+    summary: dict[str, Any] = {
+        "images_per_s": rates[slowest],
+        "peak_memory_gb": main["peak_memory_gb"],
+        "device_memory_gb": main.get("device_memory_gb"),
+        "precision": precision,
+    }
+    ddp_errors = [(rank, r["ddp_error"]) for rank, r in enumerate(per_rank) if "ddp_error" in r]
+    if ddp_errors:
+        rank, error = ddp_errors[0]
+        checks.append(Check("model", "ddp step", "fail", f"rank {rank}: {error}", {"rank": rank}))
+    elif all("ddp_images_per_s" in r for r in per_rank):
+        ddp_rates = [r["ddp_images_per_s"] for r in per_rank]
+        ddp_rate = min(ddp_rates)
+        summary["ddp_images_per_s"] = ddp_rate
+        fraction = ddp_rate / rates[slowest]
+        checks.append(
+            Check(
+                "model",
+                "ddp step",
+                "ok" if fraction > 0.8 else "warn",
+                f"{ddp_rate:.0f} images/s per rank with the gradient all-reduce "
+                f"({100 * fraction:.0f}% of the step alone)",
+                {"images_per_s_per_rank": [round(r, 1) for r in ddp_rates]},
+            )
+        )
+    return checks, summary

@@ -1,0 +1,166 @@
+"""The doctor's judgements without processes: the verdict's bound and change for given numbers, the
+driver and pillow-simd rules, and where the data's other form is found."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.doctor.data import find_layouts
+from pipeline.doctor.environment import VEX256, check_pillow, check_torch_and_driver
+from pipeline.doctor.verdict import Inputs, decide, recommend_comm_hook
+
+REPO = Path(__file__).resolve().parents[2]
+ALEXNET = load_config(REPO / "configs/alexnet.yaml")  # wds, batch 256, auto precision
+
+
+# 8 GPUs on one node, AlexNet at 256 images per step: every rate high unless a test changes it
+GPU_NODE = Inputs(
+    world_size=8,
+    ranks_per_node=8,
+    images_per_step=32,
+    on_gpu=True,
+    dali_importable=True,
+    cores_per_rank=12.0,
+    compute=5000.0,
+    ddp=4800.0,
+    decode=9000.0,
+    decode_alternatives={
+        "wds": {"images_per_s": 9000.0, "configured": True, "overrides": ["data.backend=wds"]}
+    },
+    configured_decode_label="wds",
+    node_read_bytes_per_s=8 * 9000.0 * 110e3 * 2,
+    bytes_per_image=110e3,
+    layouts={"shards": "/data/train"},
+    all_reduce_s=0.001,  # 32 images / 1 ms = 32000 images/s per rank
+    inter_node=False,
+    precision="bf16",
+    peak_memory_gb=30.0,
+    device_memory_gb=80.0,
+)
+
+
+def gpu_inputs(**changes) -> Inputs:
+    return dataclasses.replace(GPU_NODE, **changes)
+
+
+def test_a_fast_pipeline_is_compute_bound_and_the_expected_rate_is_world_times_compute():
+    verdict, checks = decide(ALEXNET, gpu_inputs())
+    assert verdict["bound"] == "compute"
+    assert verdict["expected_images_per_s"] == pytest.approx(8 * 5000.0)
+    assert verdict["change"]["overrides"] == ["train.compile=true"]  # the next lever on a GPU
+    assert [check.name for check in checks] == ["bound", "expected", "change"]
+    assert checks[0].status == "ok" and "compute: 5000 images/s per rank" in checks[0].summary
+
+
+def test_a_slow_cpu_decoder_on_a_gpu_node_is_sent_to_dali_mixed_with_its_measured_rate():
+    alternatives = {
+        "wds": {"images_per_s": 900.0, "configured": True, "overrides": ["data.backend=wds"]},
+        "dali mixed": {
+            "images_per_s": 7000.0,
+            "configured": False,
+            "overrides": ["data.backend=dali", "data.dali_decode=mixed", "data.train_dir=/d"],
+        },
+    }
+    verdict, checks = decide(ALEXNET, gpu_inputs(decode=900.0, decode_alternatives=alternatives))
+    assert verdict["bound"] == "decode" and checks[0].status == "warn"
+    assert verdict["change"]["overrides"][:2] == ["data.backend=dali", "data.dali_decode=mixed"]
+    assert "7000 images/s per rank measured" in verdict["change"]["text"]
+
+
+def test_decode_bound_on_cpu_with_idle_cores_asks_for_more_workers():
+    cfg = dataclasses.replace(ALEXNET, data=dataclasses.replace(ALEXNET.data, num_workers=2))
+    inputs = gpu_inputs(on_gpu=False, decode=300.0, cores_per_rank=8.0, precision="fp32")
+    verdict, _ = decide(cfg, inputs)
+    assert verdict["bound"] == "decode"
+    assert verdict["change"]["overrides"] == ["data.num_workers=7"]
+
+
+def test_a_slow_disk_under_class_folders_is_sent_to_the_shards_next_to_them():
+    cfg = dataclasses.replace(ALEXNET, data=dataclasses.replace(ALEXNET.data, backend="folder"))
+    inputs = gpu_inputs(
+        node_read_bytes_per_s=50e6,  # 50 MB/s / 110 kB / 8 ranks = 57 images/s per rank
+        layouts={"folders": "/d/folders/train", "shards": "/d/train"},
+    )
+    verdict, _ = decide(cfg, inputs)
+    assert verdict["bound"] == "disk"
+    assert verdict["rates_images_per_s_per_rank"]["disk"] == pytest.approx(56.8, abs=0.1)
+    assert verdict["change"]["overrides"] == ["data.backend=wds", "data.train_dir=/d/train"]
+
+
+def test_a_slow_all_reduce_asks_for_a_larger_global_batch_and_leaves_the_hook_slot_empty():
+    inputs = gpu_inputs(all_reduce_s=0.02, inter_node=True)  # 32 images / 20 ms = 1600 per rank
+    verdict, _ = decide(ALEXNET, inputs)
+    assert verdict["bound"] == "all-reduce"
+    assert verdict["rates_images_per_s_per_rank"]["all-reduce"] == pytest.approx(1600.0)
+    # compute at 5000 needs about 3.1x the images per all-reduce: a 4x batch, a multiple of 8
+    assert verdict["change"]["overrides"] == ["data.global_batch_size=1024"]
+    assert "NCCL_SOCKET_IFNAME" in verdict["change"]["text"]
+    assert recommend_comm_hook(ALEXNET, inputs) is None and verdict["comm_hook"] is None
+
+
+def test_an_all_reduce_that_does_not_hide_behind_backward_bounds_at_the_measured_ddp_rate():
+    inputs = gpu_inputs(ddp=3000.0)  # 60% of the step alone, though the all-reduce alone is fast
+    verdict, checks = decide(ALEXNET, inputs)
+    assert verdict["bound"] == "all-reduce"
+    assert verdict["rates_images_per_s_per_rank"]["all-reduce"] == pytest.approx(3000.0)
+    assert "all-reduce: 3000 images/s per rank" in checks[0].summary
+
+
+def test_nothing_measured_gives_no_bound():
+    inputs = gpu_inputs(compute=None, decode=None, node_read_bytes_per_s=None, all_reduce_s=None)
+    verdict, checks = decide(ALEXNET, inputs)
+    assert verdict["bound"] is None and checks[0].status == "skip"
+
+
+def host_facts(**changes) -> dict:
+    facts = {
+        "torch": "2.13.0+cu130",
+        "torch_cuda_build": "13.0",
+        "driver_cuda": "13.0",
+        "driver_version": "580.95.05",
+        "cuda_available": True,
+        "gpus_present": "/dev/nvidia0",
+        "cpu_flags": ["avx2"],
+        "pillow": {"version": "12.1.1.post0", "simd": True, "avx2_build": True},
+    }
+    facts.update(changes)
+    return facts
+
+
+def test_a_driver_older_than_torchs_cuda_major_fails_and_names_the_driver_it_needs():
+    old = host_facts(driver_cuda="12.4", driver_version="550.54", cuda_available=False)
+    check = check_torch_and_driver(ALEXNET, old)
+    assert check.status == "fail"
+    assert "CUDA 13.x (580.65 or newer)" in check.summary and "550.54" in check.summary
+    assert check_torch_and_driver(ALEXNET, host_facts()).status == "ok"
+    newer_minor = check_torch_and_driver(ALEXNET, host_facts(torch_cuda_build="13.2"))
+    assert newer_minor.status == "warn" and "minor-version" in newer_minor.summary
+
+
+def test_pillow_simd_built_with_avx2_on_a_cpu_without_it_fails_and_plain_pillow_warns():
+    cfg = dataclasses.replace(ALEXNET, data=dataclasses.replace(ALEXNET.data, backend="folder"))
+    assert check_pillow(cfg, host_facts(cpu_flags=[])).status == "fail"
+    plain = host_facts(pillow={"version": "12.1.1", "simd": False, "avx2_build": False})
+    assert check_pillow(cfg, plain).status == "warn"
+    assert check_pillow(cfg, host_facts()).status == "ok"
+
+
+def test_the_avx2_scanner_counts_256_bit_vex_instructions_only():
+    avx2 = b"\xc5\xfe\x6f\xc1" * 10  # vmovdqu ymm0, ymm1
+    sse = b"\xc5\xfa\x6f\xc1" * 10  # vmovdqu xmm0, xmm1 (L bit clear)
+    assert len(VEX256.findall(avx2)) == 10 and VEX256.findall(sse) == []
+
+
+def test_the_other_form_of_the_data_is_found_where_prepare_writes_it(tmp_path):
+    shards, folders = tmp_path / "train", tmp_path / "folders" / "train"
+    folders.mkdir(parents=True)
+    shards.mkdir()
+    assert find_layouts(shards) == {"folders": shards}  # no manifest: read as class folders
+    assert find_layouts(folders) == {"folders": folders}
+    (shards / "manifest.json").write_text("{}")
+    assert find_layouts(shards) == {"shards": shards, "folders": folders}
+    assert find_layouts(folders) == {"folders": folders, "shards": shards}
