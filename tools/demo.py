@@ -3,6 +3,7 @@
     make demo                                     # installs with uv, then runs the line below
     python -m tools.demo                       # wds shards, 2 DDP ranks over gloo on CPU
     python -m tools.demo --backend folder      # or dali; same data, another loader
+    python -m tools.demo --arch resnet18       # any torchvision model that takes 64 px
     python -m tools.demo --workdir /tmp/demo --epochs 20 optim.lr=0.004  # any config override
     python -m tools.demo --dataset cifar10 --source ~/Downloads/cifar-10-python.tar.gz
     python -m tools.demo --dataset mnist --source ~/mnist   # the four IDX .gz files
@@ -43,6 +44,7 @@ from typing import Literal
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.models import ALEXNET_VARIANTS, check_arch
 from preprocess.manifest import read_manifest
 from tools.demo_data import build_demo_raw
 
@@ -124,6 +126,7 @@ class DemoOptions:
     required_top1: float = REQUIRED_TOP1  # percent; below it the demo exits 1 (0 never fails)
     dataset: str = DIGITS  # or a key of DATASET_DEMOS, read from `source`
     source: Path | None = None  # the user's download, for a dataset other than digits
+    arch: str = "alexnet"  # any model.arch; the demo config's AlexNet widths apply to AlexNets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +260,7 @@ def train_overrides(options: DemoOptions, prepared: Path, run_dir: Path) -> list
     """The `section.key=value` list pipeline.train gets on top of configs/demo.yaml."""
     train_dir, val_dir = data_directories(prepared, options.backend)
     overrides = [
+        *arch_overrides(options.arch),
         f"data.backend={options.backend}",
         f"data.train_dir={train_dir}",
         f"data.val_dir={val_dir}",
@@ -267,6 +271,19 @@ def train_overrides(options: DemoOptions, prepared: Path, run_dir: Path) -> list
         overrides.append(f"train.epochs={epochs}")
     overrides.extend(options.overrides)
     return overrides
+
+
+def arch_overrides(arch: str) -> list[str]:
+    """model.arch=ARCH, and for a torchvision architecture the demo config's AlexNet-only knobs
+    (narrow widths, dropout 0.2) back at their defaults, which such a model refuses otherwise."""
+    if arch in ALEXNET_VARIANTS:
+        return [f"model.arch={arch}"]
+    return [
+        f"model.arch={arch}",
+        "model.width_mult=1.0",
+        "model.classifier_width=4096",
+        "model.dropout=-1",
+    ]
 
 
 def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[str]:
@@ -358,6 +375,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         "run-"
         + ("" if digits else f"{options.dataset}-")
         + options.backend
+        + ("" if options.arch == "alexnet" else f"-{options.arch}")
         + ("-fast" if options.fast else "")
     )
     env = stage_environment()
@@ -525,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--arch",
+        default="alexnet",
+        help="the model: alexnet (default, narrow as configs/demo.yaml sets it) or any "
+        "torchvision classification model that takes 64 px, e.g. resnet18 or mobilenet_v3_small",
+    )
+    parser.add_argument(
         "--dataset",
         choices=[DIGITS, *DATASET_DEMOS],
         default=DIGITS,
@@ -556,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        check_arch(args.arch)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.dataset != DIGITS and args.source is None:
         print(
             f"error: --dataset {args.dataset} reads your own download: pass --source PATH, "
@@ -573,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         required_top1=REQUIRED_TOP1 if args.min_top1 is None else args.min_top1,
         dataset=args.dataset,
         source=args.source,
+        arch=args.arch,
     )
     try:
         result = run_demo(options)

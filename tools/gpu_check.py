@@ -16,7 +16,7 @@ Parts, in order, each in its own process with its own time limit, each reported 
 or skipped (with the reason), none able to stop the others:
   install       the wheels from --wheels (skipped without the folder)
   environment   Python, torch, CUDA, the GPU, the driver, and which optional packages import
-  gpu-tests     pytest tests/gpu (every test skips, with its reason, without CUDA)
+  gpu-tests     the gpu-marked tests (every one skips, with its reason, without CUDA)
   data          benchmark images from tools/photos as class folders and shards (prepare's layout)
   doctor        python -m pipeline.doctor --quick on configs/alexnet.yaml (tiny.yaml on CPU) and
                 that data
@@ -289,13 +289,20 @@ def part_environment(context: Context, part: Part) -> None:
 
 
 # -- gpu tests --------------------------------------------------------------------------------
+# every file holding gpu-marked tests (collecting the whole suite would import test-only
+# packages the GPU node may lack, such as Hugging Face datasets)
+GPU_TEST_PATHS = ("tests/gpu", "tests/train/test_cuda_paths.py", "tests/data/test_backends.py")
+
+
 def part_gpu_tests(context: Context, part: Part) -> None:
     junit = context.out / "gpu-tests.xml"
     command = [
         sys.executable,
         "-m",
         "pytest",
-        "tests/gpu",
+        *GPU_TEST_PATHS,
+        "-m",
+        "gpu",
         "-q",
         "-rs",
         "-p",

@@ -197,3 +197,23 @@ def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
         top1=80.0, top5=99.0, chance=10.0, run_dir=tmp_path, artefacts=partial, seconds={}
     )
     assert shortfalls(missing, 50.0) == [f"missing artefacts: prediction grid PNG (see {tmp_path})"]
+
+
+@pytest.mark.slow
+def test_the_demo_trains_a_torchvision_resnet18_far_above_chance(tmp_path):
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        # 3 epochs: ResNet-18 is past 80% there (AlexNet's --fast needs 6)
+        code = main(["--workdir", str(tmp_path), "--epochs", "3", "--quiet", "--arch", "resnet18"])
+    assert code == 0, output.getvalue()  # code 0: top-1 >= 50%, five times chance
+    match = re.search(r"val top-1 (?P<top1>[0-9.]+)%", output.getvalue())
+    assert match and float(match["top1"]) >= FAST_TOP1_THRESHOLD, output.getvalue()
+    launches = (tmp_path / "run-wds-resnet18" / "launches.jsonl").read_text().splitlines()
+    launch = json.loads(launches[0])
+    assert launch["model/arch"] == "resnet18" and launch["model/params"] == 11_181_642
+
+
+def test_an_unknown_demo_architecture_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path), "--arch", "resnet5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.arch='resnet5'") and "resnet50" in err and "\n" not in err
