@@ -18,10 +18,11 @@ step of every process, resumed ones included: the first step after a resume runs
 the next ones the re-planned buckets. So the state is also held per parameter (views, no copies;
 refreshed as each bucket finishes) and a bucket whose contents changed is rebuilt from it. Q
 starts as a Gaussian drawn from (train.seed, parameter index), not from torch's bucket-order
-RNG, so no bucket plan can change it. The checkpoint holds that per-parameter form: the
+RNG, and only compressed gradients carry error feedback (see PowerSGDHook.remember), so no
+bucket plan changes the result. The checkpoint holds that per-parameter form: the
 iteration, the RNG, Q per compressed weight (the same on every rank), and every rank's error
 memory (they differ, and rank 0 writes the file): with a world of W ranks the comm state is W
-times the bytes of the gradients in compressed buckets (0.24 GB per rank on AlexNet).
+times the bytes of the compressed gradients (0.23 GB per rank on AlexNet).
 """
 
 from __future__ import annotations
@@ -387,9 +388,6 @@ class PowerSGDHook:
         layout = self.layout(bucket)
         view = _SlotBucket(bucket.index(), bucket.is_last(), bucket.buffer(), layout)
         if state.iter < state.start_powerSGD_iter or not layout.compressed:
-            if state.iter >= state.start_powerSGD_iter:
-                for slot in layout.slots:  # a plain bucket carries no error memory, as in torch
-                    self.memories.pop(slot.name, None)
             state.maybe_increase_iter(view)  # torch counts steps on the last bucket
             self.payload_bytes += view.buffer().numel() * view.buffer().element_size()
             return self.in_order(lambda: default_hooks.allreduce_hook(state.process_group, view))
@@ -444,7 +442,8 @@ class PowerSGDHook:
 
     def place(self, index: int, layout: Layout, buffer: torch.Tensor) -> None:
         """Build torch's memories for bucket `index` from the per-parameter ones (a new bucket
-        plan, or a resume). Error memories a parameter lacks are zeros; Q it lacks is drawn."""
+        plan, or a resume): zeros where no gradient has an error memory, Q drawn where a
+        compressed one has none yet."""
         for other, placed in list(self.placed.items()):  # a parameter lives in one bucket
             names = {slot.name for slot in placed.slots}
             if other != index and names & {slot.name for slot in layout.slots}:
@@ -475,13 +474,22 @@ class PowerSGDHook:
         return torch.randn(slot.cols * slot.rank, generator=generator)
 
     def remember(self, index: int, layout: Layout) -> None:
-        """After a bucket finished: its per-parameter memories are views of torch's new ones."""
+        """After a bucket finished: the compressed gradients' memories become views of torch's
+        new ones, and the others' error is zeroed.
+
+        torch also feeds back an uncompressed gradient's error (its local value minus the mean)
+        when it shares a bucket with a compressed one. Summed over ranks that is zero, so it
+        only adds rounding, and which bucket a bias lands in would change the result; here
+        only compressed gradients carry error."""
         error, q = self.state.error_dict[index], self.state.q_memory_dict[index]
         for slot in layout.slots:
-            memory = Memory(error=error[slot.offset : slot.offset + slot.numel])
+            where = slice(slot.offset, slot.offset + slot.numel)
             if slot.compressed:
-                memory.q = q[slot.q_offset : slot.q_offset + slot.cols * slot.rank]
-            self.memories[slot.name] = memory
+                self.memories[slot.name] = Memory(
+                    error=error[where], q=q[slot.q_offset : slot.q_offset + slot.cols * slot.rank]
+                )
+            else:
+                error[where].zero_()
 
     # what it compresses -----------------------------------------------------------------------
     def compressed_names(self) -> list[str]:
