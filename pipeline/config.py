@@ -365,6 +365,14 @@ def validate(config: Config) -> None:
         )
     if train.bucket_cap_mb <= 0:
         raise ConfigError(f"train.bucket_cap_mb must be positive, got {train.bucket_cap_mb}")
+    if train.static_graph and config.optim.grad_accum_steps > 1:
+        # torch 2.13: DDP's static graph under no_sync() asserts, and once past that stops
+        # all-reducing (pytorch/pytorch#143580, fix pending in #187732)
+        raise ConfigError(
+            f"train.static_graph=true with optim.grad_accum_steps={config.optim.grad_accum_steps}:"
+            " DDP's static graph breaks under gradient accumulation (pytorch/pytorch#143580); "
+            "turn one of them off"
+        )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

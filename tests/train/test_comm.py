@@ -226,6 +226,8 @@ def test_hook_settings_are_checked_in_one_line():
         load_config(None, ["train.comm_hook=int8"])
     with pytest.raises(ConfigError, match="bucket_cap_mb must be positive"):
         load_config(None, ["train.bucket_cap_mb=0"])
+    with pytest.raises(ConfigError, match="static graph breaks under gradient accumulation"):
+        load_config(None, ["train.static_graph=true", "optim.grad_accum_steps=2"])
     cfg = load_config(None, ["train.comm_hook=powersgd"])
     train = TrainConfig(comm_hook="powersgd")
     world = DistInfo(rank=0, world_size=2, backend="gloo")
