@@ -57,6 +57,7 @@ bench: setup bench-deps
 	$(RUN) python -m tools.bench_resize
 	$(RUN) python -m tools.bench_loader
 	$(RUN) python -m tools.bench_train
+	$(RUN) python -m tools.bench_comm
 
 lint: setup
 	$(RUN) ruff format --check .

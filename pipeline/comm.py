@@ -192,7 +192,7 @@ class FlatBucket:
     separate all-reduce after backward (the bench's no-overlap step) or in tests.
 
         buckets = FlatBucket.plan(list(model.parameters()), cap_bytes=25 << 20)
-        for bucket in buckets: bucket.load_gradients()
+        for bucket in buckets: bucket.load_gradients()   # or bind_gradients() before backward
         futures = [hook(state, bucket) for bucket in buckets]
         for bucket, future in zip(buckets, futures): future.wait(); bucket.store_gradients()
     """
@@ -241,6 +241,13 @@ class FlatBucket:
 
     def gradients(self) -> list[torch.Tensor]:
         return self._views
+
+    def bind_gradients(self) -> None:
+        """Make each parameter's .grad a view of the buffer (backward accumulates into it in
+        place, as into DDP's bucket views), zeroed."""
+        self._buffer.zero_()
+        for p, view in zip(self._params, self._views):
+            p.grad = view
 
     def load_gradients(self) -> None:
         """Copy the parameters' .grad into the buffer (zeros where a grad is None)."""
