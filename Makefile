@@ -57,6 +57,7 @@ bench: setup bench-deps
 	$(RUN) python -m tools.bench_resize
 	$(RUN) python -m tools.bench_loader
 	$(RUN) python -m tools.bench_train
+	$(RUN) python -m tools.bench_comm
 
 # The one-shot GPU check runs on the node's own Python and torch: no uv, no network, the
 # repository on PYTHONPATH. What the node lacks (DALI, webdataset, wandb) comes from GPU_WHEELS,

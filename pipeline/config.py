@@ -40,6 +40,7 @@ BestMetric = Literal["val/top1", "val/ema_top1"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 DeviceName = Literal["auto", "cuda", "cpu"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+CommHookName = Literal["none", "fp16", "bf16", "powersgd"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +235,28 @@ class TrainConfig:
         0.25,
         "--check: warn when the initial loss differs from ln(classes) by more than this fraction",
     )
+    comm_hook: CommHookName = _field(
+        "none",
+        "DDP gradient all-reduce: none (fp32), fp16 or bf16 (half the bytes), powersgd (low-rank, "
+        "error feedback); see docs/comm.md for which to pick",
+    )
+    powersgd_rank: int = _field(
+        4, "powersgd: rank of each compressed gradient matrix's approximation (1-4 typical)"
+    )
+    powersgd_warmup_steps: int = _field(
+        1000, "powersgd: optimizer steps of plain all-reduce before compression starts (>= 2)"
+    )
+    powersgd_min_elements: int = _field(
+        1_000_000,
+        "powersgd: gradients with fewer elements are all-reduced uncompressed (1M compresses "
+        "AlexNet's three FC weights only)",
+    )
+    bucket_cap_mb: float = _field(
+        25.0, "DDP gradient bucket size, MB: smaller starts the all-reduce earlier in backward"
+    )
+    static_graph: bool = _field(
+        False, "DDP static_graph: every step uses the same parameters, so DDP can skip checks"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,6 +447,28 @@ def validate(config: Config) -> None:
     if config.model.freeze != "none" and not config.model.finetune:
         raise ConfigError(
             "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
+        )
+    train = config.train
+    if train.powersgd_rank < 1 or train.powersgd_min_elements < 0:
+        raise ConfigError(
+            f"train.powersgd_rank must be >= 1 and train.powersgd_min_elements >= 0, got "
+            f"{train.powersgd_rank} and {train.powersgd_min_elements}"
+        )
+    if train.powersgd_warmup_steps < 2:
+        # torch: DDP rebuilds its buckets after step 1, which error feedback must not straddle
+        raise ConfigError(
+            f"train.powersgd_warmup_steps must be >= 2 (DDP re-plans its buckets after the "
+            f"first step), got {train.powersgd_warmup_steps}"
+        )
+    if train.bucket_cap_mb <= 0:
+        raise ConfigError(f"train.bucket_cap_mb must be positive, got {train.bucket_cap_mb}")
+    if train.static_graph and config.optim.grad_accum_steps > 1:
+        # torch 2.13: DDP's static graph under no_sync() asserts, and once past that stops
+        # all-reducing (pytorch/pytorch#143580, fix pending in #187732)
+        raise ConfigError(
+            f"train.static_graph=true with optim.grad_accum_steps={config.optim.grad_accum_steps}:"
+            " DDP's static graph breaks under gradient accumulation (pytorch/pytorch#143580); "
+            "turn one of them off"
         )
 
 

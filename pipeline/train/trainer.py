@@ -27,6 +27,7 @@ from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline.augment import BatchAugment
+from pipeline.comm import GradientComm
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
@@ -108,11 +109,15 @@ class Trainer:
         self.state = TrainState()
         self.resume_loader: Loader | None = None  # finishes an interrupted wds epoch exactly
         self.resume_epoch = -1  # the epoch resume_loader is for
+        comm_state = None  # the checkpoint's comm-hook state, restored once the hook exists
         if self.resume_from is not None:
-            self.restore(self.resume_from)
+            comm_state = self.restore(self.resume_from)
 
         # the step and its bookkeeping
         self.step_model, self.ddp = self.wrap_model()
+        self.comm = GradientComm(cfg.train, dist, self.ddp, self.model, self.precision)
+        if self.resume_from is not None:  # after registration: PowerSGD's state is per bucket
+            self.comm.load_state_dict(comm_state)
         self.num_parameters = count_parameters(self.model)
         facts = {"model/arch": cfg.model.arch, "model/params": self.num_parameters}
         if dist.is_main:
@@ -165,6 +170,8 @@ class Trainer:
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
+                bucket_cap_mb=self.cfg.train.bucket_cap_mb,
+                static_graph=self.cfg.train.static_graph,
             )
             step_model = ddp
         if self.cfg.train.compile:
@@ -202,10 +209,12 @@ class Trainer:
                 f"DDP replicas diverged at step {state.step}: weight fingerprints differ across "
                 "ranks"
             )
+        comm_state = self.comm.state_dict()  # a collective: every rank's PowerSGD memories
         if self.dist.is_main:
             started = time.perf_counter()
             data = self.checkpoint_state(state)
             data["replica_fingerprints"] = [f.cpu() for f in fingerprints]
+            data["comm"] = comm_state
             path = ckpt.save_checkpoints(data, self.run_dir, is_best=is_best, epoch_file=epoch_file)
             logger.info(
                 "saved %s (epoch %d, step %d, batch %d) in %.1fs%s",
@@ -218,8 +227,9 @@ class Trainer:
             )
         barrier(self.dist)
 
-    def restore(self, path: Path) -> None:
-        """Model, optimizer, scaler, schedule, RNG and training state from a checkpoint."""
+    def restore(self, path: Path) -> dict[str, Any] | None:
+        """Model, optimizer, scaler, schedule, RNG and training state from a checkpoint; returns
+        its comm-hook state (None in checkpoints without one) for after the DDP wrap."""
         data = read_training_checkpoint(path, self.classes.wnids)
         load_model_and_optimizer(self.model, self.optimizer, data, self.cfg, path)
         if data.get("scaler") is not None and self.scaler.is_enabled():
@@ -258,6 +268,7 @@ class Trainer:
             state.step,
             state.batch_in_epoch,
         )
+        return data.get("comm")
 
     # -- training -----------------------------------------------------------------------------
     def train(self) -> int:
