@@ -170,6 +170,9 @@ def examine(
         step_model = model.build_doctor_model(cfg, num_classes, dist.torch_device)
         built["gradient_numel"] = model.count_gradient_elements(step_model)
         built["parameters"] = sum(p.numel() for p in step_model.parameters())
+        built["gradient_shapes"] = [
+            list(p.shape) for p in step_model.parameters() if p.requires_grad
+        ]
     except (UserError, torch.cuda.OutOfMemoryError) as err:
         step_model = None
         built["error"] = first_line(err)
@@ -177,6 +180,7 @@ def examine(
     failed = [(rank, b["error"]) for rank, b in enumerate(everyone) if "error" in b]
     gradient_numel: int | None = None if failed else everyone[0]["gradient_numel"]
     num_parameters: int | None = None if failed else everyone[0]["parameters"]
+    gradient_shapes = () if failed else tuple(tuple(s) for s in everyone[0]["gradient_shapes"])
     if failed:
         step_model = None
         rank, error = failed[0]
@@ -283,6 +287,7 @@ def examine(
         precision=precision,
         peak_memory_gb=model_summary.get("peak_memory_gb"),
         device_memory_gb=model_summary.get("device_memory_gb"),
+        gradient_shapes=gradient_shapes,
     )
     verdict, verdict_checks = decide(cfg, inputs)
     checks += verdict_checks

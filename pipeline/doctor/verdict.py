@@ -20,6 +20,7 @@ import dataclasses
 import math
 from typing import Any
 
+from pipeline import scaling
 from pipeline.config import Config
 from pipeline.doctor.report import Check
 
@@ -61,6 +62,7 @@ class Inputs:
     precision: str | None
     peak_memory_gb: float | None
     device_memory_gb: float | None
+    gradient_shapes: tuple[tuple[int, ...], ...] = ()  # the trainable parameters', for the hooks
 
 
 def rates_per_rank(inputs: Inputs) -> dict[str, float | None]:
@@ -82,11 +84,38 @@ def rates_per_rank(inputs: Inputs) -> dict[str, float | None]:
 
 
 def recommend_comm_hook(cfg: Config, inputs: Inputs) -> Recommendation | None:
-    """Where a DDP communication hook recommendation plugs in (train.comm_hook, estimated by
-    pipeline/scaling.py, both on another branch): given the all-reduce time and the compute rate,
-    return e.g. `train.comm_hook=bf16_compress` when compressing the gradients would move the
-    all-reduce bound. None until those exist."""
-    return None
+    """The gradient hook pipeline/scaling.py's model picks for the measured step and all-reduce
+    (train.comm_hook), or None when nothing was measured or the configured hook already is it.
+
+    The link is what this run's world all-reduce achieved: its bus bandwidth, 2(W-1)/W * S / t,
+    stands for the slowest link (the inter-node one when there are several nodes)."""
+    measured = inputs.all_reduce_s and inputs.compute and inputs.gradient_shapes
+    if not (measured and inputs.on_gpu and inputs.world_size > 1):
+        return None  # the model's GPU constants (HBM, NVLink) say nothing about a CPU run
+    world = inputs.world_size
+    nodes = max(1, world // max(1, inputs.ranks_per_node))
+    model_bytes = scaling.gradient_payload(inputs.gradient_shapes, "none")
+    measured_gbps = 2 * (world - 1) / world * model_bytes / inputs.all_reduce_s * 8 / 1e9
+    link = {"link_gbps": measured_gbps} if nodes > 1 else {"nvlink_gbps": measured_gbps}
+    powersgd_bytes = scaling.gradient_payload(
+        inputs.gradient_shapes,
+        "powersgd",
+        powersgd_rank=cfg.train.powersgd_rank,
+        powersgd_min_elements=cfg.train.powersgd_min_elements,
+    )
+    choice = scaling.recommend_hook(
+        model_bytes,
+        inputs.images_per_step / inputs.compute,
+        nodes,
+        world // nodes,
+        link.pop("link_gbps", measured_gbps),
+        powersgd_bytes=powersgd_bytes,
+        bf16_supported=inputs.precision == "bf16",
+        **link,
+    )
+    if choice.hook == cfg.train.comm_hook:
+        return None
+    return Recommendation(choice.verdict, (f"train.comm_hook={choice.hook}",))
 
 
 def recommend_for_compute(cfg: Config, inputs: Inputs) -> Recommendation:

@@ -164,3 +164,31 @@ def test_the_other_form_of_the_data_is_found_where_prepare_writes_it(tmp_path):
     (shards / "manifest.json").write_text("{}")
     assert find_layouts(shards) == {"shards": shards, "folders": folders}
     assert find_layouts(folders) == {"folders": folders, "shards": shards}
+
+
+ALEXNET_SHAPES = (
+    (64, 3, 11, 11), (64,), (192, 64, 5, 5), (192,), (384, 192, 3, 3), (384,),
+    (256, 384, 3, 3), (256,), (256, 256, 3, 3), (256,), (4096, 9216), (4096,),
+    (4096, 4096), (4096,), (1000, 4096), (1000,),
+)  # fmt: skip
+
+
+def test_an_all_reduce_bound_alexnet_across_nodes_is_sent_to_the_hook_the_scaling_model_picks():
+    # 4 nodes x 8 GPUs; the world all-reduce of AlexNet's 244 MB took 200 ms (~19 Gb/s)
+    inputs = gpu_inputs(
+        world_size=32, all_reduce_s=0.2, inter_node=True, gradient_shapes=ALEXNET_SHAPES
+    )
+    verdict, _ = decide(ALEXNET, inputs)
+    assert verdict["bound"] == "all-reduce"
+    hook = verdict["comm_hook"]
+    assert hook is not None and hook["overrides"] in (
+        ["train.comm_hook=powersgd"],
+        ["train.comm_hook=bf16"],
+    )
+    assert verdict["change"] == hook  # the change to make is the hook, not a bigger batch
+    # the same numbers on a CPU say nothing about the GPU constants the model uses
+    assert recommend_comm_hook(ALEXNET, dataclasses.replace(inputs, on_gpu=False)) is None
+    # an already configured hook is not recommended again
+    chosen = hook["overrides"][0].split("=")[1]
+    configured = load_config(REPO / "configs/alexnet.yaml", [f"train.comm_hook={chosen}"])
+    assert recommend_comm_hook(configured, inputs) is None
