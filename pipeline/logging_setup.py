@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from pipeline.distributed import DistInfo
+from preprocess.logs import configure_logging
 
 
 def setup_logging(dist: DistInfo, level: int | None = None) -> None:
@@ -13,15 +13,4 @@ def setup_logging(dist: DistInfo, level: int | None = None) -> None:
     if level is None:
         level = logging.INFO if dist.is_main else logging.WARNING
     rank = f"[rank {dist.rank}/{dist.world_size}] " if dist.world_size > 1 else ""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level)
-    # third-party chatter stays at WARNING even on rank 0
-    for noisy in ("PIL", "matplotlib", "wandb", "urllib3", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(level, f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s")

@@ -23,6 +23,7 @@ import logging
 import sys
 
 from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from preprocess.logs import configure_logging
 
 # subcommand -> (module, one-line help). No module here imports torch, so the CLI starts fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,10 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.INFO,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.run(args) or 0)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from preprocess.logs import configure_logging
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parent / "photos"  # tools/photos in this checkout
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = build_dataset(args.photos, args.cache_dir, args.images)

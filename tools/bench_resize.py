@@ -45,6 +45,7 @@ from PIL import Image
 
 from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from preprocess.images import is_image_file
+from preprocess.logs import configure_logging
 from preprocess.progress import default_workers
 from preprocess.resize import ResizeOptions, resize_folder
 
@@ -386,11 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
     except UserError as err:

@@ -44,7 +44,7 @@ from typing import Literal
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.models import ALEXNET_VARIANTS, check_arch
+from pipeline.models import ALEXNET_VARIANTS, check_arch, check_input_sizes
 from preprocess.manifest import read_manifest
 from tools.demo_data import build_demo_raw
 
@@ -382,8 +382,16 @@ def run_demo(options: DemoOptions) -> DemoResult:
     seconds: dict[str, float] = {}
 
     # A typo in an override fails here, at once, not after the data stages and torchrun's start.
+    for override in options.overrides:
+        if override.partition("=")[0].strip() == "model.arch":
+            raise StageFailed(
+                "stage 'config' rejected the overrides: model.arch: choose the model with --arch "
+                f"{override.partition('=')[2].strip()} (the demo's alexnet config has keys "
+                "--arch resets for other models)"
+            )
     try:
         config = load_config(demo_config(options), train_overrides(options, prepared, run_dir))
+        check_input_sizes(config)  # the model keys and crops, as the trainer will check them
     except ConfigError as err:
         raise StageFailed(f"stage 'config' rejected the overrides: {err}") from err
     # The demo deletes, reads and lists its own run dir: a train.run_dir override would move the run

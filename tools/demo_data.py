@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from preprocess.logs import configure_logging
+
 logger = logging.getLogger(__name__)
 
 # Imagenette's 10 classes (a real ImageNet subset), sorted; DEMO_WNIDS[d] holds digit d.
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "--per-class", type=int, default=0, help="first N digits per class only (0 = all)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(logging.INFO, "%(message)s", None)
     try:
         dataset = build_demo_raw(
             args.root,

@@ -31,6 +31,7 @@ from pipeline.models.registry import (
     build_model,
     check_arch,
     check_input_size,
+    check_options,
     input_rule,
 )
 from pipeline.models.weights import load_for_finetune, load_weights, read_weights
@@ -45,6 +46,7 @@ __all__ = [
     "check_arch",
     "check_input_size",
     "check_input_sizes",
+    "check_options",
     "count_parameters",
     "create_model",
     "family_of",
@@ -74,7 +76,7 @@ def resolve_num_classes(model_cfg: ModelConfig, data_classes: int) -> int:
 def check_input_sizes(cfg: Config) -> None:
     """The configured train and val crops against model.arch's input rule, up front."""
     arch = cfg.model.arch
-    check_arch(arch)
+    check_options(cfg.model)
     aux_on = aux_loss_weight(arch, cfg.model.aux_loss_weight) > 0
     check_input_size(cfg.data.train_crop, "data.train_crop", arch, training=aux_on)
     check_input_size(cfg.data.val_crop, "data.val_crop", arch)

@@ -102,22 +102,29 @@ RESIDUAL_FAMILIES = ("resnet", "resnext", "wide_resnet")  # zero_init_residual
 def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int = 224) -> nn.Module:
     """`model_cfg.arch` with `num_classes` outputs and fresh weights. `image_size` is the side a
     fixed-size model (ViT, MaxViT) is built for: the train crop."""
-    check_arch(model_cfg.arch)
+    check_options(model_cfg)
     if num_classes < 1:
         raise ConfigError(
             f"the model needs at least 1 class, got {num_classes}: check the data or "
             "model.num_classes"
         )
-    if model_cfg.dropout >= 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {model_cfg.dropout}")
-    model = build_architecture(model_cfg, num_classes, image_size)
+    if model_cfg.arch in ALEXNET_VARIANTS:
+        model = build_alexnet(model_cfg, num_classes)
+    else:
+        model = build_torchvision(model_cfg, num_classes, image_size)
     if model_cfg.blurpool and not apply_blurpool(model):
         raise ConfigError(f"model.blurpool found no strided conv to blur in {model_cfg.arch}")
     return model
 
 
-def build_architecture(model_cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
-    if model_cfg.arch in ALEXNET_VARIANTS:
+def check_options(model_cfg: ModelConfig) -> None:
+    """The `model.*` keys against `model.arch`, without building anything (the demo and the
+    trainer call it before any data is read)."""
+    arch = model_cfg.arch
+    check_arch(arch)
+    if model_cfg.dropout >= 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {model_cfg.dropout}")
+    if arch in ALEXNET_VARIANTS:
         if model_cfg.width_mult <= 0:
             raise ConfigError(f"model.width_mult must be positive, got {model_cfg.width_mult}")
         if model_cfg.classifier_width < 1:
@@ -126,12 +133,7 @@ def build_architecture(model_cfg: ModelConfig, num_classes: int, image_size: int
             )
         if model_cfg.zero_init_residual:
             raise ConfigError("model.zero_init_residual applies to resnet, resnext, wide_resnet")
-        return build_alexnet(model_cfg, num_classes)
-    return build_torchvision(model_cfg, num_classes, image_size)
-
-
-def build_torchvision(model_cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
-    arch = model_cfg.arch
+        return
     alexnet_only = {
         "model.width_mult": model_cfg.width_mult != 1.0,
         "model.classifier_width": model_cfg.classifier_width != 4096,
@@ -143,6 +145,16 @@ def build_torchvision(model_cfg: ModelConfig, num_classes: int, image_size: int)
                 f"{key} applies to the alexnet variants only; {arch} is built as torchvision "
                 f"defines it: remove {key} from the config"
             )
+    if model_cfg.transform_input and arch not in AUX_FAMILIES:
+        raise ConfigError("model.transform_input applies to inception_v3 and googlenet only")
+    if model_cfg.zero_init_residual and not arch.startswith(RESIDUAL_FAMILIES):
+        raise ConfigError(
+            f"model.zero_init_residual applies to resnet, resnext and wide_resnet, not {arch}"
+        )
+
+
+def build_torchvision(model_cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    arch = model_cfg.arch
     kwargs: dict = {"num_classes": num_classes}
     if model_cfg.dropout >= 0:
         kwargs["dropout"] = model_cfg.dropout
@@ -150,13 +162,7 @@ def build_torchvision(model_cfg: ModelConfig, num_classes: int, image_size: int)
         # init_weights: torchvision's own init, said explicitly (it warns otherwise);
         # transform_input re-normalizes to the TF convention the ported weights expect
         kwargs.update(aux_logits=True, init_weights=True, transform_input=model_cfg.transform_input)
-    elif model_cfg.transform_input:
-        raise ConfigError("model.transform_input applies to inception_v3 and googlenet only")
     if model_cfg.zero_init_residual:
-        if not arch.startswith(RESIDUAL_FAMILIES):
-            raise ConfigError(
-                f"model.zero_init_residual applies to resnet, resnext and wide_resnet, not {arch}"
-            )
         kwargs["zero_init_residual"] = True
     if arch.startswith("vit_"):
         kwargs["image_size"] = image_size

@@ -24,6 +24,7 @@ from pipeline.models import build_model
 from pipeline.precision import build_autocast, resolve_precision
 from pipeline.tracking.history import METRICS_FILE, read_wandb_history
 from pipeline.tracking.plots import plot_curves, save_prediction_grid
+from preprocess.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in read_wandb_history(args.run_dir):
             print(json.dumps(row))
         return EXIT_OK
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(logging.INFO, "%(message)s", None)
     written = plot_curves(args.run_dir)
     if not written:
         print(

@@ -102,8 +102,17 @@ def test_a_bad_override_fails_before_any_stage_runs(tmp_path, capsys):
     assert main(["--workdir", str(tmp_path), "--quiet", "model.arch=resnet50"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("demo failed: stage 'config' rejected the overrides: model.arch:")
-    assert "alexnet" in error
+    assert "alexnet" in error and "--arch resnet50" in error
     assert list(tmp_path.iterdir()) == []  # no data built, no run dir touched
+
+
+def test_a_model_key_the_architecture_refuses_fails_at_the_config_stage(tmp_path, capsys):
+    # the trainer's model checks run before any data is built, not inside torchrun
+    argv = ["--workdir", str(tmp_path), "--quiet", "--arch", "resnet18", "model.width_mult=0.5"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("demo failed: stage 'config' rejected the overrides: model.width_mult")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagefixtures import generated_jpeg
+from stderr_lines import problem_lines
 
 from preprocess.cli import main
 from preprocess.manifest import dali_index_name, shard_name
@@ -13,7 +14,7 @@ from preprocess.manifest import dali_index_name, shard_name
 
 def _one_line_error(capsys) -> str:
     error = capsys.readouterr().err
-    assert "Traceback" not in error and error.count("\n") == 1, error
+    assert "Traceback" not in error and len(problem_lines(error)) == 1, error
     return error
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from imagefixtures import tree_digest
 from rawfixtures import build_folder_layout, build_ilsvrc_tars, build_kaggle_layout
+from stderr_lines import problem_lines
 
 from preprocess.cli import main
 from preprocess.manifest import read_manifest
@@ -161,7 +162,7 @@ def test_the_shard_stage_refuses_until_every_resize_task_has_left_its_completion
     # task 1 never ran: sharding half the images would pass for a complete split
     assert _prepare(layout.root, dst, "--stage", "shard") == 2
     error = capsys.readouterr().err
-    assert "resize tasks [1] of 2 have not finished" in error and error.count("\n") == 1
+    assert "resize tasks [1] of 2 have not finished" in error and len(problem_lines(error)) == 1
     assert not (dst / "train" / "manifest.json").exists()
     assert _prepare(layout.root, dst, *sliced, "--stage", "resize", "--task-index", "1") == 0
     assert _prepare(layout.root, dst, "--stage", "shard") == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from imagefixtures import tree_digest
 from rawfixtures import build_folder_layout, build_ilsvrc_tars, pick_wnids
+from stderr_lines import problem_lines
 
 from preprocess.cli import main
 from preprocess.manifest import read_manifest
@@ -135,7 +136,7 @@ def test_the_blog_posts_split_trains_on_raw_val_and_holds_out_train_images_as_va
     capsys.readouterr()
     assert prepare(layout.root, tmp_path / "bad", "--train-from-val") == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "add --val-from-train K" in error
+    assert len(problem_lines(error)) == 1 and "add --val-from-train K" in error
 
 
 @pytest.mark.slow
@@ -196,7 +197,7 @@ def test_classes_by_name_or_file_and_a_changed_subset_is_refused(tmp_path, capsy
     capsys.readouterr()
     assert prepare(layout.root, dst, "--classes", "3") == 2  # into the imagenette DST
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "resuming would mix the two; pass a new DST" in error
+    assert len(problem_lines(error)) == 1 and "resuming would mix the two; pass a new DST" in error
     for argv, expected in (
         (("--classes", "99"), "the raw data has only 12 classes"),
         (("--classes", "nope"), "expected a count N, a built-in list"),
@@ -204,7 +205,7 @@ def test_classes_by_name_or_file_and_a_changed_subset_is_refused(tmp_path, capsy
     ):
         assert prepare(layout.root, tmp_path / "x", *argv) == 2
         error = capsys.readouterr().err
-        assert error.count("\n") == 1 and expected in error, error
+        assert len(problem_lines(error)) == 1 and expected in error, error
 
 
 @pytest.mark.slow
