@@ -30,9 +30,9 @@ The augmentation is the contract of pipeline/data/transforms.py with DALI operat
     tries at the drawn area fractions and log-uniform aspect ratios, the first that fits, else
     the ratio-clamped center crop) → decoders.image_crop (only the window is decoded) → resize
     → mirror; then data.auto_augment with DALI's own nvidia.dali.auto_aug suites
-    (TrivialAugmentWide, AutoAugment's ImageNet policy), their op and magnitude choices drawn
-    on the host too and applied with auto_aug's `select` (a conditional split of the batch,
-    so the pipeline enables conditionals);
+    (TrivialAugmentWide; AutoAugment's ImageNet policy, torchvision's table on auto_aug's
+    ops), their op and magnitude choices drawn on the host too and applied with auto_aug's
+    `select` (a conditional split of the batch, so the pipeline enables conditionals);
   * val: resize_shorter → center crop.
 Outputs are uint8 HWC batches, normalized on the device.
 """
@@ -161,21 +161,78 @@ class TrainDraws:
         return columns
 
 
+# AutoAugment's ImageNet policy (Cubuk et al., 2019) as torchvision's AutoAugmentPolicy.IMAGENET
+# lists it, the op the folder and wds backends run: per sub-policy, (op, probability, magnitude
+# bin of 10). DALI's own get_image_net_policy is another policy (policy_v0 of TensorFlow's TPU
+# reference), so it is not used: the backends would not agree (tests/data/test_auto_augment.py).
+IMAGENET_POLICY = (
+    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+    (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+    (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+)
+IMAGENET_BINS = 10
+
+
+def imagenet_policy_ops(augmentations) -> dict:
+    """nvidia.dali.auto_aug's augmentations at torchvision's AutoAugment magnitudes (10 bins):
+    shear 0–0.3, rotate 0–30°, enhance factors 1 ± 0–0.9 (all signed), posterize keeping
+    8, 8, 7, 7, 6, 6, 5, 5, 4, 4 bits, solarize at 255 → 0."""
+    a = augmentations
+    posterize_bits = 8 - np.round(np.arange(IMAGENET_BINS) / ((IMAGENET_BINS - 1) / 4))
+    return {
+        "ShearX": a.shear_x.augmentation((0, 0.3), True),
+        "Rotate": a.rotate.augmentation((0, 30), True),
+        "Color": a.color.augmentation((0, 0.9), True, a.shift_enhance_range),
+        "Contrast": a.contrast.augmentation((0, 0.9), True, a.shift_enhance_range),
+        "Sharpness": a.sharpness.augmentation((0, 0.9), True, a.sharpness_kernel),
+        "Posterize": a.posterize.augmentation(posterize_bits, False, a.poster_mask_uint8),
+        "Solarize": a.solarize.augmentation((255, 0), False),
+        "AutoContrast": a.auto_contrast,
+        "Equalize": a.equalize,
+        "Invert": a.invert,
+    }
+
+
 class DaliAutoAugment:
     """data.auto_augment with nvidia.dali.auto_aug, its random choices made on the host.
 
-    The suites are DALI's (`get_trivial_augment_wide_suite`, `get_image_net_policy`); what
-    replaces their fn.random draws is the same choice made from `sample_uniforms`: TrivialAugment
-    picks one op uniformly, a bin uniformly in 31 and a sign; AutoAugment picks one of the 25
-    sub-policies, runs each of its stages with the stage's probability, with a random sign.
-    Geometric ops fill with black and interpolate bilinearly, as the torchvision ops of the
-    other backends do; translations follow torchvision's ranges (32 px for TrivialAugment,
-    150/331 of the size for AutoAugment).
+    TrivialAugment is DALI's `get_trivial_augment_wide_suite` (the 14 ops and 31 bins of
+    torchvision's TrivialAugmentWide); AutoAugment is `IMAGENET_POLICY` on DALI's augmentations
+    (`imagenet_policy_ops`). What replaces auto_aug's fn.random draws is the same choice made
+    from `sample_uniforms`: TrivialAugment picks one op uniformly, a bin uniformly and a sign;
+    AutoAugment picks one of the 25 sub-policies and runs each of its two stages with the
+    stage's probability, with a random sign. Geometric ops fill with black and interpolate
+    bilinearly, as the torchvision ops of the other backends do; TrivialAugment translates by
+    up to 32 px, as torchvision's does. Op for op the outputs match torchvision's within a grey
+    level or two, except equalize, which follows OpenCV's formula (~3 levels from PIL's) and
+    shear, whose sign convention is the mirror of torchvision's (the sign is random anyway).
     """
 
     def __init__(self, name: str) -> None:
         try:
-            from nvidia.dali.auto_aug import augmentations, auto_augment, trivial_augment
+            from nvidia.dali.auto_aug import augmentations, trivial_augment
             from nvidia.dali.auto_aug.core import select, signed_bin
         except ImportError as err:
             raise LoaderError(
@@ -194,9 +251,13 @@ class DaliAutoAugment:
             self.num_bins = TRIVIAL_BINS
             self.num_uniforms = 3
         elif name == "imagenet":
-            policy = auto_augment.get_image_net_policy(use_shape=True, max_translate_rel=150 / 331)
-            self.num_bins = policy.num_magnitude_bins
-            self._build_policy_tables(policy.sub_policies, augmentations.identity)
+            ops = imagenet_policy_ops(augmentations)
+            sub_policies = [
+                [(ops[op], probability, magnitude) for op, probability, magnitude in sub_policy]
+                for sub_policy in IMAGENET_POLICY
+            ]
+            self.num_bins = IMAGENET_BINS
+            self._build_policy_tables(sub_policies, augmentations.identity)
             self.num_uniforms = 1 + 2 * len(self.stages)
         else:
             raise LoaderError(f"data.auto_augment {name!r} is not one of trivial, imagenet")
@@ -249,7 +310,7 @@ class DaliAutoAugment:
             columns.extend([op, self.bin_table[rows, stage].astype(np.int32), sign])
         return columns
 
-    def apply(self, images, nodes: dict, size: int, types):
+    def apply(self, images, nodes: dict, types):
         """uint8 HWC images → the same, through each stage's selected op."""
         for stage, ops in enumerate(self.stages):
             images = self.select(
@@ -258,7 +319,6 @@ class DaliAutoAugment:
                 data=images,
                 magnitude_bin=self.signed_bin(nodes[f"bin{stage}"], nodes[f"sign{stage}"]),
                 num_magnitude_bins=self.num_bins,
-                shape=(size, size),  # every train image of the epoch is size x size
                 fill_value=0,
                 interp_type=types.INTERP_LINEAR,
             )
@@ -317,7 +377,7 @@ def augment_train(
         images, dtype=types.UINT8, output_layout="HWC", mirror=nodes["flip"]
     )
     if auto_aug is not None:
-        images = auto_aug.apply(images, nodes, size, types)
+        images = auto_aug.apply(images, nodes, types)
     return images
 
 
