@@ -255,10 +255,9 @@ def decode_train(
         image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = np.asarray(image)  # [size, size, 3] uint8
     if aug.auto_augment != "none":
-        pixels = auto_augment(pixels, aug.auto_augment, augment_seed)
-    return pixels
+        image = auto_augment(image, aug.auto_augment, augment_seed)
+    return np.asarray(image)
 
 
 def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
@@ -275,8 +274,8 @@ def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
 
 
 @functools.cache
-def build_auto_augment(name: AutoAugment) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torchvision's v2 op for data.auto_augment (one per process), on uint8 [3, H, W] tensors.
+def build_auto_augment(name: AutoAugment) -> Callable[[Image.Image], Image.Image]:
+    """torchvision's v2 op for data.auto_augment (one per process).
 
     Bilinear interpolation for the geometric ops, as torchvision's classification references
     use; the fill stays torchvision's default (black), which the DALI backend matches.
@@ -297,33 +296,33 @@ def build_auto_augment(name: AutoAugment) -> Callable[[torch.Tensor], torch.Tens
     raise LoaderError(f"data.auto_augment {name!r} is not one of none, trivial, imagenet")
 
 
-def auto_augment(pixels: np.ndarray, name: AutoAugment, seed: int) -> np.ndarray:
-    """uint8 [H, W, 3] → the same shape through `build_auto_augment(name)`, its draws seeded.
+def auto_augment(image: Image.Image, name: AutoAugment, seed: int) -> Image.Image:
+    """An RGB image (uint8) through `build_auto_augment(name)`, its random draws seeded.
 
     The v2 ops draw from torch's global CPU generator and take no generator argument, so that
     generator is seeded for the call and restored after it: the trainer's own torch stream (in
     the main process when num_workers=0) is left as it was, and CUDA generators are never
-    touched. Seeding and restoring cost ~3 µs; the op itself ~1.1 ms at 224 px on one core of
-    the project's VM (2026-11, torch 2.13), against ~2 ms for the decode.
+    touched. Seeding and restoring cost ~3 µs. The op runs on the PIL image the decode already
+    holds: torchvision's PIL kernels took 0.6 / 1.3 ms of CPU per image at 128 / 224 px
+    (TrivialAugmentWide; AutoAugment 0.5 / 1.0), its uint8-tensor kernels 0.85 / 1.7 ms (one
+    core of the project's VM, torch 2.13, torchvision 0.28, 2026-11).
     """
     op = build_auto_augment(name)
-    if not pixels.flags.writeable:  # np.asarray of a PIL image: torch warns on read-only memory
-        pixels = pixels.copy()
     generator = torch.default_generator
     saved = generator.get_state()
     generator.manual_seed(seed)
     try:
-        augmented = op(torch.from_numpy(pixels).permute(2, 0, 1))  # [3, H, W] uint8
+        return op(image)
     finally:
         generator.set_state(saved)
-    return augmented.permute(1, 2, 0).numpy()
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
-    """The per-sample random stream: a function of (seed, epoch, sample position) only.
+    """The per-sample random stream: a function of (seed, epoch, sample) only, the sample being
+    its file index (folder) or its index in the split (wds).
 
     Independent of rank, worker count and resume point, so a resumed epoch re-draws the very
-    same crops and flips. (Seeding costs ~13 µs, under 1 % of a decode.)
+    same crops, flips and auto-augment ops. (Seeding costs ~13 µs, under 1 % of a decode.)
     """
     return random.Random((seed * 1_000_003 + epoch) * 10**12 + index)
 

@@ -227,8 +227,8 @@ def draws(photo_sets):
 
 
 # Grey levels of Wasserstein-1 (earth mover's) distance between two backends' distributions of
-# a statistic, for the same mode. Measured (2026-11, 1024 draws): at most 2.7, 1.4, 3.3 and
-# 2.5. Two runs of one backend with other draws differ by ~1 (sampling noise); the rest is real
+# a statistic, for the same mode. Measured (2026-11, 1024 draws): at most 2.7, 1.5, 3.2 and
+# 2.4. Two runs of one backend with other draws differ by ~1 (sampling noise); the rest is real
 # and small: DALI's equalize follows OpenCV's formula, ~3 levels from PIL's on the images it
 # touches, and decoders and resizers differ by ±1. A KS test would reject on that 3-level shift
 # (equalized images pile up near mid-grey), so agreement is a distance, not a p-value. Checked by
