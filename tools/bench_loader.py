@@ -1,20 +1,24 @@
-"""Loader throughput, images/s per backend on the same data and cores, next to the seed's baseline.
+"""Loader throughput, images/s per backend and train size on the same data and cores, next to the
+seed's baseline.
 
-    python -m tools.bench_loader  # 4096 images, 2 workers, batches of 64, 3 x 8 s each
+    python -m tools.bench_loader  # 4096 images, 2 workers, batches of 64, 3 x 8 s each, 224 px
     python -m tools.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
     python -m tools.bench_loader --backends baseline folder wds
+    python -m tools.bench_loader --sizes 128 160 192 224  # a resolution ramp's sizes
+    python -m tools.bench_loader --auto-augment trivial  # with TrivialAugmentWide
 
 The data: the real photos in tools/photos (or --photos DIR), each replicated as random
 80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
 folders and as WebDataset shards, built once under --cache-dir and reused.
 
-The baseline is the seed's loader: torchvision ImageFolder + Compose([RandomResizedCrop(224),
+The baseline is the seed's loader: torchvision ImageFolder + Compose([RandomResizedCrop(SIZE),
 RandomHorizontalFlip(), ToTensor(), Normalize()]) + DataLoader(shuffle=True). Ours are
-`build_loader(cfg, "train", ...)` with the same batch size and workers, iterated to the
-training device (normalization then happens on the device, so it is not in the loader's time).
-Each measurement skips a warm-up (the workers' first batches), then counts images for
---seconds. Backends take turns for --rounds rounds and the best round counts, so load from
-other jobs on a shared machine hits all of them alike. It also reports CPU milliseconds per
+`build_loader(cfg, "train", ...)` with data.train_crop=SIZE, the same batch size and workers,
+iterated to the training device (normalization then happens on the device, so it is not in the
+loader's time). One line per backend and size. Each measurement skips a warm-up (the workers'
+first batches), then counts images for --seconds. Every (backend, size) takes its turn for
+--rounds rounds and the best round counts, so load from other jobs on a shared machine hits all
+of them alike. It also reports CPU milliseconds per
 image (this process, its threads and its worker processes), which other jobs barely change.
 Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 """
@@ -142,7 +146,9 @@ def time_iterable(make_batches, seconds: float, warmup_batches: int) -> tuple[fl
         epoch += 1
 
 
-def baseline_batches(root: Path, batch_size: int, workers: int, device: torch.device):
+def baseline_batches(
+    root: Path, batch_size: int, workers: int, device: torch.device, size: int = 224
+):
     """The seed's loader: ImageFolder + torchvision transforms (float, normalized on the CPU)."""
     from torchvision import datasets, transforms
 
@@ -150,7 +156,7 @@ def baseline_batches(root: Path, batch_size: int, workers: int, device: torch.de
         str(root / "folders" / "train"),
         transforms.Compose(
             [
-                transforms.RandomResizedCrop(224),
+                transforms.RandomResizedCrop(size),
                 transforms.RandomHorizontalFlip(),
                 transforms.ToTensor(),
                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
@@ -174,7 +180,15 @@ def baseline_batches(root: Path, batch_size: int, workers: int, device: torch.de
     return batches
 
 
-def our_batches(root: Path, backend: str, batch_size: int, workers: int, device: torch.device):
+def our_batches(
+    root: Path,
+    backend: str,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    size: int = 224,
+    auto_augment: str = "none",
+):
     from pipeline.config import build_config
     from pipeline.data import build_loader
     from pipeline.distributed import DistInfo
@@ -192,6 +206,10 @@ def our_batches(root: Path, backend: str, batch_size: int, workers: int, device:
                 "global_batch_size": batch_size,
                 "num_workers": workers,
                 "dali_decode": decode,
+                "train_crop": size,
+                "val_crop": size,
+                "val_resize": max(size, 256),
+                "auto_augment": auto_augment,
             },
         }
     )
@@ -227,6 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[224],
+        help="train crop sizes, pixels, one line each (default 224)",
+    )
+    parser.add_argument(
+        "--auto-augment",
+        default="none",
+        choices=["none", "trivial", "imagenet"],
+        help="data.auto_augment for our backends (the baseline never augments; default none)",
+    )
+    parser.add_argument(
         "--photos",
         type=Path,
         default=DEFAULT_PHOTOS,
@@ -247,41 +278,62 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2 * max(1, args.workers) + 2
     print(
         f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
-        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend, device "
-        f"{device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
-        f"{torch.__version__}, {platform.node()}"
+        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend and "
+        f"size, sizes {' '.join(map(str, args.sizes))} px, auto_augment {args.auto_augment}, "
+        f"device {device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
+        f"{torch.__version__}, {platform.node()}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
     loaders = {}
     for backend in args.backends:
         if backend == "dali-mixed" and device.type != "cuda":
             print(f"{backend:>10}: skipped (needs CUDA)")
-        elif backend == "baseline":
-            loaders[backend] = baseline_batches(root, args.batch_size, args.workers, device)
-        else:
-            loaders[backend] = our_batches(root, backend, args.batch_size, args.workers, device)
-    # Backends take turns, round after round, so a change in the machine's load hits all of them;
-    # the best round of each is the least disturbed one.
-    rounds: dict[str, list[tuple[float, float]]] = {backend: [] for backend in loaders}
+            continue
+        for size in args.sizes:
+            if backend == "baseline":
+                loaders[backend, size] = baseline_batches(
+                    root, args.batch_size, args.workers, device, size
+                )
+            else:
+                loaders[backend, size] = our_batches(
+                    root, backend, args.batch_size, args.workers, device, size, args.auto_augment
+                )
+    # Every (backend, size) takes its turn, round after round, so a change in the machine's load
+    # hits all of them; the best round of each is the least disturbed one.
+    rounds: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in loaders}
     for round_index in range(args.rounds):
-        for backend, batches in loaders.items():
+        for (backend, size), batches in loaders.items():
             rate, _, cpu_ms = time_iterable(batches, args.seconds, warmup)
-            rounds[backend].append((rate, cpu_ms))
+            rounds[backend, size].append((rate, cpu_ms))
             logger.warning(
-                "round %d %s: %.0f images/s, %.2f CPU ms/image", round_index, backend, rate, cpu_ms
+                "round %d %s %d px: %.0f images/s, %.2f CPU ms/image",
+                round_index,
+                backend,
+                size,
+                rate,
+                cpu_ms,
             )
-    results = {}
-    for backend, measured in rounds.items():
+    results: dict[str, dict] = {}
+    for (backend, size), measured in rounds.items():
         rate = max(rate for rate, _ in measured)
         cpu_ms = min(cpu_ms for _, cpu_ms in measured)
-        results[backend] = {"images_per_s": rate, "cpu_ms_per_image": cpu_ms, "rounds": measured}
+        results[f"{backend}@{size}"] = {
+            "backend": backend,
+            "size": size,
+            "images_per_s": rate,
+            "cpu_ms_per_image": cpu_ms,
+            "rounds": measured,
+        }
         ratio = ""
-        if "baseline" in results:
-            base = results["baseline"]
+        base = results.get(f"baseline@{size}")
+        if base is not None and backend != "baseline":
             ratio = (
                 f"  {rate / base['images_per_s']:.2f}x baseline images/s, "
                 f"{base['cpu_ms_per_image'] / cpu_ms:.2f}x less CPU per image"
             )
-        print(f"{backend:>10}: {rate:8.0f} images/s, {cpu_ms:5.2f} CPU ms/image{ratio}", flush=True)
+        print(
+            f"{backend:>10} {size:4d} px: {rate:8.0f} images/s, {cpu_ms:5.2f} CPU ms/image{ratio}",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -10,7 +10,10 @@ What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.m
   * each worker builds a whole batch straight into a shared-memory uint8 buffer
     (batch-level __getitem__, no per-sample collate), pinned in the main process;
   * workers persist across epochs.
-Which rank reads which files is pipeline/data/plans.py's IndexPlan.
+Which rank reads which files is pipeline/data/plans.py's IndexPlan. Each item the sampler hands
+a worker carries its epoch, so the epoch's train size (`transforms.train_resolution`) and every
+per-sample draw (`sample_rng(seed, epoch, file index)`) are fixed by the item alone: a resumed
+epoch, whatever its batch or size, decodes the same pixels with any number of workers.
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.config import Config
+from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, decode_error
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
 from pipeline.data.transforms import (
     Augmentation,
+    build_auto_augment,
     collate_uint8,
     decode_train,
     decode_val,
     sample_rng,
+    train_resolution,
 )
 from pipeline.distributed import DistInfo
 
@@ -41,15 +46,21 @@ logger = logging.getLogger(__name__)
 
 
 class FolderBatches(Dataset):
-    """Item = (epoch, sample indices) → one decoded, augmented uint8 batch."""
+    """Item = (epoch, sample indices) → one decoded, augmented uint8 batch at the epoch's size."""
 
     def __init__(
-        self, paths: Sequence[str], labels: np.ndarray, split: str, aug: Augmentation, seed: int
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        split: str,
+        data: DataConfig,
+        seed: int,
     ) -> None:
         self.paths = paths if isinstance(paths, PathTable) else PathTable(paths)
         self.labels = labels
         self.split = split
-        self.aug = aug
+        self.data = data  # for train_resolution(data, epoch)
+        self.aug = Augmentation.from_config(data)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -59,7 +70,8 @@ class FolderBatches(Dataset):
         path = self.paths[index]
         try:
             if self.split == "train":
-                return decode_train(path, self.aug, sample_rng(self.seed, epoch, index))
+                rng = sample_rng(self.seed, epoch, index)
+                return decode_train(path, self.aug, rng, train_resolution(self.data, epoch))
             return decode_val(path, self.aug)
         except (OSError, ValueError) as err:
             raise decode_error(path, err, os.path.dirname(os.path.dirname(path))) from err
@@ -126,9 +138,9 @@ class FolderLoader(Loader):
         )
         self.check_planned_batches(directory)
         self.epoch_state = EpochState()
-        self.dataset = FolderBatches(
-            paths, labels, split, Augmentation.from_config(cfg.data), cfg.train.seed
-        )
+        if split == "train" and cfg.data.auto_augment != "none":
+            build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
+        self.dataset = FolderBatches(paths, labels, split, cfg.data, cfg.train.seed)
         workers = cfg.data.num_workers
         self.dataloader = DataLoader(
             self.dataset,

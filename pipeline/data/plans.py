@@ -30,6 +30,7 @@ Resuming at batch k of an epoch skips the first k batches of the same plan.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,7 @@ class Segment:
     path: str
     skip: int
     take: int
+    shard_start: int = 0  # split-wide index of the tar's first sample (manifest order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +157,11 @@ class ShardReadPlan:
     @property
     def num_samples(self) -> int:
         return sum(self.counts)
+
+    def shard_starts(self) -> tuple[int, ...]:
+        """Split-wide index of each shard's first sample, shards in manifest order: sample k of
+        shard s is sample shard_starts()[s] + k of the split, whatever the epoch's order."""
+        return (0, *itertools.accumulate(self.counts))[: len(self.counts)]
 
     def shard_order(self, epoch: int) -> np.ndarray:
         if self.train:
@@ -212,11 +219,12 @@ class ShardReadPlan:
     def _unrotated_segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
         position = 0
         stop = first + size
+        starts = self.shard_starts()
         for shard in self.shard_order(epoch):
             count = self.counts[shard]
             low, high = max(first, position), min(stop, position + count)
             if low < high:
-                yield Segment(self.paths[shard], low - position, high - low)
+                yield Segment(self.paths[shard], low - position, high - low, starts[shard])
             position += count
             if position >= stop:
                 break

@@ -18,6 +18,10 @@ The per-epoch order therefore depends on (seed, epoch, world size, batch size, n
 (pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
 resuming at batch k (`set_epoch(epoch, k)`) rebuilds the same streams and drops the samples
 of the first k batches before decoding, so the rest is identical to the uninterrupted epoch.
+What each sample becomes does not depend on the order: its crop, flip and auto-augment draws
+come from `sample_rng(seed, epoch, its index in the split)` (the manifest-order index that
+`read_segments` tags it with), and its size from `train_resolution(data, epoch)`, the epoch
+being read from the shared state at the start of every pass.
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.config import Config
+from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.transforms import (
     Augmentation,
+    build_auto_augment,
     collate_uint8,
     decode_train,
     decode_val,
     sample_rng,
+    train_resolution,
 )
 from pipeline.distributed import DistInfo
 from preprocess.manifest import dali_index_name
@@ -78,7 +84,8 @@ def sample_offset(tar_path: str, sample: int) -> int:
 
 
 def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
-    """Pipeline stage: tar slices → raw samples (bytes only; nothing is decoded here).
+    """Pipeline stage: tar slices → raw samples (bytes only; nothing is decoded here), each
+    tagged with "__index__", its index in the split (manifest order).
 
     A slice that starts inside a tar seeks straight to its first sample (offsets from the DALI
     index), so rank and worker blocks and resumed epochs read only their own bytes.
@@ -89,17 +96,20 @@ def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
         with open(segment.path, "rb") as stream:
             stream.seek(offset)
             samples = group_by_keys(tar_file_expander([{"url": segment.path, "stream": stream}]))
-            yield from itertools.islice(samples, skip, skip + segment.take)
+            for number, sample in enumerate(itertools.islice(samples, skip, skip + segment.take)):
+                sample["__index__"] = segment.shard_start + segment.skip + number
+                yield sample
 
 
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
     def __init__(
-        self, plan: ShardReadPlan, aug: Augmentation, shuffle_buffer: int, split: str
+        self, plan: ShardReadPlan, data: DataConfig, shuffle_buffer: int, split: str
     ) -> None:
         self.plan = plan
-        self.aug = aug
+        self.data = data  # for train_resolution(data, epoch)
+        self.aug = Augmentation.from_config(data)
         self.shuffle_buffer = shuffle_buffer
         self.split = split
         # (epoch, start_batch), shared with forked workers; read at the start of every iteration
@@ -126,15 +136,14 @@ class ShardStream(IterableDataset):
         if self.split == "train":
             rng = random.Random(f"{self.plan.seed}-{epoch}-{self.plan.rank}-{logical}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
-        stages.append(
-            self._decoder(epoch, block.first_position, skip_batches * self.plan.batch_size)
-        )
+        stages.append(self._decoder(epoch, skip_batches * self.plan.batch_size))
         stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))
-        # now: uint8 [B, H, W, 3] batches of this worker's block, from batch skip_batches on
+        # now: uint8 [B, size, size, 3] batches of this worker's block, from batch skip_batches on
         yield from wds.DataPipeline(*stages)
 
-    def _decoder(self, epoch: int, first_position: int, skip_samples: int):
+    def _decoder(self, epoch: int, skip_samples: int):
         aug, train, seed = self.aug, self.split == "train", self.plan.seed
+        size = train_resolution(self.data, epoch)
 
         def decode(samples: Iterator[dict]) -> Iterator[tuple[np.ndarray, int]]:
             for position, sample in enumerate(samples):
@@ -142,9 +151,8 @@ class ShardStream(IterableDataset):
                     continue  # before the resume point: dropped undecoded
                 try:
                     if train:
-                        pixels = decode_train(
-                            sample["jpg"], aug, sample_rng(seed, epoch, first_position + position)
-                        )
+                        rng = sample_rng(seed, epoch, sample["__index__"])
+                        pixels = decode_train(sample["jpg"], aug, rng, size)
                     else:
                         pixels = decode_val(sample["jpg"], aug)
                     label = int(sample["cls"])
@@ -185,9 +193,9 @@ class WdsLoader(Loader):
         workers = cfg.data.num_workers
         self.plan = ShardReadPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
         self.check_planned_batches(directory)
-        self.stream = ShardStream(
-            self.plan, Augmentation.from_config(cfg.data), cfg.data.shuffle_buffer, split
-        )
+        if split == "train" and cfg.data.auto_augment != "none":
+            build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
+        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split)
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches

@@ -75,6 +75,44 @@ def tiny_folders(tmp_path_factory) -> dict:
     }
 
 
+TEXTURED_SIZES = [(64, 48), (48, 64), (56, 56), (80, 44), (44, 72)]  # (width, height)
+
+
+def write_textured_folders(root: Path, per_class: int, seed: int = 0) -> None:
+    """root/<wnid>/*.JPEG of seeded colour noise at several scales: unlike the flat colours,
+    every crop, flip or size of it has different pixels, so pixel equality means the same
+    draws."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for class_index in range(NUM_CLASSES):
+        folder = root / WNIDS[class_index]
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(per_class):
+            width, height = TEXTURED_SIZES[(class_index * per_class + number) % 5]
+            coarse = Image.fromarray(rng.integers(0, 256, (height // 8, width // 8, 3), "uint8"))
+            pixels = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC))
+            pixels = np.clip(pixels + rng.normal(0, 24, pixels.shape), 0, 255).astype("uint8")
+            key = f"tex_{seed}_{class_index}_{number:03d}"
+            Image.fromarray(pixels).save(folder / f"{key}.JPEG", quality=92)
+
+
+@pytest.fixture(scope="session")
+def textured_data(tmp_path_factory) -> dict:
+    """40 textured train images (8 classes x 5) as class folders and as shards of 7, and 16
+    val images."""
+    root = tmp_path_factory.mktemp("textured")
+    write_textured_folders(root / "folders" / "train", 5)
+    write_textured_folders(root / "folders" / "val", 2, seed=1)
+    return {
+        "folders": {"train": root / "folders" / "train", "val": root / "folders" / "val"},
+        "shards": {
+            "train": make_shards(root / "folders" / "train", root / "shards" / "train", "train", 7),
+            "val": make_shards(root / "folders" / "val", root / "shards" / "val", "val", 7),
+        },
+    }
+
+
 def tiny_config(train_dir, val_dir, backend="folder", **data):
     """A Config with test-sized crops (32 px) and few workers."""
     values = {
