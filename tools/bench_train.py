@@ -36,11 +36,13 @@ from torch import nn
 from pipeline.config import ModelConfig, build_config
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
+from pipeline.errors import EXIT_USAGE, ConfigError
 from pipeline.models import (
     ALEXNET_VARIANTS,
     aux_loss_weight,
     build_model,
     check_arch,
+    check_input_size,
     split_outputs,
 )
 from pipeline.precision import configure_device, resolve_precision
@@ -65,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--classifier-width", type=int, default=4096 if on_gpu else 512, help="alexnet variants"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        help="measure the step and the loader at each of these train crops (a resolution "
+        "ramp's sizes, e.g. 128 160 192 224) instead of --image-size alone",
     )
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256 if on_gpu else 32, help="per device")
@@ -328,13 +337,21 @@ def describe_machine(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device, precision = resolve(args)
+    sizes = args.sizes or [args.image_size]
+    try:
+        check_arch(args.arch)
+        for size in sizes:
+            check_input_size(size, "--sizes" if args.sizes else "--image-size", args.arch)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     widths = (
         f" width {args.width_mult} classifier {args.classifier_width}"
         if args.arch in ALEXNET_VARIANTS
         else ""
     )
     shape = (
-        f"{args.arch}{widths}, {args.image_size} px, batch {args.batch_size}, "
+        f"{args.arch}{widths}, {'/'.join(map(str, sizes))} px, batch {args.batch_size}, "
         f"{precision}{', channels_last' if args.channels_last else ''}"
         f"{', compile' if args.compile else ''}"
     )
@@ -344,35 +361,19 @@ def main(argv: list[str] | None = None) -> int:
         "model": shape,
         "torch": torch.__version__,
     }
-    if "step" not in args.skip:
-        rate, peak = measure_step(args, device, precision)
-        results["step_images_per_s"], results["step_peak_memory_gb"] = rate, peak
-        memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
-        print(
-            f"step:   {rate:9.1f} images/s (synthetic uint8 batches on {device.type}), "
-            f"{memory} {peak:.2f} GB",
-            flush=True,
-        )
-    if "loader" not in args.skip:
-        with tempfile.TemporaryDirectory(prefix="bench-train-") as temp:
-            data_dir = args.data
-            if data_dir is None:
-                data_dir = write_folder_dataset(Path(temp) / "train")
-                args.backend = "folder"
-            rate, wait, steps = measure_loader(args, device, precision, data_dir)
-            results["loader"] = {
-                "backend": args.backend
-                + (f"-{args.dali_decode}" if args.backend == "dali" else ""),
-                "images_per_s": rate,
-                "data_wait_frac": wait,
-                "steps": steps,
-                "num_workers": args.num_workers,
-            }
-            print(
-                f"loader: {rate:9.1f} images/s with the {args.backend} loader ({args.num_workers} "
-                f"workers, {steps} steps), data wait {100 * wait:.1f}% of wall time",
-                flush=True,
-            )
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as temp:
+        data_dir = args.data
+        if data_dir is None and "loader" not in args.skip:
+            data_dir = write_folder_dataset(Path(temp) / "train")
+            args.backend = "folder"
+        by_size = []
+        for size in sizes:
+            args.image_size = size
+            by_size.append(measure_size(args, device, precision, data_dir))
+    # the single-size keys, as before --sizes existed, hold the first size's figures
+    results |= {key: value for key, value in by_size[0].items() if key != "image_size"}
+    if args.sizes:
+        results["sizes"] = by_size
     if "ddp" not in args.skip and device.type == "cpu":
         with_sync, without, gradient_bytes = measure_ddp(args)
         results["ddp"] = {
@@ -381,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             "gradient_bytes": gradient_bytes,
         }
         print(
-            f"ddp:    2 gloo ranks: {1000 * with_sync:.1f} ms/step with all-reduce, "
-            f"{1000 * without:.1f} ms without (no_sync): all-reduce costs "
+            f"ddp:    2 gloo ranks at {args.image_size} px: {1000 * with_sync:.1f} ms/step with "
+            f"all-reduce, {1000 * without:.1f} ms without (no_sync): all-reduce costs "
             f"{1000 * (with_sync - without):.1f} ms/step for {gradient_bytes / 1e6:.1f} MB of "
             "gradients",
             flush=True,
@@ -390,6 +391,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
+
+
+def measure_size(args, device, precision, data_dir: Path | None) -> dict:
+    """The step and the loader measurements at args.image_size, printed as they finish."""
+    size = args.image_size
+    result: dict = {"image_size": size}
+    if "step" not in args.skip:
+        rate, peak = measure_step(args, device, precision)
+        result["step_images_per_s"], result["step_peak_memory_gb"] = rate, peak
+        memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
+        print(
+            f"step:   {rate:9.1f} images/s at {size} px (synthetic uint8 batches on "
+            f"{device.type}), {memory} {peak:.2f} GB",
+            flush=True,
+        )
+    if "loader" not in args.skip:
+        rate, wait, steps = measure_loader(args, device, precision, data_dir)
+        result["loader"] = {
+            "backend": args.backend + (f"-{args.dali_decode}" if args.backend == "dali" else ""),
+            "images_per_s": rate,
+            "data_wait_frac": wait,
+            "steps": steps,
+            "num_workers": args.num_workers,
+        }
+        print(
+            f"loader: {rate:9.1f} images/s at {size} px with the {args.backend} loader "
+            f"({args.num_workers} workers, {steps} steps), data wait {100 * wait:.1f}% of wall "
+            "time",
+            flush=True,
+        )
+    return result
 
 
 if __name__ == "__main__":

@@ -124,6 +124,15 @@ def train_resolution(data: DataConfig, epoch: int) -> int:
     return min(max(rounded, data.res_start), data.train_crop)
 
 
+def resolution_schedule(data: DataConfig, epochs: int) -> dict[int, int]:
+    """{train size: how many of the run's `epochs` train at it}, smallest size first."""
+    counts: dict[int, int] = {}
+    for epoch in range(epochs):
+        size = train_resolution(data, epoch)
+        counts[size] = counts.get(size, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 class RandomSource(Protocol):
     """What crop sampling draws from: `random.Random` has both methods."""
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.config import Config
+from pipeline.data.transforms import resolution_schedule
 from pipeline.distributed import DistInfo
 from pipeline.doctor.report import Check
 from pipeline.models import aux_loss_weight, check_input_sizes, create_model, set_train_mode
@@ -52,12 +53,12 @@ def count_gradient_elements(model: nn.Module) -> int:
 
 
 def synthetic_batch(
-    cfg: Config, batch_size: int, num_classes: int, device: torch.device
+    cfg: Config, batch_size: int, num_classes: int, device: torch.device, size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [B, 3, crop, crop] images and int64 [B] labels on the device, as a loader hands
-    them over (channels_last when the config says so)."""
+    """uint8 [B, 3, size, size] images (size: data.train_crop unless given) and int64 [B] labels
+    on the device, as a loader hands them over (channels_last when the config says so)."""
     generator = torch.Generator().manual_seed(0)
-    size = cfg.data.train_crop
+    size = size or cfg.data.train_crop
     images = torch.randint(
         0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator
     )
@@ -177,6 +178,9 @@ def measure_step(
             result["device_memory_gb"] = round(
                 torch.cuda.get_device_properties(device).total_memory / GB, 1
             )
+        result["by_size"] = measure_ramp_sizes(
+            cfg, take_step, per_rank_batch, num_classes, device, steps, seconds, budget
+        )
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["error"] = describe_failure(err, cfg, per_rank_batch)
     finally:
@@ -184,6 +188,44 @@ def measure_step(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def measure_ramp_sizes(
+    cfg: Config, take_step, per_rank_batch: int, num_classes: int, device, steps, seconds, budget
+) -> dict[int, float]:
+    """{size: images/s} for the resolution schedule's sizes below data.train_crop (empty without
+    one); each size gets a share of the step budget after one warm-up step of its own."""
+    sizes = [s for s in resolution_schedule(cfg.data, cfg.train.epochs) if s != cfg.data.train_crop]
+    share = None if seconds is None else budget.model_seconds / max(1, len(sizes))
+    rates = {}
+    for size in sizes:
+        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device, size)
+        run_steps(take_step, batch, device, steps=1, seconds=None)
+        taken, elapsed = run_steps(take_step, batch, device, steps=steps, seconds=share)
+        rates[size] = taken * per_rank_batch * cfg.optim.grad_accum_steps / elapsed
+    return rates
+
+
+def ramp_check(cfg: Config, main: dict[str, Any]) -> Check | None:
+    """The step's images/s at each size of the resolution schedule, and the run's mean."""
+    schedule = resolution_schedule(cfg.data, cfg.train.epochs)
+    if len(schedule) < 2:
+        return None
+    rates = {**main["by_size"], cfg.data.train_crop: main["images_per_s"]}
+    # an epoch holds the same images at any size: the run's mean rate weights by epoch time
+    seconds = sum(epochs / rates[size] for size, epochs in schedule.items())
+    mean = sum(schedule.values()) / seconds
+    parts = ", ".join(
+        f"{size} px {rates[size]:.0f} images/s ({epochs} epochs)"
+        for size, epochs in schedule.items()
+    )
+    return Check(
+        "model",
+        "step by size",
+        "ok",
+        f"{parts}; {mean:.0f} images/s over the run",
+        {"images_per_s_by_size": {str(k): round(v, 1) for k, v in rates.items()}, "mean": mean},
+    )
 
 
 def ddp_steps_for(per_rank: list[dict[str, Any]], budget) -> int:
@@ -262,6 +304,10 @@ def summarize_model(
         "device_memory_gb": main.get("device_memory_gb"),
         "precision": precision,
     }
+    ramp = ramp_check(cfg, main)
+    if ramp is not None:
+        checks.append(ramp)
+        summary["images_per_s_over_the_ramp"] = ramp.values["mean"]
     ddp_errors = [(rank, r["ddp_error"]) for rank, r in enumerate(per_rank) if "ddp_error" in r]
     if ddp_errors:
         rank, error = ddp_errors[0]

@@ -80,6 +80,14 @@ def check_input_sizes(cfg: Config) -> None:
     aux_on = aux_loss_weight(arch, cfg.model.aux_loss_weight) > 0
     check_input_size(cfg.data.train_crop, "data.train_crop", arch, training=aux_on)
     check_input_size(cfg.data.val_crop, "data.val_crop", arch)
+    if cfg.data.res_start:
+        if input_rule(arch).fixed:
+            raise ConfigError(
+                f"{arch} is built for one input size (data.train_crop={cfg.data.train_crop}) "
+                f"but data.res_start={cfg.data.res_start} ramps the train size: set "
+                "data.res_start=0"
+            )
+        check_input_size(cfg.data.res_start, "data.res_start", arch, training=aux_on)
     if input_rule(arch).fixed and cfg.data.val_crop != cfg.data.train_crop:
         raise ConfigError(
             f"{arch} is built for one input size (data.train_crop={cfg.data.train_crop}) but "

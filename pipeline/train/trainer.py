@@ -30,6 +30,7 @@ from pipeline.augment import BatchAugment
 from pipeline.comm import GradientComm
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
+from pipeline.data.transforms import train_resolution
 from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
 from pipeline.errors import EXIT_OK, EXIT_STOPPED
 from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
@@ -311,6 +312,11 @@ class Trainer:
         state = self.state
         loader = self.epoch_loader(state.epoch)
         loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+        size = train_resolution(self.cfg.data, state.epoch)
+        if self.cfg.data.res_start and (
+            state.epoch == 0 or size != train_resolution(self.cfg.data, state.epoch - 1)
+        ):
+            logger.info("epoch %d: training at %d px (the resolution schedule)", state.epoch, size)
         set_train_mode(self.model)
         steps_left = self.steps_per_epoch - state.batch_in_epoch // self.accum
         steps = max(0, min(steps_left, self.total_steps - state.step))
@@ -439,7 +445,7 @@ class Trainer:
         return self.state.epoch + self.state.batch_in_epoch / max(1, self.batches_per_epoch)
 
     def opt_metrics(self, lr: float) -> dict[str, float]:
-        metrics = {"opt/lr": lr}
+        metrics = {"opt/lr": lr, "train/res": train_resolution(self.cfg.data, self.state.epoch)}
         if self.scaler.is_enabled():
             metrics["opt/loss_scale"] = float(self.scaler.get_scale())
         return metrics

@@ -33,6 +33,9 @@ ENVIRONMENT_CHECKS = {
 }
 
 
+RAMP = ("data.res_start=64", "data.res_ramp_start=1", "data.res_ramp_end=3")
+
+
 def doctor_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "--config",
@@ -48,10 +51,12 @@ def doctor_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_rank(prepared_data, tmp_path_factory):
-    """One in-process --quick run: (exit code, stdout, doctor.json)."""
+    """One in-process --quick run with a resolution ramp (64 px for epochs 0-2, 96 px for epoch
+    3): (exit code, stdout, doctor.json)."""
     run_dir = tmp_path_factory.mktemp("doctor") / "run"
+    ramp = ("data.train_crop=96", "data.val_crop=96", "data.val_resize=110", *RAMP)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        code = main(doctor_args(prepared_data, run_dir))
+        code = main(doctor_args(prepared_data, run_dir, *ramp))
     return code, out.getvalue(), json.loads((run_dir / "doctor.json").read_text())
 
 
@@ -97,6 +102,18 @@ def test_one_rank_measures_the_configured_and_the_other_backends_with_real_numbe
     model = checks_of(report, "model")["step"]["values"]
     assert model["images_per_s_per_rank"][0] > 0 and model["peak_memory_gb"] > 0
     assert model["per_rank_batch"] == 8
+
+
+def test_a_resolution_ramp_gets_the_steps_images_per_s_at_each_size_and_over_the_run(one_rank):
+    _, out, report = one_rank
+    ramp = checks_of(report, "model")["step by size"]
+    rates = {int(size): rate for size, rate in ramp["values"]["images_per_s_by_size"].items()}
+    assert sorted(rates) == [64, 96] and all(rate > 0 for rate in rates.values())
+    # 3 epochs at 64 px and 1 at 96: the run's rate is the epoch-time-weighted mean
+    expected = 4 / (3 / rates[64] + 1 / rates[96])
+    assert ramp["values"]["mean"] == pytest.approx(expected, rel=0.01)
+    assert "64 px" in ramp["summary"] and "(3 epochs)" in ramp["summary"]
+    assert "step by size" in out
 
 
 def test_the_gradient_size_is_the_configured_models_parameter_count(one_rank, prepared_data):
