@@ -5,11 +5,14 @@ all of it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from train_helpers import tiny_args, torchrun
 
 from pipeline.augment import BatchAugment, soft_cross_entropy
@@ -18,6 +21,7 @@ from pipeline.config import AugmentConfig, load_config
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.evaluate import evaluate
+from pipeline.models import AlexNet, check_input_sizes
 from pipeline.optim import LearningRateSchedule
 from pipeline.train.cli import main
 from pipeline.train.ema import WeightEMA
@@ -275,3 +279,73 @@ def test_every_ranks_ema_is_identical_under_ddp_and_best_follows_the_named_score
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     ema_scores = [row["val/ema_top1"] for row in rows if "val/ema_top1" in row]
     assert last["best_top1"] == max(ema_scores)
+
+
+RAMP = (
+    "train.epochs=3",
+    "data.train_crop=96",
+    "data.val_crop=96",
+    "data.val_resize=110",
+    "data.res_start=64",  # epochs 0 and 1 at 64 px, epoch 2 at 96 px
+    "data.res_ramp_start=1",
+    "data.res_ramp_end=2",
+    "train.log_every=1",
+)
+
+
+@pytest.mark.parametrize("backend", ["folder", "wds", "dali"])
+def test_a_run_killed_at_the_resolution_change_resumes_bit_identical(
+    backend, tiny_data, tiny_shards, tmp_path
+):
+    """The first run stops at the end of epoch 1 (the last 64 px batch), the second is killed by
+    a real SIGTERM in its first step, the first at 96 px, and the third finishes: the weights and
+    every logged loss match one uninterrupted run, and train/res says 64 then 96."""
+    data = tiny_shards if backend == "wds" else tiny_data
+    common = (*RAMP, f"data.backend={backend}", "data.dali_decode=cpu")
+    assert main(tiny_args(data, tmp_path / "whole", *common)) == 0
+    parts = tiny_args(data, tmp_path / "parts", *common)
+    assert main([*parts, "train.max_steps=20"]) == 0
+
+    def sigterm_in_the_first_step(module, args):
+        if isinstance(module, AlexNet) and module.training:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = register_module_forward_pre_hook(sigterm_in_the_first_step)
+    try:
+        assert main(parts) == 75
+    finally:
+        handle.remove()
+    middle = load_checkpoint(tmp_path / "parts/checkpoints/last.pt")
+    assert (middle["epoch"], middle["batch_in_epoch"], middle["step"]) == (2, 1, 21)
+    assert main(parts) == 0
+    whole = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")
+    resumed = load_checkpoint(tmp_path / "parts/checkpoints/last.pt")
+    assert whole["step"] == resumed["step"] == 30
+    for key, value in whole["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+    def train_rows(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        trained = [row for row in rows if "train/loss" in row]
+        return {row["step"]: (row["train/loss"], row["train/res"]) for row in trained}
+
+    logged = train_rows(tmp_path / "whole")
+    assert train_rows(tmp_path / "parts") == logged and len(logged) == 30
+    assert [logged[step][1] for step in (1, 20, 21, 30)] == [64, 64, 96, 96]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.res_start=48", "data.res_ramp_end=2"], "res_start=48 is too small for alexnet"),
+        (
+            ["model.arch=vit_b_16", "data.res_start=160", "data.res_ramp_end=2"],
+            "vit_b_16 is built for one input size",
+        ),
+    ],
+)
+def test_a_ramp_below_the_models_minimum_or_on_a_fixed_size_model_is_one_line(overrides, message):
+    config = load_config(None, ["train.epochs=10", *overrides])
+    with pytest.raises(ConfigError, match=message) as caught:
+        check_input_sizes(config)
+    assert "\n" not in str(caught.value)
