@@ -30,12 +30,14 @@ class StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: int, fmt: str, datefmt: str | None = "%H:%M:%S") -> None:
-    """Make one ``StderrHandler`` the root logger's only handler; third parties stay at WARNING."""
+    """Give the root logger one ``StderrHandler`` (replacing an earlier call's, leaving handlers
+    others installed, such as a test's log capture); third parties stay at WARNING."""
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter(fmt, datefmt))
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
+        if isinstance(existing, StderrHandler):  # ours, from an earlier call; others stay
+            root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in QUIET_LIBRARIES:

@@ -26,7 +26,13 @@ def test_configuring_twice_leaves_one_handler_at_the_new_level(monkeypatch):
     configure_logging(logging.INFO, "a %(message)s", None)
     configure_logging(logging.WARNING, "b %(message)s", None)
     root = logging.getLogger()
-    assert [type(handler) for handler in root.handlers] == [StderrHandler]
+    assert [type(h) for h in root.handlers if isinstance(h, StderrHandler)] == [StderrHandler]
     logging.getLogger("preprocess.test").info("hidden")
     logging.getLogger("preprocess.test").warning("shown")
     assert stream.getvalue() == "b shown\n"
+
+
+def test_a_handler_someone_else_installed_is_left_in_place(caplog):
+    configure_logging(logging.INFO, "%(message)s", None)
+    logging.getLogger("preprocess.test").warning("seen by the capture")
+    assert "seen by the capture" in caplog.text
