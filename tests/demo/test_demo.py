@@ -209,15 +209,16 @@ def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_demo_trains_a_torchvision_resnet18_far_above_chance(tmp_path):
+def test_the_demo_trains_a_torchvision_resnet18_far_above_chance(fast_demo):
+    workdir = fast_demo[0]  # its raw data and shards are reused; the run dir is resnet18's own
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         # 3 epochs: ResNet-18 is past 80% there (AlexNet's --fast needs 6)
-        code = main(["--workdir", str(tmp_path), "--epochs", "3", "--quiet", "--arch", "resnet18"])
+        code = main(["--workdir", str(workdir), "--epochs", "3", "--quiet", "--arch", "resnet18"])
     assert code == 0, output.getvalue()  # code 0: top-1 >= 50%, five times chance
     match = re.search(r"val top-1 (?P<top1>[0-9.]+)%", output.getvalue())
     assert match and float(match["top1"]) >= FAST_TOP1_THRESHOLD, output.getvalue()
-    launches = (tmp_path / "run-wds-resnet18" / "launches.jsonl").read_text().splitlines()
+    launches = (workdir / "run-wds-resnet18" / "launches.jsonl").read_text().splitlines()
     launch = json.loads(launches[0])
     assert launch["model/arch"] == "resnet18" and launch["model/params"] == 11_181_642
 
