@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = build_dataset(args.photos, args.cache_dir, args.images)
+    # building runs preprocess's commands, which log at INFO: the measurement logs warnings only
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
     warmup = 2 * max(1, args.workers) + 2
     print(
         f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
