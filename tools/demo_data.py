@@ -31,22 +31,12 @@ import numpy as np
 from PIL import Image
 
 from preprocess.logs import configure_logging
+from preprocess.subsets import BUILTIN_CLASS_LISTS
 
 logger = logging.getLogger(__name__)
 
 # Imagenette's 10 classes (a real ImageNet subset), sorted; DEMO_WNIDS[d] holds digit d.
-DEMO_WNIDS: tuple[str, ...] = (
-    "n01440764",  # tench
-    "n02102040",  # English springer
-    "n02979186",  # cassette player
-    "n03000684",  # chain saw
-    "n03028079",  # church
-    "n03394916",  # French horn
-    "n03417042",  # garbage truck
-    "n03425413",  # gas pump
-    "n03445777",  # golf ball
-    "n03888257",  # parachute
-)
+DEMO_WNIDS: tuple[str, ...] = BUILTIN_CLASS_LISTS["imagenette"]
 
 # The full LOC_synset_mapping.txt from Kaggle's ImageNet download (1,000 lines, 31 KB).
 SYNSET_MAPPING_PATH = Path(__file__).with_name("demo_assets") / "LOC_synset_mapping.txt"

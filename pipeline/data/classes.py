@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.data.base import ClassList, split_directory
+from pipeline.data.files import class_folder_names
 from pipeline.errors import LoaderError
-from preprocess.errors import UserError
 from preprocess.manifest import MANIFEST_NAME, ManifestError, read_manifest
-from preprocess.synsets import find_class_names, folder_classes
+from preprocess.synsets import find_class_names
 
 
 def resolve_classes(cfg: Config) -> ClassList:
@@ -35,12 +35,5 @@ def resolve_classes(cfg: Config) -> ClassList:
             raise LoaderError(str(err)) from err
         names = manifest.class_names or find_class_names(directory)
         return ClassList(tuple(manifest.classes), dict(names), directory)
-    try:
-        found = folder_classes(directory)
-    except UserError as err:
-        raise LoaderError(str(err)) from err
-    if not found:
-        raise LoaderError(
-            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
-        )
+    found = class_folder_names(directory)
     return ClassList(tuple(found), find_class_names(directory), directory)

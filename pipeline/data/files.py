@@ -26,6 +26,19 @@ from preprocess.synsets import folder_classes
 IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 
+def class_folder_names(directory: Path) -> list[str]:
+    """The sorted class folder names of DIR; none, or an unreadable DIR, is a LoaderError."""
+    try:
+        found = folder_classes(directory)
+    except UserError as err:
+        raise LoaderError(str(err)) from err
+    if not found:
+        raise LoaderError(
+            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
+        )
+    return found
+
+
 def list_class_folders(
     directory: Path, classes: list[str] | None = None
 ) -> tuple[list[str], list[str], np.ndarray]:
@@ -39,14 +52,7 @@ def list_class_folders(
             f"{directory} holds WebDataset shards (manifest.json), not class folders: "
             f"use data.backend=wds or data.backend=dali, or point at DST/folders/<split>"
         )
-    try:
-        found = folder_classes(directory)
-    except UserError as err:
-        raise LoaderError(str(err)) from err
-    if not found:
-        raise LoaderError(
-            f"{directory} has no class folders: expected {directory}/nXXXXXXXX/*.JPEG"
-        )
+    found = class_folder_names(directory)
     if classes is None:
         classes = found
     else:
