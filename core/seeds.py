@@ -4,8 +4,8 @@
     from core.seeds import Purpose, stream_seed
     rng = random.Random(stream_seed(cfg.train.seed, Purpose.TRAIN_SAMPLE, epoch, sample))
 
-`index` is the step or the sample (whatever the stream is drawn per); `rank` the global rank, or
-any further coordinate a purpose needs (a worker, a micro-batch). A new random stream adds a
+`index` is the step or the sample (whatever the stream is drawn per), `rank` the global rank, and
+`sub` a further coordinate inside one index where a purpose needs it (a worker, a micro-batch). A new random stream adds a
 `Purpose`, never a formula. So a resume, under any worker count or world size, re-derives every
 draw from the coordinates alone, and two purposes never share a stream.
 
@@ -34,11 +34,11 @@ class Purpose(enum.IntEnum):
     SAMPLE_ORDER = 2  # the epoch's permutation of samples over files (IndexPlan)
     SHARD_ORDER = 3  # the epoch's permutation of shards (ShardReadPlan)
     SHARD_START = 4  # where the epoch's rotated sample sequence starts (ShardReadPlan)
-    SHUFFLE_BUFFER = 5  # webdataset's shuffle buffer, per rank (index: the worker)
+    SHUFFLE_BUFFER = 5  # webdataset's shuffle buffer of one rank's worker (sub: the worker)
     STEP = 6  # torch's generator for one optimizer step (dropout), per rank
-    BATCH_AUGMENT = 7  # mixup / cutmix / erasing of one micro-batch (rank: rank, index: step)
+    BATCH_AUGMENT = 7  # mixup / cutmix / erasing of one micro-batch (index: step, sub: micro)
     DALI_PIPELINE = 8  # a DALI pipeline's own seed (index: the first batch it reads)
-    DALI_FILE_ORDER = 9  # DALI's per-epoch file list order, per rank (index: the list's number)
+    DALI_FILE_ORDER = 9  # DALI's per-epoch file list order of one rank (sub: the list's number)
     COMM_INIT = 10  # PowerSGD's initial Q of one parameter (index: the parameter)
     AUTO_AUGMENT = 11  # torch's generator around one sample's auto-augment ops
 
@@ -50,10 +50,12 @@ def _mix(value: int) -> int:
     return value ^ (value >> 31)
 
 
-def stream_seed(seed: int, purpose: Purpose, epoch: int = 0, index: int = 0, rank: int = 0) -> int:
-    """The 63-bit seed of one random stream: a function of these five numbers only."""
+def stream_seed(
+    seed: int, purpose: Purpose, epoch: int = 0, index: int = 0, rank: int = 0, sub: int = 0
+) -> int:
+    """The 63-bit seed of one random stream: a function of these six numbers only."""
     state = _mix(seed & _MASK64)
-    for part in (int(purpose), epoch, index, rank):
+    for part in (int(purpose), epoch, index, rank, sub):
         state = _mix(state ^ (part & _MASK64))
     return state >> 1
 
@@ -66,10 +68,10 @@ def _mix_array(values: np.ndarray) -> np.ndarray:
 
 
 def stream_seeds(
-    seed: int, purpose: Purpose, epoch: int, indices: np.ndarray, rank: int = 0
+    seed: int, purpose: Purpose, epoch: int, indices: np.ndarray, rank: int = 0, sub: int = 0
 ) -> np.ndarray:
     """`stream_seed` for every index of `indices` at once: uint64 [N], element i equal to
-    `stream_seed(seed, purpose, epoch, indices[i], rank)`."""
+    `stream_seed(seed, purpose, epoch, indices[i], rank, sub)`."""
     with np.errstate(over="ignore"):
         state = _mix(seed & _MASK64)
         for part in (int(purpose), epoch):
@@ -77,6 +79,7 @@ def stream_seeds(
         mixed = np.asarray(indices).astype(np.int64).view(np.uint64) ^ np.uint64(state)
         mixed = _mix_array(mixed)
         mixed = _mix_array(mixed ^ np.uint64(rank & _MASK64))
+        mixed = _mix_array(mixed ^ np.uint64(sub & _MASK64))
         return mixed >> np.uint64(1)
 
 

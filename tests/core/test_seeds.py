@@ -13,9 +13,9 @@ def test_a_seed_is_a_pure_function_of_its_coordinates():
     assert 0 <= stream_seed(3, Purpose.STEP, 1, 2, 3) < 2**63
 
 
-@pytest.mark.parametrize("coordinate", range(5))
+@pytest.mark.parametrize("coordinate", range(6))
 def test_changing_any_one_coordinate_changes_the_seed(coordinate):
-    base = [11, Purpose.TRAIN_SAMPLE, 4, 1000, 1]
+    base = [11, Purpose.TRAIN_SAMPLE, 4, 1000, 1, 0]
     seeds = set()
     for delta in range(50):
         values = list(base)
@@ -32,12 +32,13 @@ def test_coordinates_do_not_trade_places():
     """(epoch 1, index 2) and (epoch 2, index 1) are different streams: no formula collisions."""
     assert stream_seed(0, Purpose.STEP, 1, 2) != stream_seed(0, Purpose.STEP, 2, 1)
     assert stream_seed(0, Purpose.STEP, 0, 1, 0) != stream_seed(0, Purpose.STEP, 0, 0, 1)
+    assert stream_seed(0, Purpose.STEP, 0, 0, 1, 0) != stream_seed(0, Purpose.STEP, 0, 0, 0, 1)
 
 
 def test_the_vectorized_rule_gives_the_scalar_rule_element_by_element():
     indices = np.array([0, 1, 2, 7, 1_281_166, 2**40, 2**62])
-    vector = stream_seeds(42, Purpose.TRAIN_SAMPLE, 9, indices, rank=3)
-    scalar = [stream_seed(42, Purpose.TRAIN_SAMPLE, 9, int(i), 3) for i in indices]
+    vector = stream_seeds(42, Purpose.TRAIN_SAMPLE, 9, indices, rank=3, sub=2)
+    scalar = [stream_seed(42, Purpose.TRAIN_SAMPLE, 9, int(i), 3, 2) for i in indices]
     assert vector.tolist() == scalar
 
 
