@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.fileio import atomic_output, fsync_directory, remove_stale_temps
 from pipeline.distributed import DistInfo, all_gather_ints, broadcast_object
 from pipeline.errors import CheckpointError
-from preprocess.fileio import atomic_output, fsync_directory, remove_stale_temps
 
 FORMAT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """Errors a user can cause, and the exit codes every entry point returns.
 
-Every such error descends from one root, `preprocess.errors.UserError` (the root lives in the
+Every such error descends from one root, `core.errors.UserError` (the root lives in the
 first stage because `preprocess` never imports `pipeline`). Entry points catch `UserError`, print
 its first line as `error: ...` on stderr and exit with EXIT_USAGE; anything else is a bug and
 keeps its traceback.
@@ -8,7 +8,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
-from preprocess.errors import EXIT_USAGE, UserError
+from core.errors import EXIT_USAGE, UserError
 
 __all__ = [
     "EXIT_CHECK_FAILED",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from core.logs import configure_logging
 from pipeline.distributed import DistInfo
-from preprocess.logs import configure_logging
 
 
 def setup_logging(dist: DistInfo, level: int | None = None) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from preprocess.errors import UserError
+from core.errors import UserError
 
 CifarSplitName = Literal["train", "test"]
 IMAGE_SIZE = 32  # pixels, square

@@ -22,8 +22,8 @@ import importlib
 import logging
 import sys
 
-from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from preprocess.logs import configure_logging
+from core.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from core.logs import configure_logging
 
 # subcommand -> (module, one-line help). No module here imports torch, so the CLI starts fast.
 COMMANDS: dict[str, tuple[str, str]] = {

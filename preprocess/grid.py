@@ -18,60 +18,23 @@ import itertools
 import logging
 import random
 import tarfile
-import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from preprocess.errors import UserError
-from preprocess.manifest import MANIFEST_NAME, dali_index_name, read_manifest
-from preprocess.synsets import find_class_names
+from core.classes import find_class_names
+from core.errors import UserError
+from core.grid import caption, render_grid
+from core.shard_format import (
+    MANIFEST_NAME,
+    ManifestError,
+    dali_index_name,
+    read_dali_index,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def render_grid(
-    images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 8
-) -> Path:
-    """Save HWC uint8 RGB `images` with `captions` under each as one PNG at `path`; returns path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    if not images:
-        raise ValueError("render_grid needs at least one image")
-    columns = max(1, min(columns, len(images)))
-    rows = (len(images) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.35 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, image, caption in zip(axes.flat, images, captions):
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"expected HWC images, got shape {array.shape}")
-        axis.imshow(
-            array if array.shape[-1] != 1 else array[..., 0],
-            cmap="gray" if array.shape[-1] == 1 else None,
-        )
-        axis.set_title("\n".join(textwrap.wrap(caption, 26)[:3]), fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
-
-
-def caption(label: int, wnid: str, class_names: dict[str, str]) -> str:
-    name = class_names.get(wnid, "").split(",")[0]
-    return f"{label} {wnid}" + (f"\n{name}" if name else "")
 
 
 def _shard_dir(directory: Path) -> Path | None:
@@ -88,22 +51,15 @@ def read_shard_samples(tar_path: Path, positions: set[int]) -> dict[int, dict[st
     With the DALI index next to the tar, only those bytes are read (seek + read); without it the
     tar is scanned.
     """
-    index_path = tar_path.with_name(dali_index_name(tar_path.name))
     found: dict[int, dict[str, bytes]] = {}
-    if index_path.is_file():
-        lines = index_path.read_text().splitlines()[1:]
+    if tar_path.with_name(dali_index_name(tar_path.name)).is_file():
+        index = read_dali_index(tar_path)
         with open(tar_path, "rb") as handle:
             for position in positions:
-                fields = lines[position].split()
                 members = {}
-                for start in range(0, len(fields), 4):
-                    extension, offset, size = (
-                        fields[start],
-                        int(fields[start + 1]),
-                        int(fields[start + 2]),
-                    )
-                    handle.seek(offset)
-                    members[extension] = handle.read(size)
+                for member in index.samples[position]:
+                    handle.seek(member.offset)
+                    members[member.extension] = handle.read(member.size)
                 found[position] = members
         return found
     with tarfile.open(tar_path) as tar:
@@ -138,7 +94,7 @@ def sample_shards(directory: Path, count: int, seed: int) -> tuple[list[np.ndarr
                 image = np.asarray(Image.open(io.BytesIO(members["jpg"])).convert("RGB"))
                 images.append(image)
                 captions.append(caption(label, manifest.classes[label], class_names))
-        except (KeyError, IndexError, ValueError, OSError, tarfile.TarError) as err:
+        except (ManifestError, KeyError, IndexError, ValueError, OSError, tarfile.TarError) as err:
             raise UserError(
                 f"{tar_path} (or its DALI index) is corrupted: sample read failed with "
                 f"{type(err).__name__}: {err}; run `python -m preprocess verify {directory}`"

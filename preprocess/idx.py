@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from preprocess.errors import UserError
+from core.errors import UserError
 
 IdxSplitName = Literal["train", "test"]
 IMAGES_MAGIC = 2051  # 0x00000803

@@ -47,11 +47,6 @@ Subsampling = Literal["4:2:0", "4:4:4"]
 SUBSAMPLING: dict[str, int] = {"4:4:4": 0, "4:2:0": 2}
 DRAFT_REDUCING_GAP = 2.0  # DCT-scale only while the decoded image stays >= 2x the target
 PROVENANCE_PREFIX = "imagenet-pipeline "  # JPEG comment: prefix + {"source","width","height"}
-# Files treated as images in folders and tars (every command); anything else (README, .txt) is
-# skipped.
-IMAGE_SUFFIXES = frozenset(
-    {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
 
 
 class BadImage(Exception):
@@ -267,12 +262,3 @@ def read_provenance(image: Image.Image) -> dict | None:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def is_image_file(name: str) -> bool:
-    """True for names that look like images (by suffix, case-insensitive); hidden files never
-    are."""
-    if name.startswith("."):
-        return False
-    dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in IMAGE_SUFFIXES

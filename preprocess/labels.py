@@ -29,13 +29,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from preprocess.errors import UserError
-from preprocess.synsets import (
-    devkit_id_to_wnid,
-    find_synset_mapping,
-    is_wnid,
-    read_class_list,
-)
+from core.classes import find_synset_mapping, is_wnid, read_class_list
+from core.errors import UserError
+from preprocess.devkit import devkit_id_to_wnid
 
 LabelFormat = Literal["devkit-tar", "devkit-dir", "devkit-files", "kaggle", "caffe"]
 
@@ -285,7 +281,7 @@ def read_devkit_tar_members(path: Path) -> tuple[bytes, str]:
 def devkit_class_names(path: Path) -> dict[str, str]:
     """WNID → words of the 1000 leaf classes from a devkit tarball, folder or meta.mat, sorted by
     WNID."""
-    from preprocess.synsets import devkit_meta
+    from preprocess.devkit import devkit_meta
 
     path = Path(path)
     if path.is_dir():

@@ -19,8 +19,8 @@ import logging
 import re
 from pathlib import Path
 
-from preprocess.errors import UserError
-from preprocess.manifest import ShardEntry, shard_name, write_both_splits_info
+from core.errors import UserError
+from core.shard_format import ShardEntry, shard_name, write_both_splits_info
 from preprocess.shards import PLAN_NAME, build_manifest, read_plan, write_split_metadata
 
 logger = logging.getLogger(__name__)

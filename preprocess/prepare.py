@@ -45,7 +45,7 @@ Writes, under DST:
 Other datasets (docs/datasets.md): CIFAR-10/100 (`cifar-10-python.tar.gz`,
 `cifar-100-python.tar.gz`; `--dataset cifar100-coarse` for the 20 superclasses) and MNIST,
 Fashion-MNIST, KMNIST (the four IDX files) are read as downloaded; their test split becomes
-val, class k is folder `n%08d` (preprocess/synsets.py `class_wnid`) with the real names in the
+val, class k is folder `n%08d` (`core.classes.class_wnid`) with the real names in the
 manifest, and their images keep their size (32 / 28 px) unless --short-side says otherwise, as
 near-lossless quality 100, 4:4:4 JPEGs (`default_options`; the bounds are in docs/datasets.md).
 Subsets of any of them (preprocess/subsets.py): --classes, --random-classes, --train-per-class,
@@ -68,11 +68,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.classes import SYNSET_MAPPING_NAME, find_synset_mapping
+from core.errors import UserError
+from core.fileio import atomic_write_text, file_names, list_dir
+from core.imagefiles import is_image_file
+from core.shard_format import SPLITS, write_both_splits_info
 from preprocess import sources
-from preprocess.errors import UserError
-from preprocess.fileio import atomic_write_text, file_names, list_dir
-from preprocess.images import SUBSAMPLING, is_image_file
-from preprocess.manifest import SPLITS, write_both_splits_info
+from preprocess.images import SUBSAMPLING
 from preprocess.progress import add_workers_argument, rate
 from preprocess.resize import (
     DEFAULT_OPTIONS,
@@ -87,7 +89,6 @@ from preprocess.resize import (
 from preprocess.shards import ShardSummary, write_shards
 from preprocess.slices import add_slice_arguments, resolve_slice
 from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset
-from preprocess.synsets import SYNSET_MAPPING_NAME, find_synset_mapping
 
 logger = logging.getLogger(__name__)
 

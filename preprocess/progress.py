@@ -31,7 +31,7 @@ def resolve_workers(workers: int | None) -> int:
     if workers is None:
         return default_workers()
     if workers < 1:
-        from preprocess.errors import UserError
+        from core.errors import UserError
 
         raise UserError(f"--workers must be >= 1, got {workers}")
     return workers

@@ -12,7 +12,7 @@ DST mirrors SRC's relative layout (class folders or flat) with the extension `.J
   record are written only after os.sync(), so a record never vouches for bytes still in the
   page cache. (An fsync per image cost 15% of single-core throughput here: docs/BENCHMARKS.md.)
   Temp files are `.{name}.{pid}.resize-tmp` in the output's own folder, renamed with os.replace
-  (preprocess/fileio.py); their leading dot keeps them from ever being read as outputs, and a
+  (core/fileio.py); their leading dot keeps them from ever being read as outputs, and a
   rerun deletes stale ones left by kill -9.
 - Bad inputs (zero bytes, truncated, not an image) are listed as `source<TAB>reason` in
   DST/resize_errors.txt (one file per task for Slurm slices), counted in the summary, and make
@@ -48,15 +48,16 @@ from typing import Any
 
 import numpy as np
 
-from preprocess.errors import UserError
-from preprocess.fileio import (
+from core.errors import UserError
+from core.fileio import (
     atomic_output,
     atomic_write_text,
     remove_stale_temps,
     walk_files,
     write_atomic,
 )
-from preprocess.images import SUBSAMPLING, BadImage, is_image_file, resize_image, resize_pixels
+from core.imagefiles import is_image_file
+from preprocess.images import SUBSAMPLING, BadImage, resize_image, resize_pixels
 from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice

@@ -49,35 +49,37 @@ from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
-from preprocess.errors import UserError
-from preprocess.fileio import atomic_output, atomic_write_text, file_names, remove_stale_temps
-from preprocess.images import is_image_file, read_provenance
-from preprocess.manifest import (
+from core.classes import find_class_names, folder_classes
+from core.classes import read_class_list as read_class_list_file
+from core.errors import UserError
+from core.fileio import atomic_output, atomic_write_text, file_names, remove_stale_temps
+from core.imagefiles import is_image_file
+from core.shard_format import (
     MANIFEST_NAME,
     SHARD_PATTERN,
     SPLITS,
     TIMM_INFO_NAME,
+    IndexMember,
     Manifest,
     ShardEntry,
     dali_index_name,
+    format_dali_index,
     read_manifest,
     shard_name,
     write_manifest,
     write_timm_info,
 )
+from preprocess.images import read_provenance
 from preprocess.parallel import run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
 from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
-from preprocess.synsets import find_class_names, folder_classes
-from preprocess.synsets import read_class_list as read_class_list_file
 
 logger = logging.getLogger(__name__)
 
 PLAN_NAME = ".shard_plan.json"
 PLAN_VERSION = 1
 TEMP_SUFFIX = ".shard-tmp"
-DALI_INDEX_VERSION = "v1.2"
 MEMBER_EXTENSIONS = ("jpg", "cls", "json")  # member order inside each sample
 
 
@@ -398,7 +400,7 @@ def write_shard(
     entry = shard_is_complete(dst, tar_name, len(samples), plan_digest)
     if entry is not None:
         return ShardResult(index, entry, counts, skipped=True)
-    index_lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
+    index_samples: list[tuple[IndexMember, ...]] = []
     errors: list[tuple[str, str]] = []
     try:
         # `.{tar}.{pid}.shard-tmp`, fsynced on exit: on disk before the name (and the record)
@@ -421,14 +423,16 @@ def write_shard(
                             // tarfile.BLOCKSIZE
                             * tarfile.BLOCKSIZE
                         )
-                        parts.append(f"{name.rsplit('.', 1)[1]} {data_offset} {len(data)} {name}")
-                    index_lines.append(" ".join(parts))
+                        parts.append(
+                            IndexMember(name.rsplit(".", 1)[1], data_offset, len(data), name)
+                        )
+                    index_samples.append(tuple(parts))
             if errors:
                 raise _BadInputs  # no tar: atomic_output removes the temp
             handle.flush()
             size = os.fstat(handle.fileno()).st_size
             sha256 = _handle_sha256(handle)
-            atomic_write_text(dst / dali_index_name(tar_name), "\n".join(index_lines) + "\n")
+            atomic_write_text(dst / dali_index_name(tar_name), format_dali_index(index_samples))
             os.fchmod(handle.fileno(), 0o644)  # tars are read by other users' jobs too
     except _BadInputs:
         return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from preprocess.errors import UserError
+from core.errors import UserError
 
 
 def _env_int(name: str) -> int | None:

@@ -27,11 +27,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from preprocess.errors import UserError
-from preprocess.fileio import file_names
+from core.classes import read_class_list
+from core.errors import UserError
+from core.fileio import file_names
 from preprocess.labels import read_val_labels, val_stem
 from preprocess.progress import progress_bar
-from preprocess.synsets import read_class_list
 
 logger = logging.getLogger(__name__)
 

@@ -54,10 +54,17 @@ from typing import IO, Any, Literal
 import numpy as np
 from PIL import Image
 
+from core.classes import (
+    class_wnid,
+    find_synset_mapping,
+    folder_classes,
+    is_wnid,
+    read_synset_mapping,
+)
+from core.errors import UserError
+from core.fileio import list_dir as _list_dir
+from core.imagefiles import IMAGE_SUFFIXES
 from preprocess import cifar, idx
-from preprocess.errors import UserError
-from preprocess.fileio import list_dir as _list_dir
-from preprocess.images import IMAGE_SUFFIXES  # what counts as an image, one definition
 from preprocess.labels import (
     detect_label_format,
     devkit_class_names,
@@ -67,13 +74,6 @@ from preprocess.labels import (
 )
 from preprocess.shards import sample_key  # the key a shard stores: what a subset records
 from preprocess.subsets import Subset, selection_record
-from preprocess.synsets import (
-    class_wnid,
-    find_synset_mapping,
-    folder_classes,
-    is_wnid,
-    read_synset_mapping,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from preprocess.errors import UserError
-from preprocess.synsets import is_wnid, read_class_list
+from core.classes import is_wnid, read_class_list
+from core.errors import UserError
 
 SUBSET_VERSION = 1
 

@@ -38,15 +38,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from preprocess.errors import UserError
-from preprocess.fileio import file_names, list_dir
-from preprocess.images import is_image_file
-from preprocess.manifest import (
+from core.errors import UserError
+from core.fileio import file_names, list_dir
+from core.imagefiles import is_image_file
+from core.shard_format import (
+    DALI_INDEX_VERSION,
     MANIFEST_NAME,
     SHARD_PATTERN,
     ManifestError,
     ShardEntry,
     dali_index_name,
+    read_dali_index,
     read_manifest,
 )
 from preprocess.parallel import iter_chunks, run_bounded
@@ -98,51 +100,19 @@ def _check_image(data: bytes, short_side: int | None, only_shrink: bool = False)
 def _check_index(
     directory: Path, entry: ShardEntry, offsets: dict[str, tuple[int, int]]
 ) -> list[str]:
+    """The shard's DALI index against the tar's own member offsets; [] when they agree."""
+    try:
+        index = read_dali_index(directory / entry.name, entry.count)
+    except ManifestError as err:
+        return [str(err)]
     path = directory / dali_index_name(entry.name)
-    if not path.is_file():
-        return [
-            f"{path}: DALI index missing: re-run `preprocess shard` (it rewrites incomplete shards)"
-        ]
-    lines = path.read_text().splitlines()
-    header = lines[0].split() if lines else []
-    if (
-        len(header) != 2
-        or header[0] != "v1.2"
-        or header[1] != str(entry.count)
-        or len(lines) - 1 != entry.count
-    ):
-        return [
-            (
-                f"{path}: header {lines[0] if lines else ''!r} / {len(lines) - 1} sample lines, "
-                f"expected 'v1.2 {entry.count}'"
-            )
-        ]
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if (
-            not fields
-            or len(fields) % 4
-            or not all(
-                fields[start + 1].isdigit() and fields[start + 2].isdigit()
-                for start in range(0, len(fields), 4)
-            )
-        ):
-            return [
-                (
-                    f"{path}:{number}: corrupted line {line[:80]!r}, "
-                    f"expected 'ext offset size name' per member: "
-                    f"re-run `preprocess shard` after deleting {path}"
-                )
-            ]
-        for start in range(0, len(fields), 4):
-            _, offset, size, name = fields[start : start + 4]
-            if offsets.get(name) != (int(offset), int(size)):
-                return [
-                    (
-                        f"{path}: {name} at offset {offset} size {size}, "
-                        f"but the tar has {offsets.get(name)}"
-                    )
-                ]
+    if index.version != DALI_INDEX_VERSION:
+        return [f"{path}: version {index.version}, expected {DALI_INDEX_VERSION}: re-shard"]
+    for members in index.samples:
+        for member in members:
+            if offsets.get(member.name) != (member.offset, member.size):
+                where = f"{member.name} at offset {member.offset} size {member.size}"
+                return [f"{path}: {where}, but the tar has {offsets.get(member.name)}"]
     return []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("preprocess", "pipeline", "launch", "tools")
+PACKAGES = ("core", "preprocess", "pipeline", "launch", "tools")
 
 
 def module_name(path: Path) -> str:
@@ -96,8 +96,12 @@ def test_the_cycle_finder_finds_a_cycle_that_is_there():
 @pytest.mark.parametrize(
     ("importer", "forbidden"),
     [
+        ("core", ("preprocess", "pipeline", "launch", "tools")),  # what every stage stands on
         ("preprocess", ("pipeline", "launch", "tools")),  # the first stage stands alone
-        ("pipeline", ("tools",)),  # the library never imports its demo or benchmarks
+        # the library never imports its demo or benchmarks, and shares with preprocess only what
+        # lives in core (the shard format included)
+        ("pipeline", ("tools", "preprocess")),
+        ("launch", ("preprocess", "tools")),
         ("pipeline.tracking", ("pipeline.train",)),
         ("pipeline.data", ("pipeline.train", "pipeline.tracking", "pipeline.models")),
         ("pipeline.models", ("pipeline.data", "pipeline.train")),
@@ -134,3 +138,32 @@ def test_architecture_md_has_a_line_for_every_module():
             if not any(name in text for name in names):
                 missing.append(f"{package}/{relative}")
     assert missing == []
+
+
+def test_core_imports_neither_torch_nor_any_stage():
+    """core is what preprocess stands on, and preprocess never imports torch."""
+    heavy = ("torch", "torchvision", "nvidia", "webdataset", "wandb")
+    offending = []
+    for path in sorted((REPO / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offending += [f"{path.name}: {n}" for n in names if n.split(".")[0] in heavy]
+    assert offending == []
+
+
+def test_importing_the_trainer_loads_nothing_of_preprocess():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.train, pipeline.train.trainer, pipeline.data;"
+        "print(sorted(m for m in sys.modules if m == 'preprocess' or m.startswith('preprocess.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from preprocess.logs import configure_logging
+from core.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from preprocess.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from preprocess.images import is_image_file
-from preprocess.logs import configure_logging
+from core.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from core.imagefiles import is_image_file
+from core.logs import configure_logging
 from preprocess.progress import default_workers
 from preprocess.resize import ResizeOptions, resize_folder
 

@@ -42,10 +42,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from core.shard_format import read_manifest
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.models import ALEXNET_VARIANTS, check_arch, check_input_sizes
-from preprocess.manifest import read_manifest
 from tools.demo_data import build_demo_raw
 
 Backend = Literal["folder", "wds", "dali"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from preprocess.logs import configure_logging
+from core.logs import configure_logging
 from preprocess.subsets import BUILTIN_CLASS_LISTS
 
 logger = logging.getLogger(__name__)

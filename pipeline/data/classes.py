@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.classes import find_class_names
+from core.shard_format import MANIFEST_NAME, ManifestError, read_manifest
 from pipeline.config import Config
 from pipeline.data.base import ClassList, split_directory
 from pipeline.data.files import class_folder_names
 from pipeline.errors import LoaderError
-from preprocess.manifest import MANIFEST_NAME, ManifestError, read_manifest
-from preprocess.synsets import find_class_names
 
 
 def resolve_classes(cfg: Config) -> ClassList:

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.shard_format import MANIFEST_NAME, dali_index_name
 from pipeline.config import Config
 from pipeline.data.base import ClassList, Loader, check_same_classes
 from pipeline.data.files import PathTable, list_class_folders
@@ -56,7 +57,6 @@ from pipeline.data.plans import IndexPlan, ShardReadPlan, open_manifest
 from pipeline.data.transforms import Augmentation, train_resolution
 from pipeline.distributed import DistInfo
 from pipeline.errors import LoaderError
-from preprocess.manifest import MANIFEST_NAME, dali_index_name
 
 logger = logging.getLogger(__name__)
 

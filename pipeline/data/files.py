@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.classes import folder_classes
+from core.errors import UserError
+from core.imagefiles import IMAGE_SUFFIXES
+from core.shard_format import MANIFEST_NAME
 from pipeline.errors import LoaderError
-from preprocess.errors import UserError
-from preprocess.images import IMAGE_SUFFIXES
-from preprocess.manifest import MANIFEST_NAME
-from preprocess.synsets import folder_classes
 
 # the suffixes preprocessing reads (lower case): one definition, so a folder prepare accepted loads
 # here too

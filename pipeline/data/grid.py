@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from core.grid import render_grid
 from pipeline.data.transforms import denormalize
-from preprocess.grid import render_grid
 
 
 def save_batch_grid(

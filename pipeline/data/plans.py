@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.shard_format import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
 from pipeline.errors import LoaderError
-from preprocess.manifest import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
 
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -40,6 +40,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
@@ -53,12 +54,8 @@ from pipeline.data.transforms import (
     train_resolution,
 )
 from pipeline.distributed import DistInfo
-from preprocess.manifest import dali_index_name
 
 logger = logging.getLogger(__name__)
-
-
-TAR_BLOCK = 512  # bytes of a tar member header
 
 
 def sample_offset(tar_path: str, sample: int) -> int:
@@ -66,21 +63,22 @@ def sample_offset(tar_path: str, sample: int) -> int:
     to the tar; 0 (read from the start) when the index is missing or disagrees with the tar."""
     path = Path(tar_path)
     try:
-        lines = path.with_name(dali_index_name(path.name)).read_text().splitlines()
-        version, fields = lines[0].split()[0], lines[1 + sample].split()
-        width = (
-            4 if version >= "v1.2" else 3
-        )  # v1.2 lines are (ext, offset, size, file name) per member
-        members = [fields[start : start + width] for start in range(0, len(fields), width)]
-        first = min(members, key=lambda member: int(member[1]))
-        offset = int(first[1]) - TAR_BLOCK  # a member's data follows its 512-byte header
+        index = read_dali_index(path)
+        first = min(index.samples[sample], key=lambda member: member.offset)
         with open(path, "rb") as handle:
-            handle.seek(offset)
+            handle.seek(first.header_offset)
             header = tarfile.TarInfo.frombuf(handle.read(TAR_BLOCK), "utf-8", "surrogateescape")
-    except (OSError, IndexError, ValueError, tarfile.TarError):
+    except (ManifestError, OSError, IndexError, ValueError, tarfile.TarError):
         return 0
-    name_matches = header.name == first[3] if width == 4 else header.name.endswith("." + first[0])
-    return offset if offset > 0 and name_matches and header.size == int(first[2]) else 0
+    if first.name is not None:
+        name_matches = header.name == first.name
+    else:
+        name_matches = header.name.endswith("." + first.extension)
+    return (
+        first.header_offset
+        if first.header_offset > 0 and name_matches and header.size == first.size
+        else 0
+    )
 
 
 def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:

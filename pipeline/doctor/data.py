@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config, replace
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.base import split_directory
@@ -40,7 +41,6 @@ from pipeline.data.plans import open_manifest
 from pipeline.distributed import DistInfo
 from pipeline.doctor.report import Check
 from pipeline.errors import UserError, first_line
-from preprocess.manifest import MANIFEST_NAME
 
 MB = 1e6
 READ_CHUNK = 8 * 2**20

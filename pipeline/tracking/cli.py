@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from core.logs import configure_logging
 from pipeline import checkpoint as ckpt
 from pipeline.config import load_config
 from pipeline.data import build_loader
@@ -24,7 +25,6 @@ from pipeline.models import build_model
 from pipeline.precision import build_autocast, resolve_precision
 from pipeline.tracking.history import METRICS_FILE, read_wandb_history
 from pipeline.tracking.plots import plot_curves, save_prediction_grid
-from preprocess.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 

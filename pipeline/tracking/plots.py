@@ -64,7 +64,7 @@ def save_prediction_grid(
     images, labels, predictions, class_names: list[str], path: Path, max_images: int = 32
 ) -> Path:
     """Val images captioned 'ok|WRONG: predicted / true' class names."""
-    from preprocess.grid import render_grid
+    from core.grid import render_grid
 
     count = min(len(images), max_images)
     pictures: list[np.ndarray] = []

@@ -65,7 +65,7 @@ def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garb
 
 
 def test_the_folder_backend_lists_every_suffix_preprocessing_reads_gif_included(tmp_path):
-    from preprocess.images import IMAGE_SUFFIXES
+    from core.imagefiles import IMAGE_SUFFIXES
 
     folder = tmp_path / "train" / "n01440764"
     folder.mkdir(parents=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.classes import is_wnid, read_synset_mapping
 from preprocess.labels import load_val_labels
-from preprocess.synsets import is_wnid, read_synset_mapping
 from tools.demo_data import (
     DEMO_WNIDS,
     SYNSET_MAPPING_PATH,

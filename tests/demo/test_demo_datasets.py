@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.manifest import read_manifest
+from core.shard_format import read_manifest
 from tools.demo import EXPECTED_ARTEFACTS, find_artefacts, main
 
 # the official-format fixtures live beside the preprocess tests

@@ -8,8 +8,8 @@ from pathlib import Path
 from imagefixtures import generated_jpeg
 from stderr_lines import problem_lines
 
+from core.shard_format import dali_index_name, shard_name
 from preprocess.cli import main
-from preprocess.manifest import dali_index_name, shard_name
 
 
 def _one_line_error(capsys) -> str:
@@ -93,8 +93,8 @@ def test_prepare_onto_a_file_is_one_line(tmp_path, capsys):
 def test_a_broken_manifest_is_a_user_error_and_exits_2_with_one_line(
     class_folders, tmp_path, capsys
 ):
-    from preprocess.errors import EXIT_USAGE, UserError
-    from preprocess.manifest import ManifestError
+    from core.errors import EXIT_USAGE, UserError
+    from core.shard_format import ManifestError
 
     assert issubclass(ManifestError, UserError)
     out = _shards(class_folders, tmp_path)

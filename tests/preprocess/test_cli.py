@@ -6,8 +6,8 @@ import pytest
 from imagefixtures import make_class_folders
 from PIL import Image
 
+from core.errors import UserError
 from preprocess.cli import COMMANDS, main
-from preprocess.errors import UserError
 from preprocess.shards import write_shards
 from preprocess.slices import in_slice, resolve_slice
 
@@ -90,7 +90,7 @@ def test_grid_writes_a_labelled_png_from_shards_and_from_folders(tmp_path, capsy
 def test_render_grid_rejects_mismatched_captions(tmp_path):
     import numpy as np
 
-    from preprocess.grid import render_grid
+    from core.grid import render_grid
 
     with pytest.raises(ValueError, match="2 images but 1 captions"):
         render_grid([np.zeros((8, 8, 3), np.uint8)] * 2, ["one"], tmp_path / "x.png")
@@ -118,8 +118,8 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_grid_reads_samples_through_the_dali_index_or_by_scanning_the_tar_alike(tmp_path):
+    from core.shard_format import dali_index_name
     from preprocess.grid import read_shard_samples
-    from preprocess.manifest import dali_index_name
 
     src = tmp_path / "folders"
     make_class_folders(src, per_class=3)

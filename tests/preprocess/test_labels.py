@@ -24,13 +24,14 @@ from rawfixtures import (
     write_synset_mapping,
 )
 
-from preprocess.errors import UserError
+from core.classes import find_class_names, folder_classes, read_synset_mapping
+from core.errors import UserError
+from preprocess.devkit import devkit_meta
 from preprocess.labels import (
     detect_label_format,
     devkit_class_names,
     load_val_labels,
 )
-from preprocess.synsets import devkit_meta, find_class_names, folder_classes, read_synset_mapping
 
 VAL = plan_val(DEFAULT_WNIDS, per_class=3)  # stem → WNID, 12 files, classes interleaved
 EXPECTED = {f"{stem}.JPEG": wnid for stem, wnid in VAL.items()}

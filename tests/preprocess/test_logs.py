@@ -6,7 +6,7 @@ import io
 import logging
 import sys
 
-from preprocess.logs import StderrHandler, configure_logging
+from core.logs import StderrHandler, configure_logging
 
 
 def test_the_handler_writes_to_the_stderr_of_the_moment_never_a_closed_one(monkeypatch):

@@ -10,8 +10,8 @@ from imagefixtures import tree_digest
 from rawfixtures import build_folder_layout, build_ilsvrc_tars, build_kaggle_layout
 from stderr_lines import problem_lines
 
+from core.shard_format import read_manifest
 from preprocess.cli import main
-from preprocess.manifest import read_manifest
 
 
 def published(directory: Path) -> dict[str, str]:

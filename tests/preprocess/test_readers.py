@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 from smallfixtures import build_cifar
 
+from core.shard_format import read_manifest
 from preprocess.cli import main
-from preprocess.manifest import read_manifest
 from preprocess.sources import iter_raw_images
 from tools.demo import prepare_command
 from tools.demo_data import DEMO_WNIDS, build_demo_raw

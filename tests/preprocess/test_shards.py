@@ -13,8 +13,8 @@ import pytest
 from imagefixtures import generated_jpeg, make_class_folders, tree_digest
 from stderr_lines import problem_lines
 
+from core.shard_format import dali_index_name, read_manifest, shard_name
 from preprocess.cli import main
-from preprocess.manifest import dali_index_name, read_manifest, shard_name
 from preprocess.shards import PLAN_NAME, build_plan, write_shards
 
 CLASSES = ("n01440764", "n01443537", "n01484850")

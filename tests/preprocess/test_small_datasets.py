@@ -26,9 +26,9 @@ from PIL import Image
 from smallfixtures import build_cifar, build_idx
 from stderr_lines import problem_lines
 
+from core.classes import class_wnid, read_synset_mapping
+from core.shard_format import read_manifest
 from preprocess.cli import main
-from preprocess.manifest import read_manifest
-from preprocess.synsets import class_wnid, read_synset_mapping
 from tools.official_formats import CIFAR10_NAMES, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES
 
 DEFAULT_MAX_ERROR = 4  # quality 100, 4:4:4 on photo crops

@@ -21,7 +21,7 @@ from rawfixtures import (
     write_kaggle_csv,
 )
 
-from preprocess.errors import UserError
+from core.errors import UserError
 from preprocess.sources import detect_layout, iter_raw_images, raw_class_names, raw_classes
 
 BUILDERS = {

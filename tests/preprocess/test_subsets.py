@@ -17,8 +17,8 @@ from imagefixtures import tree_digest
 from rawfixtures import build_folder_layout, build_ilsvrc_tars, pick_wnids
 from stderr_lines import problem_lines
 
+from core.shard_format import read_manifest
 from preprocess.cli import main
-from preprocess.manifest import read_manifest
 from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset
 
 WNIDS = pick_wnids(12)

@@ -7,8 +7,8 @@ import json
 
 from imagefixtures import generated_jpeg, make_class_folders
 
+from core.shard_format import read_manifest, shard_name
 from preprocess.cli import main
-from preprocess.manifest import read_manifest, shard_name
 from preprocess.resize import ResizeOptions, resize_folder
 from preprocess.shards import write_shards
 

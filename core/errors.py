@@ -1,13 +1,13 @@
 """The one root of every error a user can cause, and the exit codes the CLIs report them with.
 
-    from preprocess.errors import EXIT_USAGE, UserError
+    from core.errors import EXIT_USAGE, UserError
     raise UserError(f"--shard-size must be >= 1, got {shard_size}")
 
 `UserError` is the root for the whole project: preprocess raises it (and `ManifestError`, its
-subclass, for shard directories), and the user-facing errors of pipeline/ and launch/ derive
-from it. Every entry point prints one as a single line on stderr and exits EXIT_USAGE; any
-other exception is a bug and keeps its traceback. A bad input image is not one of these: see
-`preprocess.images.BadImage`.
+subclass in core.shard_format, for shard directories), and the user-facing errors of pipeline/
+and launch/ derive from it. Every entry point prints one as a single line on stderr and exits
+EXIT_USAGE; any other exception is a bug and keeps its traceback. A bad input image is not one
+of these: see `preprocess.images.BadImage`.
 """
 
 EXIT_USAGE = 2  # bad input: one line on stderr says what was received, expected, and what to do

@@ -1,24 +1,21 @@
-"""Class lists: LOC_synset_mapping.txt, the devkit's meta.mat, and class folder names.
+"""Class lists: LOC_synset_mapping.txt, one-WNID-per-line lists, and class folder names.
 
 The class index everywhere in this project is the position of the WNID in sorted order (what
-torchvision's ImageFolder, timm and the caffe `val.txt` use). The devkit's ILSVRC2012_IDs follow
-meta.mat's own order, which is NOT sorted by WNID: `devkit_meta` returns them so that
-`preprocess.labels` can translate them, and they are never used as class indices.
+torchvision's ImageFolder, timm and the caffe `val.txt` use). The devkit's ILSVRC2012_IDs, in
+meta.mat's own order, are `preprocess.devkit`'s business and never a class index.
 
-    from preprocess.synsets import read_synset_mapping, folder_classes
+    from core.classes import read_synset_mapping, folder_classes
     names = read_synset_mapping(Path("LOC_synset_mapping.txt"))
     # {"n01440764": "tench, Tinca tinca", ...}
 """
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
-from typing import BinaryIO
 
-from preprocess.errors import UserError
-from preprocess.fileio import list_dir
+from core.errors import UserError
+from core.fileio import list_dir
 
 SYNSET_MAPPING_NAME = "LOC_synset_mapping.txt"
 WNID_PATTERN = re.compile(r"^n\d{8}$")
@@ -130,51 +127,3 @@ def folder_classes(directory: Path) -> list[str]:
             f"{directory} is not a directory: expected class folders such as {directory}/n01440764/"
         )
     return [name for name, is_dir in list_dir(directory) if is_dir]
-
-
-def devkit_meta(meta_mat: Path | BinaryIO | bytes) -> list[tuple[int, str, str]]:
-    """(ILSVRC2012_ID, WNID, words) of the leaf synsets in the devkit's `data/meta.mat`, in
-    meta.mat order.
-
-    meta.mat holds a struct array `synsets` with fields ILSVRC2012_ID, WNID, words, gloss,
-    num_children, ...; the 1000 classification classes are the leaves (num_children == 0)
-    and carry IDs 1..1000. Their order is NOT sorted by WNID.
-    """
-    import scipy.io  # imported here: scipy is only needed for devkit input
-
-    source = io.BytesIO(meta_mat) if isinstance(meta_mat, bytes) else meta_mat
-    name = str(meta_mat) if isinstance(meta_mat, (str, Path)) else "meta.mat"
-    try:
-        contents = scipy.io.loadmat(source, squeeze_me=True, struct_as_record=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"cannot read devkit meta.mat {name}: {err}") from err
-    if "synsets" not in contents:
-        raise UserError(
-            f"{name} has no 'synsets' struct: expected the ILSVRC2012 devkit's data/meta.mat"
-        )
-    synsets = contents["synsets"].reshape(-1)
-    fields = synsets.dtype.names or ()
-    missing = {"ILSVRC2012_ID", "WNID", "num_children"} - set(fields)
-    if missing:
-        raise UserError(
-            f"{name}: 'synsets' lacks fields {sorted(missing)}: "
-            "expected the ILSVRC2012 devkit's meta.mat"
-        )
-    leaves: list[tuple[int, str, str]] = []
-    for entry in synsets:
-        if int(entry["num_children"]) != 0:
-            continue
-        words = str(entry["words"]) if "words" in fields else ""
-        leaves.append((int(entry["ILSVRC2012_ID"]), str(entry["WNID"]), words))
-    if not leaves:
-        raise UserError(f"{name}: no leaf synsets (num_children == 0) found")
-    ids = [leaf[0] for leaf in leaves]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{name}: leaf ILSVRC2012_IDs are not unique")
-    return leaves
-
-
-def devkit_id_to_wnid(meta_mat: Path | BinaryIO | bytes) -> dict[int, str]:
-    """ILSVRC2012_ID → WNID for the leaf synsets: the translation the devkit's ground truth
-    needs."""
-    return {synset_id: wnid for synset_id, wnid, _ in devkit_meta(meta_mat)}

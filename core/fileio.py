@@ -1,6 +1,6 @@
 """File helpers every command shares: one lister, one atomic writer, one stale-temp remover.
 
-    from preprocess.fileio import atomic_output, list_dir, remove_stale_temps, walk_files
+    from core.fileio import atomic_output, list_dir, remove_stale_temps, walk_files
     for name, is_dir in list_dir(Path("train")): ...              # sorted, hidden entries skipped
     relatives = walk_files(Path("train"), is_image_file)         # every image below, sorted
     with atomic_output(Path("out/manifest.json"), "w") as handle: ...   # all or nothing

@@ -1,16 +1,17 @@
-"""The shard format: naming and the manifest schema, shared by the writer and every loader.
+"""The shard format: shard names, the manifest schema and the DALI index, with one writer, one
+reader, one entry type and one version rule for each, shared by the writer and every reader.
 
 This module is the one contract between `preprocess` (which writes shards) and `pipeline`
-(which reads them). It imports nothing heavier than the standard library (and preprocess's
-errors.py and fileio.py, which import only that), so loaders can use it without pulling in the
-preprocessing code, and the preprocessing CLI never imports torch.
+(which reads them): the shard writer, `verify`, `grid`, and the wds and dali backends all go
+through it. It imports nothing but the standard library and core's errors and fileio, so
+loaders use it without pulling in the preprocessing code, and preprocessing never imports torch.
 
 A shard directory holds:
 
     imagenet-{split}-{index:06d}.tar   members {key}.jpg (RGB JPEG), {key}.cls (ASCII decimal
                                        class index, sorted-WNID order), {key}.json (wnid,
                                        source name, original size)
-    imagenet-{split}-{index:06d}.idx   DALI index for that tar (tools/wds2idx format)
+    imagenet-{split}-{index:06d}.idx   DALI index for that tar (DALI's wds2idx format: `DaliIndex`)
     manifest.json                      the Manifest below
     _info.json                         timm's wds dataset-info format (`timm_info`)
 
@@ -35,8 +36,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from preprocess.errors import UserError
-from preprocess.fileio import atomic_write_text
+from core.errors import UserError
+from core.fileio import atomic_write_text
 
 Split = Literal["train", "val"]
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -45,6 +46,11 @@ MANIFEST_NAME = "manifest.json"
 TIMM_INFO_NAME = "_info.json"
 MANIFEST_VERSION = 1
 SHARD_PATTERN = re.compile(r"^imagenet-(train|val)-(\d{6})\.tar$")
+# The DALI index versions we read: DALI's wds2idx writes v1.2, whose members are
+# (ext, offset, size, name); v1.1 lists (ext, offset, size). We write v1.2 only.
+DALI_INDEX_VERSION = "v1.2"
+DALI_INDEX_FIELDS = {"v1.1": 3, "v1.2": 4}
+TAR_BLOCK = 512  # bytes of a tar member header; a member's data follows its header
 
 
 class ManifestError(UserError):
@@ -262,3 +268,118 @@ def write_both_splits_info(dst: Path) -> Path | None:
         return None
     manifests = {split: read_manifest(dst / split) for split in SPLITS}
     return write_timm_info(dst, manifests, {split: f"{split}/" for split in SPLITS})
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexMember:
+    """One member of one sample in a DALI index: where its data lies in the tar."""
+
+    extension: str  # "jpg", "cls", "json"
+    offset: int  # byte offset of the member's data (its 512-byte header precedes it)
+    size: int  # bytes of data
+    name: str | None  # the member's name in the tar (v1.2); None in v1.1 indexes
+
+    @property
+    def header_offset(self) -> int:
+        return self.offset - TAR_BLOCK
+
+
+@dataclasses.dataclass(frozen=True)
+class DaliIndex:
+    """A DALI index: per sample (in tar order), its members. `fn.readers.webdataset(index_paths=)`
+    reads the text form (`format_dali_index`); `read_dali_index` reads ours and wds2idx's."""
+
+    samples: tuple[tuple[IndexMember, ...], ...]
+    version: str = DALI_INDEX_VERSION
+
+    def sample_start(self, sample: int) -> int:
+        """Byte offset of the first tar header of sample number `sample`."""
+        return min(member.offset for member in self.samples[sample]) - TAR_BLOCK
+
+    def lines(self) -> list[str]:
+        """The per-sample lines, without the header (a per-rank index cuts and re-joins them)."""
+        return [_format_sample(members, self.version) for members in self.samples]
+
+
+def _format_sample(members: tuple[IndexMember, ...], version: str) -> str:
+    width = DALI_INDEX_FIELDS[version]
+    fields = []
+    for member in members:
+        fields += [member.extension, str(member.offset), str(member.size)]
+        if width == 4:
+            fields.append(str(member.name))
+    return " ".join(fields)
+
+
+def format_dali_index(samples: list[tuple[IndexMember, ...]], version: str = DALI_INDEX_VERSION):
+    """The text of a DALI index (header `v1.2 N`, one line per sample) over `samples`."""
+    if version not in DALI_INDEX_FIELDS:
+        raise ValueError(f"DALI index version {version!r} is not one of {list(DALI_INDEX_FIELDS)}")
+    lines = [f"{version} {len(samples)}"]
+    lines += [_format_sample(tuple(members), version) for members in samples]
+    return "\n".join(lines) + "\n"
+
+
+def parse_dali_index(text: str, source: str = "DALI index") -> DaliIndex:
+    """A DALI index from its text; ManifestError (one line, with the fix) when it is not one."""
+    lines = text.splitlines()
+    header = lines[0].split() if lines else []
+    fix = "re-run `python -m preprocess shard` to rewrite it"
+    if len(header) != 2 or header[0] not in DALI_INDEX_FIELDS or not header[1].isdigit():
+        raise ManifestError(
+            f"{source}: header {lines[0][:40] if lines else ''!r} is not a DALI index header "
+            f"('{DALI_INDEX_VERSION} COUNT', or v1.1): {fix}"
+        )
+    version, width = header[0], DALI_INDEX_FIELDS[header[0]]
+    if int(header[1]) != len(lines) - 1:
+        raise ManifestError(
+            f"{source}: header says {header[1]} samples but {len(lines) - 1} lines follow: {fix}"
+        )
+    samples = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        try:
+            if not fields or len(fields) % width:
+                raise ValueError
+            samples.append(
+                tuple(
+                    IndexMember(
+                        fields[start],
+                        int(fields[start + 1]),
+                        int(fields[start + 2]),
+                        fields[start + 3] if width == 4 else None,
+                    )
+                    for start in range(0, len(fields), width)
+                )
+            )
+        except ValueError:
+            expected = "ext offset size name" if width == 4 else "ext offset size"
+            raise ManifestError(
+                f"{source}:{number}: corrupted line {line[:80]!r}, expected '{expected}' per "
+                f"member: {fix}"
+            ) from None
+    return DaliIndex(tuple(samples), version)
+
+
+def read_dali_index(tar_path: Path, expected_count: int | None = None) -> DaliIndex:
+    """The DALI index next to `tar_path`, checked against the manifest's sample count when given;
+    ManifestError (one line naming the file and the fix) when it is missing or wrong."""
+    tar_path = Path(tar_path)
+    path = tar_path.with_name(dali_index_name(tar_path.name))
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{path}: DALI index missing next to {tar_path.name}: re-run "
+            "`python -m preprocess shard` (it rewrites incomplete shards)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: cannot read the DALI index ({err}): re-shard") from None
+    index = parse_dali_index(text, str(path))
+    if expected_count is not None and len(index.samples) != expected_count:
+        raise ManifestError(
+            f"{path}: indexes {len(index.samples)} samples but the manifest says "
+            f"{expected_count}: the index does not match the tar; re-run `python -m preprocess "
+            "shard`"
+        )
+    return index
