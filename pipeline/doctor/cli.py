@@ -36,7 +36,7 @@ from pipeline.distributed import (
     read_env,
     shutdown,
 )
-from pipeline.doctor import collectives, environment
+from pipeline.doctor import collectives, environment, probes
 from pipeline.doctor.budget import FULL, QUICK
 from pipeline.doctor.examine import examine
 from pipeline.doctor.report import Check, build_report, format_table, write_report
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     budget = QUICK if args.quick else FULL
     cuda = CudaProbe.read()  # first: torch's own CUDA warning fires only once
-    facts = environment.probe_host(cfg, cuda)
+    facts = probes.probe_host(cfg, cuda)
     try:
         dist = init_distributed(cfg.train.device, timeout_s=args.timeout, probe=cuda)
     except (RuntimeError, ValueError, UserError) as err:

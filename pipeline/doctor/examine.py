@@ -26,7 +26,7 @@ from pipeline.config import Config
 from pipeline.data import resolve_classes
 from pipeline.data.base import per_rank_batch_size
 from pipeline.distributed import DistInfo
-from pipeline.doctor import collectives, data, environment, model
+from pipeline.doctor import collectives, data, environment, model, probes
 from pipeline.doctor.budget import Budget
 from pipeline.doctor.report import Check
 from pipeline.doctor.verdict import Inputs, decide
@@ -102,7 +102,7 @@ def examine(
 def survey_run(cfg: Config, dist: DistInfo, facts: dict[str, Any]) -> Run:
     """Every rank's facts, the world they form, and the sizes every section needs: the classes
     and the per-rank batch."""
-    all_facts = gather(facts | environment.probe_device(cfg, dist), dist)
+    all_facts = gather(facts | probes.probe_device(cfg, dist), dist)
     ranks_per_node = max(1, dist.local_world_size)
     world = {
         "world_size": dist.world_size,
