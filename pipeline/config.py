@@ -3,7 +3,7 @@
     python -m pipeline.train --config configs/alexnet.yaml optim.lr=0.02 data.backend=dali
 
 Each field carries its help text as metadata (not a comment) so the README's config reference
-is generated from this file and cannot drift (`python -m pipeline.config --markdown`).
+is generated from this file and cannot drift (`python -m pipeline.config_reference --markdown`).
 An unknown section or key is an error, never ignored. The resolved config is saved with every
 run and never mutated after start-up.
 """
@@ -398,9 +398,20 @@ def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks that need no data or world size."""
-    data = config.data
+    """Cross-field checks that need no data or world size, section by section."""
     validate_schedules(config)
+    validate_data(config.data)
+    validate_train(config.train)
+    validate_optim(config.optim)
+    if config.model.freeze != "none" and not config.model.finetune:
+        raise ConfigError(
+            "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
+        )
+    validate_ddp(config)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Sizes, crop ranges and worker counts a loader can honour."""
     for name in ("global_batch_size", "train_crop", "val_resize", "val_crop"):
         if getattr(data, name) < 1:
             raise ConfigError(f"data.{name} must be positive, got {getattr(data, name)}")
@@ -420,34 +431,37 @@ def validate(config: Config) -> None:
         )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+
+
+def validate_train(train: TrainConfig) -> None:
+    """The loop's counts and intervals, the --check lengths and the seed."""
     for name in ("eval_every", "log_every"):
-        if getattr(config.train, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(config.train, name)}")
+        if getattr(train, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
     for name in ("save_every", "max_steps", "early_stop_patience"):
-        if getattr(config.train, name) < 0:
-            raise ConfigError(
-                f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}"
-            )
-    if config.train.check_overfit_steps < 1 or config.train.check_loss_tolerance <= 0:
+        if getattr(train, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(train, name)}")
+    if train.check_overfit_steps < 1 or train.check_loss_tolerance <= 0:
         raise ConfigError(
             "train.check_overfit_steps must be >= 1 and train.check_loss_tolerance > 0"
         )
-    if config.train.seed < 0:
+    if train.seed < 0:
         raise ConfigError(
-            f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}"
+            f"train.seed must be >= 0 (numpy seeds are non-negative), got {train.seed}"
         )
-    if config.optim.grad_accum_steps < 1:
-        raise ConfigError(
-            f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}"
-        )
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.train.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
-    if config.model.freeze != "none" and not config.model.finetune:
-        raise ConfigError(
-            "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
-        )
+    if train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {train.epochs}")
+
+
+def validate_optim(optim: OptimConfig) -> None:
+    if optim.grad_accum_steps < 1:
+        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {optim.grad_accum_steps}")
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+
+
+def validate_ddp(config: Config) -> None:
+    """DDP's gradient hook and buckets, and what torch's DDP cannot combine."""
     train = config.train
     if train.powersgd_rank < 1 or train.powersgd_min_elements < 0:
         raise ConfigError(
@@ -567,43 +581,3 @@ def replace(config: Config, section: str, **changes: Any) -> Config:
     values = config_to_dict(config)
     values[section].update(changes)
     return build_config(values)
-
-
-def markdown_reference() -> str:
-    """The README's config reference table, generated from the dataclasses."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for name, section_cls in SECTIONS.items():
-        for field in dataclasses.fields(section_cls):
-            default = (
-                field.default
-                if field.default is not dataclasses.MISSING
-                else field.default_factory()
-            )
-            shown = '`""`' if default == "" else f"`{default}`"
-            lines.append(f"| `{name}.{field.name}` | {shown} | {field.metadata.get('help', '')} |")
-    return "\n".join(lines) + "\n"
-
-
-README_START = "<!-- config-reference:start -->\n"
-README_END = "<!-- config-reference:end -->"
-
-
-def update_readme(path: str | Path) -> bool:
-    """Rewrite the config reference between the README's markers; True when it changed."""
-    path = Path(path)
-    text = path.read_text()
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
-    updated = text[:start] + markdown_reference() + text[end:]
-    path.write_text(updated)
-    return updated != text
-
-
-if __name__ == "__main__":
-    # python -m pipeline.config --markdown            print the reference table
-    # python -m pipeline.config --update-readme FILE  rewrite it between the README's markers
-    if sys.argv[1:2] == ["--markdown"]:
-        print(markdown_reference(), end="")
-    elif sys.argv[1:2] == ["--update-readme"] and len(sys.argv) == 3:
-        print("updated" if update_readme(sys.argv[2]) else "unchanged")
-    else:
-        print(__doc__)
