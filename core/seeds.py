@@ -5,9 +5,10 @@
     rng = random.Random(stream_seed(cfg.train.seed, Purpose.TRAIN_SAMPLE, epoch, sample))
 
 `index` is the step or the sample (whatever the stream is drawn per), `rank` the global rank, and
-`sub` a further coordinate inside one index where a purpose needs it (a worker, a micro-batch). A new random stream adds a
-`Purpose`, never a formula. So a resume, under any worker count or world size, re-derives every
-draw from the coordinates alone, and two purposes never share a stream.
+`sub` a further coordinate inside one index where a purpose needs it (a worker, a micro-batch).
+A new random stream adds a `Purpose`, never a formula. So a resume, under any worker count or
+world size, re-derives every draw from the coordinates alone, and two purposes never share a
+stream.
 
 The mixing is splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
 OOPSLA 2014) folded over the coordinates; `stream_seeds` is the same rule over a numpy array of

@@ -18,7 +18,8 @@ ours, so `dali` visits exactly the samples the other backends visit on each rank
     Nothing outside the rank's block is read.
 The pipeline is rebuilt per epoch, at the epoch's train size (`transforms.train_resolution`).
 
-Every random choice of a train sample is drawn on the host from (seed, epoch, sample) and handed
+Every random choice of a train sample is drawn on the host from (seed, epoch, sample), the
+sample's `Purpose.TRAIN_SAMPLE` stream of the one seed rule (core.seeds), and handed
 to the pipeline through fn.external_source (`TrainDraws`), never by DALI's own random operators:
 those keep one generator per batch slot, so a resumed epoch could not reproduce them without
 decoding every skipped batch. The sample is the file index (folders) or the index in the split
@@ -49,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.seeds import Purpose, stream_seed, stream_seeds, uniforms
 from pipeline.config import Config
 from pipeline.data.base import ClassList, Loader, check_same_classes
 from pipeline.data.files import PathTable, list_class_folders
@@ -88,38 +90,25 @@ def resolve_decode(requested: str, dist: DistInfo) -> str:
     return requested
 
 
-def pipeline_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params tries
 TRIVIAL_BINS = 31  # TrivialAugmentWide's magnitude bins (torchvision and DALI)
-_MASK64 = (1 << 64) - 1
 
 
-def _mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer on uint64 arrays (wrapping arithmetic): a cheap, well-mixed hash."""
-    values = values + np.uint64(0x9E3779B97F4A7C15)
-    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return values ^ (values >> np.uint64(31))
+def pipeline_seed(seed: int, epoch: int, rank: int, start_batch: int) -> int:
+    """The DALI pipeline's own seed (`Purpose.DALI_PIPELINE`, index: the first batch it reads),
+    kept to 31 bits, as before, so that any DALI version's C++ seed type holds it."""
+    return stream_seed(seed, Purpose.DALI_PIPELINE, epoch, start_batch, rank) & 0x7FFFFFFF
 
 
 def sample_uniforms(seed: int, epoch: int, samples: np.ndarray, count: int) -> np.ndarray:
-    """float64 [len(samples), count] in [0, 1): a function of (seed, epoch, sample) only.
+    """float64 [len(samples), count] in [0, 1): each sample's `Purpose.TRAIN_SAMPLE` stream, the
+    very seed the DataLoader backends' `transforms.sample_rng` starts from, read as uniforms.
 
-    Vectorized (a counter-based hash) because it runs on the thread that feeds the pipeline:
-    all of a batch's draws (`TrainDraws.columns`) cost ~11 µs per sample for batches of 64,
-    against ~28 µs for a seeded random.Random per sample as the DataLoader backends use
-    (`transforms.sample_rng`, where that cost is spread over the workers); measured on the
-    project's 2-core VM, 2026-11.
+    Vectorized (`core.seeds.stream_seeds` + `uniforms`) because it runs on the thread that feeds
+    the pipeline; a seeded random.Random per sample, as the DataLoader backends use, costs
+    ~28 µs, spread over their workers (the project's 2-core VM, 2026-11).
     """
-    key = _mix64(np.array([(seed & _MASK64)], dtype=np.uint64))
-    key = _mix64(key ^ np.uint64(epoch & _MASK64))
-    per_sample = _mix64(key ^ np.asarray(samples, dtype=np.uint64))  # [N]
-    counters = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
-    bits = _mix64(per_sample[:, None] ^ counters[None, :])  # [N, count]
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return uniforms(stream_seeds(seed, Purpose.TRAIN_SAMPLE, epoch, samples), count)
 
 
 class TrainDraws:
@@ -141,15 +130,15 @@ class TrainDraws:
         """One dense array per external_source output, first dimension the batch."""
         aug = self.aug
         extra = self.auto_aug.num_uniforms if self.auto_aug is not None else 0
-        uniforms = sample_uniforms(self.seed, self.epoch, samples, 2 * CROP_ATTEMPTS + 3 + extra)
+        draws = sample_uniforms(self.seed, self.epoch, samples, 2 * CROP_ATTEMPTS + 3 + extra)
         tries = slice(0, CROP_ATTEMPTS), slice(CROP_ATTEMPTS, 2 * CROP_ATTEMPTS)
         low, high = aug.scale
-        fraction = low + (high - low) * uniforms[:, tries[0]]
+        fraction = low + (high - low) * draws[:, tries[0]]
         log_low, log_high = np.log(aug.ratio[0]), np.log(aug.ratio[1])
-        aspect = np.exp(log_low + (log_high - log_low) * uniforms[:, tries[1]])
+        aspect = np.exp(log_low + (log_high - log_low) * draws[:, tries[1]])
         rest = 2 * CROP_ATTEMPTS
-        position = uniforms[:, rest : rest + 2]  # [N, 2]: x, y of the window, 0..1
-        flip = (uniforms[:, rest + 2] < aug.flip_prob).astype(np.int32)
+        position = draws[:, rest : rest + 2]  # [N, 2]: x, y of the window, 0..1
+        flip = (draws[:, rest + 2] < aug.flip_prob).astype(np.int32)
         columns = [
             fraction.astype(np.float32),
             aspect.astype(np.float32),
@@ -157,7 +146,7 @@ class TrainDraws:
             flip,
         ]
         if self.auto_aug is not None:
-            columns.extend(self.auto_aug.columns(uniforms[:, rest + 3 :]))
+            columns.extend(self.auto_aug.columns(draws[:, rest + 3 :]))
         return columns
 
 
@@ -673,9 +662,10 @@ class DaliShardLoader(DaliLoader):
         for number, segment in enumerate(self.plan.segments(epoch, start, count)):
             samples = np.arange(segment.skip, segment.skip + segment.take)
             if self.plan.train:
-                samples = np.random.default_rng(
-                    [self.seed, epoch, self.dist.rank, number]
-                ).permutation(samples)
+                seed = stream_seed(
+                    self.seed, Purpose.DALI_FILE_ORDER, epoch, rank=self.dist.rank, sub=number
+                )
+                samples = np.random.default_rng(seed).permutation(samples)
             order.extend((segment.path, int(sample)) for sample in samples)
         return order
 
