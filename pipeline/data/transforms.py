@@ -23,7 +23,7 @@ sampled first in original coordinates (the same algorithm and fallback as torchv
 `RandomResizedCrop.get_params`), then the JPEG is decoded with `Image.draft` at the smallest DCT
 scale (1/2, 1/4, 1/8) that keeps the box at least as large as the output, so a 0.08-area crop
 decodes a fraction of the pixels. DALI runs the same contract with its own operators
-(pipeline/data/dali.py).
+(pipeline/data/dali/graph.py).
 """
 
 from __future__ import annotations
