@@ -384,7 +384,7 @@ def summarize_decode(
         "overrides": entry["overrides"],
     }
     workers = (
-        f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali.py starts them
+        f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali/ starts them
         if entry["backend"] == "dali"
         else f"{cfg.data.num_workers} workers"
     )
