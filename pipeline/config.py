@@ -442,6 +442,10 @@ def validate(config: Config) -> None:
         )
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
+    if not 0.0 <= config.optim.label_smoothing < 1.0:  # at load: before a run dir is written
+        raise ConfigError(
+            f"optim.label_smoothing must be in [0, 1), got {config.optim.label_smoothing}"
+        )
     if config.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
     if config.model.freeze != "none" and not config.model.finetune:
