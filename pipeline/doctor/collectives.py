@@ -175,6 +175,41 @@ def bus_bandwidth(gradient_bytes: int, timing: dict[str, Any]) -> float:
     return gradient_bytes / timing["median_s"] * 2 * (size - 1) / size / GB
 
 
+def node_checks(
+    per_rank: list[dict[str, Any]], backend: str, size: int, hosts: list[str]
+) -> list[Check]:
+    """The all-reduce within each node and across nodes (skipped on one node, or when nodes hold
+    different rank counts)."""
+    main = per_rank[0]
+    if main["nodes"] == 1:
+        return [
+            Check(
+                "collectives",
+                "across nodes",
+                "skip",
+                f"one node ({hosts[0]}): the all-reduce above is within it",
+            )
+        ]
+    checks = [
+        group_check(
+            "within nodes", backend, size, [r["intra_node"] for r in per_rank], "slowest node"
+        )
+    ]
+    if "inter_node" not in main:
+        return [
+            *checks,
+            Check("collectives", "across nodes", "skip", "nodes hold different rank counts"),
+        ]
+    across = group_check(
+        "across nodes",
+        backend,
+        size,
+        [r["inter_node"] for r in per_rank],
+        "one rank per node, all local ranks at once",
+    )
+    return [*checks, across]
+
+
 def summarize_collectives(
     per_rank: list[dict[str, Any]], dist: DistInfo, hosts: list[str]
 ) -> list[Check]:
@@ -196,35 +231,7 @@ def summarize_collectives(
     if errors:
         return [Check("collectives", "all-reduce", "fail", errors[0], {"gradient_bytes": size})]
     checks = [group_check("all-reduce", backend, size, [r["world"] for r in per_rank], "all ranks")]
-    if main["nodes"] > 1:
-        checks.append(
-            group_check(
-                "within nodes", backend, size, [r["intra_node"] for r in per_rank], "slowest node"
-            )
-        )
-        if "inter_node" in main:
-            checks.append(
-                group_check(
-                    "across nodes",
-                    backend,
-                    size,
-                    [r["inter_node"] for r in per_rank],
-                    "one rank per node, all local ranks at once",
-                )
-            )
-        else:
-            checks.append(
-                Check("collectives", "across nodes", "skip", "nodes hold different rank counts")
-            )
-    else:
-        checks.append(
-            Check(
-                "collectives",
-                "across nodes",
-                "skip",
-                f"one node ({hosts[0]}): the all-reduce above is within it",
-            )
-        )
+    checks += node_checks(per_rank, backend, size, hosts)
     if "gloo_side" in main:
         checks.append(
             group_check("gloo side group", "gloo", size, [r["gloo_side"] for r in per_rank], "CPU")

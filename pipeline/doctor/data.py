@@ -303,78 +303,90 @@ def summarize_data(
 ) -> tuple[list[Check], dict[str, Any]]:
     """Rank 0's checks, and the numbers the verdict needs."""
     main = per_rank[0]
-    checks: list[Check] = []
     summary: dict[str, Any] = {"layouts": main["layouts"], "decode": {}}
+    read, summary_read = read_check(cfg, per_rank, ranks_per_node)
+    checks = [read]
+    if summary_read is not None:
+        summary["read"] = summary_read
+    for label, entry in main["decode"].items():
+        check, summary_decode = decode_check(cfg, label, entry, per_rank)
+        checks.append(check)
+        if summary_decode is not None:
+            summary["decode"][label] = summary_decode
+    return checks, summary
+
+
+def read_check(
+    cfg: Config, per_rank: list[dict[str, Any]], ranks_per_node: int
+) -> tuple[Check, dict[str, Any] | None]:
+    """The cold read of the slowest node, and the verdict's read numbers (None when a rank
+    failed)."""
     read_errors = [(rank, r["read_error"]) for rank, r in enumerate(per_rank) if "read_error" in r]
     if read_errors:
         rank, error = read_errors[0]
-        checks.append(Check("data", "read", "fail", f"rank {rank}: {error}", {"rank": rank}))
-    else:
-        nodes = node_read_rates(per_rank, ranks_per_node)
-        slowest = min(nodes, key=lambda node: node["bytes_per_s"])
-        read = main["read"]
-        unit = "shards" if read["layout"] == "shards" else "files"
-        summary["read"] = {
-            "node_bytes_per_s": slowest["bytes_per_s"],
-            "bytes_per_image": read["bytes_per_image"],
-            "layout": read["layout"],
-        }
-        values = {
-            "layout": read["layout"],
-            "directory": cfg.data.train_dir,
-            "nodes": nodes,
-            "bytes_per_image": round(read["bytes_per_image"], 1),
-            "per_rank": [
-                {k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank
-            ],
-        }
-        checks.append(
-            Check(
-                "data",
-                "read",
-                "ok",
-                f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
-                f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
-                "image)",
-                values,
-            )
-        )
-    for label, entry in main["decode"].items():
-        entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
-        failed = [(rank, e["error"]) for rank, e in enumerate(entries) if "error" in e]
-        suffix = " (configured)" if entry["configured"] else ""
-        values = {
-            k: entry[k] for k in ("backend", "decode", "directory", "configured", "overrides")
-        }
-        if failed:
-            rank, error = failed[0]
-            status = "fail" if entry["configured"] else "skip"
-            checks.append(Check("data", label, status, f"rank {rank}: {error}{suffix}", values))
-            continue
-        rates = [e["images_per_s"] for e in entries]
-        slowest = int(np.argmin(rates))
-        values |= {
-            "images_per_s_per_rank": [round(rate, 1) for rate in rates],
-            "slowest_rank": slowest,
-        }
-        summary["decode"][label] = {
-            "images_per_s": rates[slowest],
-            "configured": entry["configured"],
-            "overrides": entry["overrides"],
-        }
-        workers = (
-            f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali.py starts them
-            if entry["backend"] == "dali"
-            else f"{cfg.data.num_workers} workers"
-        )
-        checks.append(
-            Check(
-                "data",
-                label,
-                "ok",
-                f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}"
-                f"{suffix}",
-                values,
-            )
-        )
-    return checks, summary
+        return Check("data", "read", "fail", f"rank {rank}: {error}", {"rank": rank}), None
+    nodes = node_read_rates(per_rank, ranks_per_node)
+    slowest = min(nodes, key=lambda node: node["bytes_per_s"])
+    read = per_rank[0]["read"]
+    unit = "shards" if read["layout"] == "shards" else "files"
+    summary = {
+        "node_bytes_per_s": slowest["bytes_per_s"],
+        "bytes_per_image": read["bytes_per_image"],
+        "layout": read["layout"],
+    }
+    values = {
+        "layout": read["layout"],
+        "directory": cfg.data.train_dir,
+        "nodes": nodes,
+        "bytes_per_image": round(read["bytes_per_image"], 1),
+        "per_rank": [{k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank],
+    }
+    check = Check(
+        "data",
+        "read",
+        "ok",
+        f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
+        f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
+        "image)",
+        values,
+    )
+    return check, summary
+
+
+def decode_check(
+    cfg: Config, label: str, entry: dict[str, Any], per_rank: list[dict[str, Any]]
+) -> tuple[Check, dict[str, Any] | None]:
+    """One backend's decode + augment rate at the slowest rank, and the verdict's numbers for it
+    (None when a rank failed)."""
+    entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
+    failed = [(rank, e["error"]) for rank, e in enumerate(entries) if "error" in e]
+    suffix = " (configured)" if entry["configured"] else ""
+    values = {k: entry[k] for k in ("backend", "decode", "directory", "configured", "overrides")}
+    if failed:
+        rank, error = failed[0]
+        status = "fail" if entry["configured"] else "skip"
+        return Check("data", label, status, f"rank {rank}: {error}{suffix}", values), None
+    rates = [e["images_per_s"] for e in entries]
+    slowest = int(np.argmin(rates))
+    values |= {
+        "images_per_s_per_rank": [round(rate, 1) for rate in rates],
+        "slowest_rank": slowest,
+    }
+    summary = {
+        "images_per_s": rates[slowest],
+        "configured": entry["configured"],
+        "overrides": entry["overrides"],
+    }
+    workers = (
+        f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali.py starts them
+        if entry["backend"] == "dali"
+        else f"{cfg.data.num_workers} workers"
+    )
+    check = Check(
+        "data",
+        label,
+        "ok",
+        f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}{suffix}",
+        values,
+    )
+    return check, summary
