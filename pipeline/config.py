@@ -458,6 +458,8 @@ def validate_optim(optim: OptimConfig) -> None:
         raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {optim.grad_accum_steps}")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if not 0.0 <= optim.label_smoothing < 1.0:  # at load: before a run dir is written
+        raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {optim.label_smoothing}")
 
 
 def validate_ddp(config: Config) -> None:

@@ -106,7 +106,7 @@ def gradient_payload(
 ) -> int:
     """Bytes each rank hands to all-reduce per step for gradients of these shapes under `hook`
     (PowerSGD after its warm-up)."""
-    from pipeline.comm import powersgd_payload_elements  # the one copy of PowerSGD's rule
+    from pipeline.powersgd import powersgd_payload_elements  # the one copy of PowerSGD's rule
 
     elements = sum(math.prod(shape) for shape in shapes)
     if hook == "none":
@@ -348,7 +348,7 @@ def tables(
     shapes = model_shapes(name)
     model_bytes = gradient_payload(shapes, "none")
     powersgd_bytes = gradient_payload(shapes, "powersgd")
-    from pipeline.comm import compressed_shape
+    from pipeline.powersgd import compressed_shape
 
     compressed = sum(math.prod(s) for s in shapes if compressed_shape(tuple(s), 4, 1_000_000))
     fraction = compressed / (model_bytes / 4)

@@ -181,9 +181,6 @@ def test_importing_the_trainer_loads_nothing_of_preprocess():
 # The ways seeds were derived before the one seed rule (core.seeds): a formula, a list or a string
 # handed to a generator, a hash of our own. A new random stream adds a `Purpose` instead.
 OLD_SEED_DERIVATIONS = ("1_000_003", "default_rng([", 'random.Random(f"', "_mix64", "SeedSequence(")
-# Converted on another branch of issue 17 (the step and the comm hooks): the lead removes an entry
-# when that branch lands, and this test says so once the file no longer needs it.
-PENDING_SEED_CONVERSIONS = {"pipeline/train/step.py": "1_000_003", "pipeline/comm.py": "1_000_003"}
 
 
 def test_every_seed_comes_from_the_one_seed_rule():
@@ -194,8 +191,4 @@ def test_every_seed_comes_from_the_one_seed_rule():
         for pattern in OLD_SEED_DERIVATIONS
         if pattern in path.read_text()
     )
-    pending = sorted(f"{path}: {pattern}" for path, pattern in PENDING_SEED_CONVERSIONS.items())
-    assert [line for line in found if line not in pending] == [], "derive it with core.seeds"
-    assert [line for line in pending if line not in found] == [], (
-        "converted to core.seeds: remove it from PENDING_SEED_CONVERSIONS"
-    )
+    assert found == [], "derive it with core.seeds"

@@ -31,16 +31,11 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.distributed import DistInfo, side_group
+from pipeline.distributed import DistInfo, side_group, synchronize
 from pipeline.doctor.report import Check
 
 GB = 1e9
 RING_MAX_ELEMENTS = 16 * 2**20  # 64 MB of fp32 per ring message
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def start_line(group, device: torch.device) -> None:

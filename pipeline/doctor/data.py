@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config, replace
@@ -38,7 +37,7 @@ from pipeline.data import build_loader, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
 from pipeline.data.plans import open_manifest
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, synchronize
 from pipeline.doctor.report import Check
 from pipeline.errors import UserError, first_line
 
@@ -224,11 +223,6 @@ def measure_decode(cfg: Config, dist: DistInfo, candidate: Candidate, budget) ->
         del batches, loader
         gc.collect()  # DataLoader workers and DALI pipelines go now, not during the next backend
     return {"images_per_s": images / seconds, "images": images, "seconds": seconds}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
