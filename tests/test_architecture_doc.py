@@ -81,7 +81,8 @@ def problem_with(token: str, section: str | None) -> str | None:
         return None
     if token.isupper():  # a Makefile variable or an environment variable the docs name
         makefile = (REPO / "Makefile").read_text()
-        return None if token in makefile or token in definitions() else "in no Makefile or code"
+        known = token in makefile or token in definitions() or f".{token}" in definitions()
+        return None if known else "in no Makefile or code"
     if parts[0] in PACKAGES:
         for cut in range(len(parts), 0, -1):
             if module_exists(".".join(parts[:cut])):
