@@ -25,6 +25,8 @@ them.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -193,13 +195,18 @@ class RemoteDir:
     """A shard directory at a URL: its manifest, ranged reads, verified whole-shard fetches."""
 
     def __init__(
-        self, url: str, retry: RetryPolicy | None = None, block_bytes: int = 16 * MiB
+        self,
+        url: str,
+        retry: RetryPolicy | None = None,
+        block_bytes: int = 8 * MiB,
+        concurrency: int = 4,
     ) -> None:
         import fsspec  # deferred: a local run never needs it
 
         self.url = str(url).rstrip("/")
         self.retry = retry or RetryPolicy()
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes  # bytes per ranged GET: the unit of resume
+        self.concurrency = concurrency  # ranged GETs in flight per shard
         self.protocol = self.url.split("://", 1)[0].lower()
         # a fresh client per directory: the environment (AWS_ENDPOINT_URL, keys) is read now,
         # never from a client cached under other settings
@@ -215,7 +222,7 @@ class RemoteDir:
 
     def __reduce__(self):
         # DataLoader workers and spawned ranks rebuild the client (a fresh connection pool)
-        return (RemoteDir, (self.url, self.retry, self.block_bytes))
+        return (RemoteDir, (self.url, self.retry, self.block_bytes, self.concurrency))
 
     @property
     def shown_url(self) -> str:
@@ -318,13 +325,22 @@ class RemoteDir:
         return data
 
     def iter_range(self, name: str, start: int, stop: int) -> Iterator[bytes]:
-        """Blocks of [start, stop), each a ranged GET from the last good byte, retried."""
-        position = start
-        while position < stop:
-            end = min(stop, position + self.block_bytes)
-            block = self.read_range(name, position, end)
-            position = end
-            yield block
+        """Blocks of [start, stop) in order, each one ranged GET (retried, resumed from its
+        first byte), with up to `concurrency` GETs in flight ahead of the consumer."""
+        starts = range(start, stop, self.block_bytes)
+        if self.concurrency <= 1 or len(starts) <= 1:
+            for position in starts:
+                yield self.read_range(name, position, min(stop, position + self.block_bytes))
+            return
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            pending: collections.deque = collections.deque()
+            for position in starts:
+                end = min(stop, position + self.block_bytes)
+                pending.append(pool.submit(self.read_range, name, position, end))
+                if len(pending) >= self.concurrency:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def fetch_verified(
         self, entry: ShardEntry, sink: BinaryIO, restart: Callable[[], None] | None = None

@@ -74,12 +74,12 @@ def test_the_manifest_and_every_shard_come_back_byte_exact(store):
 def test_a_connection_dropped_mid_shard_resumes_with_a_range_request(store):
     remote, proxy, local = store
     entry = remote.read_manifest().shards[1]
-    proxy.add(Fault("cut", entry.name, after_bytes=5000))  # inside the second block
+    proxy.add(Fault("cut", entry.name, after_bytes=5000, range_part="bytes=0-"))
     data = fetch(remote, entry)
     assert data == (local / entry.name).read_bytes()
     ranges = [request.range for request in proxy.requests("GET", entry.name)]
-    # the cut block was asked for again from its first byte, the ones before it were not
-    assert ranges[0] == ranges[1] == f"bytes=0-{BLOCK - 1}"
+    # the cut block was asked for again from its first byte, the others once
+    assert ranges.count(f"bytes=0-{BLOCK - 1}") == 2
     assert len(ranges) == -(-entry.bytes // BLOCK) + 1
 
 
@@ -93,13 +93,14 @@ def test_a_burst_of_503s_is_retried_with_backoff(store):
 def test_503s_past_the_retry_bound_end_in_one_line_naming_the_shard_and_url(store):
     remote, proxy, _ = store
     entry = remote.read_manifest().shards[2]
-    proxy.add(Fault("status", entry.name, status=503, times=FAST.attempts))
+    proxy.add(Fault("status", entry.name, status=503, times=FAST.attempts, range_part="bytes=0-"))
     with pytest.raises(StoreError) as caught:
         fetch(remote, entry)
     message = one_line(caught.value)
     assert entry.name in message and remote.shown_url in message
     assert f"after {FAST.attempts} tries" in message and "rerun" in message
-    assert len(proxy.requests("GET", entry.name)) == FAST.attempts
+    first_block = [r for r in proxy.requests("GET", entry.name) if r.range.startswith("bytes=0-")]
+    assert len(first_block) == FAST.attempts
 
 
 def test_a_stalled_answer_times_out_and_is_retried(store):
