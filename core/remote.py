@@ -61,6 +61,17 @@ _CREDENTIAL_CODES = {
 }
 
 
+# Their DEBUG records carry the access key id, signed headers and presigned URLs: never below
+# WARNING, whatever level a user sets on the root logger.
+QUIET_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "aiohttp")
+
+
+def quiet_client_loggers() -> None:
+    for name in QUIET_LOGGERS:
+        client_logger = logging.getLogger(name)
+        client_logger.setLevel(max(client_logger.getEffectiveLevel(), logging.WARNING))
+
+
 class StoreError(UserError):
     """A shard store cannot serve what was asked: one line naming the object, the URL and the
     fix."""
@@ -203,6 +214,7 @@ class RemoteDir:
     ) -> None:
         import fsspec  # deferred: a local run never needs it
 
+        quiet_client_loggers()
         self.url = str(url).rstrip("/")
         self.retry = retry or RetryPolicy()
         self.block_bytes = block_bytes  # bytes per ranged GET: the unit of resume

@@ -56,6 +56,18 @@ def test_a_shard_is_fetched_through_the_cache_once_then_hit(s3_env, storage_shar
     assert len(s3_env.requests("GET", name)) == -(-source.manifest.shards[0].bytes // 16384)
 
 
+def test_a_shard_corrupted_once_in_transit_is_refetched_into_the_cache_whole(
+    s3_env, storage_shards, tmp_path
+):
+    source = source_at(S3_URL, tmp_path, cache_gb=1)
+    entry = source.manifest.shards[5]
+    s3_env.add(Fault("corrupt", entry.name, after_bytes=10, range_part="bytes=16384-"))
+    assert source.local_path(entry.name).read_bytes() == (storage_shards / entry.name).read_bytes()
+    assert source.stats().misses == 1
+    blocks = -(-entry.bytes // 16384)
+    assert len(s3_env.requests("GET", entry.name)) == 2 * blocks
+
+
 def test_the_cache_evicts_whole_shards_least_recently_used_within_its_bound(
     s3_env, storage_shards, tmp_path
 ):

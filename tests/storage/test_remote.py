@@ -165,7 +165,7 @@ def test_absent_or_wrong_credentials_are_one_line_and_never_logged(
         RemoteDir(s3_url(), FAST).read_manifest()
     message = one_line(caught.value)
     assert "manifest" in message and s3_url() in message and "AWS_ACCESS_KEY_ID" in message
-    secrets = (moto_s3.secret_key, "wrong-secret-wrong-secret")
+    secrets = (moto_s3.secret_key, moto_s3.access_key, "wrong-secret-wrong-secret", "AKIAWRONG")
     assert not any(secret in caplog.text or secret in message for secret in secrets)
 
 
