@@ -31,8 +31,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -220,17 +222,33 @@ class RemoteDir:
         self.block_bytes = block_bytes  # bytes per ranged GET: the unit of resume
         self.concurrency = concurrency  # ranged GETs in flight per shard
         self.protocol = self.url.split("://", 1)[0].lower()
-        # a fresh client per directory: the environment (AWS_ENDPOINT_URL, keys) is read now,
-        # never from a client cached under other settings
-        self.fs, self.root = fsspec.core.url_to_fs(
-            self.url, skip_instance_cache=True, **_storage_options(self.protocol, self.retry)
-        )
-        if hasattr(self.fs, "retries"):
-            self.fs.retries = 1  # s3fs's own retry loop: off, ours is the one
-        self.root = self.root.rstrip("/")
+        self._fs, self.root = self._connect(fsspec)
+        self._pid = os.getpid()
+        self.counter_lock = threading.Lock()  # blocks arrive on several threads
         self.bytes_read = 0  # body bytes received, retries included
         self.requests = 0  # ranged GETs and small reads sent
         self.first_byte_s: float | None = None  # first request's time to its first block
+
+    def _connect(self, fsspec):
+        # a fresh client per directory: the environment (AWS_ENDPOINT_URL, keys) is read now,
+        # never from a client cached under other settings
+        fs, root = fsspec.core.url_to_fs(
+            self.url, skip_instance_cache=True, **_storage_options(self.protocol, self.retry)
+        )
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs's own retry loop: off, ours is the one
+        return fs, root.rstrip("/")
+
+    @property
+    def fs(self):
+        """The fsspec client of this process: fsspec's async clients refuse to run after a
+        fork (a DataLoader worker), so a forked child connects anew."""
+        if self._pid != os.getpid():
+            import fsspec
+
+            self._fs, self.root = self._connect(fsspec)
+            self._pid = os.getpid()
+        return self._fs
 
     def __reduce__(self):
         # DataLoader workers and spawned ranks rebuild the client (a fresh connection pool)
@@ -254,7 +272,8 @@ class RemoteDir:
         last: BaseException | None = None
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                self.requests += 1
+                with self.counter_lock:
+                    self.requests += 1
                 return operation()
             except Exception as err:
                 kind = classify(err)
@@ -296,7 +315,8 @@ class RemoteDir:
         """A whole small object (the manifest, a DALI index)."""
         path = self.object_path(name)
         data = self._call(what, name, lambda: self.fs.cat_file(path))
-        self.bytes_read += len(data)
+        with self.counter_lock:
+            self.bytes_read += len(data)
         return data
 
     def read_manifest(self) -> Manifest:
@@ -325,9 +345,10 @@ class RemoteDir:
             name,
             lambda: self._exact(self.fs.cat_file(path, start=start, end=stop), stop - start),
         )
-        if self.first_byte_s is None:
-            self.first_byte_s = time.perf_counter() - begun
-        self.bytes_read += len(data)
+        with self.counter_lock:
+            if self.first_byte_s is None:
+                self.first_byte_s = time.perf_counter() - begun
+            self.bytes_read += len(data)
         return data
 
     @staticmethod

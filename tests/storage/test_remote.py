@@ -184,3 +184,28 @@ def test_a_sha256_check_holds_for_what_the_server_sends(storage_shards, nginx):
     entry = remote.read_manifest().shards[5]
     data = b"".join(remote.iter_range(entry.name, 0, entry.bytes))
     assert hashlib.sha256(data).hexdigest() == entry.sha256
+
+
+def _read_in_child(remote: RemoteDir, name: str, size: int, queue) -> None:
+    try:
+        queue.put(hashlib.sha256(b"".join(remote.iter_range(name, 0, size))).hexdigest())
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which fails on it
+        queue.put(repr(err))
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_client_keeps_working_in_forked_and_spawned_loader_workers(
+    start_method, s3_env, storage_shards
+):
+    import multiprocessing
+
+    remote = RemoteDir(s3_url(), FAST, block_bytes=BLOCK)
+    entry = remote.read_manifest().shards[0]
+    remote.read_range(entry.name, 0, 10)  # the parent's client is live when the worker starts
+    context = multiprocessing.get_context(start_method)
+    queue = context.Queue()
+    worker = context.Process(target=_read_in_child, args=(remote, entry.name, entry.bytes, queue))
+    worker.start()
+    digest = queue.get(timeout=120)
+    worker.join(30)
+    assert digest == entry.sha256

@@ -175,7 +175,16 @@ class ShardCache:
                     sink.seek(0)
                     sink.truncate(size)
 
-                fill(sink, restart)
+                try:
+                    fill(sink, restart)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    raise CacheTooSmallError(
+                        f"shard cache {self.directory}: the disk filled up while writing {name}: "
+                        f"set data.cache_gb below the free space of that disk, or point "
+                        "data.cache_dir at a larger one"
+                    ) from None
                 if sink.tell() != size:
                     raise AssertionError(f"{name}: filled {sink.tell()} bytes, expected {size}")
                 sink.flush()
