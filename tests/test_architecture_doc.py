@@ -71,7 +71,7 @@ def problem_with(token: str, section: str | None) -> str | None:
     """Why `token` (a backticked span of ARCHITECTURE.md) names nothing, or None if it does, or
     if it is not a code name (a command, a path pattern, a value)."""
     if token.endswith(".py") and DOTTED.match(token[:-3].replace("/", ".")):
-        candidates = [REPO / token, REPO / "tests" / token]
+        candidates = [REPO / token, *(REPO / "tests").rglob(token)]
         candidates += [REPO / section / token] if section else []
         return None if any(path.is_file() for path in candidates) else "no such file"
     if not DOTTED.match(token) or token.rsplit(".", 1)[-1] in DATA_SUFFIXES:
