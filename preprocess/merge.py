@@ -21,7 +21,8 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.shard_format import ShardEntry, shard_name, write_both_splits_info
-from preprocess.shards import PLAN_NAME, build_manifest, read_plan, write_split_metadata
+from preprocess.shard_plan import PLAN_NAME, read_plan
+from preprocess.shards import build_manifest, write_split_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
-from preprocess.shards import sample_key  # the key a shard stores: what a subset records
+from preprocess.shard_plan import sample_key  # the key a shard stores: what a subset records
 from preprocess.subsets import Subset, selection_record
 
 logger = logging.getLogger(__name__)
