@@ -76,16 +76,15 @@ from core.shard_format import SPLITS, write_both_splits_info
 from preprocess import sources
 from preprocess.images import SUBSAMPLING
 from preprocess.progress import add_workers_argument, rate
-from preprocess.resize import (
-    DEFAULT_OPTIONS,
+from preprocess.resize import resize_stream
+from preprocess.resize_records import (
     ResizeCompletion,
-    ResizeOptions,
     ResizeSummary,
     check_resize_complete,
     check_settings_match,
-    resize_stream,
     write_folder_manifest,
 )
+from preprocess.resize_worker import DEFAULT_OPTIONS, ResizeOptions
 from preprocess.shards import ShardSummary, write_shards
 from preprocess.slices import add_slice_arguments, resolve_slice
 from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset

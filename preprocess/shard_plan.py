@@ -21,7 +21,7 @@ from core.errors import UserError
 from core.fileio import file_names
 from core.imagefiles import is_image_file
 from core.shard_format import MANIFEST_NAME, SPLITS, read_manifest
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
+from preprocess.resize_records import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
 
 PLAN_NAME = ".shard_plan.json"
 

@@ -12,12 +12,12 @@ Layouts (`detect_layout`):
   (flat), RAW/LOC_val_solution.csv, RAW/LOC_synset_mapping.txt.
 - "folders": RAW/train/nXXXXXXXX/*, RAW/val/nXXXXXXXX/* (sorted), or RAW/val flat + labels.
 
-Tars are read, never extracted (preprocess/ilsvrc_tars.py): one sequential pass (tarfile stream mode "r|*", the nested
-per-class tar opened in stream mode from the outer member's file object). When a Slurm array
-splits the work (num_tasks > 1) and the tar is a regular file, the outer tar is opened
-seekable instead ("r:*"), so each task reads the headers of all members but the bytes of its
-own members only, instead of every task reading all 138 GB. Members with absolute paths or
-`..` are refused (UserError naming the member); links, folders and devices are skipped.
+Tars are read, never extracted (preprocess/ilsvrc_tars.py): one sequential pass (tarfile stream
+mode "r|*", the nested per-class tar opened in stream mode from the outer member's file object).
+When a Slurm array splits the work (num_tasks > 1) and the tar is a regular file, the outer tar
+is opened seekable instead ("r:*"), so each task reads the headers of all members but the bytes
+of its own members only, instead of every task reading all 138 GB. Members with absolute paths
+or `..` are refused (UserError naming the member); links, folders and devices are skipped.
 
 Slices: train from tars by per-class tar index, everything else by position in the sorted
 listing; item i belongs to task i % num_tasks. Slices are disjoint, their union is everything,

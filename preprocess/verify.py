@@ -53,7 +53,11 @@ from core.shard_format import (
 )
 from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, check_resize_complete
+from preprocess.resize_records import (
+    FOLDER_MANIFEST_KIND,
+    FOLDER_MANIFEST_NAME,
+    check_resize_complete,
+)
 from preprocess.shard_tars import file_sha256
 from preprocess.subsets import Subset, check_record, expected_count, keys_digest
 
