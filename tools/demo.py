@@ -108,7 +108,6 @@ class DemoOptions:
     arch: str = "alexnet"  # any model.arch; the demo config's AlexNet widths apply to AlexNets
 
 
-@dataclasses.dataclass(frozen=True)
 def prepare_command(raw: Path, prepared: Path, dataset: str = DIGITS) -> list[str]:
     """`python -m preprocess prepare RAW DST` with the demo's small sizes."""
     if dataset != DIGITS:  # the images keep their 32 / 28 px; the loader upsamples them
