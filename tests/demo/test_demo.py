@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from pipeline.tracking.history import read_wandb_history
-from tools.demo import EXPECTED_ARTEFACTS, find_artefacts, main
+from tools.demo import main
+from tools.demo_report import EXPECTED_ARTEFACTS, find_artefacts
 
 # Chance is 10 % (10 classes). The fast path reaches ~80-90 % here; 50 % is five times chance
 # and still fails loudly if the labels, the val sort or the class order were scrambled.
@@ -124,7 +125,7 @@ def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
 
 
 def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
-    from tools.demo import cause_line
+    from tools.demo_runner import cause_line
 
     output = (
         "starting\n"
@@ -184,7 +185,7 @@ def test_a_run_dir_override_is_refused_before_any_stage_runs(tmp_path, capsys):
 
 
 def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
-    from tools.demo import DemoResult, shortfalls
+    from tools.demo_report import DemoResult, shortfalls
 
     everything = {name: tmp_path / name for name in EXPECTED_ARTEFACTS}
     good = DemoResult(
