@@ -21,7 +21,7 @@ MODULE_PACKAGES = ("core", "preprocess", "pipeline", "launch", "tools")
 MAX_ORCHESTRATOR_LINES = 40
 # (module path, function name): the entry points that must read as a list of named steps
 ORCHESTRATORS = (
-    ("pipeline/doctor/cli.py", "examine"),
+    ("pipeline/doctor/examine.py", "examine"),
     ("preprocess/prepare.py", "prepare"),
     ("tools/bench_loader.py", "main"),
     ("tools/demo.py", "run_demo"),
