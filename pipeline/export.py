@@ -253,12 +253,18 @@ def write_torchscript(trained: TrainedModel, path: Path) -> None:
             f"{first_line(err)}): export --format onnx or safetensors"
         ) from None
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    with warnings.catch_warnings():
+        # torch 2.13 marks TorchScript deprecated (for torch.export); TorchServe and C++ users
+        # still load it, and the check below proves this file works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, buffer)
     path.write_bytes(buffer.getvalue())
 
 
 def run_torchscript(trained: TrainedModel, path: Path, images: torch.Tensor) -> torch.Tensor:
-    module = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # see write_torchscript
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(images)
 

@@ -90,3 +90,12 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
     assert main(tiny_args(tiny_data, run_dir, "train.epochs=1", "train.ema_decay=0.9")) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (sqlite store under tmp), shared by the session."""
+    from mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
