@@ -165,7 +165,9 @@ def predict(
     return result
 
 
-def print_predictions(trained: TrainedModel, result: PredictResult, out=sys.stdout) -> None:
+def print_predictions(trained: TrainedModel, result: PredictResult) -> None:
+    """Each image's path (and true class with --evaluate), then its top-5, one per line."""
+    out = sys.stdout  # looked up now: a caller may have swapped it since import
     for item in result.predictions:
         truth = f"  (true: {trained.class_names[item.label]})" if item.label is not None else ""
         print(f"{item.path}{truth}", file=out)
