@@ -15,6 +15,8 @@ import re
 import pytest
 from PIL import Image
 
+from pipeline.checkpoint import load_checkpoint
+from pipeline.predict import main as predict_main
 from pipeline.tracking.history import read_wandb_history
 from tools.demo import main
 from tools.demo_report import EXPECTED_ARTEFACTS, find_artefacts
@@ -84,6 +86,22 @@ def test_fast_demo_leaves_every_artefact_it_lists(fast_demo):
     # The shards the wds backend trained on, with their manifest and the mapping copied over.
     assert list((workdir / "prepared" / "train").glob("imagenet-train-*.tar"))
     assert (workdir / "prepared" / "train" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_predict_on_the_demos_val_folders_gives_the_trainers_top1_for_best_pt(fast_demo, capsys):
+    """The trainer scored best.pt over the val shards on 2 ranks; predict reads the same images
+    from the class folders, one process, through the same val transform."""
+    workdir, code, _ = fast_demo
+    assert code == 0
+    best = workdir / "run-wds-fast" / "checkpoints" / "best.pt"
+    trainer_eval = load_checkpoint(best)["last_eval"]
+    val_folders = workdir / "prepared" / "folders" / "val"
+    assert predict_main(["--checkpoint", str(best), "--evaluate", str(val_folders), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(
+        f"evaluate: val/top1={trainer_eval['val/top1']:.2f} val/top5={trainer_eval['val/top5']:.2f}"
+    ), line
 
 
 @pytest.mark.slow
