@@ -215,6 +215,15 @@ def side_group(dist: DistInfo):
     return torch_dist.new_group(backend="gloo")
 
 
+def coordination_store(dist: DistInfo) -> torch_dist.Store:
+    """The key-value store every rank reaches: the process group's (under torchrun it lives in
+    the elastic agent, so it outlives a stopped rank 0; under srun without torchrun rank 0
+    hosts it); an in-process one in a world of one. The stall watchdog publishes to it."""
+    if not dist.is_distributed:
+        return torch_dist.HashStore()
+    return torch_dist.distributed_c10d._get_default_store()
+
+
 def shutdown(dist: DistInfo) -> None:
     """Destroy the process group if this process started one."""
     if dist.is_distributed and torch_dist.is_initialized():
