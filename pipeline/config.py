@@ -263,7 +263,6 @@ class TrainConfig:
     )
     keep_last: int = _field(2, "checkpoints kept: last.pt + previous ones (checkpoints/previous/)")
     save_every_minutes: float = _field(0.0, "also write last.pt mid-epoch this often, min; 0 off")
-    record_samples: bool = _field(False, "debug: log consumed train indices, RUN_DIR/samples/")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,7 +134,8 @@ class OptimizerStep:
         else:
             lr = float(self.optimizer.param_groups[0]["lr"])
         for micro_step in range(recipe.accum):
-            self.progress.mark(Phase.DATA_WAIT, step)
+            if self.progress.phase is not Phase.START:  # START: the epoch's loader starting
+                self.progress.mark(Phase.DATA_WAIT, step)
             images, labels = next(batches)  # images: [B, 3, H, W] uint8 on the device
             self.progress.mark(Phase.FORWARD_BACKWARD)
             if micro_step == 0:

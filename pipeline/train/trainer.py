@@ -359,6 +359,7 @@ class Trainer:
             desc=f"epoch {state.epoch}",
         )
         self.meter.restart()
+        self.progress.mark(Phase.START, state.step)  # the loader's workers start: more time
         batches = self.meter.log_every(loader)  # times the wait for every batch
         if sanity_grid:
             batches = self.write_sanity_grid(batches)

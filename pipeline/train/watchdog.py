@@ -44,7 +44,7 @@ VERDICT_KEY = "watchdog/verdict"
 
 
 class Phase(str, enum.Enum):
-    START = "start"
+    START = "start"  # start-up, or an epoch's loader starting: allowed 3 x the timeout
     DATA_WAIT = "data_wait"
     FORWARD_BACKWARD = "forward_backward"
     ALL_REDUCE = "all_reduce"  # waiting for the other ranks: a victim, not a culprit
@@ -77,7 +77,8 @@ def judge(records: dict[int, dict], frozen_s: dict[int, float], timeout_s: float
     named = []
     waiting = []
     for rank, record in sorted(records.items()):
-        stale = record["age"] > timeout_s
+        limit = timeout_s * (3 if record["phase"] == Phase.START else 1)
+        stale = record["age"] > limit
         if frozen_s.get(rank, 0.0) > timeout_s or (stale and record["phase"] != Phase.ALL_REDUCE):
             named.append(rank)
         elif stale:
@@ -129,6 +130,7 @@ class Watchdog:
 
     def start(self) -> None:
         if self.store is not None:
+            self.progress.mark(Phase.START)
             self.publish()
             self.thread.start()
 
@@ -194,6 +196,9 @@ class Watchdog:
             faulthandler.dump_traceback(handle, all_threads=True)
         if verdict["reporter"] == self.dist.rank:
             sys.stderr.write(verdict["line"] + "\n")
+        # every live rank sees the verdict within a period: wait that long before exiting, so
+        # torchrun does not kill a rank that is still to dump its stacks
+        time.sleep(2 * self.period_s)
         for child in multiprocessing.active_children():  # loader workers, even one asleep
             child.kill()
         for stream in (sys.stdout, sys.stderr):
