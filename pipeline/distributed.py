@@ -221,7 +221,16 @@ def coordination_store(dist: DistInfo) -> torch_dist.Store:
     hosts it); an in-process one in a world of one. The stall watchdog publishes to it."""
     if not dist.is_distributed:
         return torch_dist.HashStore()
-    return torch_dist.distributed_c10d._get_default_store()
+    # its own client connection: the process group's is locked while a collective sets up
+    # connections through it, and a watchdog must not wait behind the thing it watches
+    client = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group starts clean
+    return torch_dist.PrefixStore(f"watchdog/attempt_{attempt}/", client)
 
 
 def shutdown(dist: DistInfo) -> None:
