@@ -6,6 +6,9 @@
     python -m launch --nnodes 4 --rdzv-endpoint node001:29500 --rdzv-id exp1 \
         -- -m pipeline.train --config configs/alexnet.yaml
     python -m launch --dry-run --nproc 8 -- -m pipeline.train --config ...        # print, don't run
+    # elastic: restart the group up to 3 times after a failure (it resumes from the run dir's
+    # newest good checkpoint); 2 to 4 nodes may take part
+    python -m launch --max-restarts 3 --nnodes 2:4 --rdzv-endpoint node001:29500 -- -m ...
 
 What it adds over calling torchrun directly:
   * inputs are checked first: HOST:PORT format, port range, node count, and that HOST resolves.
@@ -19,8 +22,15 @@ What it adds over calling torchrun directly:
     lets SIGUSR1 kill itself), and waits --shutdown-timeout seconds, not 30, before SIGKILL, so
     the trainer can finish its checkpoint (pipeline.train exits 75 after one).
 
-The training command replaces this process (exec), so a signal sent to it reaches torchrun
-directly; during the preflight, signals are forwarded to the preflight's torchrun.
+  * on GPUs, NCCL's async error handling and its flight recorder (dumped on a collective
+    timeout into RUN_DIR/nccl_trace/) are turned on for the workers (`worker_environment`);
+  * the exit status is 75 (EXIT_STOPPED, what slurm/train.sbatch requeues on) when every worker
+    that failed exited 75: a stop signal's checkpoint, or the stall watchdog (torchrun itself
+    exits 1 for any failed worker).
+
+torchrun runs inside this process (its `run()`, as `python -m torch.distributed.run` would), so
+a signal sent to this process reaches torchrun's handlers directly; during the preflight,
+signals are forwarded to the preflight's torchrun.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.errors import EXIT_USAGE, UserError
+from pipeline.errors import EXIT_STOPPED, EXIT_USAGE, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +67,9 @@ class LaunchError(UserError):
 @dataclasses.dataclass(frozen=True)
 class LaunchPlan:
     nproc_per_node: int  # worker processes per node (GPUs, or CPU processes with gloo)
-    nnodes: int = 1
+    nnodes: int = 1  # the most nodes (MAX of --nnodes MIN:MAX)
+    min_nodes: int = 0  # elastic: the fewest nodes to train on (0: exactly nnodes)
+    max_restarts: int = 0  # torchrun restarts the group this often after a failure
     rdzv_host: str | None = None  # first node's address; None = single-node standalone
     rdzv_port: int | None = None
     rdzv_id: str = "imagenet"  # the same on every node; distinct per concurrent job
@@ -115,12 +127,25 @@ def is_loopback(addresses: list[str]) -> bool:
     )
 
 
+def training_run_dir(payload: list[str]) -> str | None:
+    """train.run_dir of a training payload (None for other commands or a bad config)."""
+    cfg = training_config(payload)
+    return cfg.train.run_dir if cfg is not None else None
+
+
 def training_device(payload: list[str]) -> str:
     """train.device of a `-m pipeline.train` / `-m pipeline.doctor` payload (its --config and
     overrides), so the preflight tests the backend training will use; "auto" for other commands
     and for a config the trainer will reject with its own message."""
+    cfg = training_config(payload)
+    return cfg.train.device if cfg is not None else "auto"
+
+
+def training_config(payload: list[str]):
+    """The Config a training payload resolves to (its --config and overrides); None for other
+    commands and for a config the trainer will reject with its own message."""
     if len(payload) < 2 or payload[0] != "-m" or payload[1] not in TRAINING_MODULES:
-        return "auto"
+        return None
     from pipeline.config import load_config  # deferred: only a training payload needs it
 
     config, overrides, rest = None, [], payload[2:]
@@ -132,9 +157,9 @@ def training_device(payload: list[str]) -> str:
         elif not token.startswith("-") and "=" in token and "." in token.split("=", 1)[0]:
             overrides.append(token)
     try:
-        return load_config(config, overrides).train.device
+        return load_config(config, overrides)
     except UserError:
-        return "auto"
+        return None
 
 
 def count_visible_gpus() -> int:
@@ -154,8 +179,11 @@ def count_visible_gpus() -> int:
 
 def build_plan(args: argparse.Namespace) -> LaunchPlan:
     """Check the arguments and turn them into a plan; LaunchError on anything wrong."""
-    if args.nnodes < 1:
-        raise LaunchError(f"--nnodes {args.nnodes}: need at least 1 node")
+    min_nodes, nnodes = parse_nnodes(args.nnodes)
+    args.nnodes = nnodes
+    min_nodes = 0 if min_nodes == nnodes else min_nodes
+    if args.max_restarts < 0:
+        raise LaunchError(f"--max-restarts {args.max_restarts}: must be >= 0")
     if args.nproc is not None and args.nproc < 1:
         raise LaunchError(f"--nproc {args.nproc}: need at least 1 process per node")
     for name in ("rdzv_timeout", "shutdown_timeout", "preflight_timeout"):
@@ -205,14 +233,48 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
         shutdown_timeout_s=args.shutdown_timeout,
         preflight_timeout_s=args.preflight_timeout,
         device=args.device,
+        min_nodes=min_nodes,
+        max_restarts=args.max_restarts,
     )
+
+
+def parse_nnodes(text: str) -> tuple[int, int]:
+    """'N' or 'MIN:MAX' → (min nodes, max nodes); LaunchError when malformed."""
+    low, _, high = str(text).partition(":")
+    try:
+        low_count, high_count = int(low), int(high or low)
+    except ValueError:
+        raise LaunchError(f"--nnodes {text!r}: give N or MIN:MAX, e.g. --nnodes 2:4") from None
+    if low_count < 1 or high_count < low_count:
+        raise LaunchError(f"--nnodes {text}: need at least 1 node, and MIN <= MAX")
+    return low_count, high_count
+
+
+def worker_environment(device: str, run_dir: str | None, visible_gpus: int) -> dict[str, str]:
+    """The environment NCCL reads for failure handling, for a run that trains on GPUs (cuda, or
+    auto with GPUs visible); {} on the CPU. Names as torch 2.13 reads them: the TORCH_FR_*
+    names and their older TORCH_NCCL_* aliases are both set (ProcessGroupNCCL.hpp,
+    FlightRecorder.hpp). A value already in the environment wins."""
+    if device == "cpu" or (device == "auto" and visible_gpus == 0):
+        return {}
+    trace_prefix = str(Path(run_dir or ".") / "nccl_trace" / "rank_")
+    settings = {
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a failed or timed-out collective aborts
+        "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",  # flight recorder: the last 2000 collectives
+        "TORCH_FR_BUFFER_SIZE": "2000",
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",  # ... written out when a collective times out
+        "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": trace_prefix,  # one file per rank: PREFIX<rank>
+        "TORCH_FR_DUMP_TEMP_FILE": trace_prefix,
+    }
+    return {key: os.environ.get(key, value) for key, value in settings.items()}
 
 
 def build_torchrun_command(
     plan: LaunchPlan, payload: list[str], rdzv_id: str | None = None
 ) -> list[str]:
     """The torchrun command line that runs `payload` (e.g. ['-m', 'pipeline.train', ...])."""
-    command = [*TORCHRUN, f"--nnodes={plan.nnodes}", f"--nproc-per-node={plan.nproc_per_node}"]
+    nodes = f"{plan.min_nodes}:{plan.nnodes}" if plan.min_nodes else str(plan.nnodes)
+    command = [*TORCHRUN, f"--nnodes={nodes}", f"--nproc-per-node={plan.nproc_per_node}"]
     if plan.rdzv_host is None:
         command.append("--standalone")
     else:
@@ -227,8 +289,10 @@ def build_torchrun_command(
             f"--rdzv-conf=join_timeout={timeout},read_timeout={timeout}",
         ]
     command += [
-        # a restart after preemption is Slurm's (or your) job, from the checkpoint
-        "--max-restarts=0",
+        # a restart after preemption is Slurm's (or your) job, from the checkpoint; after a
+        # failed or killed worker, torchrun's with --max-restarts N (the trainer resumes from
+        # the run dir's newest good checkpoint)
+        f"--max-restarts={plan.max_restarts}",
         f"--signals-to-handle={','.join(FORWARDED_SIGNALS)}",
         f"--shutdown-timeout={plan.shutdown_timeout_s}",
         *payload,
@@ -349,7 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="processes per node (default: the visible GPUs; required on CPU)",
     )
-    parser.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
+    parser.add_argument(
+        "--nnodes", default="1", help="number of nodes, or MIN:MAX for elastic (default 1)"
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="torchrun restarts the worker group this often after a failure (default 0)",
+    )
     parser.add_argument(
         "--rdzv-endpoint",
         default="",
@@ -418,10 +490,32 @@ def main(argv: list[str] | None = None) -> int:
         status = run_preflight(plan)
         if status != 0:
             return status
+    os.environ.update(worker_environment(args.device, training_run_dir(payload), gpus_seen(args)))
     print(f"launch: {shlex.join(command)}", flush=True)
     sys.stderr.flush()
-    os.execv(command[0], command)  # torchrun replaces us: signals reach it directly
-    raise AssertionError("os.execv returned")  # pragma: no cover
+    return run_torchrun(command)
+
+
+def gpus_seen(args: argparse.Namespace) -> int:
+    """GPUs visible here, asked only when train.device=auto decides it (cuda: yes, cpu: no)."""
+    return count_visible_gpus() if args.device == "auto" else 0
+
+
+def run_torchrun(command: list[str]) -> int:
+    """torchrun's own `run()` in this process; 75 when every failed worker exited 75."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(command[len(TORCHRUN) :]))
+    except ChildFailedError as err:
+        failures = sorted(err.failures.items())
+        codes = {failure.exitcode for _, failure in failures}
+        summary = ", ".join(f"rank {rank} exit {failure.exitcode}" for rank, failure in failures)
+        status = EXIT_STOPPED if codes == {EXIT_STOPPED} else 1
+        print(f"launch: workers failed ({summary}): exit {status}", file=sys.stderr, flush=True)
+        return status
+    return 0
 
 
 if __name__ == "__main__":

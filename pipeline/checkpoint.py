@@ -8,14 +8,27 @@ A checkpoint holds only tensors and plain containers (dict/list/tuple/str/int/fl
 so `weights_only=True` loads it and loading never runs pickled code. Writes go to a temporary
 file in the same directory, are fsynced, then `os.replace`d over the target: a job killed while
 saving leaves the previous checkpoint intact.
+
+Integrity and fall-back: each file has a sidecar `NAME.pt.sha256` (JSON: sha256, bytes, step),
+written after the file; the old sidecar is removed before a file is replaced, so a kill between
+the two leaves a file with no sidecar (then "readable by torch.load" is its check), never one
+with a wrong sidecar. Before last.pt is replaced, the previous one is hard-linked into
+checkpoints/previous/step_NNNNNNNN.pt (no bytes copied); train.keep_last counts last.pt and
+those. `find_good_checkpoint` returns the newest file that passes its check and moves every one
+that fails aside as `NAME.bad-YYYYmmddTHHMMSS` (never deleted).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import pickle
 import random
 import shutil
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +40,10 @@ from pipeline.distributed import DistInfo, all_gather_ints, broadcast_object
 from pipeline.errors import CheckpointError
 
 FORMAT_VERSION = 1
+CHECKSUM_SUFFIX = ".sha256"
+PREVIOUS_DIR = "previous"  # under checkpoints/: the older good ones train.keep_last keeps
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -63,38 +80,179 @@ def remove_killed_saves(run_dir: str | Path) -> list[Path]:
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
         return []
-    return remove_stale_temps(directory, ".tmp", owned=lambda output: output.suffix == ".pt")
+    return remove_stale_temps(
+        directory, ".tmp", owned=lambda output: output.suffix in (".pt", CHECKSUM_SUFFIX)
+    )
+
+
+class _HashingWriter:
+    """A file-like that hashes what torch.save writes through it (no second read of the file)."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: Path, sha256: str, size: int, step: int | None) -> None:
+    record = {"sha256": sha256, "bytes": size, "step": step}
+    with atomic_output(checksum_path(path), "w") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_checksum(path: Path) -> dict | None:
+    """The sidecar of `path` (None when it has none or it is unreadable)."""
+    try:
+        return json.loads(checksum_path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def atomic_save(state: dict[str, Any], path: str | Path) -> Path:
-    """torch.save to a temp file beside `path`, fsync, then rename over `path`."""
+    """torch.save to a temp file beside `path`, fsync, rename over `path`, then its sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    checksum_path(path).unlink(missing_ok=True)  # never a new file beside an old sidecar
     with atomic_output(path) as handle:
-        torch.save(state, handle)
+        writer = _HashingWriter(handle)
+        torch.save(state, writer)
+    write_checksum(path, writer.digest.hexdigest(), writer.size, state.get("step"))
     fsync_directory(path.parent)
     return path
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
-    """Copy a finished checkpoint (best/epoch files) with the same temp + rename discipline."""
+    """Copy a finished checkpoint (best/epoch files) and its sidecar, temp + rename."""
+    checksum_path(target).unlink(missing_ok=True)
     with atomic_output(target) as handle, open(source, "rb") as src:
         shutil.copyfileobj(src, handle, length=16 << 20)
+    if checksum_path(source).is_file():
+        shutil.copyfile(checksum_path(source), checksum_path(target))
     fsync_directory(target.parent)
     return target
 
 
+def keep_previous(last: Path, keep_last: int) -> None:
+    """Hard-link the current last.pt (and sidecar) into previous/ before it is replaced, then
+    prune previous/ to the newest keep_last - 1."""
+    previous = last.parent / PREVIOUS_DIR
+    if keep_last > 1 and last.is_file():
+        record = read_checksum(last) or {}
+        step = record.get("step")
+        name = (
+            f"step_{step:08d}.pt"
+            if isinstance(step, int)
+            else f"mtime_{last.stat().st_mtime_ns}.pt"
+        )
+        previous.mkdir(exist_ok=True)
+        for source, target in ((last, previous / name), (checksum_path(last), None)):
+            target = target or checksum_path(previous / name)
+            if not source.is_file():
+                continue
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source, target)
+    kept = sorted(previous.glob("*.pt"), reverse=True) if previous.is_dir() else []
+    for stale in kept[max(0, keep_last - 1) :]:
+        stale.unlink(missing_ok=True)
+        checksum_path(stale).unlink(missing_ok=True)
+
+
 def save_checkpoints(
-    state: dict[str, Any], run_dir: str | Path, *, is_best: bool, epoch_file: bool
+    state: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    is_best: bool,
+    epoch_file: bool,
+    keep_last: int = 1,
 ) -> Path:
-    """Write last.pt, and copy it to best.pt and/or epoch_NNN.pt (epoch = state["epoch"])."""
+    """Write last.pt (keeping the previous one), and copy it to best.pt and/or epoch_NNN.pt
+    (epoch = state["epoch"])."""
     directory = checkpoint_dir(run_dir)
+    keep_previous(directory / "last.pt", keep_last)
     last = atomic_save(state, directory / "last.pt")
     if is_best:
         atomic_copy(last, directory / "best.pt")
     if epoch_file:
         atomic_copy(last, directory / f"epoch_{state['epoch']:03d}.pt")
     return last
+
+
+def check_integrity(path: Path) -> str | None:
+    """Why `path` is not a good checkpoint (None when it is): size and sha256 against its
+    sidecar, or, with no sidecar, whether torch.load reads it."""
+    record = read_checksum(path)
+    if record is None:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as err:
+            return str(err)
+        return None
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        return f"{size} bytes where its checksum file says {record.get('bytes')}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(16 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != record.get("sha256"):
+        return "its sha256 differs from its checksum file"
+    return None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a bad checkpoint (and its sidecar) to NAME.bad-TIMESTAMP; never deletes it."""
+    target = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, target)
+    if checksum_path(path).is_file():
+        os.replace(checksum_path(path), checksum_path(target))
+    return target
+
+
+def find_good_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest good checkpoint of run_dir (last.pt, then previous/ newest first); every bad
+    one on the way is moved aside, with one warning naming both files. None when there is none;
+    CheckpointError (one line) when every one was bad."""
+    directory = checkpoint_dir(run_dir)
+    previous = directory / PREVIOUS_DIR
+    candidates = [directory / "last.pt"]
+    candidates += sorted(previous.glob("*.pt"), reverse=True) if previous.is_dir() else []
+    bad = []
+    for candidate in (path for path in candidates if path.is_file()):
+        reason = check_integrity(candidate)
+        if reason is None:
+            if bad:
+                first, moved, why = bad[0]
+                logger.warning(
+                    "checkpoint %s failed its check (%s): moved aside to %s; resuming from %s",
+                    first,
+                    why,
+                    moved,
+                    candidate,
+                )
+            return candidate
+        bad.append((candidate, move_aside(candidate), reason))
+    if bad:
+        raise CheckpointError(
+            f"no good checkpoint in {directory}: {len(bad)} failed their check and were moved "
+            f"aside ({bad[0][0].name}: {bad[0][2]}); delete train.run_dir's checkpoints/ to "
+            "start over, or pass --resume PATH"
+        )
+    return None
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:

@@ -258,6 +258,12 @@ class TrainConfig:
     static_graph: bool = _field(
         False, "DDP static_graph: every step uses the same parameters, so DDP can skip checks"
     )
+    collective_timeout_s: float = _field(1800.0, "process-group timeout, s (nccl and gloo)")
+    stall_timeout_s: float = _field(
+        0.0, "watchdog: s without progress before a rank is named and the run exits 75; 0 off"
+    )
+    keep_last: int = _field(2, "checkpoints kept: last.pt + previous ones (checkpoints/previous/)")
+    save_every_minutes: float = _field(0.0, "also write last.pt mid-epoch this often, min; 0 off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,7 +454,7 @@ def validate_train(train: TrainConfig) -> None:
     for name in ("eval_every", "log_every"):
         if getattr(train, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
-    for name in ("save_every", "max_steps", "early_stop_patience"):
+    for name in ("save_every", "max_steps", "early_stop_patience", "stall_timeout_s"):
         if getattr(train, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(train, name)}")
     if train.check_overfit_steps < 1 or train.check_loss_tolerance <= 0:
@@ -461,6 +467,8 @@ def validate_train(train: TrainConfig) -> None:
         )
     if train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {train.epochs}")
+    if train.keep_last < 1 or train.collective_timeout_s <= 0 or train.save_every_minutes < 0:
+        raise ConfigError("train.keep_last must be >= 1, collective_timeout_s > 0, minutes >= 0")
 
 
 def validate_optim(optim: OptimConfig) -> None:

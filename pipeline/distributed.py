@@ -215,6 +215,24 @@ def side_group(dist: DistInfo):
     return torch_dist.new_group(backend="gloo")
 
 
+def coordination_store(dist: DistInfo) -> torch_dist.Store:
+    """The key-value store every rank reaches: the process group's (under torchrun it lives in
+    the elastic agent, so it outlives a stopped rank 0; under srun without torchrun rank 0
+    hosts it); an in-process one in a world of one. The stall watchdog publishes to it."""
+    if not dist.is_distributed:
+        return torch_dist.HashStore()
+    # its own client connection: the process group's is locked while a collective sets up
+    # connections through it, and a watchdog must not wait behind the thing it watches
+    client = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group starts clean
+    return torch_dist.PrefixStore(f"watchdog/attempt_{attempt}/", client)
+
+
 def shutdown(dist: DistInfo) -> None:
     """Destroy the process group if this process started one."""
     if dist.is_distributed and torch_dist.is_initialized():

@@ -50,6 +50,7 @@ def summarize_environment(
         check_devices(cfg, facts, local_world_size, init_error),
         check_precision(cfg, facts),
         check_nccl(cfg, main, facts),
+        check_failure_handling(cfg, main, facts),
         check_dali(cfg, main),
         check_pillow(cfg, main),
     ]
@@ -249,6 +250,32 @@ def check_nccl(cfg: Config, main: dict[str, Any], facts: list[dict[str, Any]]) -
             "environment", "nccl", "info", f"{version} (not used: ranks run gloo on cpu)", values
         )
     return Check("environment", "nccl", "ok", f"{version} (the training backend)", values)
+
+
+def check_failure_handling(cfg: Config, main: dict[str, Any], facts: list[dict[str, Any]]) -> Check:
+    """The collective timeout, the stall watchdog and NCCL's error handling in force."""
+    env = main.get("nccl_failure_env") or {}
+    on_gpu = str(facts[0].get("device", "")).startswith("cuda")
+    train = cfg.train
+    watchdog = f"{train.stall_timeout_s:.0f} s" if train.stall_timeout_s else "off"
+    summary = f"collective timeout {train.collective_timeout_s:.0f} s, stall watchdog {watchdog}"
+    values = {
+        "collective_timeout_s": train.collective_timeout_s,
+        "stall_timeout_s": train.stall_timeout_s,
+        **env,
+    }
+    if not on_gpu:
+        return Check("environment", "failure handling", "ok", summary + " (gloo)", values)
+    nccl = (
+        f"; NCCL async error handling {env.get('TORCH_NCCL_ASYNC_ERROR_HANDLING') or 'unset'}, "
+        f"flight recorder {env.get('TORCH_NCCL_TRACE_BUFFER_SIZE') or 'off'} entries, dump on "
+        f"timeout {env.get('TORCH_NCCL_DUMP_ON_TIMEOUT') or 'off'} to "
+        f"{env.get('TORCH_NCCL_DEBUG_INFO_TEMP_FILE') or '/tmp'}"
+    )
+    handled = env.get("TORCH_NCCL_ASYNC_ERROR_HANDLING") not in (None, "0")
+    status = "ok" if handled and train.stall_timeout_s else "warn"
+    hint = "" if status == "ok" else ": start through `python -m launch` (it sets them)"
+    return Check("environment", "failure handling", status, summary + nccl + hint, values)
 
 
 def check_dali(cfg: Config, main: dict[str, Any]) -> Check:

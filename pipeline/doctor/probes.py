@@ -44,6 +44,14 @@ VEX256 = re.compile(
 VEX256_PER_MB_FOR_AVX2 = 100  # measured: an AVX2 pillow-simd ~980 per MB; SSE-only libraries < 10
 
 
+NCCL_FAILURE_ENV = (
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT",
+    "TORCH_NCCL_TRACE_BUFFER_SIZE",
+    "TORCH_NCCL_DEBUG_INFO_TEMP_FILE",
+)
+
+
 def probe_host(cfg: Config, cuda: CudaProbe) -> dict[str, Any]:
     """This process's view of the host, before any process group exists; `cuda` is what
     init_distributed will decide from (pipeline/distributed.py reads it once)."""
@@ -60,6 +68,8 @@ def probe_host(cfg: Config, cuda: CudaProbe) -> dict[str, Any]:
         "driver_cuda": driver_cuda_version(),
         "driver_version": driver_version(),
         "nccl": nccl_version(),
+        # what NCCL does on a failed or hung collective (set by `python -m launch` on GPUs)
+        "nccl_failure_env": {name: os.environ.get(name) for name in NCCL_FAILURE_ENV},
         "dali": probe_dali(),
         "pillow": probe_pillow(),
         "disk": probe_disk(Path(cfg.train.run_dir)),

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        dist = init_distributed(cfg.train.device)
+        dist = init_distributed(cfg.train.device, timeout_s=cfg.train.collective_timeout_s)
     except (UserError, RuntimeError) as err:  # RuntimeError: the rendezvous itself failed
         print(f"error: {first_line(err)}", file=sys.stderr)
         return EXIT_USAGE

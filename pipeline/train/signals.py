@@ -5,8 +5,10 @@
     if stop.agreed():   # a collective: every rank calls it once per optimizer step
         save(); return EXIT_STOPPED
 
-The agreement is a one-element MAX all-reduce per step, on a CPU gloo group when training on
-nccl, so it never waits for the GPU.
+The agreement is a two-element MAX all-reduce per step, on a CPU gloo group when training on
+nccl, so it never waits for the GPU. Its second element carries rank 0's "a timed save is due"
+(train.save_every_minutes, by rank 0's clock alone), so checkpoints by the clock cost no extra
+collective: `stop, save = flag.agree_step(save_due)`.
 """
 
 from __future__ import annotations
@@ -49,13 +51,20 @@ class StopFlag:
         return self.received is not None
 
     def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
+        return self.agree_step(False)[0]
+
+    def agree_step(self, save_due: bool) -> tuple[bool, bool]:
+        """(stop, save) on every rank: stop when any rank got a signal, save when rank 0 says a
+        timed save is due (other ranks' `save_due` is ignored: one clock decides). One
+        collective."""
+        save = bool(save_due) and self.dist.is_main
+        flag = torch.tensor([1 if self.received is not None else 0, int(save)], dtype=torch.int32)
         if self.dist.is_distributed:
             if self.group is not None:
                 torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.group)
             else:
                 all_reduce_max(flag, self.dist)
-        return bool(flag.item())
+        return bool(flag[0].item()), bool(flag[1].item())
 
     def signal_name(self) -> str:
         """The signal this rank received, for log lines."""

@@ -34,6 +34,7 @@ from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.precision import Precision
 from pipeline.tracking import NullTracker
 from pipeline.train.meters import TrainMeter
+from pipeline.train.watchdog import Phase, Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ class OptimizerStep:
         recipe: StepRecipe,
         schedule: LearningRateSchedule | None,  # None: the optimizer's own lr throughout
         meter: TrainMeter,
+        progress: Progress,  # the phase marks the stall watchdog reads
     ) -> None:
         self.model = model
         self.precision = precision
@@ -122,6 +124,7 @@ class OptimizerStep:
         self.recipe = recipe
         self.schedule = schedule
         self.meter = meter
+        self.progress = progress
 
     def __call__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
         """Optimizer step number `step` (0-based) over the next `accum` batches; returns its lr."""
@@ -131,7 +134,10 @@ class OptimizerStep:
         else:
             lr = float(self.optimizer.param_groups[0]["lr"])
         for micro_step in range(recipe.accum):
+            if self.progress.phase is not Phase.START:  # START: the epoch's loader starting
+                self.progress.mark(Phase.DATA_WAIT, step)
             images, labels = next(batches)  # images: [B, 3, H, W] uint8 on the device
+            self.progress.mark(Phase.FORWARD_BACKWARD)
             if micro_step == 0:
                 # after the loader's first draw of the step (starting an epoch's iterator draws
                 # from torch's generator), so nothing the loader does can shift the masks
@@ -169,6 +175,8 @@ class OptimizerStep:
                     lambda output: recipe.loss(output, labels, targets),
                     recipe.aux_weight,
                 )
+            if ddp is not None and last:  # this backward waits for every rank's gradients
+                self.progress.mark(Phase.ALL_REDUCE)
             self.precision.scaler.scale(objective / recipe.accum).backward()
         # mixed labels: accuracy against each sample's larger-weight label
         self.meter.add(loss, logits, labels if targets is None else targets.argmax(dim=1))
@@ -184,6 +192,7 @@ def build_optimizer_step(
     schedule: LearningRateSchedule | None = None,  # None: the optimizer's lr throughout
     meter: TrainMeter | None = None,  # default: this rank's sums, logged nowhere
     augment: BatchAugment | None = None,  # the trainer's batch augmentation
+    progress: Progress | None = None,  # the trainer's, read by its stall watchdog
 ) -> OptimizerStep:
     """The one builder of the optimizer step: loss, auxiliary weight, accumulation, clipping and
     seeds from `cfg` (optim.*, model.aux_loss_weight, train.seed) and `dist` (the rank)."""
@@ -201,4 +210,5 @@ def build_optimizer_step(
     if meter is None:
         local = dataclasses.replace(dist, backend=None)  # the meter's sums stay on this rank
         meter = TrainMeter(local, NullTracker(), cfg.train.log_every)
-    return OptimizerStep(model, precision, optimizer, recipe, schedule, meter)
+    progress = progress if progress is not None else Progress()
+    return OptimizerStep(model, precision, optimizer, recipe, schedule, meter, progress)

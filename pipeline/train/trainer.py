@@ -30,8 +30,14 @@ from pipeline.comm import GradientComm
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.data.transforms import train_resolution
-from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
-from pipeline.errors import EXIT_OK, EXIT_STOPPED, UserError, first_line
+from pipeline.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    replica_fingerprints,
+)
+from pipeline.errors import EXIT_OK, EXIT_STOPPED, CheckpointError, UserError, first_line
 from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
 from pipeline.export import export_checkpoint
 from pipeline.metrics import write_per_class_csv
@@ -58,6 +64,7 @@ from pipeline.train.resume import (
 from pipeline.train.run_info import record_launch
 from pipeline.train.signals import StopFlag
 from pipeline.train.step import OptimizerStep, build_model_views, build_optimizer_step
+from pipeline.train.watchdog import Phase, Progress, Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +115,29 @@ class Trainer:
         self.num_parameters = count_parameters(self.model)
         self.tracker = self.create_tracker(argv)
         self.meter = self.create_meter()
+        self.progress = Progress()  # phase marks: the stall watchdog's view of this rank
         self.take_step = self.create_step()
         self.last_eval_output: EvalOutput | None = None  # this process's latest eval
+        self.last_save = time.monotonic()  # train.save_every_minutes counts from here (rank 0)
+        self.watchdog = Watchdog(dist, self.progress, self.run_dir, cfg.train.stall_timeout_s)
         self.stop = StopFlag(dist)  # last: from here on a signal means "checkpoint and stop"
 
     # -- building -----------------------------------------------------------------------------
     def choose_checkpoint(self, resume: Path | None) -> Path | None:
-        """--resume PATH, else RUN_DIR/checkpoints/last.pt when it exists; rank 0 decides. Rank 0
-        first removes the temp files a killed save left behind."""
-        latest = None
-        if self.dist.is_main:
+        """--resume PATH, else the newest good checkpoint of RUN_DIR (last.pt, or a previous one
+        when last.pt fails its check: see pipeline/checkpoint.py); rank 0 decides. Rank 0 first
+        removes the temp files a killed save left behind."""
+        latest, error = None, None
+        if self.dist.is_main and resume is None:
             for stale in ckpt.remove_killed_saves(self.run_dir):
                 logger.info("removed %s, left by a save that was killed", stale)
-            latest = ckpt.find_latest(self.run_dir)
+            try:
+                latest = ckpt.find_good_checkpoint(self.run_dir)
+            except CheckpointError as err:
+                error = str(err)
+        error = broadcast_object(error, self.dist)  # every rank fails with rank 0's line
+        if error is not None:
+            raise CheckpointError(error)
         return ckpt.agree_on_checkpoint(resume or latest, self.dist)
 
     def plan_total_steps(self) -> int:
@@ -185,6 +202,7 @@ class Trainer:
             schedule=self.schedule,
             meter=self.meter,
             augment=self.augment,
+            progress=self.progress,
         )
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -211,6 +229,7 @@ class Trainer:
 
         Every rank's weight fingerprint goes in too: DDP replicas must be identical, and the
         checkpoint shows that they were (and training stops with an error if they are not)."""
+        self.progress.mark(Phase.ALL_REDUCE, state.step)
         fingerprints = replica_fingerprints(self.model, self.dist)
         if self.ema is not None:  # every rank's EMA must be identical too
             ema_prints = replica_fingerprints(self.ema.model, self.dist)
@@ -222,11 +241,18 @@ class Trainer:
             )
         comm_state = self.comm.state_dict()  # a collective: every rank's PowerSGD memories
         if self.dist.is_main:
+            self.progress.mark(Phase.CHECKPOINT)
             started = time.perf_counter()
             data = self.checkpoint_state(state)
             data["replica_fingerprints"] = [f.cpu() for f in fingerprints]
             data["comm"] = comm_state
-            path = ckpt.save_checkpoints(data, self.run_dir, is_best=is_best, epoch_file=epoch_file)
+            path = ckpt.save_checkpoints(
+                data,
+                self.run_dir,
+                is_best=is_best,
+                epoch_file=epoch_file,
+                keep_last=self.cfg.train.keep_last,
+            )
             logger.info(
                 "saved %s (epoch %d, step %d, batch %d) in %.1fs%s",
                 path,
@@ -236,7 +262,9 @@ class Trainer:
                 time.perf_counter() - started,
                 " [best]" if is_best else "",
             )
+        self.progress.mark(Phase.ALL_REDUCE)
         barrier(self.dist)
+        self.last_save = time.monotonic()
 
     def restore(self, path: Path) -> dict[str, Any] | None:
         """Model, optimizer, scaler, schedule, RNG and training state from a checkpoint; returns
@@ -303,6 +331,7 @@ class Trainer:
             state.step >= self.total_steps and not epoch_end_pending
         )
         sanity_grid = cfg.train.sanity_grid and self.resume_from is None
+        self.watchdog.start()
         try:
             while not state.finished:
                 if not self.train_epoch(sanity_grid):
@@ -312,7 +341,9 @@ class Trainer:
                     return self.stopped()
         finally:
             self.stop.restore()
-        return self.finish()
+        result = self.finish()
+        self.watchdog.stop()
+        return result
 
     def train_epoch(self, sanity_grid: bool) -> bool:
         """The rest of the current epoch's optimizer steps (up to the run's last step). False
@@ -335,6 +366,7 @@ class Trainer:
             desc=f"epoch {state.epoch}",
         )
         self.meter.restart()
+        self.progress.mark(Phase.START, state.step)  # the loader's workers start: more time
         batches = self.meter.log_every(loader)  # times the wait for every batch
         if sanity_grid:
             batches = self.write_sanity_grid(batches)
@@ -351,7 +383,12 @@ class Trainer:
                 )
                 if logged is not None:
                     progress.set_postfix(loss=f"{logged['train/loss']:.3f}", lr=f"{lr:.2e}")
-                if self.stop.agreed():  # a collective, once per step on every rank
+                self.progress.mark(Phase.ALL_REDUCE)
+                # one collective per step on every rank: a stop signal, or rank 0's timed save
+                stop, timed_save = self.stop.agree_step(self.timed_save_due())
+                if timed_save and not stop:
+                    self.save(state)  # mid-epoch: resumes at the next batch, as a signal's does
+                if stop:
                     self.save(state)
                     logger.warning(
                         "stopped by %s at step %d (epoch %d, batch %d): rerun with the same run "
@@ -427,8 +464,14 @@ class Trainer:
             state.stopped_early = state.finished = True
         return is_best
 
+    def timed_save_due(self) -> bool:
+        """train.save_every_minutes have passed since the last save (rank 0's clock decides)."""
+        minutes = self.cfg.train.save_every_minutes
+        return bool(minutes) and time.monotonic() - self.last_save >= minutes * 60
+
     def stopped(self) -> int:
         """After a stop signal's checkpoint: close the tracker (no plots)."""
+        self.watchdog.stop()
         self.tracker.finish(plots=False, stopped=True)
         return EXIT_STOPPED
 
@@ -463,6 +506,7 @@ class Trainer:
         """Eval, log, per-class CSV. Interruptible: None (nothing logged) when a signal arrived
         before or during it."""
         state = self.state
+        self.progress.mark(Phase.EVAL, state.step)
         interrupted = self.stop.pending if interruptible else None
         broadcast_buffers(self.model, self.dist)  # every rank scores the model rank 0 saves
         flip_tta = self.cfg.eval.flip_tta

@@ -25,6 +25,7 @@ ENVIRONMENT_CHECKS = {
     "devices",
     "precision",
     "nccl",
+    "failure handling",
     "dali",
     "pillow",
     "disk",

@@ -311,3 +311,29 @@ def test_sigusr1_sent_to_the_launcher_reaches_the_workers(tmp_path):
             launcher.kill()
     assert marker.read_text() == "got SIGUSR1"
     assert launcher.returncode != 0
+
+
+def test_elastic_options_pass_through_to_torchrun(capsys):
+    argv = ["--nproc", "2", "--max-restarts", "3", "--nnodes", "1:2", "--rdzv-endpoint"]
+    assert main([*argv, "127.0.0.1:29400", "--dry-run", "--no-preflight", "--", *TRAIN]) == 0
+    train = capsys.readouterr().out.split("launch: ", 1)[1].split()
+    assert "--max-restarts=3" in train and "--nnodes=1:2" in train
+    assert main(["--nproc", "1", "--nnodes", "3:2", "--dry-run", "--", *TRAIN]) == 2
+    assert "MIN <= MAX" in capsys.readouterr().err
+
+
+def test_nccl_failure_handling_is_set_for_gpu_runs_with_the_dump_in_the_run_dir(monkeypatch):
+    from launch.torchrun import worker_environment
+
+    for name in ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_DUMP_ON_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    env = worker_environment("cuda", "/runs/a", visible_gpus=0)
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == "/runs/a/nccl_trace/rank_"
+    assert env["TORCH_FR_DUMP_TEMP_FILE"] == env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"]
+    assert worker_environment("auto", "/runs/a", visible_gpus=8) == env
+    assert worker_environment("cpu", "/runs/a", visible_gpus=8) == {}
+    assert worker_environment("auto", "/runs/a", visible_gpus=0) == {}
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # the user's choice wins
+    assert worker_environment("cuda", "/r", 1)["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"

@@ -47,7 +47,7 @@ def test_a_checkpoint_of_model_optimizer_and_scaler_state_loads_with_weights_onl
     }
     save_checkpoints(state, tmp_path, is_best=True, epoch_file=True)
     assert find_latest(tmp_path) == tmp_path / "checkpoints/last.pt"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt")) == [
         "best.pt",
         "epoch_003.pt",
         "last.pt",
@@ -108,4 +108,10 @@ def test_training_start_up_removes_temps_left_by_a_killed_save_and_nothing_else(
         path.write_bytes(b"half a checkpoint")
     (checkpoints / "notes.tmp").write_text("mine")
     assert main(tiny_args(tiny_data, tmp_path / "run", "train.max_steps=1")) == 0
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt", "notes.tmp"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "best.pt",
+        "best.pt.sha256",
+        "last.pt",
+        "last.pt.sha256",
+        "notes.tmp",
+    ]

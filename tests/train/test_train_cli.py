@@ -63,7 +63,7 @@ def test_training_fills_the_run_dir_and_a_rerun_only_evaluates_and_evaluate_agre
     )
     assert [r["step"] for r in val_rows] == [10, 20]
     assert {"val/top5", "val/loss", "val/macro_f1"} <= set(val_rows[0])
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == [
         "best.pt",
         "epoch_001.pt",
         "epoch_002.pt",
@@ -181,13 +181,13 @@ def test_a_sigterm_at_an_epochs_end_resumes_with_that_epochs_eval_and_the_uninte
         {},
     )
     assert not any("val/top1" in row for row in read_rows(run_dir))
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["last.pt"]
     capsys.readouterr()
 
     assert main(tiny_args(tiny_data, run_dir, *common)) == 0
     assert "re-planned" not in capsys.readouterr().err
     assert [row["step"] for row in read_rows(run_dir) if "val/top1" in row] == [10, 20]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == [
         "best.pt",
         "epoch_001.pt",
         "epoch_002.pt",
