@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from core.remote import scrub
 from pipeline.errors import ConfigError
 
 
@@ -51,9 +52,23 @@ class DataConfig:
     train_dir: str = _field(
         "",
         "train data: class folders (folder/dali) or a shard directory with manifest.json "
-        "(wds/dali)",
+        "(wds/dali), local or a URL (s3://bucket/prefix/train, https://host/path/train, any "
+        "fsspec protocol; credentials from the standard chain, never from here)",
     )
     val_dir: str = _field("", "val data, same forms as train_dir")
+    cache_dir: str = _field(
+        "",
+        "shards from a URL: the node-local cache folder; empty = the temp dir "
+        "(slurm/train.sbatch: $TMPDIR)",
+    )
+    cache_gb: float = _field(
+        0.0,
+        "shards from a URL: the cache's bound, GB (10^9 bytes), whole shards evicted least "
+        "recently used; 0 streams each shard into the tar reader without the disk (wds only)",
+    )
+    prefetch_shards: int = _field(
+        2, "shards from a URL with a cache: shards fetched ahead of the reader, per loader worker"
+    )
     global_batch_size: int = _field(
         256, "images per optimizer step summed over all ranks (and accumulation steps)"
     )
@@ -431,6 +446,10 @@ def validate_data(data: DataConfig) -> None:
         )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+    if data.cache_gb < 0:
+        raise ConfigError(f"data.cache_gb must be >= 0 (0 streams), got {data.cache_gb}")
+    if data.prefetch_shards < 1:
+        raise ConfigError(f"data.prefetch_shards must be >= 1, got {data.prefetch_shards}")
 
 
 def validate_train(train: TrainConfig) -> None:
@@ -571,7 +590,14 @@ def load_config(
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(config)
+    """The config as recorded (config.yaml, checkpoints, W&B, doctor.json): every URL without
+    its userinfo and query string, where credentials and signed tokens would hide."""
+    return {
+        section: {
+            key: scrub(value) if isinstance(value, str) else value for key, value in values.items()
+        }
+        for section, values in dataclasses.asdict(config).items()
+    }
 
 
 def dump_config(config: Config) -> str:
@@ -580,6 +606,6 @@ def dump_config(config: Config) -> str:
 
 def replace(config: Config, section: str, **changes: Any) -> Config:
     """A new Config with some keys of one section changed (the original is untouched)."""
-    values = config_to_dict(config)
+    values = dataclasses.asdict(config)  # not config_to_dict: a URL keeps what it needs
     values[section].update(changes)
     return build_config(values)

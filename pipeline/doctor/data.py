@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from core.shard_format import MANIFEST_NAME
-from pipeline.config import Config, replace
+from pipeline.config import Config, DataConfig, replace
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
@@ -140,8 +140,8 @@ def drop_from_page_cache(path: str) -> None:
 def files_to_read(directory: Path, layout: str, dist: DistInfo, budget) -> list[str]:
     """This rank's share: every world_size-th tar, or of a seeded sample of image files."""
     if layout == "shards":
-        _, tars = open_manifest(directory, "train")
-        paths = [str(tar) for tar in tars]
+        source = open_manifest(directory, "train", DataConfig())
+        paths = [str(source.local_path(shard.name)) for shard in source.manifest.shards]
         mine = paths[dist.rank :: dist.world_size] or paths[dist.rank % len(paths) :][:1]
         return mine
     _, paths, _ = list_class_folders(directory)
@@ -176,7 +176,7 @@ def bytes_per_image(directory: Path, layout: str, read: dict[str, Any]) -> float
     """Mean bytes read per training image: the manifest's tar bytes over its samples, or the
     sampled files' mean size."""
     if layout == "shards":
-        manifest, _ = open_manifest(directory, "train")
+        manifest = open_manifest(directory, "train", DataConfig()).manifest
         return sum(shard.bytes for shard in manifest.shards) / max(1, manifest.num_samples)
     return read["bytes"] / max(1, read["files"])
 
