@@ -70,6 +70,12 @@ def build_loader(
             f"data.{split}_dir={redact(str(directory))}: class folders cannot be read from a URL: "
             "use data.backend=wds or dali over shards"
         )
+    if backend == "dali" and is_remote(directory) and cfg.data.cache_gb <= 0:
+        raise LoaderError(
+            f"data.{split}_dir={redact(str(directory))}: DALI reads shards from files and "
+            "data.cache_gb=0 keeps none: set data.cache_gb>0 (the node cache's bound, e.g. 200 "
+            "for ImageNet), or use data.backend=wds, which streams"
+        )
     classes = classes if classes is not None else resolve_classes(cfg)
     # each backend is imported only when chosen: wds needs webdataset, dali needs NVIDIA DALI
     if backend == "folder":

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.remote import is_remote, redact
+from core.remote import is_remote
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config
 from pipeline.data.base import ClassList
@@ -58,7 +58,6 @@ from pipeline.data.dali.loader import DaliLoader
 from pipeline.data.dali.probe import import_dali, resolve_decode
 from pipeline.data.dali.shards import DaliShardLoader
 from pipeline.distributed import DistInfo
-from pipeline.errors import LoaderError
 
 
 def build_dali_loader(
@@ -70,12 +69,6 @@ def build_dali_loader(
     classes: ClassList,
 ) -> DaliLoader:
     """Shards when `directory` holds manifest.json or is a URL, else class folders."""
-    if is_remote(directory) and cfg.data.cache_gb <= 0:
-        raise LoaderError(
-            f"data.{split}_dir={redact(str(directory))}: DALI reads shards from files, and "
-            "data.cache_gb=0 keeps none: set data.cache_gb>0 (a node cache, e.g. 200 for "
-            "ImageNet) or use data.backend=wds, which streams"
-        )
     import_dali()
     decode = resolve_decode(cfg.data.dali_decode, dist)
     if is_remote(directory) or (Path(directory) / MANIFEST_NAME).is_file():
