@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,10 +307,18 @@ class LogConfig:
     wandb: WandbMode = _field(
         "auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled"
     )
-    project: str = _field("imagenet-alexnet", "W&B project")
+    project: str = _field("imagenet-alexnet", "W&B project, and the MLflow experiment's name")
     entity: str = _field("", "W&B entity (team); empty uses the key's default")
-    run_name: str = _field("", "W&B run name; empty uses the run dir's name")
+    run_name: str = _field("", "W&B and MLflow run name; empty uses the run dir's name")
     plots: bool = _field(True, "write curves and prediction-grid PNGs at the end")
+    tensorboard: bool = _field(
+        False, "write TensorBoard event files to RUN_DIR/tensorboard/ (rank 0; a resume continues)"
+    )
+    mlflow: str = _field(
+        "",
+        "MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, or a local folder); empty: "
+        "off. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, never the URI",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,6 +427,7 @@ def validate(config: Config) -> None:
     validate_data(config.data)
     validate_train(config.train)
     validate_optim(config.optim)
+    validate_mlflow_uri(config.log.mlflow)
     if config.model.freeze != "none" and not config.model.finetune:
         raise ConfigError(
             "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
@@ -504,6 +514,18 @@ def validate_ddp(config: Config) -> None:
             f"train.static_graph=true with optim.grad_accum_steps={config.optim.grad_accum_steps}:"
             " DDP's static graph breaks under gradient accumulation (pytorch/pytorch#143580); "
             "turn one of them off"
+        )
+
+
+def validate_mlflow_uri(uri: str) -> None:
+    """log.mlflow must not carry credentials: the resolved config is saved with the run, logged
+    as MLflow params and copied into checkpoints."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.username or parsed.password or "token=" in parsed.query.lower():
+        raise ConfigError(
+            "log.mlflow holds credentials, which would be saved in config.yaml and the "
+            "checkpoints: pass the URI without them and export MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
         )
 
 

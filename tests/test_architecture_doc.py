@@ -22,7 +22,7 @@ def definitions() -> dict[str, set[str]]:
     """Every name defined in the tree (module-level functions, classes, constants, and each
     class's methods and attributes as `Class.member`), mapped to the modules defining it."""
     found: dict[str, set[str]] = {}
-    for package in PACKAGES:
+    for package in (*PACKAGES, "tests"):  # tests: the fixtures and helpers the map names
         for path in (REPO / package).rglob("*.py"):
             parts = path.relative_to(REPO).with_suffix("").parts
             module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -31,8 +31,9 @@ from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.data.transforms import train_resolution
 from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
-from pipeline.errors import EXIT_OK, EXIT_STOPPED
+from pipeline.errors import EXIT_OK, EXIT_STOPPED, UserError, first_line
 from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
+from pipeline.export import export_checkpoint
 from pipeline.metrics import write_per_class_csv
 from pipeline.models import (
     check_input_sizes,
@@ -43,7 +44,7 @@ from pipeline.models import (
 )
 from pipeline.optim import LearningRateSchedule, build_optimizer
 from pipeline.precision import build_precision, configure_device
-from pipeline.tracking import Tracker, build_tracker
+from pipeline.tracking import NullTracker, build_tracker
 from pipeline.train.ema import WeightEMA
 from pipeline.train.meters import TrainMeter, progress_bar
 from pipeline.train.resume import (
@@ -151,17 +152,22 @@ class Trainer:
             comm.load_state_dict(comm_state)
         return comm
 
-    def create_tracker(self, argv: list[str] | None) -> Tracker:
-        """Records the launch (rank 0), then starts the tracker (a resumed run keeps its W&B
-        run) and logs the parameter count."""
-        cfg, dist = self.cfg, self.dist
+    def create_tracker(self, argv: list[str] | None) -> NullTracker:
+        """Records the launch (rank 0), then starts the trackers on rank 0, continuing the
+        checkpoint's W&B and MLflow runs (their ids go into the next checkpoint; a tracker that
+        could not start keeps its old id), and logs the parameter count on a fresh run."""
+        cfg, dist, state = self.cfg, self.dist, self.state
         facts = {"model/arch": cfg.model.arch, "model/params": self.num_parameters}
         if dist.is_main:
             record_launch(cfg, dist, self.run_dir, list(argv or []), self.resume_from, facts)
-        tracker = build_tracker(cfg, dist, self.run_dir, self.state.wandb_run_id or None)
+        run_ids = {"wandb": state.wandb_run_id, "mlflow": state.mlflow_run_id}
+        resume_step = state.step if self.resume_from is not None else None
+        tracker = build_tracker(cfg, dist, self.run_dir, run_ids, resume_step)
         if dist.is_main:
-            self.state.wandb_run_id = tracker.run_id
-        tracker.log({"model/params": self.num_parameters}, self.state.step, self.epoch_position())
+            state.wandb_run_id = tracker.run_id("wandb") or state.wandb_run_id
+            state.mlflow_run_id = tracker.run_id("mlflow") or state.mlflow_run_id
+        if self.resume_from is None:  # a fact of the run, logged once
+            tracker.log({"model/params": self.num_parameters}, state.step, self.epoch_position())
         return tracker
 
     def create_meter(self) -> TrainMeter:
@@ -197,6 +203,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "world_size": self.dist.world_size,
             "classes": list(self.classes.wnids),
+            "class_names": self.classes.display_names(),  # for predict and export
         }
 
     def save(self, state: TrainState, *, is_best: bool = False, epoch_file: bool = False) -> None:
@@ -422,7 +429,7 @@ class Trainer:
 
     def stopped(self) -> int:
         """After a stop signal's checkpoint: close the tracker (no plots)."""
-        self.tracker.finish(plots=False)
+        self.tracker.finish(plots=False, stopped=True)
         return EXIT_STOPPED
 
     def epoch_loader(self, epoch: int) -> Loader:
@@ -518,6 +525,29 @@ class Trainer:
             self.tracker.save_prediction_grid(
                 images, labels, predictions, self.classes.display_names()
             )
+        if self.tracker.takes_weights:
+            self.store_exported_weights()
         self.tracker.finish(summary=state.last_eval, plots=self.cfg.log.plots)
         print_final(state.last_eval, self.dist)
         return EXIT_OK
+
+    def store_exported_weights(self) -> None:
+        """Rank 0: best.pt (else last.pt) as RUN_DIR/export/model.safetensors, verified, to the
+        trackers that keep weights (MLflow's model/ artifacts). The weights eval.best_metric
+        follows: the EMA's for val/ema_top1."""
+        directory = ckpt.checkpoint_dir(self.run_dir)
+        source = next(
+            (p for p in (directory / "best.pt", directory / "last.pt") if p.is_file()), None
+        )
+        if source is None:
+            return
+        weights = "ema" if self.cfg.eval.best_metric == "val/ema_top1" else "raw"
+        try:
+            report = export_checkpoint(
+                source, "safetensors", self.run_dir / "export/model.safetensors", weights
+            )
+        except UserError as err:
+            logger.warning("exporting %s for the trackers failed: %s", source, first_line(err))
+            return
+        logger.info("%s", report.summary())
+        self.tracker.log_files([report.path], "model")
