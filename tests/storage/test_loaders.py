@@ -137,3 +137,24 @@ def test_credentials_in_a_url_are_never_recorded(tmp_path):
     recorded = dump_config(cfg) + str(config_to_dict(cfg))
     assert "secret" not in recorded and "Signature" not in recorded
     assert "https://data.example.org/train" in recorded
+
+
+def test_the_doctor_reports_the_stores_rate_first_byte_and_hit_rate_and_names_storage(
+    s3_env, tmp_path
+):
+    from pipeline.doctor.budget import QUICK
+    from pipeline.doctor.data import measure_remote_data, summarize_read
+    from pipeline.doctor.verdict import recommend_for_disk
+
+    cfg = config(S3_URL, cache_gb=1, cache_dir=str(tmp_path))
+    warm = build_loader(cfg, "train", rank(0, 1))
+    epoch_batches(warm, 0)  # fills the node cache
+    measured = measure_remote_data(cfg, rank(0, 1), QUICK)
+    read = measured["read"]
+    assert read["layout"] == "store" and read["bytes"] > 0 and read["first_byte_s"] > 0
+    assert read["cache_hit_rate"] == 1.0
+    assert "error" not in measured["decode"]["wds"], measured["decode"]["wds"]
+    check, summary = summarize_read(cfg, [measured], 1)
+    assert check.status == "ok" and "from the store" in check.summary, check.summary
+    assert "cache hit rate 100%" in check.summary and summary["layout"] == "store"
+    assert "storage bounds the run" in recommend_for_disk(cfg, None).text
