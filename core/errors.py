@@ -15,4 +15,20 @@ EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT): 128 + 2, the shell's conve
 
 
 class UserError(Exception):
-    """Bad input: say what was received, what was expected, and what to do."""
+    """Bad input: say what was received, what was expected, and what to do.
+
+    One line even when raised in a DataLoader worker: torch re-raises a worker's exception in
+    the main process as `type(err)("Caught ... in DataLoader worker process N.\nOriginal
+    Traceback ...: <message>")`; the original message stays str(err), the rest goes to
+    `.worker_report`.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        self.worker_report = ""
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            marker = f"{type(self).__name__}: "
+            last = [line for line in message.splitlines() if marker in line]
+            if last:
+                self.worker_report = message
+                message = last[-1].split(marker, 1)[1]
+        super().__init__(message)

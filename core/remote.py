@@ -167,6 +167,10 @@ def classify(err: BaseException) -> type[Exception]:
         "ConnectionClosedError",
         "IncompleteReadError",
         "ContentLengthError",
+        # botocore's check of S3's own checksum on a whole-object GET: bytes damaged in
+        # transit; the block is asked for again (a store's bad object passes it and meets our
+        # sha256 instead)
+        "FlexibleChecksumError",
     }
     if names & transient or isinstance(err, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return TransientError

@@ -194,6 +194,17 @@ def read_manifest(directory: Path) -> Manifest:
     return Manifest.from_json(data, str(path))
 
 
+def check_split(location: Path | str, manifest: Manifest, split: str | None) -> None:
+    """The manifest is of `split` and lists shards (a local directory or a URL)."""
+    if split is not None and manifest.split != split:
+        raise ManifestError(
+            f"{location}: holds {manifest.split!r} shards but {split!r} was asked for: "
+            f"point the {split} path at the {split} shard directory"
+        )
+    if not manifest.shards:
+        raise ManifestError(f"{location}: manifest lists no shards: re-run `preprocess shard`")
+
+
 def check_files(directory: Path, manifest: Manifest, split: str | None = None) -> list[Path]:
     """Cheap file checks a loader runs at start: split, presence and byte sizes. Returns tar paths.
 
@@ -201,13 +212,7 @@ def check_files(directory: Path, manifest: Manifest, split: str | None = None) -
     (the other split's directory, a missing or truncated tar) with one clear line.
     """
     directory = Path(directory)
-    if split is not None and manifest.split != split:
-        raise ManifestError(
-            f"{directory}: holds {manifest.split!r} shards but {split!r} was asked for: "
-            f"point the {split} path at the {split} shard directory"
-        )
-    if not manifest.shards:
-        raise ManifestError(f"{directory}: manifest lists no shards: re-run `preprocess shard`")
+    check_split(directory, manifest, split)
     paths = []
     for shard in manifest.shards:
         path = directory / shard.name

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from core.remote import scrub
+from pipeline.config_values import coerce_value, parse_override
 from pipeline.errors import ConfigError
 
 
@@ -52,9 +54,23 @@ class DataConfig:
     train_dir: str = _field(
         "",
         "train data: class folders (folder/dali) or a shard directory with manifest.json "
-        "(wds/dali)",
+        "(wds/dali), local or a URL (s3://bucket/prefix/train, https://host/path/train, any "
+        "fsspec protocol; credentials from the standard chain, never from here)",
     )
     val_dir: str = _field("", "val data, same forms as train_dir")
+    cache_dir: str = _field(
+        "",
+        "shards from a URL: the node-local cache folder; empty = the temp dir "
+        "(slurm/train.sbatch: $TMPDIR)",
+    )
+    cache_gb: float = _field(
+        0.0,
+        "shards from a URL: the cache's bound, GB (10^9 bytes), whole shards evicted least "
+        "recently used; 0 streams each shard into the tar reader without the disk (wds only)",
+    )
+    prefetch_shards: int = _field(
+        2, "shards from a URL with a cache: shards fetched ahead of the reader, per loader worker"
+    )
     global_batch_size: int = _field(
         256, "images per optimizer step summed over all ranks (and accumulation steps)"
     )
@@ -336,46 +352,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check `value` against a field annotation; ints are accepted for floats."""
-    hint = annotation
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string; users write it constantly.
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if value is None:
-            return ""
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if hint is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return list(value)
-    raise AssertionError(f"{where}: unsupported annotation {hint!r}")
-
-
 def _section_hints(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls, globalns=vars(sys.modules[__name__]))
 
@@ -405,7 +381,7 @@ def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
                 raise ConfigError(
                     f"unknown config key {name}.{key}: expected one of {', '.join(hints)}"
                 )
-            kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+            kwargs[key] = coerce_value(value, hints[key], f"{name}.{key}")
         sections[name] = section_cls(**kwargs)
     config = Config(**sections)
     validate(config)
@@ -447,6 +423,10 @@ def validate_data(data: DataConfig) -> None:
         )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+    if data.cache_gb < 0:
+        raise ConfigError(f"data.cache_gb must be >= 0 (0 streams), got {data.cache_gb}")
+    if data.prefetch_shards < 1:
+        raise ConfigError(f"data.prefetch_shards must be >= 1, got {data.prefetch_shards}")
 
 
 def validate_train(train: TrainConfig) -> None:
@@ -557,19 +537,6 @@ def validate_schedules(config: Config) -> None:
         raise ConfigError(f"schedule.onecycle_pct must be in (0, 1), got {schedule.onecycle_pct}")
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` → (section, key, YAML-typed value)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r} is not section.key=value (for example optim.lr=0.02)")
-    dotted, raw = text.split("=", 1)
-    section, key = dotted.split(".", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return section.strip(), key.strip(), value
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -601,7 +568,14 @@ def load_config(
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(config)
+    """The config as recorded (config.yaml, checkpoints, W&B, doctor.json): every URL without
+    its userinfo and query string, where credentials and signed tokens would hide."""
+    return {
+        section: {
+            key: scrub(value) if isinstance(value, str) else value for key, value in values.items()
+        }
+        for section, values in dataclasses.asdict(config).items()
+    }
 
 
 def dump_config(config: Config) -> str:
@@ -610,6 +584,6 @@ def dump_config(config: Config) -> str:
 
 def replace(config: Config, section: str, **changes: Any) -> Config:
     """A new Config with some keys of one section changed (the original is untouched)."""
-    values = config_to_dict(config)
+    values = dataclasses.asdict(config)  # not config_to_dict: a URL keeps what it needs
     values[section].update(changes)
     return build_config(values)

@@ -42,22 +42,8 @@ class LoaderError(UserError):
 
 class SampleDecodeError(LoaderError):
     """An image that does not decode: one line with the file (or shard and key), the reason and
-    what to do, even when raised in a DataLoader worker.
-
-    torch re-raises a worker's exception in the main process as
-    `type(err)("Caught ... in DataLoader worker process N.\\nOriginal Traceback ...: <message>")`;
-    this class keeps the original message as str(err) and the rest in `.worker_report`.
-    """
-
-    def __init__(self, message: str) -> None:
-        self.worker_report = ""
-        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            marker = f"{type(self).__name__}: "
-            last = [line for line in message.splitlines() if marker in line]
-            if last:
-                self.worker_report = message
-                message = last[-1].split(marker, 1)[1]
-        super().__init__(message)
+    what to do, even when raised in a DataLoader worker (`UserError` keeps torch's report aside
+    in `.worker_report`)."""
 
 
 def first_line(err: BaseException) -> str:

@@ -18,7 +18,8 @@ Contract every backend honours (see pipeline/data/transforms.py for the augmenta
 
 Choosing a backend (all three read the same samples on the same rank; see each module):
   * folder: class folders (DST/folders/{train,val}); nothing to convert, many small files;
-  * wds: shards (DST/{train,val}); sequential tar reads, the choice for network storage;
+  * wds: shards (DST/{train,val}); sequential tar reads, the choice for network storage; a
+    shard directory may also be a URL (s3://, https://: pipeline/data/storage, the node cache);
   * dali: either layout; `mixed` decodes on the GPU (nvJPEG) when the CPU is the bottleneck.
 Modules: base.py (the Loader interface, batch-size and split checks), transforms.py (the
 augmentation contract), plans.py (which samples each rank reads), files.py (class-folder
@@ -30,8 +31,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from core.remote import is_remote, redact
 from pipeline.config import Config
-from pipeline.data.base import ClassList, Loader, per_rank_batch_size, split_directory
+from pipeline.data.base import ClassList, Loader, per_rank_batch_size, split_location
 from pipeline.data.classes import resolve_classes
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from pipeline.distributed import DistInfo
@@ -61,9 +63,20 @@ def build_loader(
     DALI request this machine cannot serve.
     """
     batch_size = per_rank_batch_size(cfg, dist)
-    directory = split_directory(cfg, split)
-    classes = classes if classes is not None else resolve_classes(cfg)
+    directory = split_location(cfg, split)  # a local Path, or a URL (shards only)
     backend = cfg.data.backend
+    if backend == "folder" and is_remote(directory):
+        raise LoaderError(
+            f"data.{split}_dir={redact(str(directory))}: class folders cannot be read from a URL: "
+            "use data.backend=wds or dali over shards"
+        )
+    if backend == "dali" and is_remote(directory) and cfg.data.cache_gb <= 0:
+        raise LoaderError(
+            f"data.{split}_dir={redact(str(directory))}: DALI reads shards from files and "
+            "data.cache_gb=0 keeps none: set data.cache_gb>0 (the node cache's bound, e.g. 200 "
+            "for ImageNet), or use data.backend=wds, which streams"
+        )
+    classes = classes if classes is not None else resolve_classes(cfg)
     # each backend is imported only when chosen: wds needs webdataset, dali needs NVIDIA DALI
     if backend == "folder":
         from pipeline.data.folder import FolderLoader

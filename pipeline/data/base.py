@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from core.remote import is_remote
 from pipeline.config import Config
 from pipeline.distributed import DistInfo, all_gather_ints
 from pipeline.errors import LoaderError, SampleDecodeError
@@ -24,7 +25,7 @@ class ClassList:
 
     wnids: tuple[str, ...]
     names: Mapping[str, str]  # wnid -> "goldfish, Carassius auratus"; may lack some wnids
-    source: Path  # the split directory they were read from
+    source: Path | str  # the split directory (or its URL, redacted) they were read from
 
     def __len__(self) -> int:
         return len(self.wnids)
@@ -104,7 +105,14 @@ def split_directory(cfg: Config, split: str) -> Path:
     return directory
 
 
-def check_same_classes(directory: Path, classes: list[str], reference: Sequence[str]) -> None:
+def split_location(cfg: Config, split: str) -> Path | str:
+    """cfg.data's directory for `split`: a URL as given (s3://, https://, any fsspec protocol),
+    else the local directory, checked (`split_directory`)."""
+    value = getattr(cfg.data, f"{split}_dir", "")
+    return value if is_remote(value) else split_directory(cfg, split)
+
+
+def check_same_classes(directory: Path | str, classes: list[str], reference: Sequence[str]) -> None:
     """Shards carry their labels: a val manifest must list exactly the train classes."""
     if list(classes) != list(reference):
         missing = sorted(set(reference) - set(classes))[:3]

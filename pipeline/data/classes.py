@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.classes import find_class_names
+from core.remote import RemoteDir, is_remote, redact
 from core.shard_format import MANIFEST_NAME, ManifestError, read_manifest
 from pipeline.config import Config
 from pipeline.data.base import ClassList, split_directory
@@ -25,6 +26,10 @@ from pipeline.errors import LoaderError
 def resolve_classes(cfg: Config) -> ClassList:
     """The classes of the train split (manifest.json, else its class folders); the val split's
     when no train split is configured or present (`--evaluate` with only data.val_dir)."""
+    if is_remote(cfg.data.train_dir) or (not cfg.data.train_dir and is_remote(cfg.data.val_dir)):
+        url = cfg.data.train_dir or cfg.data.val_dir
+        manifest = RemoteDir(url).read_manifest()  # shards only: the manifest lists the classes
+        return ClassList(tuple(manifest.classes), dict(manifest.class_names or {}), redact(url))
     train_dir = Path(cfg.data.train_dir).expanduser() if cfg.data.train_dir else None
     split = "train" if train_dir is not None and train_dir.is_dir() else "val"
     directory = split_directory(cfg, split)

@@ -38,9 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.remote import is_remote
 from core.seeds import Purpose, stream_seed
-from core.shard_format import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
-from pipeline.config import Config
+from core.shard_format import MANIFEST_NAME, Manifest, ManifestError, check_files, check_split
+from pipeline.config import Config, DataConfig
+from pipeline.data.storage import LocalShardSource, ShardSource, open_shard_source
 from pipeline.distributed import DistInfo
 from pipeline.errors import LoaderError
 
@@ -86,27 +88,37 @@ class IndexPlan:
             yield indices[batch * self.batch_size : (batch + 1) * self.batch_size]
 
 
-def open_manifest(directory: Path, split: str) -> tuple[Manifest, list[Path]]:
-    """The manifest and tar paths of a shard directory, with the loader's one-line errors."""
-    if not (directory / MANIFEST_NAME).is_file():
+def open_manifest(location: Path | str, split: str, data: DataConfig) -> ShardSource:
+    """A split's shards as a storage source (a local directory, or a URL read through the node
+    cache data.cache_dir/cache_gb), with the loader's one-line errors. Tar files are checked
+    (presence, sizes) for a local directory only; a remote shard is checked as it arrives."""
+    if not is_remote(location) and not (Path(location) / MANIFEST_NAME).is_file():
         raise LoaderError(
-            f"{directory} has no {MANIFEST_NAME}, so it is not a shard directory: for class "
+            f"{location} has no {MANIFEST_NAME}, so it is not a shard directory: for class "
             "folders use data.backend=folder (or dali); to make shards run "
             f"`python -m preprocess shard SRC DST --split {split}`"
         )
     try:
-        manifest = read_manifest(directory)
-        paths = check_files(directory, manifest, split)
+        source = open_shard_source(
+            location,
+            cache_dir=Path(data.cache_dir).expanduser() if data.cache_dir else None,
+            cache_gb=data.cache_gb,
+            prefetch_depth=data.prefetch_shards,
+        )
+        if isinstance(source, LocalShardSource):
+            check_files(source.directory, source.manifest, split)
+        else:
+            check_split(source.location, source.manifest, split)
     except ManifestError as err:
         raise LoaderError(str(err)) from err
-    return manifest, paths
+    return source
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
     """Samples [skip, skip + take) of one tar, in tar order."""
 
-    path: str
+    path: str  # the shard's name in the manifest; its storage source resolves it to a file
     skip: int
     take: int
     shard_start: int = 0  # split-wide index of the tar's first sample (manifest order)
@@ -126,7 +138,7 @@ class WorkerBlock:
 class ShardReadPlan:
     """The whole per-epoch split of a shard directory over ranks and workers (see module doc)."""
 
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # shard names, manifest order (the source resolves them per worker)
     counts: tuple[int, ...]
     batch_size: int
     rank: int
@@ -138,7 +150,6 @@ class ShardReadPlan:
     @classmethod
     def for_split(
         cls,
-        paths: list[Path],
         manifest: Manifest,
         cfg: Config,
         split: str,
@@ -148,7 +159,7 @@ class ShardReadPlan:
     ) -> ShardReadPlan:
         """The plan of one rank over a manifest's shards (what the wds and dali backends read)."""
         return cls(
-            paths=tuple(str(path) for path in paths),
+            paths=tuple(shard.name for shard in manifest.shards),
             counts=tuple(shard.count for shard in manifest.shards),
             batch_size=batch_size,
             rank=dist.rank,

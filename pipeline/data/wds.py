@@ -30,10 +30,12 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
 import random
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -46,6 +48,7 @@ from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
+from pipeline.data.storage import ShardSource
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -83,31 +86,60 @@ def sample_offset(tar_path: str, sample: int) -> int:
     )
 
 
-def read_segments(segments: Iterator[Segment]) -> Iterator[dict]:
+def read_segments(segments: Iterator[Segment], source: ShardSource | None = None) -> Iterator[dict]:
     """Pipeline stage: tar slices → raw samples (bytes only; nothing is decoded here), each
     tagged with "__index__", its index in the split (manifest order).
 
-    A slice that starts inside a tar seeks straight to its first sample (offsets from the DALI
-    index), so rank and worker blocks and resumed epochs read only their own bytes.
+    `source` resolves each segment's shard name (pipeline/data/storage): a local directory's
+    file, a remote shard in the node cache (pinned until its last segment here is read), or,
+    with data.cache_gb=0, a verified stream; None reads segment.path as a file path. A slice
+    that starts inside a tar seeks straight to its first sample (offsets from the DALI index),
+    so rank and worker blocks and resumed epochs read only their own bytes.
     """
-    for segment in segments:
-        offset = sample_offset(segment.path, segment.skip) if segment.skip else 0
-        skip = 0 if offset else segment.skip
-        with open(segment.path, "rb") as stream:
-            stream.seek(offset)
-            samples = group_by_keys(tar_file_expander([{"url": segment.path, "stream": stream}]))
-            for number, sample in enumerate(itertools.islice(samples, skip, skip + segment.take)):
-                sample["__index__"] = segment.shard_start + segment.skip + number
-                yield sample
+    segments = list(segments)
+    last_use = {segment.path: number for number, segment in enumerate(segments)}
+    for number, segment in enumerate(segments):
+        try:
+            stream, url, skip = _open_segment(segment, source)
+            with stream:
+                tar = tar_file_expander([{"url": url, "stream": stream}])
+                samples = itertools.islice(group_by_keys(tar), skip, skip + segment.take)
+                for position, sample in enumerate(samples):
+                    sample["__index__"] = segment.shard_start + segment.skip + position
+                    yield sample
+        finally:
+            if source is not None and last_use[segment.path] == number:
+                source.release(segment.path)
+
+
+def _open_segment(segment: Segment, source: ShardSource | None) -> tuple[BinaryIO, str, int]:
+    """(a stream positioned at or before the segment's first sample, its URL for messages, the
+    samples still to skip in it)."""
+    if source is not None and source.streams:
+        stop = segment.skip + segment.take
+        url = f"{source.location}/{segment.path}"
+        return source.stream(segment.path, segment.skip, stop), url, 0
+    path = str(source.local_path(segment.path)) if source is not None else segment.path
+    offset = sample_offset(path, segment.skip) if segment.skip else 0
+    stream = open(path, "rb")  # noqa: SIM115 - closed by read_segments
+    stream.seek(offset)
+    return stream, path, 0 if offset else segment.skip
 
 
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
     def __init__(
-        self, plan: ShardReadPlan, data: DataConfig, shuffle_buffer: int, split: str
+        self,
+        plan: ShardReadPlan,
+        data: DataConfig,
+        shuffle_buffer: int,
+        split: str,
+        source: ShardSource,
     ) -> None:
         self.plan = plan
+        self.source = source  # the main process's; each worker process opens its own
+        self.source_pid = os.getpid()
         self.data = data  # for train_resolution(data, epoch)
         self.aug = Augmentation.from_config(data)
         self.shuffle_buffer = shuffle_buffer
@@ -132,7 +164,9 @@ class ShardStream(IterableDataset):
         block = self.plan.worker_block(epoch, logical)
         if skip_batches >= block.num_batches:
             return
-        stages = [lambda: iter(block.segments), read_segments]
+        source = self._worker_source()
+        source.prefetch(list(dict.fromkeys(segment.path for segment in block.segments)))
+        stages = [lambda: iter(block.segments), lambda segments: read_segments(segments, source)]
         if self.split == "train":
             seed = stream_seed(
                 self.plan.seed, Purpose.SHUFFLE_BUFFER, epoch, rank=self.plan.rank, sub=logical
@@ -143,6 +177,13 @@ class ShardStream(IterableDataset):
         stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))
         # now: uint8 [B, size, size, 3] batches of this worker's block, from batch skip_batches on
         yield from wds.DataPipeline(*stages)
+
+    def _worker_source(self) -> ShardSource:
+        """This process's source: a DataLoader worker reopens the main process's once (its own
+        prefetch thread, pins and connections), then keeps it across epochs."""
+        if self.source_pid != os.getpid():
+            self.source, self.source_pid = self.source.reopen(), os.getpid()
+        return self.source
 
     def _decoder(self, epoch: int, skip_samples: int):
         aug, train, seed = self.aug, self.split == "train", self.plan.seed
@@ -162,7 +203,7 @@ class ShardStream(IterableDataset):
                 except (KeyError, OSError, ValueError) as err:
                     url = str(sample.get("__url__"))
                     raise decode_error(
-                        f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)
+                        f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
                     ) from err
                 yield pixels, label
 
@@ -177,11 +218,13 @@ class WdsLoader(Loader):
         cfg: Config,
         split: str,
         dist: DistInfo,
-        directory: Path,
+        location: Path | str,
         batch_size: int,
         classes: ClassList,
     ) -> None:
-        manifest, paths = open_manifest(directory, split)
+        self.source = open_manifest(location, split, cfg.data)
+        manifest = self.source.manifest
+        directory = self.source.location  # a URL without credentials, for messages
         check_same_classes(directory, manifest.classes, classes.wnids)
         super().__init__(
             split=split,
@@ -194,11 +237,11 @@ class WdsLoader(Loader):
         self.directory = directory
         self.manifest = manifest
         workers = cfg.data.num_workers
-        self.plan = ShardReadPlan.for_split(paths, manifest, cfg, split, dist, batch_size, workers)
+        self.plan = ShardReadPlan.for_split(manifest, cfg, split, dist, batch_size, workers)
         self.check_planned_batches(directory)
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split)
+        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source)
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches
@@ -211,7 +254,7 @@ class WdsLoader(Loader):
             "wds %s: %d samples in %d shards from %s",
             split,
             manifest.num_samples,
-            len(paths),
+            len(manifest.shards),
             directory,
         )
 

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from core.remote import is_remote, scrub
 from core.shard_format import MANIFEST_NAME
-from pipeline.config import Config, replace
+from pipeline.config import Config, DataConfig, replace
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
@@ -91,7 +92,11 @@ def dali_importable() -> bool:
 def list_candidates(cfg: Config, dist: DistInfo, layouts: dict[str, Path]) -> list[Candidate]:
     """The configured loader first, then every other backend this data and machine allow."""
     on_gpu = dist.device.startswith("cuda")
-    train_dir = Path(cfg.data.train_dir).expanduser()
+    train_dir = (
+        cfg.data.train_dir
+        if is_remote(cfg.data.train_dir)
+        else Path(cfg.data.train_dir).expanduser()
+    )
     decode = cfg.data.dali_decode
     if cfg.data.backend == "dali" and decode == "auto":
         decode = "mixed" if on_gpu else "cpu"
@@ -140,8 +145,8 @@ def drop_from_page_cache(path: str) -> None:
 def files_to_read(directory: Path, layout: str, dist: DistInfo, budget) -> list[str]:
     """This rank's share: every world_size-th tar, or of a seeded sample of image files."""
     if layout == "shards":
-        _, tars = open_manifest(directory, "train")
-        paths = [str(tar) for tar in tars]
+        source = open_manifest(directory, "train", DataConfig())
+        paths = [str(source.local_path(shard.name)) for shard in source.manifest.shards]
         mine = paths[dist.rank :: dist.world_size] or paths[dist.rank % len(paths) :][:1]
         return mine
     _, paths, _ = list_class_folders(directory)
@@ -176,7 +181,7 @@ def bytes_per_image(directory: Path, layout: str, read: dict[str, Any]) -> float
     """Mean bytes read per training image: the manifest's tar bytes over its samples, or the
     sampled files' mean size."""
     if layout == "shards":
-        manifest, _ = open_manifest(directory, "train")
+        manifest = open_manifest(directory, "train", DataConfig()).manifest
         return sum(shard.bytes for shard in manifest.shards) / max(1, manifest.num_samples)
     return read["bytes"] / max(1, read["files"])
 
@@ -225,8 +230,40 @@ def measure_decode(cfg: Config, dist: DistInfo, candidate: Candidate, budget) ->
     return {"images_per_s": images / seconds, "images": images, "seconds": seconds}
 
 
+def measure_store(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
+    """A URL's shards: this rank's share streamed from the store (never to disk) within the
+    budget, the time to the first byte, and the share the node cache already holds (the hit
+    rate a run starting now would see)."""
+    source = open_manifest(cfg.data.train_dir, "train", cfg.data)
+    shards = source.manifest.shards
+    mine = shards[dist.rank :: dist.world_size] or shards[dist.rank % len(shards) :][:1]
+    cache = source.cache
+    cached = sum(cache.is_complete(entry.name, entry.bytes) for entry in mine) if cache else 0
+    total = files = 0
+    started = time.perf_counter()
+    for entry in mine:
+        for block in source.remote.iter_range(entry.name, 0, entry.bytes):
+            total += len(block)
+            if total >= budget.read_bytes or time.perf_counter() - started > budget.read_seconds:
+                break
+        files += 1
+        if total >= budget.read_bytes or time.perf_counter() - started > budget.read_seconds:
+            break
+    return {
+        "layout": "store",
+        "bytes": total,
+        "files": files,
+        "seconds": max(time.perf_counter() - started, 1e-9),
+        "first_byte_s": source.remote.first_byte_s,
+        "cache_hit_rate": cached / len(mine) if cache else None,
+        "bytes_per_image": sum(e.bytes for e in shards) / max(1, source.manifest.num_samples),
+    }
+
+
 def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     """This rank's read and decode measurements (no collectives: each rank at its own pace)."""
+    if is_remote(cfg.data.train_dir):
+        return measure_remote_data(cfg, dist, budget)
     train_dir = Path(cfg.data.train_dir).expanduser()
     layouts = find_layouts(train_dir) if cfg.data.train_dir else {}
     result: dict[str, Any] = {
@@ -259,6 +296,24 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001 - reported as the check's one line
             entry["error"] = describe_error(err)
         result["decode"][candidate.label] = entry
+    return result
+
+
+def measure_remote_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
+    """measure_data for shards at a URL: the store's read, then the configured loader (other
+    layouts are not looked for beside a URL)."""
+    result: dict[str, Any] = {"rank": dist.rank, "layouts": {}, "decode": {}}
+    try:
+        result["read"] = measure_store(cfg, dist, budget)
+    except Exception as err:  # noqa: BLE001 - reported as the check's one line
+        result["read_error"] = describe_error(err)
+    configured = list_candidates(cfg, dist, {})[0]
+    entry = describe_candidate(configured)
+    try:
+        entry.update(measure_decode(cfg, dist, configured, budget))
+    except Exception as err:  # noqa: BLE001 - reported as the check's one line
+        entry["error"] = describe_error(err)
+    result["decode"][configured.label] = entry
     return result
 
 
@@ -329,7 +384,7 @@ def summarize_read(
     nodes = node_read_rates(per_rank, ranks_per_node)
     slowest = min(nodes, key=lambda node: node["bytes_per_s"])
     read = per_rank[0]["read"]
-    unit = "shards" if read["layout"] == "shards" else "files"
+    unit = "files" if read["layout"] == "folders" else "shards"
     summary = {
         "node_bytes_per_s": slowest["bytes_per_s"],
         "bytes_per_image": read["bytes_per_image"],
@@ -337,21 +392,35 @@ def summarize_read(
     }
     values = {
         "layout": read["layout"],
-        "directory": cfg.data.train_dir,
+        "directory": scrub(cfg.data.train_dir),
         "nodes": nodes,
         "bytes_per_image": round(read["bytes_per_image"], 1),
         "per_rank": [{k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank],
     }
+    detail = f"cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per image)"
+    if read["layout"] == "store":
+        values.update({key: read[key] for key in ("first_byte_s", "cache_hit_rate")})
+        detail = store_detail(read)
     check = Check(
         "data",
         "read",
         "ok",
         f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
-        f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
-        "image)",
+        f"per node, {detail}",
         values,
     )
     return check, summary
+
+
+def store_detail(read: dict[str, Any]) -> str:
+    """The store's figures beside its MB/s: time to first byte, the node cache's hit rate."""
+    first = read["first_byte_s"]
+    hits = read["cache_hit_rate"]
+    return (
+        f"from the store (first byte {first * 1e3:.0f} ms, "
+        if first is not None
+        else "from the store ("
+    ) + (f"cache hit rate {hits:.0%})" if hits is not None else "no cache: data.cache_gb=0)")
 
 
 def summarize_decode(

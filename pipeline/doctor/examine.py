@@ -22,6 +22,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from core.remote import scrub
 from pipeline.config import Config
 from pipeline.data import resolve_classes
 from pipeline.data.base import per_rank_batch_size
@@ -192,7 +193,8 @@ def check_data(cfg: Config, dist: DistInfo, budget: Budget, run: Run) -> Section
     train_dir = str(Path(cfg.data.train_dir).expanduser())
     others = [f"{name} at {path}" for name, path in summary["layouts"].items() if path != train_dir]
     also = f", also {', '.join(others)}" if len(summary["layouts"]) > 1 else ""
-    return Section(checks, f"train_dir {cfg.data.train_dir or '(not set)'}{also}", summary)
+    shown = scrub(cfg.data.train_dir) or "(not set)"  # a URL without credentials or tokens
+    return Section(checks, f"train_dir {shown}{also}", summary)
 
 
 def check_model(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.fileio import atomic_write_text
+from core.remote import scrub
 
 Status = Literal["ok", "warn", "fail", "skip", "info"]
 SECTIONS = ("environment", "collectives", "data", "model", "verdict")
@@ -94,7 +95,7 @@ def build_report(
     return {
         "schema": SCHEMA,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "argv": list(argv),
+        "argv": [scrub(arg) for arg in argv],
         "quick": quick,
         "elapsed_s": round(elapsed_s, 2),
         "status": overall_status(checks),

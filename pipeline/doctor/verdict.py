@@ -20,6 +20,7 @@ import dataclasses
 import math
 from typing import Any
 
+from core.remote import is_remote
 from pipeline import scaling
 from pipeline.config import Config
 from pipeline.doctor.report import Check
@@ -191,6 +192,13 @@ def recommend_for_decode(cfg: Config, inputs: Inputs) -> Recommendation:
 
 
 def recommend_for_disk(cfg: Config, inputs: Inputs) -> Recommendation:
+    if is_remote(cfg.data.train_dir):
+        return Recommendation(
+            "storage bounds the run: the object store reads slower than the step consumes; a "
+            "node cache that holds the split reads from local disk after the first epoch (size "
+            "it at the split's bytes, plus ranks per node x (data.prefetch_shards + 1) shards)",
+            ("data.cache_gb=<the split's GB + 10%>", "data.cache_dir=<node-local NVMe>"),
+        )
     if cfg.data.backend == "folder" and "shards" in inputs.layouts:
         return Recommendation(
             "read the same images as shards: large sequential reads instead of one small file per "

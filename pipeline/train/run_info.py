@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from core.remote import scrub
 from pipeline.config import Config, dump_config
 from pipeline.distributed import DistInfo
 
@@ -56,7 +57,7 @@ def record_launch(
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     entry = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, "-m", "pipeline.train", *argv]),
+        "command": scrub(shlex.join([sys.executable, "-m", "pipeline.train", *argv])),
         "git_sha": git_sha(),
         "world_size": dist.world_size,
         "backend": dist.backend,

@@ -84,6 +84,30 @@ def storage_shards(tmp_path_factory) -> Path:
     return root / "train"
 
 
+def write_noise_folders(root: Path, per_class: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for wnid in WNIDS:
+        (root / wnid).mkdir(parents=True)
+        for number in range(per_class):
+            pixels = rng.integers(0, 256, size=(48, 56, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / wnid / f"{wnid}_{seed}_{number}.JPEG")
+    return root
+
+
+@pytest.fixture(scope="session")
+def training_shards(tmp_path_factory) -> Path:
+    """DIR/train (64 noise JPEGs of 4 classes, 8 shards) and DIR/val (8 images, 2 shards), for
+    the training runs."""
+    from preprocess.cli import main
+
+    root = tmp_path_factory.mktemp("training-data")
+    for split, per_class, shard_size in (("train", 16, 8), ("val", 2, 4)):
+        folders = write_noise_folders(root / "folders" / split, per_class, seed=len(split))
+        args = ["shard", str(folders), str(root / split), "--split", split]
+        assert main([*args, "--shard-size", str(shard_size), "--workers", "1"]) == 0
+    return root
+
+
 @pytest.fixture(autouse=True)
 def no_developer_credentials(monkeypatch, tmp_path):
     """Only the credentials a test sets: no ~/.aws files, no instance metadata, no profile."""
@@ -227,6 +251,14 @@ def nginx(tmp_path_factory, storage_shards) -> str:
         raise RuntimeError((folder / "stderr.log").read_text()) from None
     yield f"http://127.0.0.1:{port}"
     stop(process)
+
+
+@pytest.fixture(scope="session")
+def training_bucket(moto_s3, training_shards) -> str:
+    """The training shards uploaded to s3://imagenet/training/{train,val}; returns the prefix."""
+    for split in ("train", "val"):
+        moto_s3.upload_dir(training_shards / split, BUCKET, f"training/{split}")
+    return f"s3://{BUCKET}/training"
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ DALI's own examples shard by local rank and shuffle inside the reader; here the 
 ours, so `dali` visits exactly the samples the other backends visit on each rank:
   * folders: the file list of pipeline/data/plans.py's IndexPlan (the `folder` backend's),
     passed to fn.readers.file as files + labels, unshuffled;
-  * shards: the rank's block of the epoch sequence of pipeline/data/plans.py's ShardReadPlan, each
-    tar slice shuffled per epoch, written as per-rank DALI index files (the .idx next to each
-    tar, cut to the chosen samples in the chosen order) that fn.readers.webdataset follows.
-    Nothing outside the rank's block is read.
+  * shards (a local directory, or a URL read through the node cache: data.cache_gb > 0, the
+    epoch's shards fetched before its pipeline is built): the rank's block of the epoch
+    sequence of pipeline/data/plans.py's ShardReadPlan, each tar slice shuffled per epoch,
+    written as per-rank DALI index files (the .idx next to each tar, cut to the chosen samples
+    in the chosen order) that fn.readers.webdataset follows. Nothing outside the rank's block
+    is read.
 The pipeline is rebuilt per epoch, at the epoch's train size (`transforms.train_resolution`).
 
 Every random choice of a train sample is drawn on the host from (seed, epoch, sample), the
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.remote import is_remote
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config
 from pipeline.data.base import ClassList
@@ -58,11 +61,16 @@ from pipeline.distributed import DistInfo
 
 
 def build_dali_loader(
-    cfg: Config, split: str, dist: DistInfo, directory: Path, batch_size: int, classes: ClassList
+    cfg: Config,
+    split: str,
+    dist: DistInfo,
+    directory: Path | str,
+    batch_size: int,
+    classes: ClassList,
 ) -> DaliLoader:
-    """Shards when `directory` holds manifest.json, else class folders."""
+    """Shards when `directory` holds manifest.json or is a URL, else class folders."""
     import_dali()
     decode = resolve_decode(cfg.data.dali_decode, dist)
-    if (directory / MANIFEST_NAME).is_file():
+    if is_remote(directory) or (Path(directory) / MANIFEST_NAME).is_file():
         return DaliShardLoader(cfg, split, dist, directory, batch_size, classes, decode)
     return DaliFolderLoader(cfg, split, dist, directory, batch_size, classes, decode)

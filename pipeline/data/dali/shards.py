@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from core.seeds import Purpose, stream_seed
-from core.shard_format import DaliIndex, Manifest, ManifestError, format_dali_index, read_dali_index
+from core.shard_format import DaliIndex, ManifestError, format_dali_index
 from pipeline.config import Config
 from pipeline.data.base import ClassList, check_same_classes
 from pipeline.data.dali.loader import DaliLoader
@@ -21,30 +21,20 @@ from pipeline.errors import LoaderError
 logger = logging.getLogger(__name__)
 
 
-def read_indexes(paths: list[Path], manifest: Manifest) -> dict[str, DaliIndex]:
-    """Each tar's DALI index (core.shard_format's one reader), checked against the manifest's
-    counts; a LoaderError naming the index when one is missing or wrong."""
-    try:
-        return {
-            str(path): read_dali_index(path, shard.count)
-            for path, shard in zip(paths, manifest.shards)
-        }
-    except ManifestError as err:
-        raise LoaderError(str(err)) from None
-
-
 class DaliShardLoader(DaliLoader):
     def __init__(
         self,
         cfg: Config,
         split: str,
         dist: DistInfo,
-        directory: Path,
+        location: Path | str,
         batch_size: int,
         classes: ClassList,
         decode: str,
     ) -> None:
-        manifest, paths = open_manifest(directory, split)
+        self.source = open_manifest(location, split, cfg.data)
+        manifest = self.source.manifest
+        directory = self.source.location  # a URL without credentials, for messages
         check_same_classes(directory, manifest.classes, classes.wnids)
         super().__init__(
             cfg,
@@ -55,19 +45,39 @@ class DaliShardLoader(DaliLoader):
             num_samples=manifest.num_samples,
             batch_size=batch_size,
         )
-        self.indexes = read_indexes(paths, manifest)
-        self.plan = ShardReadPlan.for_split(
-            paths, manifest, cfg, split, dist, batch_size, num_workers=1
-        )
+        self.indexes: dict[str, DaliIndex] = {}
+        if not self.source.is_remote:  # a local index that disagrees fails here, not mid-run
+            for shard in manifest.shards:
+                self.index(shard.name)
+        self.pinned: list[str] = []  # remote: this epoch's shards, in the node cache
+        self.plan = ShardReadPlan.for_split(manifest, cfg, split, dist, batch_size, num_workers=1)
         self.check_planned_batches(directory)
         logger.info(
             "dali (%s) shards %s: %d samples in %d tars from %s",
             decode,
             split,
             manifest.num_samples,
-            len(paths),
+            len(manifest.shards),
             directory,
         )
+
+    def index(self, name: str) -> DaliIndex:
+        """A tar's DALI index (core.shard_format's one reader, checked against the manifest's
+        count; fetched from the store once for a URL); a LoaderError naming it when wrong."""
+        if name not in self.indexes:
+            try:
+                self.indexes[name] = self.source.index(name)
+            except ManifestError as err:
+                raise LoaderError(str(err)) from None
+        return self.indexes[name]
+
+    def local_tars(self, names: list[str]) -> list[str]:
+        """Files DALI can open for these shards: a local directory's own, or (a URL) the node
+        cache's, fetched now and pinned until the next epoch's are."""
+        for name in self.pinned:
+            self.source.release(name)
+        self.pinned = list(dict.fromkeys(names)) if self.source.is_remote else []
+        return [str(self.source.local_path(name)) for name in names]
 
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches()
@@ -103,7 +113,7 @@ class DaliShardLoader(DaliLoader):
         for position in range(1, len(order) + 1):
             if position == len(order) or order[position][0] != order[run_start][0]:
                 tar = order[run_start][0]
-                source = self.indexes[tar]
+                source = self.index(tar)
                 samples = [source.samples[sample] for _, sample in order[run_start:position]]
                 index = self.workdir / f"e{epoch}-b{start_batch}-{len(tars):06d}.idx"
                 index.write_text(format_dali_index(samples, source.version))
@@ -111,7 +121,7 @@ class DaliShardLoader(DaliLoader):
                 indexes.append(str(index))
                 run_start = position
         jpegs, labels = self.fn.readers.webdataset(
-            paths=tars,
+            paths=self.local_tars(tars),
             index_paths=indexes,
             ext=["jpg", "cls"],
             missing_component_behavior="error",

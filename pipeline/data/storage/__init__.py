@@ -5,6 +5,7 @@ from pipeline.data.storage.cache import CacheTooSmallError, ShardCache
 from pipeline.data.storage.source import (
     LocalShardSource,
     RemoteShardSource,
+    ShardSource,
     SourceStats,
     open_shard_source,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "LocalShardSource",
     "RemoteShardSource",
     "ShardCache",
+    "ShardSource",
     "SourceStats",
     "open_shard_source",
 ]

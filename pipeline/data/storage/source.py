@@ -63,12 +63,17 @@ class LocalShardSource:
     """A shard directory on a local or shared filesystem."""
 
     is_remote = False
+    streams = False  # readers open files: `local_path`
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, manifest: Manifest | None = None) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
-        self.manifest = read_manifest(self.directory)
+        self.manifest = manifest if manifest is not None else read_manifest(self.directory)
         self.entries = {entry.name: entry for entry in self.manifest.shards}
+
+    def reopen(self) -> LocalShardSource:
+        """The same source for another process (a loader worker)."""
+        return self
 
     def local_path(self, name: str) -> Path:
         return self.directory / name
@@ -108,10 +113,13 @@ class RemoteShardSource:
         prefetch_depth: int = 2,
         retry: RetryPolicy | None = None,
         cache_wait_s: float = 60.0,
+        manifest: Manifest | None = None,
     ) -> None:
+        # what `reopen` needs to build the same source in another process
+        self.arguments = (url, cache_dir, cache_gb, prefetch_depth, retry, cache_wait_s)
         self.remote = RemoteDir(url, retry)
         self.location = self.remote.shown_url
-        self.manifest: Manifest = self.remote.read_manifest()
+        self.manifest: Manifest = manifest if manifest is not None else self.remote.read_manifest()
         self.entries = {entry.name: entry for entry in self.manifest.shards}
         self.cache: ShardCache | None = None
         if cache_gb > 0:
@@ -124,6 +132,20 @@ class RemoteShardSource:
         self.prefetcher: Prefetcher | None = None
         self.read_s = 0.0
         self.indexes: dict[str, DaliIndex] = {}
+
+    @property
+    def streams(self) -> bool:
+        """Readers stream (`stream`) rather than open cached files (`local_path`):
+        cache_gb=0."""
+        return self.cache is None
+
+    def reopen(self) -> RemoteShardSource:
+        """A fresh source over the same store and cache, with the manifest already read, for a
+        loader worker: no prefetch thread, pin or client connection crosses a fork."""
+        return RemoteShardSource(*self.arguments, manifest=self.manifest)
+
+    def __reduce__(self):
+        return RemoteShardSource, (*self.arguments, self.manifest)
 
     def _entry(self, name: str) -> ShardEntry:
         try:
@@ -192,6 +214,7 @@ class RemoteShardSource:
             return  # streaming: each stream is its own read-ahead
         if self.prefetcher is not None:
             self.prefetcher.close()
+            self.cache.release_all()  # what it fetched for a plan no longer read
         self.prefetcher = Prefetcher(self._fetch, self.prefetch_depth).start(names)
 
     def stream(self, name: str, start_sample: int = 0, stop_sample: int | None = None) -> BinaryIO:
@@ -233,6 +256,9 @@ def _cache_key(location: str) -> str:
 
     readable = location.split("://", 1)[-1].strip("/").replace("/", "_").replace(":", "_")
     return f"{readable[-60:]}-{hashlib.sha256(location.encode()).hexdigest()[:8]}"
+
+
+ShardSource = LocalShardSource | RemoteShardSource
 
 
 def open_shard_source(
