@@ -24,8 +24,9 @@ What it adds over calling torchrun directly:
 
   * on GPUs, NCCL's async error handling and its flight recorder (dumped on a collective
     timeout into RUN_DIR/nccl_trace/) are turned on for the workers (`worker_environment`);
-  * the exit status is 75 (EXIT_STOPPED, what slurm/train.sbatch requeues on) when every worker
-    that failed exited 75: a stop signal's checkpoint, or the stall watchdog (torchrun itself
+  * the exit status is 75 (EXIT_STOPPED, what slurm/train.sbatch requeues on) when a worker
+    exited 75 (a stop signal's checkpoint, or the stall watchdog) and every other failed worker
+    did too or was killed by a signal, as the stalled rank is (`failed_status`; torchrun itself
     exits 1 for any failed worker).
 
 torchrun runs inside this process (its `run()`, as `python -m torch.distributed.run` would), so
@@ -399,6 +400,19 @@ def split_payload(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:index], argv[index + 1 :]
 
 
+def add_elastic_arguments(parser: argparse.ArgumentParser) -> None:
+    """torchrun's elastic options, passed through: a node range and the restarts after failure."""
+    parser.add_argument(
+        "--nnodes", default="1", help="number of nodes, or MIN:MAX for elastic (default 1)"
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="torchrun restarts the worker group this often after a failure (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m launch",
@@ -413,15 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="processes per node (default: the visible GPUs; required on CPU)",
     )
-    parser.add_argument(
-        "--nnodes", default="1", help="number of nodes, or MIN:MAX for elastic (default 1)"
-    )
-    parser.add_argument(
-        "--max-restarts",
-        type=int,
-        default=0,
-        help="torchrun restarts the worker group this often after a failure (default 0)",
-    )
+    add_elastic_arguments(parser)
     parser.add_argument(
         "--rdzv-endpoint",
         default="",
@@ -512,10 +518,19 @@ def run_torchrun(command: list[str]) -> int:
         failures = sorted(err.failures.items())
         codes = {failure.exitcode for _, failure in failures}
         summary = ", ".join(f"rank {rank} exit {failure.exitcode}" for rank, failure in failures)
-        status = EXIT_STOPPED if codes == {EXIT_STOPPED} else 1
+        status = failed_status(codes)
         print(f"launch: workers failed ({summary}): exit {status}", file=sys.stderr, flush=True)
         return status
     return 0
+
+
+def failed_status(codes: set[int]) -> int:
+    """75 when the group stopped to be resumed: some worker exited 75 (a stop signal's
+    checkpoint, or the stall watchdog's verdict) and every other failed worker either did too or
+    was killed by a signal (the stalled rank itself, stopped or hung, which torchrun's shutdown
+    kills); 1 for anything else, such as a worker that crashed."""
+    resumable = EXIT_STOPPED in codes and all(c == EXIT_STOPPED or c < 0 for c in codes)
+    return EXIT_STOPPED if resumable else 1
 
 
 if __name__ == "__main__":

@@ -337,3 +337,13 @@ def test_nccl_failure_handling_is_set_for_gpu_runs_with_the_dump_in_the_run_dir(
     assert worker_environment("auto", "/runs/a", visible_gpus=0) == {}
     monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # the user's choice wins
     assert worker_environment("cuda", "/r", 1)["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+
+
+def test_the_launcher_exits_75_only_when_the_group_stopped_to_be_resumed():
+    from launch.torchrun import failed_status
+
+    assert failed_status({75}) == 75  # every rank checkpointed on a signal
+    assert failed_status({75, -9}) == 75  # the watchdog's verdict; the stalled rank was killed
+    assert failed_status({75, 1}) == 1  # a rank crashed: not a resumable stop
+    assert failed_status({-9}) == 1  # killed, with no verdict or checkpoint
+    assert failed_status({1}) == 1
