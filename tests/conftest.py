@@ -9,8 +9,8 @@ process with its own session fixtures, so what is expensive to build is kept to 
 - every `slurm` test shares one xdist group, so one worker starts the one test cluster;
 - the tests of a module that share a module-scoped fixture (a reference training run, the demo,
   the doctor under torchrun) form one group, so that fixture is built once, not once per worker;
-- the tests marked `slow` are handed out first, longest known first, so no worker is left with a
-  long test at the end while the others sit idle.
+- the tests marked `slow` are handed out first, so no worker is left with a long test at the
+  end while the other sits idle.
 The tiny data sets are session fixtures built in under a second each: building them once per
 worker costs less than a lock shared across workers would save.
 """
@@ -67,16 +67,10 @@ def xdist_group_of(item) -> str | None:
     return None
 
 
-# Seconds each of the longest tests took on CI's 2 cores, run alone (rounded): the parallel run
-# starts these first. A test missing here is merely scheduled with the other slow ones.
-LONGEST_S: dict[str, float] = {}
-
-
-def schedule_rank(item) -> tuple[int, float]:
-    """0 for slow tests (the longest known first), 1 for the rest (in collection order)."""
-    if item.get_closest_marker("slow") is None:
-        return (1, 0.0)
-    return (0, -LONGEST_S.get(item.nodeid.split("[")[0], 0.0))
+def schedule_rank(item) -> int:
+    """0 for slow tests, 1 for the rest; each in collection order (xdist sends the groups with
+    the most tests first, then single tests in this order)."""
+    return 0 if item.get_closest_marker("slow") else 1
 
 
 def pytest_configure(config):
