@@ -49,8 +49,24 @@ def pytest_collection_modifyitems(config, items):
         group = xdist_group_of(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    # The longest first: a stable sort, so every worker collects the same order (xdist checks).
+    # Slow tests first: a stable sort, so every worker collects the same order (xdist checks).
     items.sort(key=schedule_rank)
+    if getattr(config.option, "loadgroup", False):  # set on xdist workers under loadgroup
+        for item in items:
+            put_group_in_node_id(item)
+
+
+def put_group_in_node_id(item) -> None:
+    """Append `@group` to the item's node id, which `--dist loadgroup` schedules by.
+
+    pytest-xdist 3.8 does this by assigning `item._nodeid`, which pytest 9.2 no longer reads (a
+    node id is now the structured `item._id`), so without this every group is silently split
+    across the workers, as under `--dist load`. Harmless once xdist sets the id itself: its
+    scheduler groups on the text after the last `@`.
+    """
+    groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+    if groups:
+        item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def xdist_group_of(item) -> str | None:
@@ -63,7 +79,7 @@ def xdist_group_of(item) -> str | None:
     for name in fixture_info.names_closure:
         definitions = fixture_info.name2fixturedefs.get(name, ())
         if any(definition.scope == "module" for definition in definitions):
-            return f"{item.nodeid.split('::')[0]}::module-fixtures"
+            return item.module.__name__  # unique: the suite's test modules have unique names
     return None
 
 
