@@ -44,17 +44,19 @@ def test_the_names_are_our_alexnet_variants_and_everything_torchvision_lists():
     assert {"resnet50", "vgg16_bn", "inception_v3", "vit_b_16", "swin_t", "maxvit_t"} <= listed
 
 
+# One test per model: xdist spreads the ~80 builds over its workers (as one test they were CI's
+# longest, and under load they ran past the 600 s timeout).
 @pytest.mark.slow
-def test_every_model_builds_fresh_and_runs_a_forward_at_its_smallest_input():
-    for name in architectures():
-        rule = input_rule(name)
-        model = build_model(ModelConfig(arch=name), num_classes=10, image_size=rule.minimum)
-        model.eval()
-        with torch.no_grad():
-            logits = model(torch.rand(1, 3, rule.minimum, rule.minimum))
-        assert logits.shape == (1, 10), name
-        del model, logits
-        gc.collect()
+@pytest.mark.parametrize("name", architectures())
+def test_every_model_builds_fresh_and_runs_a_forward_at_its_smallest_input(name):
+    rule = input_rule(name)
+    model = build_model(ModelConfig(arch=name), num_classes=10, image_size=rule.minimum)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, rule.minimum, rule.minimum))
+    assert logits.shape == (1, 10), name
+    del model, logits
+    gc.collect()
 
 
 def test_auxiliary_models_train_at_their_training_minimum_and_return_their_aux_logits():
