@@ -276,7 +276,7 @@ class TrainConfig:
     )
     collective_timeout_s: float = _field(1800.0, "process-group timeout, s (nccl and gloo)")
     stall_timeout_s: float = _field(
-        0.0, "watchdog: s without progress before a rank is named and the run exits 75; 0 off"
+        900.0, "watchdog: s without progress before a rank is named and the run exits 75; 0 off"
     )
     keep_last: int = _field(2, "checkpoints kept: last.pt + previous ones (checkpoints/previous/)")
     save_every_minutes: float = _field(0.0, "also write last.pt mid-epoch this often, min; 0 off")

@@ -507,7 +507,12 @@ class Trainer:
         before or during it."""
         state = self.state
         self.progress.mark(Phase.EVAL, state.step)
-        interrupted = self.stop.pending if interruptible else None
+        pending = self.stop.pending if interruptible else None
+
+        def interrupted() -> bool:  # asked before every val batch: progress for the watchdog
+            self.progress.mark(Phase.EVAL)
+            return pending is not None and pending()
+
         broadcast_buffers(self.model, self.dist)  # every rank scores the model rank 0 saves
         flip_tta = self.cfg.eval.flip_tta
         output = evaluate(
