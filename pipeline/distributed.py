@@ -176,16 +176,35 @@ def init_distributed(
             os.environ.setdefault("WORLD_SIZE", str(world_size))
             torch_dist.init_process_group(
                 backend=backend,
-                init_method="env://",
                 rank=rank,
                 world_size=world_size,
                 timeout=datetime.timedelta(seconds=timeout_s),
                 device_id=torch.device(device_name) if use_cuda else None,
+                **group_store(world_size, timeout_s),
             )
     dist = DistInfo(rank, local_rank, world_size, local_world_size, backend, device_name)
     if use_cuda:
         check_distinct_gpus(dist)
     return dist
+
+
+def group_store(world_size: int, timeout_s: float) -> dict:
+    """init_process_group's rendezvous: env:// as torchrun sets it up, except after an elastic
+    restart. There torchrun's workers reuse the agent's store and the keys of the group that
+    failed are still in it (torch says "a new TCPStore for every retry", but a restart on the
+    same agent keeps the store: pytorch#167288), so a restarted rank would connect to a dead
+    peer's gloo address. Each restart then gets its own key prefix."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart == "0":
+        return {"init_method": "env://"}
+    client = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return {"store": torch_dist.PrefixStore(f"/pipeline/restart_{restart}", client)}
 
 
 def check_distinct_gpus(dist: DistInfo) -> None:

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import sys
 import warnings
@@ -45,10 +46,13 @@ import torchvision
 from torch import nn
 
 from core.fileio import fsync_directory, temp_path
+from pipeline.checkpoint import checkpoint_dir
 from pipeline.errors import EXIT_OK, EXIT_USAGE, UserError, first_line
 from pipeline.models import build_model
 from pipeline.models.registry import AUX_FAMILIES
 from pipeline.trained import TrainedModel, WeightsChoice, load_trained_model
+
+logger = logging.getLogger(__name__)
 
 ExportFormat = Literal["torchvision", "safetensors", "onnx", "torchscript"]
 FORMATS: tuple[ExportFormat, ...] = ("torchvision", "safetensors", "onnx", "torchscript")
@@ -305,3 +309,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def export_for_trackers(run_dir: Path, best_metric: str) -> Path | None:
+    """Rank 0 at a run's end: best.pt (else last.pt) as RUN_DIR/export/model.safetensors,
+    verified, for the trackers that keep weights (MLflow's model/ artifacts); the EMA's weights
+    when eval.best_metric follows them. None (with one warning) when the export fails."""
+    directory = checkpoint_dir(run_dir)
+    source = next((p for p in (directory / "best.pt", directory / "last.pt") if p.is_file()), None)
+    if source is None:
+        return None
+    weights = "ema" if best_metric == "val/ema_top1" else "raw"
+    try:
+        report = export_checkpoint(
+            source, "safetensors", Path(run_dir) / "export/model.safetensors", weights
+        )
+    except UserError as err:
+        logger.warning("exporting %s for the trackers failed: %s", source, first_line(err))
+        return None
+    logger.info("%s", report.summary())
+    return report.path

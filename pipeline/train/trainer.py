@@ -37,9 +37,9 @@ from pipeline.distributed import (
     broadcast_object,
     replica_fingerprints,
 )
-from pipeline.errors import EXIT_OK, EXIT_STOPPED, CheckpointError, UserError, first_line
+from pipeline.errors import EXIT_OK, EXIT_STOPPED, CheckpointError
 from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
-from pipeline.export import export_checkpoint
+from pipeline.export import export_for_trackers
 from pipeline.metrics import write_per_class_csv
 from pipeline.models import (
     check_input_sizes,
@@ -575,28 +575,9 @@ class Trainer:
                 images, labels, predictions, self.classes.display_names()
             )
         if self.tracker.takes_weights:
-            self.store_exported_weights()
+            path = export_for_trackers(self.run_dir, self.cfg.eval.best_metric)
+            if path is not None:
+                self.tracker.log_files([path], "model")
         self.tracker.finish(summary=state.last_eval, plots=self.cfg.log.plots)
         print_final(state.last_eval, self.dist)
         return EXIT_OK
-
-    def store_exported_weights(self) -> None:
-        """Rank 0: best.pt (else last.pt) as RUN_DIR/export/model.safetensors, verified, to the
-        trackers that keep weights (MLflow's model/ artifacts). The weights eval.best_metric
-        follows: the EMA's for val/ema_top1."""
-        directory = ckpt.checkpoint_dir(self.run_dir)
-        source = next(
-            (p for p in (directory / "best.pt", directory / "last.pt") if p.is_file()), None
-        )
-        if source is None:
-            return
-        weights = "ema" if self.cfg.eval.best_metric == "val/ema_top1" else "raw"
-        try:
-            report = export_checkpoint(
-                source, "safetensors", self.run_dir / "export/model.safetensors", weights
-            )
-        except UserError as err:
-            logger.warning("exporting %s for the trackers failed: %s", source, first_line(err))
-            return
-        logger.info("%s", report.summary())
-        self.tracker.log_files([report.path], "model")

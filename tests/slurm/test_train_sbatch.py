@@ -314,3 +314,36 @@ def test_usr2_before_the_training_step_starts_requeues_without_starting_it(
     wait_until(
         lambda: slurm_cluster.job_field(job, "Restarts") == "1", 60, "the requeue", slurm_cluster
     )
+
+
+def test_a_last_pt_corrupted_between_requeues_falls_back_and_the_job_finishes_on_its_own(
+    slurm_cluster, tiny_images, tmp_path
+):
+    """A node dies while last.pt is copied: the requeued job moves the bad file aside, resumes
+    from the previous good checkpoint and finishes, with nobody there to act."""
+    run_dir, output = tmp_path / "run", tmp_path / "job.out"
+    job = submit_training(slurm_cluster, tiny_images, run_dir, output, PREFLIGHT="0")
+    # past epoch 1's checkpoint (step 8), so a previous good one exists when last.pt is replaced
+    wait_until(lambda: last_step(run_dir) >= 10, JOB_TIMEOUT_S, "step 10", slurm_cluster, 0.1)
+    slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
+    wait_until(
+        lambda: slurm_cluster.job_field(job, "Restarts") == "1",
+        JOB_TIMEOUT_S,
+        "the requeue",
+        slurm_cluster,
+    )
+    assert last_step(run_dir) < STEPS, "the run finished before the signal"
+    wait_until(lambda: slurm_cluster.job_state(job) == "PENDING", 60, "the requeue", slurm_cluster)
+    last = run_dir / "checkpoints" / "last.pt"
+    size = last.stat().st_size
+    with open(last, "r+b") as handle:  # truncated to half, as a copy cut short leaves it
+        handle.truncate(size // 2)
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    state = slurm_cluster.wait_for_job(job, JOB_TIMEOUT_S)
+    log = output.read_text()
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{log}"
+    assert "failed its check" in log and "moved aside" in log, log[-3000:]
+    moved = sorted((run_dir / "checkpoints").glob("last.pt.bad-*"))
+    assert [path.stat().st_size for path in moved if path.suffix != ".sha256"][:1] == [size // 2]
+    assert "training finished (exit 0): not requeueing" in log
+    assert last_step(run_dir) == STEPS
