@@ -24,7 +24,9 @@ same order whichever backend reads them:
          the DataLoader polls its workers), and each worker reads one contiguous sub-block
          (a `WorkerBlock`).
 
-Resuming at batch k of an epoch skips the first k batches of the same plan. Every draw here
+Resuming at batch k of an epoch skips the first k batches of the same plan; a resume under
+another plan (world size, batch) reads the samples the old one had not, pipeline/data/
+remainder.py (`key_segments` finds them in the tars). Every draw here
 comes from the one seed rule (core.seeds): the sample permutation is `Purpose.SAMPLE_ORDER`, the
 shard permutation `SHARD_ORDER` and the rotation `SHARD_START`, each a function of (seed, epoch).
 """

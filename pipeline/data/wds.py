@@ -19,6 +19,9 @@ The per-epoch order therefore depends on (seed, epoch, world size, batch size, n
 (pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
 resuming at batch k (`set_epoch(epoch, k)`) rebuilds the same streams and drops the samples
 of the first k batches before decoding, so the rest is identical to the uninterrupted epoch.
+The rest of an epoch interrupted under another world size or batch (`set_remainder`,
+pipeline/data/remainder.py) is a fixed list of keys per batch: each worker reads its batches'
+tar slices in key order, without the shuffle buffer.
 What each sample becomes does not depend on the order: its crop, flip and auto-augment draws
 come from `sample_rng(seed, epoch, its index in the split)` (the manifest-order index that
 `read_segments` tags it with), and its size from `train_resolution(data, epoch)`, the epoch
