@@ -41,6 +41,7 @@ from torch import nn
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import ClassList, Loader, build_loader
+from pipeline.data.plans import IndexPlan
 from pipeline.data.remainder import EpochRemainder, PlanLink, ReadPlan, plan_remainder
 from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
@@ -168,17 +169,30 @@ def link_of_config(config: dict[str, Any], world_size: int, batches: int = 0) ->
     )
 
 
-def recorded_links(data: dict[str, Any], world_size: int) -> list[PlanLink]:
+def recorded_links(data: dict[str, Any], cfg: Config, world_size: int) -> list[PlanLink]:
     """The plans the checkpoint's epoch was read under: its `data_plan`, or (a checkpoint from
-    before it existed) the one plan of its config and world size."""
+    before it existed) the one plan of its config (keys it lacks: this run's) and world size."""
     record = data.get("data_plan") or {}
     if record.get("epoch") == data.get("epoch") and record.get("links"):
         return [PlanLink.from_dict(values) for values in record["links"]]
-    old_config = data.get("config") or {}
-    if not old_config.get("data") or not old_config.get("optim"):
-        raise CheckpointError("the checkpoint records no config: its reading plan is unknown")
+    current, old = config_to_dict(cfg), data.get("config") or {}
+    merged = {section: {**current[section], **(old.get(section) or {})} for section in current}
     old_world = int(data.get("world_size") or world_size)
-    return [link_of_config(old_config, old_world, int(data.get("batch_in_epoch") or 0))]
+    return [link_of_config(merged, old_world, int(data.get("batch_in_epoch") or 0))]
+
+
+def check_same_keys(link: PlanLink, plan: ReadPlan) -> None:
+    """Class folders number samples by file, shards by position in the split: a remainder needs
+    the epoch's first plan and this run to read the same kind."""
+    folders = isinstance(plan, IndexPlan)
+    if (link.backend == "folder" and not folders) or (link.backend == "wds" and folders):
+        read = "class folders" if link.backend == "folder" else "shards"
+        raise CheckpointError(
+            f"the checkpoint's epoch was read from {read} and this run reads "
+            f"{'class folders' if folders else 'shards'} under another plan, so the samples it "
+            "has not read cannot be named: finish the epoch with the checkpoint's "
+            "data.backend and data directories, or start a new train.run_dir"
+        )
 
 
 def plan_interrupted_epoch(
@@ -194,11 +208,12 @@ def plan_interrupted_epoch(
     size, per-rank batch, accumulation); None when it is the same plan (the loader resumes at
     the exact batch, bit-exact). Sets state.batch_in_epoch to the remainder's position: its
     batches end where this run's epoch ends."""
-    links = recorded_links(data, dist.world_size)
+    links = recorded_links(data, cfg, dist.world_size)
     new = link_of_config(config_to_dict(cfg), dist.world_size)
     last = links[-1]
     if len(links) == 1 and last.same_layout(new):
         return None
+    check_same_keys(links[0], plan)
     continued = len(links) > 1 and last.same_layout(new)  # the same remainder, interrupted again
     history = links[:-1] if continued else links
     link = dataclasses.replace(new, planned=last.planned) if continued else new

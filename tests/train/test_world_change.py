@@ -19,8 +19,6 @@ from pipeline.data.plans import IndexPlan, ShardReadPlan
 from pipeline.data.remainder import sequence_keys
 from pipeline.train.cli import main
 
-pytestmark = pytest.mark.slow
-
 RECORD = ("data.record_samples=true", "train.epochs=1", "train.log_every=1")
 
 
@@ -32,6 +30,7 @@ def consumed_keys(run_dir: Path, epoch: int) -> list[int]:
     return keys
 
 
+@pytest.mark.slow
 def test_an_epoch_stopped_by_sigterm_on_2_ranks_and_finished_on_1_reads_every_file_once(
     tiny_data, tmp_path
 ):
@@ -63,6 +62,7 @@ def test_an_epoch_stopped_by_sigterm_on_2_ranks_and_finished_on_1_reads_every_fi
     assert load_checkpoint(run_dir / "checkpoints/last.pt")["epoch"] >= 1  # epoch 0 finished
 
 
+@pytest.mark.slow
 def test_a_wds_epoch_begun_on_1_rank_and_finished_on_2_reads_every_sample_once(
     tiny_shards, tmp_path
 ):
@@ -88,3 +88,23 @@ def test_a_wds_epoch_begun_on_1_rank_and_finished_on_2_reads_every_sample_once(
     expected = sequence_keys(plan, 0, *plan.rank_samples())
     keys = consumed_keys(run_dir, 0)
     assert sorted(keys) == sorted(expected.tolist()) and len(np.unique(keys)) == 160
+
+
+def test_a_checkpoint_without_data_plan_replays_its_config_and_another_key_kind_is_one_line():
+    from pipeline.config import build_config, config_to_dict
+    from pipeline.distributed import DistInfo
+    from pipeline.errors import CheckpointError
+    from pipeline.train.resume import TrainState, plan_interrupted_epoch, recorded_links
+
+    cfg = build_config({"data": {"backend": "folder", "global_batch_size": 12}})
+    old = config_to_dict(build_config({"data": {"backend": "wds", "global_batch_size": 16}}))
+    del old["data"]["shuffle_buffer"]  # an older checkpoint: this run's value fills it in
+    data = {"epoch": 1, "batch_in_epoch": 3, "world_size": 2, "config": old}
+    (link,) = recorded_links(data, cfg, world_size=1)
+    assert (link.backend, link.world_size, link.batch_size, link.batches) == ("wds", 2, 8, 3)
+    assert link.shuffle_buffer == cfg.data.shuffle_buffer
+    plan = IndexPlan(160, 12, 0, 1, True, 0)
+    with pytest.raises(CheckpointError, match="read from shards and this run reads class folders"):
+        plan_interrupted_epoch(
+            TrainState(epoch=1, batch_in_epoch=3), data, cfg, DistInfo(), 13, plan
+        )
