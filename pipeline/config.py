@@ -90,6 +90,9 @@ class DataConfig:
     )
     prefetch_factor: int = _field(4, "batches each loader worker prepares ahead")
     pin_memory: bool = _field(True, "pin host batches for asynchronous copies to the GPU")
+    record_samples: bool = _field(
+        False, "debug: write the keys of every train batch to RUN_DIR/samples/rank-N-epoch-E.jsonl"
+    )
     dali_decode: DaliDecode = _field(
         "auto", "dali: mixed (nvJPEG on GPU), cpu, or auto (mixed when CUDA is present)"
     )

@@ -4,6 +4,7 @@ the Loader interface."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from core.remote import is_remote
 from pipeline.config import Config
+from pipeline.data.remainder import EpochRemainder
 from pipeline.distributed import DistInfo, all_gather_ints
 from pipeline.errors import LoaderError, SampleDecodeError
 
@@ -123,6 +125,29 @@ def check_same_classes(directory: Path | str, classes: list[str], reference: Seq
         )
 
 
+class SampleRecord:
+    """data.record_samples (a debug aid, off by default): the keys of every train batch as it is
+    handed over, one JSON line per batch, in RUN_DIR/samples/rank-N-epoch-E.jsonl. A key is the
+    file index (class folders) or the sample's index in the split (shards)."""
+
+    def __init__(self, directory: Path, rank: int) -> None:
+        self.directory = directory
+        self.rank = rank
+
+    def write(self, epoch: int, batch: int, keys: Sequence[int]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"batch": batch, "keys": [int(key) for key in keys]})
+        with open(self.directory / f"rank-{self.rank}-epoch-{epoch}.jsonl", "a") as out:
+            out.write(line + "\n")  # closed per batch: a killed run keeps every line written
+
+
+def sample_record(cfg: Config, split: str, dist: DistInfo) -> SampleRecord | None:
+    """The train split's SampleRecord when data.record_samples is on."""
+    if not cfg.data.record_samples or split != "train":
+        return None
+    return SampleRecord(Path(cfg.train.run_dir) / "samples", dist.rank)
+
+
 CopyMode = Literal["in_place", "async", "pin_then_async", "blocking"]
 
 
@@ -180,6 +205,7 @@ class Loader:
         batch_size: int,
         dist: DistInfo,
         channels_last: bool,
+        record: SampleRecord | None = None,
     ) -> None:
         self.split = split
         self.classes = list(classes.wnids)  # in class-index order
@@ -191,6 +217,24 @@ class Loader:
         self.device = torch.device(dist.device)
         self.epoch = 0
         self.start_batch = 0
+        self.record = record  # data.record_samples
+        self.remainder: EpochRemainder | None = None  # the rest of an epoch under another plan
+
+    def set_remainder(self, remainder: EpochRemainder | None) -> None:
+        """Read `remainder.epoch` as the rest of an interrupted epoch (pipeline/data/remainder.py):
+        its batches are numbered from `remainder.first_batch` on, up to the usual epoch's end."""
+        self.remainder = remainder
+
+    def epoch_remainder(self) -> EpochRemainder | None:
+        """The remainder when the current epoch is its epoch."""
+        remainder = self.remainder
+        return remainder if remainder is not None and remainder.epoch == self.epoch else None
+
+    def _epoch_batches(self, epoch: int) -> int:
+        remainder = self.remainder
+        if remainder is not None and remainder.epoch == epoch:
+            return remainder.first_batch + remainder.num_batches
+        return self._planned_batches(epoch)
 
     def check_planned_batches(self, directory: Path) -> None:
         """Train needs at least one full batch per rank (DDP steps on every rank). Val does not:
@@ -216,7 +260,13 @@ class Loader:
         batches."""
         if epoch < 0 or start_batch < 0:
             raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
-        full = self._planned_batches(epoch)
+        full = self._epoch_batches(epoch)
+        remainder = self.remainder if self.remainder and self.remainder.epoch == epoch else None
+        if remainder is not None and start_batch < remainder.first_batch:
+            raise LoaderError(
+                f"start_batch {start_batch} is before the rest of epoch {epoch} planned for this "
+                f"world (batches {remainder.first_batch} to {full})"
+            )
         if start_batch > full:
             raise LoaderError(
                 f"start_batch {start_batch} is past the end of {self.split} epoch {epoch}: this "
@@ -229,17 +279,19 @@ class Loader:
 
     def batches_per_epoch(self) -> int:
         """Batches this rank yields in a whole epoch (the current one)."""
-        return self._planned_batches(self.epoch)
+        return self._epoch_batches(self.epoch)
 
     def __len__(self) -> int:
-        return self._planned_batches(self.epoch) - self.start_batch
+        return self._epoch_batches(self.epoch) - self.start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.split == "train":
             self.check_equal_batches()
         remaining = len(self)
         produced = 0
-        for images, labels in self._iterate():
+        for images, labels, keys in self._iterate():
+            if self.record is not None:
+                self.record.write(self.epoch, self.start_batch + produced, keys.tolist())
             yield to_device_batch(images, labels, self.device, self.channels_last)
             produced += 1
         assert produced == remaining, (
@@ -260,8 +312,9 @@ class Loader:
     def _planned_batches(self, epoch: int) -> int:
         raise NotImplementedError
 
-    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Host batches (uint8 [N,H,W,3], int labels) for self.epoch from self.start_batch."""
+    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Host batches (uint8 [N,H,W,3], int labels, int64 sample keys) for self.epoch from
+        self.start_batch (from `epoch_remainder()`'s batches when it is set)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

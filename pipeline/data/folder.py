@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config, DataConfig
-from pipeline.data.base import ClassList, Loader, decode_error
+from pipeline.data.base import ClassList, Loader, decode_error, sample_record
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
 from pipeline.data.transforms import (
@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 class FolderBatches(Dataset):
-    """Item = (epoch, sample indices) → one decoded, augmented uint8 batch at the epoch's size."""
+    """Item = (epoch, sample indices) → one decoded, augmented uint8 batch at the epoch's size,
+    its labels and the indices (the sample keys)."""
 
     def __init__(
         self,
@@ -76,19 +77,22 @@ class FolderBatches(Dataset):
         except (OSError, ValueError) as err:
             raise decode_error(path, err, os.path.dirname(os.path.dirname(path))) from err
 
-    def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, ...]:
         epoch, indices = item
-        return collate_uint8(
+        images, labels = collate_uint8(
             [(self.load(int(index), epoch), int(self.labels[index])) for index in indices]
         )
+        return images, labels, torch.as_tensor(np.asarray(indices, dtype=np.int64))
 
 
 class EpochState:
-    """The epoch and resume batch the sampler reads at the start of each pass (set by set_epoch)."""
+    """The epoch and resume batch the sampler reads at the start of each pass (set by set_epoch),
+    and the rest of an interrupted epoch when one is planned (set_remainder)."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.start_batch = 0
+        self.remainder = None  # EpochRemainder | None
 
 
 class _EpochSampler(Sampler):
@@ -103,12 +107,15 @@ class _EpochSampler(Sampler):
         self.state = state
 
     def __iter__(self):
-        epoch = self.state.epoch
+        epoch, remainder = self.state.epoch, self.state.remainder
+        if remainder is not None and remainder.epoch == epoch:
+            for batch in range(
+                self.state.start_batch - remainder.first_batch, len(remainder.sizes)
+            ):
+                yield epoch, remainder.batch_keys(batch)
+            return
         for indices in self.plan.batches(epoch, self.state.start_batch):
             yield epoch, indices
-
-    def __len__(self) -> int:
-        return self.plan.num_batches(self.state.epoch) - self.state.start_batch
 
 
 class FolderLoader(Loader):
@@ -131,6 +138,7 @@ class FolderLoader(Loader):
             batch_size=batch_size,
             dist=dist,
             channels_last=cfg.train.channels_last,
+            record=sample_record(cfg, split, dist),
         )
         self.directory = directory
         self.plan = IndexPlan(
@@ -158,6 +166,10 @@ class FolderLoader(Loader):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch, start_batch)
         self.epoch_state.epoch, self.epoch_state.start_batch = epoch, start_batch
+
+    def set_remainder(self, remainder) -> None:
+        super().set_remainder(remainder)
+        self.epoch_state.remainder = remainder
 
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches(epoch)

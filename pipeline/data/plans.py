@@ -24,7 +24,9 @@ same order whichever backend reads them:
          the DataLoader polls its workers), and each worker reads one contiguous sub-block
          (a `WorkerBlock`).
 
-Resuming at batch k of an epoch skips the first k batches of the same plan. Every draw here
+Resuming at batch k of an epoch skips the first k batches of the same plan; a resume under
+another plan (world size, batch) reads the samples the old one had not, pipeline/data/
+remainder.py (`key_segments` finds them in the tars). Every draw here
 comes from the one seed rule (core.seeds): the sample permutation is `Purpose.SAMPLE_ORDER`, the
 shard permutation `SHARD_ORDER` and the rotation `SHARD_START`, each a function of (seed, epoch).
 """
@@ -222,6 +224,35 @@ class ShardReadPlan:
             num_batches=len(range(worker, total_batches, self.num_workers)),
             size=size,
         )
+
+    def permuted_rank_order(self, epoch: int) -> list[tuple[str, int]]:
+        """(shard name, sample number in the tar) of the rank's block, each tar slice permuted
+        per epoch (train; `Purpose.DALI_FILE_ORDER`): the order DALI over shards reads."""
+        start, count = self.rank_samples()
+        order = []
+        for number, segment in enumerate(self.segments(epoch, start, count)):
+            samples = np.arange(segment.skip, segment.skip + segment.take)
+            if self.train:
+                seed = stream_seed(
+                    self.seed, Purpose.DALI_FILE_ORDER, epoch, rank=self.rank, sub=number
+                )
+                samples = np.random.default_rng(seed).permutation(samples)
+            order.extend((segment.path, int(sample)) for sample in samples)
+        return order
+
+    def key_segments(self, keys: np.ndarray) -> list[Segment]:
+        """The tar slices holding split-wide sample keys, in the keys' order: one per run of
+        consecutive keys inside one tar (how the rest of an interrupted epoch is read)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        starts = np.asarray(self.shard_starts(), dtype=np.int64)
+        shards = np.searchsorted(starts, keys, side="right") - 1
+        breaks = np.flatnonzero((np.diff(keys) != 1) | (np.diff(shards) != 0)) + 1
+        segments = []
+        for run in np.split(np.arange(len(keys)), breaks) if len(keys) else []:
+            shard, first = int(shards[run[0]]), int(keys[run[0]])
+            start = int(starts[shard])
+            segments.append(Segment(self.paths[shard], first - start, len(run), start))
+        return segments
 
     def segments(self, epoch: int, first: int, size: int) -> Iterator[Segment]:
         """The tar slices covering positions [first, first + size) of the epoch sequence

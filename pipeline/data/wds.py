@@ -19,6 +19,9 @@ The per-epoch order therefore depends on (seed, epoch, world size, batch size, n
 (pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
 resuming at batch k (`set_epoch(epoch, k)`) rebuilds the same streams and drops the samples
 of the first k batches before decoding, so the rest is identical to the uninterrupted epoch.
+The rest of an epoch interrupted under another world size or batch (`set_remainder`,
+pipeline/data/remainder.py) is a fixed list of keys per batch: each worker reads its batches'
+tar slices in key order, without the shuffle buffer.
 What each sample becomes does not depend on the order: its crop, flip and auto-augment draws
 come from `sample_rng(seed, epoch, its index in the split)` (the manifest-order index that
 `read_segments` tags it with), and its size from `train_resolution(data, epoch)`, the epoch
@@ -46,8 +49,15 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from core.seeds import Purpose, stream_seed
 from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
-from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
+from pipeline.data.base import (
+    ClassList,
+    Loader,
+    check_same_classes,
+    decode_error,
+    sample_record,
+)
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
+from pipeline.data.remainder import EpochRemainder
 from pipeline.data.storage import ShardSource
 from pipeline.data.transforms import (
     Augmentation,
@@ -126,6 +136,12 @@ def _open_segment(segment: Segment, source: ShardSource | None) -> tuple[BinaryI
     return stream, path, 0 if offset else segment.skip
 
 
+def collate_keyed(samples: list[tuple[np.ndarray, int, int]]) -> tuple[torch.Tensor, ...]:
+    """(pixels, label, key) samples → uint8 images, int64 labels, int64 sample keys."""
+    images, labels = collate_uint8([(pixels, label) for pixels, label, _ in samples])
+    return images, labels, torch.tensor([key for _, _, key in samples], dtype=torch.int64)
+
+
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
@@ -146,6 +162,7 @@ class ShardStream(IterableDataset):
         self.split = split
         # (epoch, start_batch), shared with forked workers; read at the start of every iteration
         self.state = multiprocessing.RawArray("q", 2)
+        self.remainder: EpochRemainder | None = None  # set before the first pass forks workers
 
     def __len__(self) -> int:
         return self.plan.num_batches() - self.state[1]
@@ -157,6 +174,10 @@ class ShardStream(IterableDataset):
         assert workers == self.plan.num_workers, (
             f"plan for {self.plan.num_workers} workers, running {workers}"
         )
+        remainder = self.remainder
+        if remainder is not None and remainder.epoch == epoch:
+            yield from self._read_remainder(remainder, start_batch, physical, workers)
+            return
         # resuming at batch k: physical worker 0 must produce rank batch k (the DataLoader polls it
         # first)
         logical = (physical + start_batch) % workers
@@ -174,9 +195,26 @@ class ShardStream(IterableDataset):
             rng = random.Random(seed)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         stages.append(self._decoder(epoch, skip_batches * self.plan.batch_size))
-        stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))
+        stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_keyed, partial=True))
         # now: uint8 [B, size, size, 3] batches of this worker's block, from batch skip_batches on
         yield from wds.DataPipeline(*stages)
+
+    def _read_remainder(
+        self, remainder: EpochRemainder, start_batch: int, physical: int, workers: int
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The rest of an interrupted epoch: this worker's batches (every `workers`-th, from
+        `start_batch` on), each read in key order (the epoch's sequence order), no shuffle
+        buffer: the keys are fixed by the remainder's plan, not by the stream."""
+        first = start_batch - remainder.first_batch + physical
+        keys = [
+            remainder.batch_keys(batch) for batch in range(first, remainder.num_batches, workers)
+        ]
+        segments = [segment for batch in keys for segment in self.plan.key_segments(batch)]
+        source = self._worker_source()
+        source.prefetch(list(dict.fromkeys(segment.path for segment in segments)))
+        decoded = self._decoder(remainder.epoch, 0)(read_segments(iter(segments), source))
+        for batch in keys:
+            yield collate_keyed(list(itertools.islice(decoded, len(batch))))
 
     def _worker_source(self) -> ShardSource:
         """This process's source: a DataLoader worker reopens the main process's once (its own
@@ -189,7 +227,7 @@ class ShardStream(IterableDataset):
         aug, train, seed = self.aug, self.split == "train", self.plan.seed
         size = train_resolution(self.data, epoch)
 
-        def decode(samples: Iterator[dict]) -> Iterator[tuple[np.ndarray, int]]:
+        def decode(samples: Iterator[dict]) -> Iterator[tuple[np.ndarray, int, int]]:
             for position, sample in enumerate(samples):
                 if position < skip_samples:
                     continue  # before the resume point: dropped undecoded
@@ -205,7 +243,7 @@ class ShardStream(IterableDataset):
                     raise decode_error(
                         f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
                     ) from err
-                yield pixels, label
+                yield pixels, label, sample["__index__"]
 
         return decode
 
@@ -233,6 +271,7 @@ class WdsLoader(Loader):
             batch_size=batch_size,
             dist=dist,
             channels_last=cfg.train.channels_last,
+            record=sample_record(cfg, split, dist),
         )
         self.directory = directory
         self.manifest = manifest
@@ -261,6 +300,11 @@ class WdsLoader(Loader):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch, start_batch)
         self.stream.state[0], self.stream.state[1] = epoch, start_batch
+
+    def set_remainder(self, remainder: EpochRemainder | None) -> None:
+        """Before the first pass only: persistent workers keep the stream they were forked with."""
+        super().set_remainder(remainder)
+        self.stream.remainder = remainder
 
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches()

@@ -1,14 +1,30 @@
-"""Resuming: the training state a checkpoint carries, what must match to load it, and how a
-mid-epoch resume point is re-planned for another world size, global batch or accumulation.
+"""Resuming: the training state a checkpoint carries, what must match to load it, and how the
+rest of an interrupted epoch is planned for another world size, global batch or accumulation.
 
     data = read_training_checkpoint(path, classes.wnids)     # format and class list checked
     load_model_and_optimizer(model, optimizer, data, cfg, path)
     state = TrainState.from_checkpoint(data)
-    state.epoch, state.batch_in_epoch = replan_resume_point(state, data, cfg, world, ...)
+    remainder = plan_interrupted_epoch(state, data, cfg, dist, batches_per_epoch, loader.plan)
+    if remainder is not None:                                 # the plan changed mid-epoch
+        loader.set_remainder(remainder)
 
-The checkpoint records the optimizer step and the micro-batch inside the epoch; the learning
-rate and dropout masks are functions of the step, so a resumed run takes exactly the steps an
-uninterrupted one would have taken and ends with the same step count.
+The checkpoint records the optimizer step, the micro-batch inside the epoch and `data_plan`:
+every reading plan the epoch was read under (backend, world size, per-rank batch,
+accumulation, loader workers, shuffle buffer) with the micro-batches each rank consumed in it.
+
+Under the same plan the loader resumes at the exact batch, and the run is bit-identical to an
+uninterrupted one: the learning rate and dropout masks are functions of the step, every sample's
+pixels of (seed, epoch, sample). Under another plan the samples the epoch consumed are replayed
+from those records alone (pipeline/data/remainder.py: a pure function of the plans and the
+batches consumed, webdataset's shuffle buffer included), and the rest of the epoch is every
+sample of the epoch's reference set (the set its first plan reads; the few that plan drops stay
+dropped) not yet consumed, each exactly once, spread evenly over the new ranks in the new batch
+size: whole steps, then one last step whose micro-batches share the rest (a rank's last
+micro-batches may be one sample shorter than another's). It ends where this run's epoch ends, so
+the next epoch is the one a run started at this size reads. What is not bit-exact after such a
+change: the order and batch composition of the rest of the epoch (each sample's pixels still
+are), and the steps' count and learning rates in it. Only when fewer samples remain on a rank
+than micro-batches in a step are they left out, with a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +39,11 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import Config, config_to_dict
+from pipeline.config import Config, config_to_dict, replace
+from pipeline.data import ClassList, Loader, build_loader
+from pipeline.data.plans import IndexPlan
+from pipeline.data.remainder import EpochRemainder, PlanLink, ReadPlan, plan_remainder
+from pipeline.distributed import DistInfo
 from pipeline.errors import CheckpointError
 from pipeline.optim import load_optimizer_state
 
@@ -135,82 +155,131 @@ def load_model_and_optimizer(
         )
 
 
-def replan_resume_point(
+def link_of_config(config: dict[str, Any], world_size: int, batches: int = 0) -> PlanLink:
+    """The reading plan a recorded config (config_to_dict) gives on `world_size` ranks."""
+    data, accum = config["data"], max(1, int(config["optim"]["grad_accum_steps"]))
+    return PlanLink(
+        backend=data["backend"],
+        world_size=world_size,
+        batch_size=int(data["global_batch_size"]) // (world_size * accum),
+        accum=accum,
+        num_workers=max(1, int(data["num_workers"])),
+        shuffle_buffer=int(data["shuffle_buffer"]),
+        batches=batches,
+    )
+
+
+def recorded_links(data: dict[str, Any], cfg: Config, world_size: int) -> list[PlanLink]:
+    """The plans the checkpoint's epoch was read under: its `data_plan`, or (a checkpoint from
+    before it existed) the one plan of its config (keys it lacks: this run's) and world size."""
+    record = data.get("data_plan") or {}
+    if record.get("epoch") == data.get("epoch") and record.get("links"):
+        return [PlanLink.from_dict(values) for values in record["links"]]
+    current, old = config_to_dict(cfg), data.get("config") or {}
+    merged = {section: {**current[section], **(old.get(section) or {})} for section in current}
+    old_world = int(data.get("world_size") or world_size)
+    return [link_of_config(merged, old_world, int(data.get("batch_in_epoch") or 0))]
+
+
+def check_same_keys(link: PlanLink, plan: ReadPlan) -> None:
+    """Class folders number samples by file, shards by position in the split: a remainder needs
+    the epoch's first plan and this run to read the same kind."""
+    folders = isinstance(plan, IndexPlan)
+    if (link.backend == "folder" and not folders) or (link.backend == "wds" and folders):
+        read = "class folders" if link.backend == "folder" else "shards"
+        raise CheckpointError(
+            f"the checkpoint's epoch was read from {read} and this run reads "
+            f"{'class folders' if folders else 'shards'} under another plan, so the samples it "
+            "has not read cannot be named: finish the epoch with the checkpoint's "
+            "data.backend and data directories, or start a new train.run_dir"
+        )
+
+
+def plan_interrupted_epoch(
     state: TrainState,
     data: dict[str, Any],
     cfg: Config,
-    world_size: int,
-    accum: int,
+    dist: DistInfo,
     batches_per_epoch: int,
-) -> tuple[int, int]:
-    """(epoch, batch_in_epoch) to resume at: a mid-epoch point written under another world size,
-    global batch or accumulation converted into batches of this run's plan (via the samples the
-    epoch had consumed).
-
-    The point is rounded down to a whole optimizer step (a few samples may be seen twice);
-    when it lands past the end of this run's epoch, training starts the next epoch."""
-    old_config = data.get("config") or {}
-    old_global = int(
-        (old_config.get("data") or {}).get("global_batch_size") or cfg.data.global_batch_size
+    plan: ReadPlan,
+) -> EpochRemainder | None:
+    """The rest of the checkpoint's interrupted epoch for this run's plan, exactly once
+    (pipeline/data/remainder.py), when the plan differs from the one it was read under (world
+    size, per-rank batch, accumulation); None when it is the same plan (the loader resumes at
+    the exact batch, bit-exact). Sets state.batch_in_epoch to the remainder's position: its
+    batches end where this run's epoch ends."""
+    links = recorded_links(data, cfg, dist.world_size)
+    new = link_of_config(config_to_dict(cfg), dist.world_size)
+    last = links[-1]
+    if len(links) == 1 and last.same_layout(new):
+        return None
+    check_same_keys(links[0], plan)
+    continued = len(links) > 1 and last.same_layout(new)  # the same remainder, interrupted again
+    history = links[:-1] if continued else links
+    link = dataclasses.replace(new, planned=last.planned) if continued else new
+    remainder = plan_remainder(plan, history, state.epoch, link, dist.rank, batches_per_epoch)
+    state.batch_in_epoch = remainder.first_batch + (last.batches if continued else 0)
+    logger.warning(
+        "the checkpoint stopped epoch %d under %s; this run has %d ranks, %d per rank, "
+        "accumulation %d: the epoch's %d samples not yet read are spread over them "
+        "(%d micro-batches per rank), and later epochs follow this run's plan",
+        state.epoch,
+        ", then ".join(
+            f"{old.world_size} ranks x {old.batch_size} ({old.batches} batches)" for old in links
+        ),
+        new.world_size,
+        new.batch_size,
+        new.accum,
+        remainder.remaining,
+        remainder.num_batches,
     )
-    old_accum = int(
-        (old_config.get("optim") or {}).get("grad_accum_steps") or cfg.optim.grad_accum_steps
-    )
-    old_world = data.get("world_size") or world_size
-    new_micro = cfg.data.global_batch_size // accum  # samples per micro-batch over all ranks
-    old_micro = old_global // max(old_accum, 1)
-    batch, epochs = resume_batch(
-        state.batch_in_epoch, old_micro, new_micro, accum, batches_per_epoch
-    )
-    if (batch, epochs) != (state.batch_in_epoch, 0):
-        where = (
-            f"batch {batch} of epoch {state.epoch}"
-            if not epochs
-            else f"the start of epoch {state.epoch + 1}"
-        )
+    if remainder.left_out:
         logger.warning(
-            "resume point re-planned: the checkpoint stopped at batch %d of epoch %d with %s "
-            "ranks, global batch %d, accumulation %d; this run has %d ranks, global batch %d, "
-            "accumulation %d (%d batches per epoch), so it resumes at %s",
-            state.batch_in_epoch,
-            state.epoch,
-            old_world,
-            old_global,
-            old_accum,
-            world_size,
-            cfg.data.global_batch_size,
-            accum,
-            batches_per_epoch,
-            where,
-        )
-    elif old_world != world_size:
-        logger.warning(
-            "checkpoint was written by %s ranks, now %d: the rest of epoch %d is re-planned for "
-            "the new world",
-            old_world,
-            world_size,
+            "%d samples of epoch %d are too few to give every rank a sample in every "
+            "micro-batch of a step: they are not read",
+            remainder.left_out,
             state.epoch,
         )
-    return state.epoch + epochs, batch
+    return remainder
 
 
-def resume_batch(
-    batch_in_epoch: int,
-    old_micro_batch: int,
-    new_micro_batch: int,
-    accum: int,
+def build_resume_loader(
+    state: TrainState,
+    data: dict[str, Any],
+    cfg: Config,
+    dist: DistInfo,
+    train_loader: Loader,
+    classes: ClassList,
     batches_per_epoch: int,
-) -> tuple[int, int]:
-    """(batch to resume at, epochs to advance: 0 or 1) for a resume point of `batch_in_epoch`
-    micro-batches of `old_micro_batch` samples (all ranks), replayed in micro-batches of
-    `new_micro_batch` with `accum` per optimizer step and `batches_per_epoch` in the epoch."""
-    samples = batch_in_epoch * old_micro_batch
-    batch = samples // new_micro_batch
-    batch -= batch % accum
-    # == batches_per_epoch: the epoch's batches are done but its epoch-end eval and saves may not be
-    if batch > batches_per_epoch:
-        return 0, 1
-    return batch, 0
+) -> Loader | None:
+    """A loader for the rest of the interrupted epoch: under another plan, the samples not yet
+    read, exactly once (`plan_interrupted_epoch`); under the same plan with another wds worker
+    count, one with the checkpoint's count (bit-exact); None when the train loader resumes."""
+    args = (state, data, cfg, dist, batches_per_epoch, train_loader.plan)
+    remainder = plan_interrupted_epoch(*args)
+    if remainder is None:
+        workers = wds_workers_for_interrupted_epoch(data, cfg, dist.world_size, state.epoch)
+        if workers is None:
+            return None
+        cfg = replace(cfg, "data", num_workers=workers)
+    loader = build_loader(cfg, "train", dist, classes)
+    loader.set_remainder(remainder)
+    return loader
+
+
+def data_plan_record(state: TrainState, loader: Loader, cfg: Config) -> dict:
+    """The checkpoint's `data_plan`: every plan the current epoch was read under, with the
+    batches each rank consumed in it (what `plan_interrupted_epoch` replays)."""
+    remainder = loader.remainder
+    if remainder is not None and remainder.epoch == state.epoch:
+        done = state.batch_in_epoch - remainder.first_batch
+        links = [*remainder.history, dataclasses.replace(remainder.link, batches=done)]
+    else:
+        world_size = loader.dist.world_size
+        link = link_of_config(config_to_dict(cfg), world_size, state.batch_in_epoch)
+        workers = getattr(loader.plan, "num_workers", link.num_workers)  # a finishing wds loader
+        links = [dataclasses.replace(link, num_workers=workers)]
+    return {"epoch": state.epoch, "links": [link.as_dict() for link in links]}
 
 
 def wds_workers_for_interrupted_epoch(

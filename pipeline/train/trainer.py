@@ -27,7 +27,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline.augment import BatchAugment
 from pipeline.comm import GradientComm
-from pipeline.config import Config, config_to_dict, replace
+from pipeline.config import Config, config_to_dict
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.data.transforms import train_resolution
 from pipeline.distributed import (
@@ -55,11 +55,11 @@ from pipeline.train.ema import WeightEMA
 from pipeline.train.meters import TrainMeter, progress_bar
 from pipeline.train.resume import (
     TrainState,
+    build_resume_loader,
     changed_keys,
+    data_plan_record,
     load_model_and_optimizer,
     read_training_checkpoint,
-    replan_resume_point,
-    wds_workers_for_interrupted_epoch,
 )
 from pipeline.train.run_info import record_launch
 from pipeline.train.signals import StopFlag
@@ -105,7 +105,7 @@ class Trainer:
 
         # where training is: a fresh state, or the checkpoint's
         self.state = TrainState()
-        self.resume_loader: Loader | None = None  # finishes an interrupted wds epoch exactly
+        self.resume_loader: Loader | None = None  # finishes an interrupted epoch (see restore)
         self.resume_epoch = -1  # the epoch resume_loader is for
         comm_state = self.restore(self.resume_from) if self.resume_from is not None else None
 
@@ -220,6 +220,7 @@ class Trainer:
             "rng": ckpt.capture_rng_state(),
             "config": config_to_dict(self.cfg),
             "world_size": self.dist.world_size,
+            "data_plan": data_plan_record(state, self.epoch_loader(state.epoch), self.cfg),
             "classes": list(self.classes.wnids),
             "class_names": self.classes.display_names(),  # for predict and export
         }
@@ -284,17 +285,10 @@ class Trainer:
         ckpt.restore_rng_state(data["rng"])
         state = self.state = TrainState.from_checkpoint(data)
         if state.batch_in_epoch:
-            state.epoch, state.batch_in_epoch = replan_resume_point(
-                state, data, self.cfg, self.dist.world_size, self.accum, self.batches_per_epoch
-            )
-        if state.batch_in_epoch:
-            workers = wds_workers_for_interrupted_epoch(
-                data, self.cfg, self.dist.world_size, state.epoch
-            )
-            if workers is not None:
-                finishing = replace(self.cfg, "data", num_workers=workers)
-                self.resume_loader = build_loader(finishing, "train", self.dist, self.classes)
-                self.resume_epoch = state.epoch
+            # the rest of the interrupted epoch: under another plan, exactly once
+            loaders = (self.train_loader, self.classes, self.batches_per_epoch)
+            self.resume_loader = build_resume_loader(state, data, self.cfg, self.dist, *loaders)
+            self.resume_epoch = state.epoch
         changed = changed_keys(data.get("config") or {}, config_to_dict(self.cfg))
         if changed:
             logger.warning("config differs from the checkpoint's in %s", ", ".join(changed))

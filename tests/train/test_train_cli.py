@@ -486,8 +486,8 @@ def test_a_mid_epoch_resume_under_a_larger_global_batch_is_replanned_not_a_trace
     tiny_data, tmp_path, capsys
 ):
     """Stopped at batch 9 of epoch 1 with batches of 16 (144 samples seen); a requeue with global
-    batch 64 plans 2 batches per epoch (128 samples, all seen), so batch 9 does not exist: it
-    resumes at the end of epoch 1 (batch 2), whose eval and saves are still due, then epoch 2."""
+    batch 64 plans 2 batches per epoch, so batch 9 does not exist: the 16 samples not yet read
+    make one short batch, at batch 1 of epoch 1 (its last), then epoch 2 follows the new plan."""
     run_dir = tmp_path / "run"
     assert main(tiny_args(tiny_data, run_dir, "train.max_steps=19")) == 0
     middle = load_checkpoint(run_dir / "checkpoints/last.pt")
@@ -505,9 +505,9 @@ def test_a_mid_epoch_resume_under_a_larger_global_batch_is_replanned_not_a_trace
         )
         == 0
     )
-    assert "resumes at batch 2 of epoch 1" in capsys.readouterr().err
+    assert "epoch's 16 samples not yet read are spread over them" in capsys.readouterr().err
     after = load_checkpoint(run_dir / "checkpoints/last.pt")
-    assert (after["epoch"], after["batch_in_epoch"], after["step"]) == (3, 0, 21)
+    assert (after["epoch"], after["batch_in_epoch"], after["step"]) == (2, 1, 21)
 
 
 def test_resuming_with_another_model_or_optimizer_is_one_line_and_new_hyperparameters_take_effect(
@@ -533,26 +533,6 @@ def test_resuming_with_another_model_or_optimizer_is_one_line_and_new_hyperparam
     assert state["step"] == 3 and [
         g["weight_decay"] for g in state["optimizer"]["param_groups"]
     ] == [0.5]
-
-
-def test_resume_batch_converts_through_samples_seen_and_rounds_down_to_whole_steps():
-    from pipeline.train.resume import resume_batch
-
-    assert resume_batch(3, 16, 16, 1, 10) == (3, 0)  # unchanged plan
-    assert resume_batch(3, 16, 8, 1, 20) == (6, 0)  # half the batch: twice the batches
-    assert resume_batch(5, 16, 32, 2, 6) == (
-        2,
-        0,
-    )  # 80 samples = 2.5 batches of 32 → 2 (a whole step of 2)
-    assert resume_batch(9, 16, 64, 1, 2) == (
-        2,
-        0,
-    )  # this plan's whole epoch was seen: its end (eval still due)
-    assert resume_batch(10, 16, 16, 1, 10) == (
-        10,
-        0,
-    )  # stopped after the last step, before the epoch-end eval
-    assert resume_batch(9, 16, 64, 1, 1) == (0, 1)  # past this plan's epoch: the next epoch
 
 
 def test_an_image_that_does_not_decode_in_a_loader_worker_exits_2_with_the_file_and_what_to_do(

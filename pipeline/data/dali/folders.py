@@ -51,14 +51,11 @@ class DaliFolderLoader(DaliLoader):
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches(epoch)
 
-    def _remaining_samples(self, epoch: int, start_batch: int) -> int:
-        return len(self.plan.rank_indices(epoch)) - start_batch * self.batch_size
-
     def _sample_keys(self, epoch: int, start_batch: int) -> np.ndarray:
         return self.plan.rank_indices(epoch)[start_batch * self.batch_size :]  # file indices
 
-    def _reader(self, epoch: int, start_batch: int):
-        indices = self.plan.rank_indices(epoch)[start_batch * self.batch_size :]
+    def _reader(self, keys: np.ndarray):
+        indices = keys  # file indices
         jpegs, labels = self.fn.readers.file(
             files=[self.paths[index] for index in indices],
             labels=[int(self.labels[index]) for index in indices],

@@ -14,7 +14,7 @@ import torch
 
 from core.seeds import Purpose, stream_seed
 from pipeline.config import Config
-from pipeline.data.base import Loader
+from pipeline.data.base import Loader, sample_record
 from pipeline.data.dali.autoaugment import DaliAutoAugment
 from pipeline.data.dali.draws import TrainDraws
 from pipeline.data.dali.graph import augment_train, augment_val
@@ -53,7 +53,13 @@ class DaliLoader(Loader):
     backend = "dali"
 
     def __init__(self, cfg: Config, split: str, dist: DistInfo, decode: str, **kwargs) -> None:
-        super().__init__(split=split, dist=dist, channels_last=cfg.train.channels_last, **kwargs)
+        super().__init__(
+            split=split,
+            dist=dist,
+            channels_last=cfg.train.channels_last,
+            record=sample_record(cfg, split, dist),
+            **kwargs,
+        )
         self.dali, self.fn, self.types = import_dali()
         self.decode = decode
         self.data = cfg.data  # for train_resolution(data, epoch)
@@ -69,41 +75,57 @@ class DaliLoader(Loader):
         self.workdir = Path(tempfile.mkdtemp(prefix="dali-plan-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
 
-    def _reader(self, epoch: int, start_batch: int):
-        """The reader of this rank's remaining samples of `epoch`: (encoded images, labels) graph
+    def _reader(self, keys: np.ndarray):
+        """The reader of these sample keys, in this order: (encoded images, labels) graph
         nodes."""
         raise NotImplementedError
 
     def _sample_keys(self, epoch: int, start_batch: int) -> np.ndarray:
-        """The (seed, epoch, sample) key of each remaining sample, in reading order."""
+        """The (seed, epoch, sample) key of each remaining sample of the rank's plan, in reading
+        order."""
         raise NotImplementedError
+
+    def _batches(self, epoch: int, start_batch: int) -> list[np.ndarray]:
+        """The keys of each batch still to read: the rank's plan from `start_batch`, or the rest
+        of an interrupted epoch (`epoch_remainder()`)."""
+        remainder = self.epoch_remainder()
+        if remainder is not None:
+            first = start_batch - remainder.first_batch
+            return [remainder.batch_keys(batch) for batch in range(first, remainder.num_batches)]
+        keys = self._sample_keys(epoch, start_batch)
+        size = self.batch_size
+        return [keys[start : start + size] for start in range(0, len(keys), size)][: len(self)]
 
     def _labels(self, tensor_list) -> torch.Tensor:
         raise NotImplementedError
 
-    def _draw_source(self, epoch: int, start_batch: int):
-        """external_source callable: iteration i → the draws of the i-th remaining batch."""
-        keys = self._sample_keys(epoch, start_batch)
+    def _draw_source(self, epoch: int, keys: np.ndarray, width: int):
+        """external_source callable: iteration i → the draws of the i-th batch of `keys` (padded
+        batches of `width`)."""
         draws = TrainDraws(self.aug, self.seed, epoch, self.auto_aug)
-        batch_size, batches = self.batch_size, max(1, len(keys) // self.batch_size)
+        batches = max(1, len(keys) // width)
 
         def source(iteration: int) -> list[np.ndarray]:
             # the executor may prefetch past the last batch; those runs are never read
             batch = iteration % batches
-            return draws.columns(keys[batch * batch_size : (batch + 1) * batch_size])
+            return draws.columns(keys[batch * width : (batch + 1) * width])
 
         return draws.names, source
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, start_batch, batches = self.epoch, self.start_batch, len(self)
-        if batches == 0:
+        epoch, start_batch = self.epoch, self.start_batch
+        batches = self._batches(epoch, start_batch)
+        if not batches:
             return
         dali, fn, types = self.dali, self.fn, self.types
-        remaining = self._remaining_samples(epoch, start_batch)
         train = self.split == "train"
+        # every batch padded to the widest with its last sample (DALI's pad_last_batch), trimmed
+        # after: a remainder's last step may be short, a val rank's last batch is
+        width = max(len(batch) for batch in batches)
+        keys = np.concatenate([np.pad(batch, (0, width - len(batch)), "edge") for batch in batches])
 
         @dali.pipeline_def(
-            batch_size=self.batch_size,
+            batch_size=width,
             num_threads=self.num_threads,
             device_id=self.device_id,
             # no random operator is left in the graph (TrainDraws feeds every choice): the seed
@@ -114,12 +136,12 @@ class DaliLoader(Loader):
             enable_conditionals=self.auto_aug is not None,
         )
         def build():
-            jpegs, labels = self._reader(epoch, start_batch)
+            jpegs, labels = self._reader(keys)
             if not train:
                 return augment_val(
                     jpegs, aug=self.aug, decode=self.decode, fn=fn, types=types
                 ), labels
-            names, source = self._draw_source(epoch, start_batch)
+            names, source = self._draw_source(epoch, keys, width)
             nodes = dict(zip(names, fn.external_source(source=source, num_outputs=len(names))))
             images = augment_train(
                 jpegs,
@@ -136,14 +158,11 @@ class DaliLoader(Loader):
         pipe = build()
         pipe.build()
         try:
-            for batch in range(batches):
+            for batch in batches:
                 images, labels = pipe.run()
-                take = min(self.batch_size, remaining - batch * self.batch_size)
+                take = len(batch)
                 images = images_to_torch(images, self.device)[:take]
                 # now: uint8 [take, H, W, 3], on the GPU for mixed decoding
-                yield images, self._labels(labels)[:take]
+                yield images, self._labels(labels)[:take], torch.as_tensor(batch)
         finally:
             del pipe
-
-    def _remaining_samples(self, epoch: int, start_batch: int) -> int:
-        raise NotImplementedError

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.seeds import Purpose, stream_seed
 from core.shard_format import DaliIndex, ManifestError, format_dali_index
 from pipeline.config import Config
 from pipeline.data.base import ClassList, check_same_classes
@@ -82,30 +81,20 @@ class DaliShardLoader(DaliLoader):
     def _planned_batches(self, epoch: int) -> int:
         return self.plan.num_batches()
 
-    def _remaining_samples(self, epoch: int, start_batch: int) -> int:
-        return self.plan.rank_samples()[1] - start_batch * self.batch_size
-
     def epoch_order(self, epoch: int) -> list[tuple[str, int]]:
         """(tar, sample number in the tar) for this rank's epoch, in reading order."""
-        start, count = self.plan.rank_samples()
-        order = []
-        for number, segment in enumerate(self.plan.segments(epoch, start, count)):
-            samples = np.arange(segment.skip, segment.skip + segment.take)
-            if self.plan.train:
-                seed = stream_seed(
-                    self.seed, Purpose.DALI_FILE_ORDER, epoch, rank=self.dist.rank, sub=number
-                )
-                samples = np.random.default_rng(seed).permutation(samples)
-            order.extend((segment.path, int(sample)) for sample in samples)
-        return order
+        return self.plan.permuted_rank_order(epoch)
 
     def _sample_keys(self, epoch: int, start_batch: int) -> np.ndarray:
         starts = dict(zip(self.plan.paths, self.plan.shard_starts()))
         order = self.epoch_order(epoch)[start_batch * self.batch_size :]
         return np.array([starts[tar] + sample for tar, sample in order], dtype=np.int64)
 
-    def _reader(self, epoch: int, start_batch: int):
-        order = self.epoch_order(epoch)[start_batch * self.batch_size :]
+    def _reader(self, keys: np.ndarray):
+        starts = np.asarray(self.plan.shard_starts(), dtype=np.int64)
+        shards = np.searchsorted(starts, keys, side="right") - 1
+        order = [(self.plan.paths[s], int(k - starts[s])) for s, k in zip(shards, keys)]
+        epoch, start_batch = self.epoch, self.start_batch
         for stale in self.workdir.glob("*.idx"):  # the previous epoch's plan (~80 bytes per sample)
             stale.unlink()
         tars, indexes = [], []
