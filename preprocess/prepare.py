@@ -525,8 +525,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def upload_staged(staging: Path, url: str, options: PrepareOptions, keep: bool) -> str:
-    """A Slurm shard task uploads its own shards; a whole run uploads everything, verified."""
-    if options.num_tasks > 1:
+    """A `--stage shard` task (Slurm) uploads its own shards; a whole run uploads everything,
+    verified, and removes the staging folder."""
+    if options.stage != "all":
         return upload_task_shards(
             staging, url, options.splits, options.task_index, options.num_tasks
         )

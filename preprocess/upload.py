@@ -153,14 +153,17 @@ class Uploader:
 
 
 def upload_task_shards(staging: Path, url: str, splits, task_index: int, num_tasks: int) -> str:
-    """A Slurm shard task's own shards (its partial manifests), before the merge."""
+    """A `--stage shard` task's own shards (its partial manifest; a one-task stage's manifest),
+    no manifest: the finish job's `upload` writes those, last."""
     uploader = Uploader(staging, url)
     for split in splits:
         partial = staging / split / f"manifest.task-{task_index:04d}-of-{num_tasks:04d}.json"
         if partial.is_file():
             shards = json.loads(partial.read_text())["shards"]
             uploader.upload_shards(split, [ShardEntry(**shard) for shard in shards])
-    return uploader.line()
+        elif (staging / split / MANIFEST_NAME).is_file():
+            uploader.upload_shards(split, read_manifest(staging / split).shards)
+    return uploader.line() + "; the manifests follow with `upload` (the Slurm finish job)"
 
 
 def upload_all(staging: Path, url: str, keep_staging: bool = False) -> str:

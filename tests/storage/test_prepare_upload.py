@@ -58,10 +58,10 @@ def expected_objects(local: Path) -> dict[str, bytes]:
     return found
 
 
-def bucket_objects(client, prefix: str) -> dict[str, bytes]:
-    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
+def bucket_objects(client, prefix: str, bucket: str = BUCKET) -> dict[str, bytes]:
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])
     return {
-        item["Key"][len(prefix) + 1 :]: client.get_object(Bucket=BUCKET, Key=item["Key"])[
+        item["Key"][len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=item["Key"])[
             "Body"
         ].read()
         for item in listed
@@ -127,3 +127,54 @@ def test_prepare_to_s3_killed_then_rerun_matches_a_local_prepare_and_verifies(
     assert tampered.returncode == 1
     assert "imagenet-val-000001.tar" in tampered.stdout, tampered.stdout
     assert "train: 6 shards, sizes and sha256 checked: OK" in tampered.stdout
+
+
+def sbatch(*args: str, task: int | None = None) -> subprocess.CompletedProcess:
+    """slurm/preprocess.sbatch run by bash, as a task of a 2-task array when `task` is given
+    (the SLURM_ARRAY_* variables Slurm sets; no Slurm needed)."""
+    env = dict(os.environ, PYTHON=sys.executable, PROJECT_DIR=str(REPO))
+    if task is not None:
+        env |= {
+            "SLURM_ARRAY_TASK_ID": str(task),
+            "SLURM_ARRAY_TASK_COUNT": "2",
+            "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_MAX": "1",
+            "SLURM_ARRAY_JOB_ID": "7",
+        }
+    return subprocess.run(
+        ["bash", str(REPO / "slurm" / "preprocess.sbatch"), *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_slurm_chain_to_a_bucket_uploads_shards_per_task_then_the_manifests_last(
+    raw, tmp_path, moto_s3, s3_env
+):
+    client = moto_s3.s3()
+    client.create_bucket(Bucket="chained")
+    url, staging = "s3://chained/imagenet", tmp_path / "staging"
+    chain = staging / ".slurm-chain" / "test"
+    chain.mkdir(parents=True)
+    (chain / "tasks").write_text("2\n")
+    for stage in ("resize", "shard"):
+        for task in (0, 1):
+            done = sbatch(
+                "chain", stage, str(chain), str(raw), url, "--staging", str(staging), *OPTIONS,
+                task=task,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket="chained")["Contents"]]
+    assert len([key for key in keys if key.endswith(".tar")]) == 10  # every task uploaded its own
+    assert not [key for key in keys if key.endswith(".json")]  # no manifest before the merge
+
+    finish = sbatch("finish", url, str(chain), str(staging))
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    assert "0 shards uploaded, 10 already there" in finish.stdout, finish.stdout
+    assert not staging.exists()
+    preprocess("prepare", str(raw), str(tmp_path / "local"), *OPTIONS)
+    assert bucket_objects(client, "imagenet", "chained") == expected_objects(tmp_path / "local")
