@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _load_rawfixtures():
     """tests/preprocess/rawfixtures.py, loaded by path: putting tests/preprocess on sys.path
-    would let its conftest shadow ours in spawned workers (`from conftest import ...`)."""
+    would put a second conftest.py on it, first in line."""
     path = REPO / "tests" / "preprocess" / "rawfixtures.py"
     spec = importlib.util.spec_from_file_location("preprocess_rawfixtures", path)
     module = importlib.util.module_from_spec(spec)
