@@ -405,8 +405,25 @@ class RemoteDir:
         raise integrity_error(entry, self.object_url(entry.name))
 
     def put_file(self, local_path: str, name: str) -> None:
-        """Upload one file as `name` (retried; for `prepare` and the tests' fixtures)."""
+        """Upload one file as `name` (retried; for `prepare` and the tests' fixtures). An S3
+        object appears whole or not at all, so a killed upload leaves nothing that looks done."""
         self._call("upload", name, lambda: self.fs.put_file(local_path, self.object_path(name)))
+
+    def size(self, name: str) -> int | None:
+        """The object's size in bytes (one HEAD), or None when there is no such object."""
+        path = self.object_path(name)
+        try:
+            info = self._call("object", name, lambda: self.fs.info(path))
+        except MissingObjectError:
+            return None
+        return int(info["size"])
+
+    def sha256(self, name: str, size: int) -> str:
+        """The hex sha256 of the object's first `size` bytes, streamed (nothing kept)."""
+        digest = hashlib.sha256()
+        for block in self.iter_range(name, 0, size):
+            digest.update(block)
+        return digest.hexdigest()
 
 
 def integrity_error(entry: ShardEntry, url: str) -> IntegrityError:

@@ -6,9 +6,12 @@
     python -m preprocess prepare RAW DST
     python -m preprocess prepare cifar-10-python.tar.gz DST      # also CIFAR-100, MNIST family
     python -m preprocess prepare RAW DST --classes 100 --random-classes   # subsets
+    python -m preprocess prepare RAW s3://bucket/imagenet                 # staged, uploaded
     python -m preprocess verify DIR
+    python -m preprocess verify s3://bucket/imagenet
     python -m preprocess grid DIR -o grid.png
     python -m preprocess merge DIR
+    python -m preprocess upload STAGING s3://bucket/imagenet
 
 Each subcommand lives in its own module as `add_arguments(parser)` and `run(args) -> int`;
 this file only dispatches. Errors a user can cause (`UserError`) print one line and exit 2
@@ -46,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("preprocess.verify", "check folders or shards against their manifest"),
     "grid": ("preprocess.grid", "a labelled sample grid PNG, the sanity check before training"),
     "merge": ("preprocess.merge", "merge the per-task manifests of a Slurm array run"),
+    "upload": ("preprocess.upload", "upload a staged `prepare` output to s3://..., verified"),
 }
 
 

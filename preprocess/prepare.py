@@ -70,6 +70,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.fileio import atomic_write_text
+from core.remote import is_remote, redact
 from core.shard_format import SPLITS, write_both_splits_info
 from preprocess import sources
 from preprocess.images import SUBSAMPLING
@@ -93,6 +94,7 @@ from preprocess.resize_worker import DEFAULT_OPTIONS, ResizeOptions
 from preprocess.shards import ShardSummary, write_shards
 from preprocess.slices import add_slice_arguments, resolve_slice
 from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset
+from preprocess.upload import add_staging_arguments, default_staging, upload_all, upload_task_shards
 
 logger = logging.getLogger(__name__)
 
@@ -365,8 +367,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the four MNIST-format IDX files",
     )
     parser.add_argument(
-        "dst", type=Path, help="output: folders/, train/, val/ and LOC_synset_mapping.txt go here"
+        "dst",
+        help="output: folders/, train/, val/ and LOC_synset_mapping.txt go here; or a URL "
+        "(s3://bucket/prefix): staged locally, then uploaded (preprocess/upload.py)",
     )
+    add_staging_arguments(parser)
     parser.add_argument(
         "--dataset",
         choices=sources.DATASETS,
@@ -502,7 +507,13 @@ def run(args: argparse.Namespace) -> int:
         dataset=dataset,
         subset=subset,
     )
-    resized, sharded = prepare(args.raw, args.dst, options)
+    remote = is_remote(args.dst)
+    dst = (args.staging or default_staging(args.dst)) if remote else Path(args.dst)
+    if remote:
+        print(f"prepare: staging in {dst}, then uploading to {redact(args.dst)}")
+    resized, sharded = prepare(args.raw, dst, options)
+    if remote and sharded:
+        print(upload_staged(dst, args.dst, options, args.keep_staging))
     for summary in resized.values():
         if summary.error_file is not None:
             print(f"{summary.failed} bad images listed in {summary.error_file}")
@@ -511,6 +522,16 @@ def run(args: argparse.Namespace) -> int:
         summary.failed for summary in sharded.values()
     )
     return 1 if failed else 0
+
+
+def upload_staged(staging: Path, url: str, options: PrepareOptions, keep: bool) -> str:
+    """A `--stage shard` task (Slurm) uploads its own shards; a whole run uploads everything,
+    verified, and removes the staging folder."""
+    if options.stage != "all":
+        return upload_task_shards(
+            staging, url, options.splits, options.task_index, options.num_tasks
+        )
+    return upload_all(staging, url, keep_staging=keep)
 
 
 def resize_options_from(args: argparse.Namespace, dataset: str | None) -> ResizeOptions | None:

@@ -41,6 +41,7 @@ from PIL import Image
 from core.errors import UserError
 from core.fileio import file_names, list_dir
 from core.imagefiles import is_image_file
+from core.remote import is_remote
 from core.shard_format import (
     DALI_INDEX_VERSION,
     MANIFEST_NAME,
@@ -558,14 +559,20 @@ def _check_splits_disjoint(reports: list[VerifyReport]) -> list[VerifyReport]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "directory", type=Path, help="shards, resized class folders, or a `prepare` output"
+        "directory",
+        help="shards, resized class folders, or a `prepare` output; or a URL (s3://..., "
+        "https://...) of shards or of a `prepare` upload (sizes and sha256, streamed)",
     )
     parser.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     add_workers_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    reports = verify(args.directory, decode=args.decode, workers=args.workers)
+    if is_remote(args.directory):
+        from preprocess.verify_remote import verify_url
+
+        return verify_url(args.directory)
+    reports = verify(Path(args.directory), decode=args.decode, workers=args.workers)
     for report in reports:
         for problem in report.problems:
             print(problem)

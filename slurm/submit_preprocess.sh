@@ -29,6 +29,11 @@
 # broken chain, fix the cause shown in the failed task's log and run this script again with
 # the same arguments: finished images and complete shards are skipped.
 #
+# A bucket. DST=s3://bucket/prefix: the tasks write in a staging folder that every node sees,
+# STAGING (default PROJECT_DIR/.prepare-staging/BUCKET/PREFIX; put it on shared scratch), each
+# shard task uploads its own shards, and the finish job uploads the manifests and _info.json
+# last, verifies the bucket and removes STAGING (preprocess/upload.py).
+#
 # Paths. RAW, DST and a --labels file may be relative to where you run this: they are made
 # absolute before submitting, because the jobs run in PROJECT_DIR.
 # SBATCH_ARGS (word-split) go to every sbatch call; PYTHON and PROJECT_DIR are passed through
@@ -50,6 +55,14 @@ done
 [[ "$tasks" =~ ^[1-9][0-9]*$ ]] || { echo "error: --tasks $tasks: expected a positive integer" >&2; exit 2; }
 [ -e "$raw" ] || { echo "error: RAW $raw does not exist: pass the folder holding the raw ImageNet download" >&2; exit 2; }
 raw=$(realpath -- "$raw")
+here=$(cd "$(dirname "$0")" && pwd)
+export PROJECT_DIR=${PROJECT_DIR:-$(dirname "$here")}
+url=""
+if [[ "$dst" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]]; then
+    url=$dst
+    where=${url#*://}
+    dst=$(realpath -m -- "${STAGING:-$PROJECT_DIR/.prepare-staging/${where%/}}")
+fi
 dst=$(realpath -m -- "$dst")
 [ ! -e "$dst" ] || [ -d "$dst" ] || { echo "error: DST $dst exists and is not a directory: pass an output directory" >&2; exit 2; }
 # The only path among prepare's options: make it absolute too.
@@ -62,20 +75,24 @@ while [ "$#" -gt 0 ]; do
     esac
 done
 
-here=$(cd "$(dirname "$0")" && pwd)
 script="$here/preprocess.sbatch"
 read -r -a sbatch_args <<< "${SBATCH_ARGS:-}"
-export PROJECT_DIR=${PROJECT_DIR:-$(dirname "$here")}
 
 # Where the tasks record their exit status: one fresh directory per submission.
 chain="$dst/.slurm-chain/$(date -u +%Y%m%dT%H%M%SZ)-$$"
 mkdir -p "$chain"
 echo "$tasks" > "$chain/tasks"
 
+target=$dst finish_args=("$dst" "$chain")
+if [ -n "$url" ]; then  # the tasks write in STAGING ($dst) and upload to the URL
+    prepare_args+=(--staging "$dst")
+    target=$url finish_args=("$url" "$chain" "$dst")
+fi
+
 # --parsable prints "ID" or "ID;CLUSTER"
 submit() { local out; out=$(sbatch --parsable "${sbatch_args[@]}" "$@") || exit 1; echo "${out%%;*}"; }
-resize=$(submit --array="0-$((tasks - 1))" "$script" chain resize "$chain" "$raw" "$dst" "${prepare_args[@]}")
-shard=$(submit --array="0-$((tasks - 1))" --dependency="afterany:$resize" "$script" chain shard "$chain" "$raw" "$dst" "${prepare_args[@]}")
-finish=$(submit --dependency="afterany:$shard" "$script" finish "$dst" "$chain")
+resize=$(submit --array="0-$((tasks - 1))" "$script" chain resize "$chain" "$raw" "$target" "${prepare_args[@]}")
+shard=$(submit --array="0-$((tasks - 1))" --dependency="afterany:$resize" "$script" chain shard "$chain" "$raw" "$target" "${prepare_args[@]}")
+finish=$(submit --dependency="afterany:$shard" "$script" finish "${finish_args[@]}")
 echo "resize=$resize shard=$shard finish=$finish" > "$chain/jobs"
 echo "resize=$resize shard=$shard finish=$finish"

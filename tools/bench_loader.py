@@ -6,6 +6,7 @@ seed's baseline.
     python -m tools.bench_loader --backends baseline folder wds
     python -m tools.bench_loader --sizes 128 160 192 224  # a resolution ramp's sizes
     python -m tools.bench_loader --auto-augment trivial  # with TrivialAugmentWide
+    python -m tools.bench_loader --source loopback       # wds from a URL, cold/warm (bench_source)
 
 The data: the real photos in tools/photos (or --photos DIR), each replicated as random
 80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 
 from core.logs import configure_logging
+from tools import bench_source
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     # building runs preprocess's commands, which log at INFO: the measurement logs warnings only
     configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
     print_header(args, root, device)
-    loaders = build_loaders(args, root, device)
+    if args.source:  # the wds loader over a URL, cold and warm, beside local disk
+        scratch = bench_source.make_scratch()
+        loaders, servers = bench_source.source_loaders(args, root, device, scratch)
+    else:
+        loaders = build_loaders(args, root, device)
     warmup = 2 * max(1, args.workers) + 2
     rounds = measure_rounds(loaders, args.seconds, args.rounds, warmup)
     results = report_results(rounds)
+    if args.source:
+        bench_source.report_ratios(results, args.sizes)
+        bench_source.stop_servers(servers, scratch)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -291,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the benchmark data is built once",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    bench_source.add_source_argument(parser)
     return parser
 
 

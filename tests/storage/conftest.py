@@ -31,11 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from faultproxy import FaultProxy
-
-BUCKET = "imagenet"
-PREFIX = "shards/train"
-WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
-REGION = "us-east-1"
+from storage_names import BUCKET, PREFIX, REGION, WNIDS
 
 
 def free_port() -> int:

@@ -68,7 +68,8 @@ def _headers(head: bytes) -> dict[str, str]:
 
 def _with_connection_close(head: bytes) -> bytes:
     lines = head.decode("latin-1").split("\r\n")
-    kept = [line for line in lines[:-2] if not line.lower().startswith("connection:")]
+    # the proxy answers `Expect: 100-continue` itself (it needs the body before forwarding)
+    kept = [line for line in lines[:-2] if not line.lower().startswith(("connection:", "expect:"))]
     return ("\r\n".join([*kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1")
 
 
@@ -145,8 +146,13 @@ class FaultProxy:
         method, target = head.split(b" ", 2)[:2]
         headers = _headers(head)
         body_length = int(headers.get("content-length", "0"))
+        if headers.get("expect", "").lower() == "100-continue":  # uploads: send the body now
+            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         while len(buffer) < body_length:
-            chunk = client.recv(65536)
+            try:
+                chunk = client.recv(65536)
+            except OSError:
+                return  # the client went away mid-upload (a killed `prepare`)
             if not chunk:
                 return
             buffer += chunk

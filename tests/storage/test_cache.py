@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BUCKET, PREFIX
 from faultproxy import Fault
+from storage_names import BUCKET, PREFIX
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from core.remote import IntegrityError, RetryPolicy

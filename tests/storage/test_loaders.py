@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import BUCKET, PREFIX
 from faultproxy import Fault
+from storage_names import BUCKET, PREFIX
 
 from core.remote import StoreError
 from pipeline.config import build_config

@@ -8,8 +8,8 @@ import io
 import logging
 
 import pytest
-from conftest import BUCKET, PREFIX
 from faultproxy import Fault
+from storage_names import BUCKET, PREFIX
 
 from core.remote import (
     CredentialsError,
