@@ -137,8 +137,9 @@ static void free_coefficients(Coefficients *coefficients) {
     free(coefficients->weights);
 }
 
-/* Resample.c precompute_coeffs, line for line: the window of output pixel i over the input span
- * [in0, in1) of an axis of `in_size` pixels. Returns 0 when out of memory. */
+/* Resample.c precompute_coeffs, line for line (then trimmed of zero weights): the window of
+ * output pixel i over the input span [in0, in1) of an axis of `in_size` pixels. Returns 0 when
+ * out of memory. */
 static int compute_coefficients(int in_size, double in0, double in1, int out_size,
                                 Coefficients *coefficients) {
     double scale = (in1 - in0) / out_size;
@@ -174,11 +175,21 @@ static int compute_coefficients(int in_size, double in0, double in1, int out_siz
             kernel[tap] = triangle((tap + low - center + 0.5) * inverse);
             total += kernel[tap];
         }
+        /* zero weights at either end add nothing: drop them, so that a box at scale 1 on whole
+         * pixels (the val crop of a 256 px image) is a one-tap copy, not a two-tap sum */
+        int skip = 0;
+        while (count > 1 && kernel[skip] == 0.0) {
+            skip++;
+            count--;
+        }
+        while (count > 1 && kernel[skip + count - 1] == 0.0) {
+            count--;
+        }
         for (int tap = 0; tap < count; tap++) {
             coefficients->weights[(size_t)index * taps + tap] =
-                (float)(total != 0.0 ? kernel[tap] / total : kernel[tap]);
+                (float)(total != 0.0 ? kernel[skip + tap] / total : kernel[skip + tap]);
         }
-        coefficients->first[index] = low;
+        coefficients->first[index] = low + skip;
         coefficients->count[index] = count;
         if (count > coefficients->widest) {
             coefficients->widest = count;
