@@ -10,7 +10,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: uv setup demo test test-fast bench bench-deps bench-peers lint slurm-deps clean gpu-check gpu-wheels
+.PHONY: uv setup demo test test-fast bench bench-deps bench-peers lint slurm-deps storage-deps clean gpu-check gpu-wheels
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
@@ -38,7 +38,22 @@ slurm-deps:
 	@if [ "$(REQUIRE_SLURM)" = 1 ] && ! command -v slurmctld >/dev/null 2>&1; then \
 	  echo "REQUIRE_SLURM=1 but slurm-wlm is not installed: the slurm tests would skip" >&2; exit 1; fi
 
-test: setup slurm-deps
+# The storage tests serve shards with nginx (Debian); moto's S3 server comes with the dev extra.
+# Installed when we can (root + apt), else those tests skip; under CI (CI or REQUIRE_SLURM=1)
+# a missing nginx fails here and in the tests' fixture.
+storage-deps:
+	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light \
+	      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } >/dev/null) \
+	      || echo "nginx could not be installed: the storage tests over HTTP will skip"; \
+	  else echo "nginx is not installed and apt-get is not usable: the HTTP storage tests will skip"; fi; \
+	fi
+	@if { [ -n "$$CI" ] || [ "$(REQUIRE_SLURM)" = 1 ]; } && ! command -v nginx >/dev/null 2>&1 \
+	  && [ ! -x /usr/sbin/nginx ]; then \
+	  echo "CI needs nginx for the storage tests but it is not installed" >&2; exit 1; fi
+
+test: setup slurm-deps storage-deps
 	$(RUN) pytest $(PYTEST_ARGS)
 
 test-fast: setup

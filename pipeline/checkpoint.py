@@ -15,6 +15,7 @@ from __future__ import annotations
 import pickle
 import random
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
             f"(weights_only=True: {hint.strip()}); re-save its state_dict with "
             "torch.save(model.state_dict(), PATH)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        struct.error,
+    ) as err:  # struct: a few junk bytes
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"cannot read {what} {path}: {first}") from None
 

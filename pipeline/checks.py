@@ -12,28 +12,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import itertools
 import logging
 import math
-from collections.abc import Callable
 
 import torch
 from torchvision.ops import StochasticDepth
 
-from pipeline.config import Config
+from pipeline.config import Config, replace
 from pipeline.data import build_loader, resolve_classes
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo, all_reduce_sum
 from pipeline.errors import EXIT_CHECK_FAILED, EXIT_OK
-from pipeline.models import (
-    aux_loss_weight,
-    build_model,
-    check_input_sizes,
-    resolve_num_classes,
-    split_outputs,
-)
-from pipeline.precision import build_autocast, resolve_precision
+from pipeline.models import build_model, check_input_sizes, resolve_num_classes
+from pipeline.precision import Precision, build_precision, resolve_precision
+from pipeline.train.step import build_model_views, build_optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -99,56 +93,17 @@ def silence_dropout(model: torch.nn.Module) -> None:
 
 
 def run_checks(
-    cfg: Config,
-    num_classes: int,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    scaler: torch.amp.GradScaler | None = None,
+    cfg: Config, dist: DistInfo, num_classes: int, images: torch.Tensor, labels: torch.Tensor
 ) -> CheckReport:
-    """Both checks on one train batch (uint8 images [N,3,H,W] and labels [N] on the target device).
-
-    Under fp16 autocast pass an enabled GradScaler, as training uses: unscaled fp16 gradients
-    underflow, and the check would fail for a reason training does not have."""
-    device = images.device
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    inputs = normalize(images)
-
-    def fresh_model() -> torch.nn.Module:
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model, num_classes, image_size=cfg.data.train_crop)
-        return model.to(device, memory_format=memory_format)
-
-    model = fresh_model()
-    model.eval()  # dropout off: the loss of the function at init, not of a random sub-network
-    with torch.no_grad(), autocast():
-        initial_loss = float(torch.nn.functional.cross_entropy(model(inputs).float(), labels))
-
-    model = fresh_model()
-    silence_dropout(model)
-    model.train()
-    aux_weight = aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight)
-    optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR, weight_decay=0.0)
-    limit = cfg.train.check_overfit_steps
-    accuracy, steps = 0.0, 0
-    while True:
-        with autocast():
-            logits, aux = split_outputs(model(inputs))  # aux: Inception-v3, GoogLeNet in training
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            for extra in aux:
-                loss = loss + aux_weight * torch.nn.functional.cross_entropy(extra.float(), labels)
-        accuracy = 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
-        if accuracy >= 100.0 or steps >= limit:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        steps += 1
+    """Both checks on one train batch (uint8 images [N,3,H,W] and labels [N] on the target device)
+    in train.precision; under fp16 the overfit steps go through the GradScaler, as training's do
+    (unscaled fp16 gradients underflow, and the check would fail for a reason training does not
+    have)."""
+    precision = build_precision(cfg.train.precision, images.device)
+    initial_loss = measure_initial_loss(cfg, num_classes, images, labels, precision)
+    steps, accuracy, loss_scale = overfit_one_batch(
+        cfg, dist, num_classes, (images, labels), precision
+    )
     return CheckReport(
         num_classes=num_classes,
         batch_size=int(labels.numel()),
@@ -157,26 +112,81 @@ def run_checks(
         loss_tolerance=cfg.train.check_loss_tolerance,
         overfit_steps=steps,
         overfit_accuracy=accuracy,
-        overfit_limit=limit,
-        loss_scale=float(scaler.get_scale())
-        if scaler is not None and scaler.is_enabled()
-        else None,
+        overfit_limit=cfg.train.check_overfit_steps,
+        loss_scale=loss_scale,
     )
+
+
+def fresh_model(cfg: Config, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The configured model at its seeded initialization (no init_from), on `device`."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, num_classes, image_size=cfg.data.train_crop)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def measure_initial_loss(
+    cfg: Config, num_classes: int, images: torch.Tensor, labels: torch.Tensor, precision: Precision
+) -> float:
+    """Cross-entropy of the freshly initialized model in eval mode (dropout off: the loss of the
+    function at init, not of a random sub-network)."""
+    model = fresh_model(cfg, num_classes, images.device)
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        logits = model(normalize(images))
+        return float(torch.nn.functional.cross_entropy(logits.float(), labels))
+
+
+def overfit_one_batch(
+    cfg: Config, dist: DistInfo, num_classes: int, batch: tuple, precision: Precision
+) -> tuple[int, float, float | None]:
+    """(optimizer steps taken, train accuracy %, the GradScaler's scale or None without one):
+    training's own step (the one factory) on one fixed batch, until 100% or the step limit.
+
+    The step is training's with the check's optimizer (Adam at OVERFIT_LR, no weight decay and
+    no schedule), plain cross-entropy, no accumulation, clipping, compile or batch augmentation.
+    The accuracy of step k is measured on its forward, before its update, so step k's numbers
+    are those of the model after k updates."""
+    check_cfg = replace(
+        replace(cfg, "optim", grad_accum_steps=1, clip_grad_norm=0.0, label_smoothing=0.0),
+        "train",
+        compile=False,
+    )
+    model = fresh_model(cfg, num_classes, batch[0].device)
+    silence_dropout(model)
+    model.train()
+    take_step = build_optimizer_step(
+        check_cfg,
+        dist,
+        build_model_views(check_cfg, dist, model, ddp=False),
+        precision,
+        optimizer=torch.optim.Adam(model.parameters(), lr=OVERFIT_LR, weight_decay=0.0),
+    )
+    scaler, meter = precision.scaler, take_step.meter
+    batches = itertools.repeat(batch)
+    steps = 0
+    while True:
+        scale = float(scaler.get_scale()) if scaler.is_enabled() else None  # before the update
+        meter.restart()
+        take_step(batches, steps)
+        accuracy = 100.0 * float(meter.sums[1]) / meter.samples
+        if accuracy >= 100.0 or steps >= cfg.train.check_overfit_steps:
+            return steps, accuracy, scale
+        steps += 1
 
 
 def run_check_command(cfg: Config, dist: DistInfo) -> int:
     """`python -m pipeline.train --check`: both checks on this rank's first train batch; every
     rank must pass. Prints the report on rank 0; EXIT_CHECK_FAILED when a rank's overfit fails."""
     device = dist.torch_device
-    precision = resolve_precision(cfg.train.precision, device)
+    resolve_precision(cfg.train.precision, device)  # one the device lacks fails before the data
     check_input_sizes(cfg)
     classes = resolve_classes(cfg)
     num_classes = resolve_num_classes(cfg.model, len(classes))
     train_loader = build_loader(cfg, "train", dist, classes)
     train_loader.set_epoch(0)
     images, labels = next(iter(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # as training steps
-    report = run_checks(cfg, num_classes, images, labels, build_autocast(precision, device), scaler)
+    report = run_checks(cfg, dist, num_classes, images, labels)
     passed = torch.tensor([1 if report.overfit_ok else 0], dtype=torch.int32, device=device)
     all_reduce_sum(passed, dist)
     if dist.is_main:

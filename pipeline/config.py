@@ -3,7 +3,7 @@
     python -m pipeline.train --config configs/alexnet.yaml optim.lr=0.02 data.backend=dali
 
 Each field carries its help text as metadata (not a comment) so the README's config reference
-is generated from this file and cannot drift (`python -m pipeline.config --markdown`).
+is generated from this file and cannot drift (`python -m pipeline.config_reference --markdown`).
 An unknown section or key is an error, never ignored. The resolved config is saved with every
 run and never mutated after start-up.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -291,10 +292,18 @@ class LogConfig:
     wandb: WandbMode = _field(
         "auto", "auto (online with WANDB_API_KEY, else offline), online, offline or disabled"
     )
-    project: str = _field("imagenet-alexnet", "W&B project")
+    project: str = _field("imagenet-alexnet", "W&B project, and the MLflow experiment's name")
     entity: str = _field("", "W&B entity (team); empty uses the key's default")
-    run_name: str = _field("", "W&B run name; empty uses the run dir's name")
+    run_name: str = _field("", "W&B and MLflow run name; empty uses the run dir's name")
     plots: bool = _field(True, "write curves and prediction-grid PNGs at the end")
+    tensorboard: bool = _field(
+        False, "write TensorBoard event files to RUN_DIR/tensorboard/ (rank 0; a resume continues)"
+    )
+    mlflow: str = _field(
+        "",
+        "MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, or a local folder); empty: "
+        "off. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, never the URI",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,9 +407,21 @@ def build_config(values: dict[str, dict[str, Any]] | None = None) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks that need no data or world size."""
-    data = config.data
+    """Cross-field checks that need no data or world size, section by section."""
     validate_schedules(config)
+    validate_data(config.data)
+    validate_train(config.train)
+    validate_optim(config.optim)
+    validate_mlflow_uri(config.log.mlflow)
+    if config.model.freeze != "none" and not config.model.finetune:
+        raise ConfigError(
+            "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
+        )
+    validate_ddp(config)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Sizes, crop ranges and worker counts a loader can honour."""
     for name in ("global_batch_size", "train_crop", "val_resize", "val_crop"):
         if getattr(data, name) < 1:
             raise ConfigError(f"data.{name} must be positive, got {getattr(data, name)}")
@@ -420,34 +441,39 @@ def validate(config: Config) -> None:
         )
     if data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+
+
+def validate_train(train: TrainConfig) -> None:
+    """The loop's counts and intervals, the --check lengths and the seed."""
     for name in ("eval_every", "log_every"):
-        if getattr(config.train, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(config.train, name)}")
+        if getattr(train, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
     for name in ("save_every", "max_steps", "early_stop_patience"):
-        if getattr(config.train, name) < 0:
-            raise ConfigError(
-                f"train.{name} must be >= 0 (0 disables), got {getattr(config.train, name)}"
-            )
-    if config.train.check_overfit_steps < 1 or config.train.check_loss_tolerance <= 0:
+        if getattr(train, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {getattr(train, name)}")
+    if train.check_overfit_steps < 1 or train.check_loss_tolerance <= 0:
         raise ConfigError(
             "train.check_overfit_steps must be >= 1 and train.check_loss_tolerance > 0"
         )
-    if config.train.seed < 0:
+    if train.seed < 0:
         raise ConfigError(
-            f"train.seed must be >= 0 (numpy seeds are non-negative), got {config.train.seed}"
+            f"train.seed must be >= 0 (numpy seeds are non-negative), got {train.seed}"
         )
-    if config.optim.grad_accum_steps < 1:
-        raise ConfigError(
-            f"optim.grad_accum_steps must be >= 1, got {config.optim.grad_accum_steps}"
-        )
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.train.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {config.train.epochs}")
-    if config.model.freeze != "none" and not config.model.finetune:
-        raise ConfigError(
-            "model.freeze needs model.finetune=PATH: freezing only applies when fine-tuning"
-        )
+    if train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {train.epochs}")
+
+
+def validate_optim(optim: OptimConfig) -> None:
+    if optim.grad_accum_steps < 1:
+        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {optim.grad_accum_steps}")
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if not 0.0 <= optim.label_smoothing < 1.0:  # at load: before a run dir is written
+        raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {optim.label_smoothing}")
+
+
+def validate_ddp(config: Config) -> None:
+    """DDP's gradient hook and buckets, and what torch's DDP cannot combine."""
     train = config.train
     if train.powersgd_rank < 1 or train.powersgd_min_elements < 0:
         raise ConfigError(
@@ -469,6 +495,18 @@ def validate(config: Config) -> None:
             f"train.static_graph=true with optim.grad_accum_steps={config.optim.grad_accum_steps}:"
             " DDP's static graph breaks under gradient accumulation (pytorch/pytorch#143580); "
             "turn one of them off"
+        )
+
+
+def validate_mlflow_uri(uri: str) -> None:
+    """log.mlflow must not carry credentials: the resolved config is saved with the run, logged
+    as MLflow params and copied into checkpoints."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.username or parsed.password or "token=" in parsed.query.lower():
+        raise ConfigError(
+            "log.mlflow holds credentials, which would be saved in config.yaml and the "
+            "checkpoints: pass the URI without them and export MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
         )
 
 
@@ -567,43 +605,3 @@ def replace(config: Config, section: str, **changes: Any) -> Config:
     values = config_to_dict(config)
     values[section].update(changes)
     return build_config(values)
-
-
-def markdown_reference() -> str:
-    """The README's config reference table, generated from the dataclasses."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for name, section_cls in SECTIONS.items():
-        for field in dataclasses.fields(section_cls):
-            default = (
-                field.default
-                if field.default is not dataclasses.MISSING
-                else field.default_factory()
-            )
-            shown = '`""`' if default == "" else f"`{default}`"
-            lines.append(f"| `{name}.{field.name}` | {shown} | {field.metadata.get('help', '')} |")
-    return "\n".join(lines) + "\n"
-
-
-README_START = "<!-- config-reference:start -->\n"
-README_END = "<!-- config-reference:end -->"
-
-
-def update_readme(path: str | Path) -> bool:
-    """Rewrite the config reference between the README's markers; True when it changed."""
-    path = Path(path)
-    text = path.read_text()
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
-    updated = text[:start] + markdown_reference() + text[end:]
-    path.write_text(updated)
-    return updated != text
-
-
-if __name__ == "__main__":
-    # python -m pipeline.config --markdown            print the reference table
-    # python -m pipeline.config --update-readme FILE  rewrite it between the README's markers
-    if sys.argv[1:2] == ["--markdown"]:
-        print(markdown_reference(), end="")
-    elif sys.argv[1:2] == ["--update-readme"] and len(sys.argv) == 3:
-        print("updated" if update_readme(sys.argv[2]) else "unchanged")
-    else:
-        print(__doc__)

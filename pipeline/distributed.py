@@ -52,6 +52,12 @@ class DistInfo:
         return torch.device(self.device)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def read_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int, int]:
     """(rank, local_rank, world_size, local_world_size) from torchrun or Slurm variables."""
     env = os.environ if env is None else env

@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import Config, replace
-from pipeline.data import build_loader, resolve_classes
+from pipeline.data import ClassList, build_loader, resolve_classes
 from pipeline.data.transforms import normalize
 from pipeline.distributed import DistInfo
 from pipeline.errors import EXIT_OK, ConfigError
@@ -34,7 +34,7 @@ from pipeline.models import (
     load_weights,
     resolve_num_classes,
 )
-from pipeline.precision import build_autocast, configure_device, resolve_precision
+from pipeline.precision import build_precision, configure_device
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def evaluate_checkpoint(
     device = dist.torch_device
     run_dir = Path(cfg.train.run_dir)
     configure_device(device)
-    autocast = build_autocast(resolve_precision(cfg.train.precision, device), device)
+    autocast = build_precision(cfg.train.precision, device).autocast
     sizes = list(sizes) or [(cfg.data.val_resize, cfg.data.val_crop)]
     sized = [replace(cfg, "data", val_resize=resize, val_crop=crop) for resize, crop in sizes]
     for each in sized:
@@ -205,47 +205,9 @@ def evaluate_checkpoint(
     num_classes = resolve_num_classes(cfg.model, len(classes))
     latest = ckpt.find_latest(run_dir) if dist.is_main else None
     source = ckpt.agree_on_checkpoint(resume or latest, dist)
-    if source is None and cfg.model.finetune:
-        raise ConfigError(
-            f"nothing to evaluate: model.finetune={cfg.model.finetune} alone gets a new random "
-            f"head and {run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's "
-            "checkpoint (its train.run_dir or --resume PATH)"
-        )
-    if source is None and not cfg.model.init_from:
-        raise ConfigError(
-            f"nothing to evaluate: no checkpoint in {run_dir / 'checkpoints'}; "
-            "pass --resume PATH or --init-from WEIGHTS"
-        )
-    models = {"raw": create_model(cfg, num_classes, device, load_initial_weights=source is None)}
-    if source is not None:
-        data = ckpt.load_checkpoint(source)
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            models["raw"].load_state_dict(data["model"])
-            if isinstance(data.get("ema"), dict):  # the weight EMA, scored beside the weights
-                models["ema"] = create_model(cfg, num_classes, device, load_initial_weights=False)
-                models["ema"].load_state_dict(data["ema"])
-        else:
-            load_weights(models["raw"], source, cfg.model.arch)
-        logger.info("evaluating weights from %s", source)
-    rows, first = [], None
-    for (resize, crop), each in zip(sizes, sized):
-        loader = build_loader(each, "val", dist, classes)
-        metrics: dict[str, float] = {}
-        for name, model in models.items():
-            output = evaluate(
-                model, loader, num_classes, dist, autocast, flip_tta=cfg.eval.flip_tta
-            )
-            metrics.update(ema_named(output.metrics("val")) if name == "ema" else output.metrics())
-            if first is None:
-                first = output
-        rows.append({"val_resize": resize, "val_crop": crop, **metrics})
-        if dist.is_main:
-            shown = " ".join(
-                f"{key}={metrics[key]:.2f}"
-                for key in ("val/top1", "val/top5", "val/ema_top1", "val/single_top1")
-                if key in metrics
-            )
-            print(f"eval at {resize}/{crop}: {shown}", flush=True)
+    check_weights_to_evaluate(cfg, run_dir, source)
+    models = load_eval_models(cfg, num_classes, device, source)
+    rows, first = evaluate_sizes(cfg, dist, models, classes, sized, autocast)
     result = first.result
     if dist.is_main:
         write_per_class_csv(
@@ -268,3 +230,72 @@ def evaluate_checkpoint(
     )
     print_final(rows[0], dist)
     return EXIT_OK
+
+
+def check_weights_to_evaluate(cfg: Config, run_dir: Path, source: Path | None) -> None:
+    """A ConfigError when there are no weights worth evaluating: no checkpoint, and no
+    model.init_from (model.finetune alone has a random head)."""
+    if source is None and cfg.model.finetune:
+        raise ConfigError(
+            f"nothing to evaluate: model.finetune={cfg.model.finetune} alone gets a new random "
+            f"head and {run_dir / 'checkpoints'} has no last.pt; evaluate the fine-tune run's "
+            "checkpoint (its train.run_dir or --resume PATH)"
+        )
+    if source is None and not cfg.model.init_from:
+        raise ConfigError(
+            f"nothing to evaluate: no checkpoint in {run_dir / 'checkpoints'}; "
+            "pass --resume PATH or --init-from WEIGHTS"
+        )
+
+
+def load_eval_models(
+    cfg: Config, num_classes: int, device: torch.device, source: Path | None
+) -> dict[str, nn.Module]:
+    """{"raw": the weights} from `source` (a checkpoint, or bare weights), else model.init_from;
+    plus {"ema": ...} when the checkpoint holds a weight EMA."""
+    models = {"raw": create_model(cfg, num_classes, device, load_initial_weights=source is None)}
+    if source is not None:
+        data = ckpt.load_checkpoint(source)
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            models["raw"].load_state_dict(data["model"])
+            if isinstance(data.get("ema"), dict):  # the weight EMA, scored beside the weights
+                models["ema"] = create_model(cfg, num_classes, device, load_initial_weights=False)
+                models["ema"].load_state_dict(data["ema"])
+        else:
+            load_weights(models["raw"], source, cfg.model.arch)
+        logger.info("evaluating weights from %s", source)
+    return models
+
+
+def evaluate_sizes(
+    cfg: Config,
+    dist: DistInfo,
+    models: dict[str, nn.Module],
+    classes: ClassList,
+    sized: list[Config],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[list[dict[str, float]], EvalOutput]:
+    """Every model at each size's config (one line per size on rank 0): the rows of metrics,
+    and the first size's output of the raw weights."""
+    num_classes = resolve_num_classes(cfg.model, len(classes))
+    rows, first = [], None
+    for each in sized:
+        resize, crop = each.data.val_resize, each.data.val_crop
+        loader = build_loader(each, "val", dist, classes)
+        metrics: dict[str, float] = {}
+        for name, model in models.items():
+            output = evaluate(
+                model, loader, num_classes, dist, autocast, flip_tta=cfg.eval.flip_tta
+            )
+            metrics.update(ema_named(output.metrics("val")) if name == "ema" else output.metrics())
+            if first is None:
+                first = output
+        rows.append({"val_resize": resize, "val_crop": crop, **metrics})
+        if dist.is_main:
+            shown = " ".join(
+                f"{key}={metrics[key]:.2f}"
+                for key in ("val/top1", "val/top5", "val/ema_top1", "val/single_top1")
+                if key in metrics
+            )
+            print(f"eval at {resize}/{crop}: {shown}", flush=True)
+    return rows, first

@@ -1,23 +1,48 @@
-"""Numeric precision of a run: which one `auto` means on this device, and its autocast context.
+"""Numeric precision of a run: which one `auto` means on this device, its autocast context and
+its GradScaler, travelling together as one `Precision`.
 
-precision = resolve_precision(cfg.train.precision, device)   # auto -> bf16 | fp16 | fp32
-autocast = build_autocast(precision, device)                  # a factory: `with autocast():`
+    precision = build_precision(cfg.train.precision, device)   # auto -> bf16 | fp16 | fp32
+    with precision.autocast():                                # a fresh context each use
+        loss = ...
+    precision.scaler.scale(loss).backward()                   # enabled for fp16 only
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import dataclasses
 from typing import Literal
 
 import torch
 
 from pipeline.errors import ConfigError
 
-Precision = Literal["bf16", "fp16", "fp32"]
+PrecisionName = Literal["bf16", "fp16", "fp32"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """The resolved precision on one device: autocast contexts and the step's GradScaler."""
+
+    name: PrecisionName
+    device: torch.device
+    scaler: torch.amp.GradScaler  # enabled for fp16 only: bf16 and fp32 gradients do not underflow
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context for this precision (a null one for fp32)."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.name])
+
+
+def build_precision(setting: str, device: torch.device) -> Precision:
+    """train.precision resolved on `device` (see resolve_precision), with its GradScaler."""
+    name = resolve_precision(setting, device)
+    return Precision(name, device, torch.amp.GradScaler(device.type, enabled=name == "fp16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> PrecisionName:
     """auto → bf16 on CUDA GPUs that support it (fp16 + GradScaler on older ones), fp32 on CPU.
 
     An explicit bf16 on a GPU without native bf16 is a ConfigError. torch counts emulated bf16
@@ -46,13 +71,3 @@ def configure_device(device: torch.device) -> None:
     shape is fixed per resolution, so the search pays off after the first steps)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def build_autocast(
-    precision: Precision, device: torch.device
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts (fresh each use) for the resolved precision."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

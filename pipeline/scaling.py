@@ -106,7 +106,7 @@ def gradient_payload(
 ) -> int:
     """Bytes each rank hands to all-reduce per step for gradients of these shapes under `hook`
     (PowerSGD after its warm-up)."""
-    from pipeline.comm import powersgd_payload_elements  # the one copy of PowerSGD's rule
+    from pipeline.powersgd import powersgd_payload_elements  # the one copy of PowerSGD's rule
 
     elements = sum(math.prod(shape) for shape in shapes)
     if hook == "none":
@@ -178,24 +178,10 @@ def predict(
             cost; 0.96 on AlexNet with the default size floor).
         hook_compute_s: a measured hook cost per step, replacing the memory-traffic estimate.
     """
-    if hook not in HOOKS:
-        raise ValueError(f"hook {hook!r} is not one of {', '.join(HOOKS)}")
-    elements = model_bytes / 4
-    buckets = max(1, math.ceil(model_bytes / (bucket_mb * 1e6)))
-    if hook == "powersgd":
-        if powersgd_bytes is None:
-            raise ValueError("hook='powersgd' needs powersgd_bytes=gradient_payload(shapes, ...)")
-        payload, collectives = powersgd_bytes, 3 * buckets
-        traffic = elements * (
-            compressed_fraction * HOOK_BYTES_PER_ELEMENT["powersgd"]
-            + (1 - compressed_fraction) * HOOK_BYTES_PER_ELEMENT["none"]
-        )
-    else:
-        payload = model_bytes / 2 if hook in ("fp16", "bf16") else model_bytes
-        collectives = buckets
-        traffic = elements * HOOK_BYTES_PER_ELEMENT[hook]
-    ranks = nodes * gpus_per_node
-    if ranks == 1:  # nothing to all-reduce, no hook runs
+    payload, collectives, traffic = hook_traffic(
+        model_bytes, hook, powersgd_bytes, compressed_fraction, bucket_mb
+    )
+    if nodes * gpus_per_node == 1:  # nothing to all-reduce, no hook runs
         comm = hook_cost = 0.0
     else:
         comm = all_reduce_seconds(
@@ -223,6 +209,31 @@ def predict(
         step_s=step,
         efficiency=compute_s / step,
     )
+
+
+def hook_traffic(
+    model_bytes: float,
+    hook: str,
+    powersgd_bytes: float | None,
+    compressed_fraction: float,
+    bucket_mb: float,
+) -> tuple[float, int, float]:
+    """What one step of `hook` sends and touches: (bytes on the wire, collectives per step,
+    bytes of memory traffic the hook itself reads and writes); predict's arguments."""
+    if hook not in HOOKS:
+        raise ValueError(f"hook {hook!r} is not one of {', '.join(HOOKS)}")
+    elements = model_bytes / 4
+    buckets = max(1, math.ceil(model_bytes / (bucket_mb * 1e6)))
+    if hook == "powersgd":
+        if powersgd_bytes is None:
+            raise ValueError("hook='powersgd' needs powersgd_bytes=gradient_payload(shapes, ...)")
+        traffic = elements * (
+            compressed_fraction * HOOK_BYTES_PER_ELEMENT["powersgd"]
+            + (1 - compressed_fraction) * HOOK_BYTES_PER_ELEMENT["none"]
+        )
+        return powersgd_bytes, 3 * buckets, traffic
+    payload = model_bytes / 2 if hook in ("fp16", "bf16") else model_bytes
+    return payload, buckets, elements * HOOK_BYTES_PER_ELEMENT[hook]
 
 
 def recommend_hook(
@@ -268,6 +279,20 @@ def recommend_hook(
     none = predictions["none"]
     comm_bound = none.exposed_comm_s >= bound_fraction * none.step_s
     where = f"{nodes} x {gpus_per_node} GPUs, {link_gbps:g} Gb/s per node"
+    verdict = explain_hook(hook, comm_bound, predictions, where, tolerance)
+    return Recommendation(hook, comm_bound, predictions, verdict)
+
+
+def explain_hook(
+    hook: str,
+    comm_bound: bool,
+    predictions: dict[str, Prediction],
+    where: str,
+    tolerance: float,
+) -> str:
+    """recommend_hook's one-sentence verdict: why `hook`, in the numbers of train.comm_hook=none
+    (and of the chosen hook); `where` names the nodes, GPUs and link."""
+    none = predictions["none"]
     if not comm_bound:
         verdict = (
             f"compute-bound on {where}: the all-reduce is hidden behind backward "
@@ -289,7 +314,7 @@ def recommend_hook(
             f"({100 * none.efficiency:.0f}% scaling efficiency); train.comm_hook={hook} predicts "
             f"{1000 * chosen.step_s:.1f} ms ({100 * chosen.efficiency:.0f}%)"
         )
-    return Recommendation(hook, comm_bound, predictions, verdict)
+    return verdict
 
 
 # -- the tables of docs/comm.md --------------------------------------------------------------------
@@ -323,7 +348,7 @@ def tables(
     shapes = model_shapes(name)
     model_bytes = gradient_payload(shapes, "none")
     powersgd_bytes = gradient_payload(shapes, "powersgd")
-    from pipeline.comm import compressed_shape
+    from pipeline.powersgd import compressed_shape
 
     compressed = sum(math.prod(s) for s in shapes if compressed_shape(tuple(s), 4, 1_000_000))
     fraction = compressed / (model_bytes / 4)

@@ -104,7 +104,7 @@ def sample_shards(directory: Path, count: int, seed: int) -> tuple[list[np.ndarr
 
 def sample_folders(directory: Path, count: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """`count` random images from class folders DIR/WNID/*."""
-    from preprocess.shards import list_samples
+    from preprocess.shard_plan import list_samples
 
     _, samples = list_samples(directory)
     class_names = find_class_names(directory)

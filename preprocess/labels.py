@@ -124,20 +124,7 @@ def find_label_source(directory: Path) -> Path | None:
 def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...]]:
     """Which form `path` holds, and the file(s) to read it from."""
     if not isinstance(path, (str, Path)):
-        paths = [Path(p) for p in path]
-        if len(paths) == 1:
-            return detect_label_format(paths[0])
-        mats = [p for p in paths if p.suffix == ".mat"]
-        others = [p for p in paths if p.suffix != ".mat"]
-        if len(paths) != 2 or len(mats) != 1:
-            raise UserError(
-                f"got label files {[str(p) for p in paths]}: two files must be the devkit's "
-                f"{META_MAT_NAME} and {GROUND_TRUTH_NAME}"
-            )
-        for file in paths:
-            _require_file(file)
-        return "devkit-files", (mats[0], others[0])
-
+        return _detect_file_pair([Path(p) for p in path])
     path = Path(path)
     if path.is_dir():
         files = _devkit_dir_files(path)
@@ -184,6 +171,22 @@ def detect_label_format(path: LabelSource) -> tuple[LabelFormat, tuple[Path, ...
         f"({DEVKIT_TAR_NAME}, its folder, or {META_MAT_NAME} + {GROUND_TRUTH_NAME}), Kaggle "
         f"{KAGGLE_CSV_NAME} ('ImageId,PredictionString'), or caffe val.txt ('NAME.JPEG INDEX')"
     )
+
+
+def _detect_file_pair(paths: list[Path]) -> tuple[LabelFormat, tuple[Path, ...]]:
+    """A list of label files: one file is detected alone; two must be meta.mat + ground truth."""
+    if len(paths) == 1:
+        return detect_label_format(paths[0])
+    mats = [p for p in paths if p.suffix == ".mat"]
+    others = [p for p in paths if p.suffix != ".mat"]
+    if len(paths) != 2 or len(mats) != 1:
+        raise UserError(
+            f"got label files {[str(p) for p in paths]}: two files must be the devkit's "
+            f"{META_MAT_NAME} and {GROUND_TRUTH_NAME}"
+        )
+    for file in paths:
+        _require_file(file)
+    return "devkit-files", (mats[0], others[0])
 
 
 def read_kaggle_csv(path: Path) -> dict[str, str]:

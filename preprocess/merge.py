@@ -21,7 +21,8 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.shard_format import ShardEntry, shard_name, write_both_splits_info
-from preprocess.shards import PLAN_NAME, build_manifest, read_plan, write_split_metadata
+from preprocess.shard_plan import PLAN_NAME, read_plan
+from preprocess.shards import build_manifest, write_split_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,49 @@ def merge_manifests(directory: Path) -> Path:
             f"{directory}: no {PLAN_NAME}: expected the output directory of a sliced "
             f"`preprocess shard ... --num-tasks N` run"
         )
+    entries, class_counts, tasks_seen, num_tasks = _read_partial_manifests(directory, plan)
+    _check_partials_cover_plan(directory, plan, entries, tasks_seen, num_tasks)
+    manifest = build_manifest(
+        plan,
+        [entries[shard_name(plan["split"], i)] for i in range(len(plan["shard_counts"]))],
+        class_counts,
+    )
+    return write_split_metadata(directory, manifest)
+
+
+def merge_targets(directory: Path) -> list[Path]:
+    """DIR itself when it holds a shard plan, else its train/ and val/ (a `prepare` output)."""
+    directory = Path(directory)
+    if (directory / PLAN_NAME).is_file():
+        return [directory]
+    targets = [
+        directory / split for split in ("train", "val") if (directory / split / PLAN_NAME).is_file()
+    ]
+    return targets or [directory]  # merge_manifests explains what is missing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "directory",
+        type=Path,
+        help="the DST of a sliced `shard` run, or of a sliced `prepare` (merges train/ and val/)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    for target in merge_targets(args.directory):
+        path = merge_manifests(target)
+        plan = read_plan(target)
+        print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
+    write_both_splits_info(args.directory)  # a sliced `prepare`: timm's info for both splits
+    return 0
+
+
+def _read_partial_manifests(
+    directory: Path, plan: dict
+) -> tuple[dict[str, ShardEntry], collections.Counter, set[int], int]:
+    """(shard name -> entry, samples per class, tasks seen, task count) of the current plan's
+    manifest.task-*.json; UserError when one is unreadable, runs are mixed, or there is none."""
     entries: dict[str, ShardEntry] = {}
     class_counts: collections.Counter = collections.Counter()
     tasks_seen: set[int] = set()
@@ -74,6 +118,17 @@ def merge_manifests(directory: Path) -> Path:
         raise UserError(
             f"{directory}: no manifest.task-*.json for the current plan: run the shard tasks first"
         )
+    return entries, class_counts, tasks_seen, num_tasks
+
+
+def _check_partials_cover_plan(
+    directory: Path,
+    plan: dict,
+    entries: dict[str, ShardEntry],
+    tasks_seen: set[int],
+    num_tasks: int,
+) -> None:
+    """Every task reported and every planned shard is on disk as recorded; else UserError."""
     problems = []
     missing_tasks = sorted(set(range(num_tasks)) - tasks_seen)
     if missing_tasks:
@@ -98,37 +153,3 @@ def merge_manifests(directory: Path) -> Path:
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
             + ": rerun the unfinished tasks (the same command resumes), then merge again"
         )
-    manifest = build_manifest(
-        plan,
-        [entries[shard_name(plan["split"], i)] for i in range(len(plan["shard_counts"]))],
-        class_counts,
-    )
-    return write_split_metadata(directory, manifest)
-
-
-def merge_targets(directory: Path) -> list[Path]:
-    """DIR itself when it holds a shard plan, else its train/ and val/ (a `prepare` output)."""
-    directory = Path(directory)
-    if (directory / PLAN_NAME).is_file():
-        return [directory]
-    targets = [
-        directory / split for split in ("train", "val") if (directory / split / PLAN_NAME).is_file()
-    ]
-    return targets or [directory]  # merge_manifests explains what is missing
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "directory",
-        type=Path,
-        help="the DST of a sliced `shard` run, or of a sliced `prepare` (merges train/ and val/)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    for target in merge_targets(args.directory):
-        path = merge_manifests(target)
-        plan = read_plan(target)
-        print(f"merge: {plan['num_samples']} samples in {plan['num_shards']} shards; wrote {path}")
-    write_both_splits_info(args.directory)  # a sliced `prepare`: timm's info for both splits
-    return 0

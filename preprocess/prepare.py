@@ -59,33 +59,37 @@ between train and val. A rerun skips finished images and complete shards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.classes import SYNSET_MAPPING_NAME, find_synset_mapping
 from core.errors import UserError
-from core.fileio import atomic_write_text, file_names, list_dir
-from core.imagefiles import is_image_file
+from core.fileio import atomic_write_text
 from core.shard_format import SPLITS, write_both_splits_info
 from preprocess import sources
 from preprocess.images import SUBSAMPLING
+from preprocess.prepare_records import (
+    SELECTION_NAME,
+    check_prepare_record,
+    check_resized,
+    count_folder_images,
+    read_selection,
+    write_class_names,
+)
 from preprocess.progress import add_workers_argument, rate
-from preprocess.resize import (
-    DEFAULT_OPTIONS,
+from preprocess.resize import resize_stream
+from preprocess.resize_records import (
     ResizeCompletion,
-    ResizeOptions,
     ResizeSummary,
-    check_resize_complete,
     check_settings_match,
-    resize_stream,
     write_folder_manifest,
 )
+from preprocess.resize_worker import DEFAULT_OPTIONS, ResizeOptions
 from preprocess.shards import ShardSummary, write_shards
 from preprocess.slices import add_slice_arguments, resolve_slice
 from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset
@@ -93,8 +97,6 @@ from preprocess.subsets import BUILTIN_CLASS_LISTS, Subset
 logger = logging.getLogger(__name__)
 
 STAGES = ("all", "resize", "shard")
-PREPARE_RECORD_NAME = "prepare.json"
-SELECTION_NAME = "selection.json"
 
 
 def default_options(dataset: str) -> ResizeOptions:
@@ -113,230 +115,222 @@ def default_options(dataset: str) -> ResizeOptions:
     return ResizeOptions(short_side=size, only_shrink=False, quality=100, subsampling="4:4:4")
 
 
-def check_prepare_record(dst: Path, record: dict[str, Any]) -> None:
-    """Refuse a DST prepared from another dataset or subset; record this run's when fresh."""
-    path = dst / PREPARE_RECORD_NAME
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        previous = None
-    if previous is not None and previous != record:
-        raise UserError(
-            f"{dst} was prepared from {previous.get('dataset')} with subset "
-            f"{previous.get('subset')}, but this run asks for {record['dataset']} with subset "
-            f"{record['subset']}: resuming would mix the two; pass a new DST"
-        )
-    if previous is None:
-        dst.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def read_selection(folder: Path) -> dict | None:
-    """The subset record the resize stage left in DST/folders/{split}, if any."""
-    try:
-        return json.loads((folder / SELECTION_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_class_names(
-    raw: Path, dst: Path, class_names: dict[str, str], *, copy_raw: bool = True
-) -> Path | None:
-    """DST/LOC_synset_mapping.txt: the raw data's file copied as is (`copy_raw`: every class is
-    taken), else written from `class_names`."""
-    target = dst / SYNSET_MAPPING_NAME
-    source = find_synset_mapping(raw, parents=0) if copy_raw and raw.is_dir() else None
-    if source is None and copy_raw and raw.is_dir():
-        candidates = [
-            path
-            for path in (raw / SYNSET_MAPPING_NAME, *raw.glob(f"*/{SYNSET_MAPPING_NAME}"))
-            if path.is_file()
-        ]
-        source = candidates[0] if candidates else None
-    if source is not None:
-        shutil.copyfile(source, target)
-        return target
-    if class_names:
-        atomic_write_text(
-            target, "".join(f"{wnid} {words}\n" for wnid, words in sorted(class_names.items()))
-        )
-        return target
-    logger.info("no class names found in %s: the grid and manifests will show WNIDs only", raw)
-    return None
-
-
-def count_folder_images(folder: Path) -> dict[str, int]:
-    return {
-        name: len(file_names(Path(folder) / name, is_image_file))
-        for name, is_dir in list_dir(Path(folder))
-        if is_dir
-    }
-
-
-def check_resized(folder: Path, options: ResizeOptions | None) -> ResizeCompletion:
-    """The shard stage's gate: every resize task finished, with the settings asked for, and the
-    folders hold what they planned minus what they reported as bad."""
-    if not folder.is_dir():
-        raise UserError(f"{folder} does not exist: run the resize stage first (--stage resize)")
-    completion = check_resize_complete(folder)
-    if options is not None:
-        check_settings_match(folder, options)
-    on_disk = count_folder_images(folder)
-    extra = sorted(
-        wnid for wnid, count in on_disk.items() if count > completion.class_counts.get(wnid, 0)
-    )
-    found = sum(on_disk.values())
-    if extra or found != completion.planned - completion.failed:
-        raise UserError(
-            f"{folder}: {found} images, but the resize tasks planned {completion.planned} "
-            "and reported "
-            f"{completion.failed} bad"
-            + (f" (more than planned in {extra[:3]})" if extra else "")
-            + ": rerun the resize stage (it resumes) before sharding"
-        )
-    return completion
-
-
 def _first_checked(images: Iterator[Any]) -> Iterator[Any]:
     """Start a raw stream now, so that its errors (missing labels, no images) surface up front."""
     first = next(images, None)
     return images if first is None else itertools.chain([first], images)
 
 
-def prepare(
-    raw: Path,
-    dst: Path,
-    *,
-    options: ResizeOptions | None = None,
-    shard_size: int = 1000,
-    seed: int = 0,
-    workers: int | None = None,
-    labels: Path | None = None,
-    task_index: int = 0,
-    num_tasks: int = 1,
-    stage: str = "all",
-    splits: tuple[str, ...] = SPLITS,
-    dataset: str | None = None,
-    subset: Subset | None = None,
-) -> tuple[dict[str, ResizeSummary], dict[str, ShardSummary]]:
-    """Run the resize and/or shard stages for `splits`; returns their summaries by split.
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """Everything `prepare` takes besides RAW and DST (the CLI's flags)."""
 
-    Args:
-        options: resize settings; None: the dataset's defaults (`default_options`) for
-            resizing, and for a shard-only stage whatever the resize stage recorded (given
-            options must match the record).
-        dataset: one of sources.DATASETS; None: detected from RAW.
-        subset: which classes and images to take (preprocess/subsets.py); None: all.
-    """
+    # resize settings; None: the dataset's defaults (`default_options`) for resizing, and for a
+    # shard-only stage whatever the resize stage recorded (given options must match the record)
+    resize: ResizeOptions | None = None
+    shard_size: int = 1000  # samples per shard, the last may hold fewer
+    seed: int = 0  # the global shuffle, --random-classes and the per-class draws
+    workers: int | None = None  # worker processes; None: preprocess.progress's default
+    labels: Path | None = None  # val labels (devkit, Kaggle CSV, val.txt); None: found in RAW
+    task_index: int = 0  # this task's slice of a Slurm array
+    num_tasks: int = 1  # tasks in the array
+    stage: str = "all"  # one of STAGES
+    splits: tuple[str, ...] = SPLITS  # which splits to prepare
+    dataset: str | None = None  # one of sources.DATASETS; None: detected from RAW
+    subset: Subset | None = None  # which classes and images to take; None: all
+
+    @property
+    def resizes(self) -> bool:
+        return self.stage in ("all", "resize")
+
+    @property
+    def shards(self) -> bool:
+        return self.stage in ("all", "shard")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawDataset:
+    """What RAW holds and what this run takes of it, found once before any work."""
+
+    dataset: str  # one of sources.DATASETS
+    classes: list[str]  # the classes taken (a subset's, or all), sorted WNIDs
+    subset: Subset | None  # None when everything is taken
+    resize: ResizeOptions  # the options asked for, else the dataset's defaults
+
+
+def prepare(
+    raw: Path, dst: Path, options: PrepareOptions = PrepareOptions()
+) -> tuple[dict[str, ResizeSummary], dict[str, ShardSummary]]:
+    """Run the resize and/or shard stages for `options.splits`; returns their summaries by
+    split."""
     raw, dst = Path(raw), Path(dst)
-    if stage not in STAGES:
-        raise UserError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
+    check_prepare_options(raw, dst, options)
+    found = identify_raw(raw, options)
+    streams: dict[str, Iterator[Any]] = {}
+    selections: dict[str, sources.Selection] = {}
+    completions: dict[str, ResizeCompletion] = {}
+    if options.resizes:
+        streams, selections = open_raw_streams(raw, dst, found, options)
+    else:
+        completions = {
+            split: check_resized(dst / "folders" / split, options.resize)
+            for split in options.splits
+        }
+    record_dataset(raw, dst, found)
+    resized: dict[str, ResizeSummary] = {}
+    sharded: dict[str, ShardSummary] = {}
+    for split in options.splits:
+        folder = dst / "folders" / split
+        if options.resizes:
+            resized[split] = resize_split(
+                folder, streams.pop(split), selections.get(split), found, options
+            )
+        if options.shards:
+            sharded[split] = shard_split(dst, split, completions.get(split), found, options)
+    if options.num_tasks == 1 and sharded:
+        write_both_splits_info(dst)  # after both manifests: a partial DST has no such file
+    return resized, sharded
+
+
+def check_prepare_options(raw: Path, dst: Path, options: PrepareOptions) -> None:
+    """Refuse a stage, split list, slicing, RAW or DST that cannot work, before reading RAW."""
+    if options.stage not in STAGES:
+        raise UserError(f"--stage {options.stage!r}: expected one of {', '.join(STAGES)}")
+    splits = options.splits
     unknown = [split for split in splits if split not in SPLITS]
     if unknown or not splits:
         raise UserError(f"--splits {' '.join(splits)}: expected one or both of {', '.join(SPLITS)}")
-    if num_tasks > 1 and stage == "all":
+    if options.num_tasks > 1 and options.stage == "all":
         raise UserError(
-            f"prepare with {num_tasks} tasks needs two array jobs, because sharding needs "
-            f"every resize task finished: run with --stage resize, then (afterany) with "
+            f"prepare with {options.num_tasks} tasks needs two array jobs, because sharding "
+            f"needs every resize task finished: run with --stage resize, then (afterany) with "
             f"--stage shard, then `python -m preprocess merge {dst}`"
         )
     if not raw.exists():
         raise UserError(f"{raw} does not exist: pass the folder holding the raw download")
     if dst.exists() and not dst.is_dir():
         raise UserError(f"DST {dst} is a file: pass a directory (it is created when missing)")
-    if options is not None:
-        options.check()
+    if options.resize is not None:
+        options.resize.check()
+
+
+def identify_raw(raw: Path, options: PrepareOptions) -> RawDataset:
+    """The dataset RAW holds, its classes and the subset's choice of them (checked)."""
+    subset = options.subset
     subset = subset if subset is not None and not subset.is_everything else None
     if subset is not None:
         subset.check()
     layout = sources.detect_layout(raw)
-    dataset = sources.detect_dataset(raw, dataset)
+    dataset = sources.detect_dataset(raw, options.dataset)
     every_class = sources.raw_classes(raw, dataset)
     classes = subset.choose_classes(every_class) if subset is not None else every_class
     logger.info(
         "%s: %s (%s layout), %d of %d classes", raw, dataset, layout, len(classes), len(every_class)
     )
-    defaults = default_options(dataset)
+    return RawDataset(dataset, classes, subset, options.resize or default_options(dataset))
+
+
+def open_raw_streams(
+    raw: Path, dst: Path, found: RawDataset, options: PrepareOptions
+) -> tuple[dict[str, Iterator[Any]], dict[str, sources.Selection]]:
+    """(split -> its started raw stream, split -> the subset's selection). Every split's source
+    is checked before any work: a missing val fails now, not after train."""
     streams: dict[str, Iterator[Any]] = {}
     selections: dict[str, sources.Selection] = {}
-    completions: dict[str, ResizeCompletion] = {}
-    if stage in ("all", "resize"):
-        # every split's source is checked before any work: a missing val fails now, not after train
-        for split in splits:
-            check_settings_match(dst / "folders" / split, options or defaults)
-            if subset is not None:
-                selections[split] = sources.select_images(
-                    raw, split, subset, labels=labels, dataset=dataset
-                )
-            streams[split] = _first_checked(
-                sources.iter_raw_images(
-                    raw,
-                    split,
-                    labels=labels,
-                    task_index=task_index,
-                    num_tasks=num_tasks,
-                    dataset=dataset,
-                    selection=selections.get(split),
-                )
+    for split in options.splits:
+        check_settings_match(dst / "folders" / split, found.resize)
+        if found.subset is not None:
+            selections[split] = sources.select_images(
+                raw, split, found.subset, labels=options.labels, dataset=found.dataset
             )
-    else:
-        completions = {split: check_resized(dst / "folders" / split, options) for split in splits}
+        streams[split] = _first_checked(
+            sources.iter_raw_images(
+                raw,
+                split,
+                labels=options.labels,
+                task_index=options.task_index,
+                num_tasks=options.num_tasks,
+                dataset=found.dataset,
+                selection=selections.get(split),
+            )
+        )
+    return streams, selections
+
+
+def record_dataset(raw: Path, dst: Path, found: RawDataset) -> None:
+    """DST/prepare.json (refusing another dataset or subset) and DST/LOC_synset_mapping.txt."""
+    subset = found.subset
     check_prepare_record(
-        dst, {"dataset": dataset, "subset": subset.rule() if subset is not None else None}
+        dst, {"dataset": found.dataset, "subset": subset.rule() if subset is not None else None}
     )
-    names = sources.raw_class_names(raw, dataset)
+    names = sources.raw_class_names(raw, found.dataset)
     write_class_names(
         raw,
         dst,
-        {wnid: names[wnid] for wnid in classes if wnid in names},
+        {wnid: names[wnid] for wnid in found.classes if wnid in names},
         copy_raw=subset is None,
     )
-    resized: dict[str, ResizeSummary] = {}
-    sharded: dict[str, ShardSummary] = {}
-    for split in splits:
-        folder = dst / "folders" / split
-        if stage in ("all", "resize"):
-            for wnid in classes:
-                (folder / wnid).mkdir(parents=True, exist_ok=True)
-            if split in selections:  # what `shard` records in the manifest, and `verify` checks
-                atomic_write_text(
-                    folder / SELECTION_NAME,
-                    json.dumps(selections[split].record, indent=1, sort_keys=True) + "\n",
-                )
-            resized[split] = resize_stream(
-                streams.pop(split),
-                folder,
-                options or defaults,
-                workers=workers,
-                task_index=task_index,
-                num_tasks=num_tasks,
-                description=f"resize {split}",
-            )
-        if stage in ("all", "shard"):
-            completion = completions[split] if stage == "shard" else check_resized(folder, None)
-            for error_file in completion.error_files:
-                count = len(error_file.read_text().splitlines()) if error_file.is_file() else 0
-                print(f"{split}: {count} bad images left out, listed in {error_file}")
-            # planned counts (bad images included, so `verify` reports them) and recorded settings
-            planned = {wnid: 0 for wnid in count_folder_images(folder)}
-            planned.update(completion.class_counts)
-            write_folder_manifest(folder, planned, completion.options)
-            sharded[split] = write_shards(
-                folder,
-                dst / split,
-                split,
-                shard_size=shard_size,
-                seed=seed,
-                workers=workers,
-                task_index=task_index,
-                num_tasks=num_tasks,
-                short_side=completion.options.short_side,
-                dataset=dataset,
-                subset=read_selection(folder) if subset is not None else None,
-            )
-    if num_tasks == 1 and sharded:
-        write_both_splits_info(dst)  # after both manifests: a partial DST has no such file
-    return resized, sharded
+
+
+def resize_split(
+    folder: Path,
+    stream: Iterator[Any],
+    selection: sources.Selection | None,
+    found: RawDataset,
+    options: PrepareOptions,
+) -> ResizeSummary:
+    """The resize stage of one split: a folder per class (even empty), the subset's record,
+    then the stream resized into DST/folders/{split}."""
+    for wnid in found.classes:
+        (folder / wnid).mkdir(parents=True, exist_ok=True)
+    if selection is not None:  # what `shard` records in the manifest, and `verify` checks
+        atomic_write_text(
+            folder / SELECTION_NAME,
+            json.dumps(selection.record, indent=1, sort_keys=True) + "\n",
+        )
+    return resize_stream(
+        stream,
+        folder,
+        found.resize,
+        workers=options.workers,
+        task_index=options.task_index,
+        num_tasks=options.num_tasks,
+        description=f"resize {folder.name}",
+    )
+
+
+def shard_split(
+    dst: Path,
+    split: str,
+    completion: ResizeCompletion | None,
+    found: RawDataset,
+    options: PrepareOptions,
+) -> ShardSummary:
+    """The shard stage of one split: the resize tasks' error lists, the folder manifest, then
+    the shards in DST/{split}."""
+    folder = dst / "folders" / split
+    if completion is None:
+        completion = check_resized(folder, None)
+    for error_file in completion.error_files:
+        count = len(error_file.read_text().splitlines()) if error_file.is_file() else 0
+        print(f"{split}: {count} bad images left out, listed in {error_file}")
+    # planned counts (bad images included, so `verify` reports them) and recorded settings
+    planned = {wnid: 0 for wnid in count_folder_images(folder)}
+    planned.update(completion.class_counts)
+    write_folder_manifest(folder, planned, completion.options)
+    return write_shards(
+        folder,
+        dst / split,
+        split,
+        shard_size=options.shard_size,
+        seed=options.seed,
+        workers=options.workers,
+        task_index=options.task_index,
+        num_tasks=options.num_tasks,
+        short_side=completion.options.short_side,
+        dataset=found.dataset,
+        subset=read_selection(folder) if found.subset is not None else None,
+    )
 
 
 def summary_line(
@@ -380,6 +374,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what RAW holds (default: detected); cifar100-coarse takes CIFAR-100's 20 "
         "superclasses; the MNIST family needs it when its files are not the genuine downloads",
     )
+    _add_resize_arguments(parser)
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=SPLITS,
+        default=list(SPLITS),
+        help="which splits to prepare (default: train val); every one is checked before any work",
+    )
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, help="samples per shard (default 1000)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: the global shuffle, --random-classes and the "
+        "per-class draws (default 0)",
+    )
+    _add_subset_arguments(parser)
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="val labels (devkit, LOC_val_solution.csv, val.txt); found in RAW when omitted",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="all",
+        help="run both stages (default) or one; Slurm arrays run them as two jobs",
+    )
+    add_workers_argument(parser)
+    add_slice_arguments(parser)
+
+
+def _add_resize_arguments(parser: argparse.ArgumentParser) -> None:
+    """--short-side/--only-shrink/--quality/--subsampling, None when not given (the dataset's
+    defaults fill in)."""
     parser.add_argument(
         "--short-side",
         type=int,
@@ -405,23 +437,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="JPEG chroma subsampling (default 4:2:0; CIFAR/MNIST 4:4:4)",
     )
-    parser.add_argument(
-        "--splits",
-        nargs="+",
-        choices=SPLITS,
-        default=list(SPLITS),
-        help="which splits to prepare (default: train val); every one is checked before any work",
-    )
-    parser.add_argument(
-        "--shard-size", type=int, default=1000, help="samples per shard (default 1000)"
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of every random choice: the global shuffle, --random-classes and the "
-        "per-class draws (default 0)",
-    )
+
+
+def _add_subset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--classes, --random-classes and the per-class image counts (preprocess/subsets.py)."""
     subset = parser.add_argument_group(
         "subsets", "which classes and images to take (recorded in the manifest; verify checks it)"
     )
@@ -455,38 +474,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train = the raw val split (with --val-from-train K: the AlexNet blog post's split)",
     )
-    parser.add_argument(
-        "--labels",
-        type=Path,
-        default=None,
-        help="val labels (devkit, LOC_val_solution.csv, val.txt); found in RAW when omitted",
-    )
-    parser.add_argument(
-        "--stage",
-        choices=STAGES,
-        default="all",
-        help="run both stages (default) or one; Slurm arrays run them as two jobs",
-    )
-    add_workers_argument(parser)
-    add_slice_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     task_index, num_tasks = resolve_slice(args.task_index, args.num_tasks)
     dataset = sources.detect_dataset(args.raw, args.dataset) if args.raw.exists() else None
-    defaults = default_options(dataset) if dataset is not None else DEFAULT_OPTIONS
-    given = (args.short_side, args.only_shrink, args.quality, args.subsampling)
-    options = (
-        None
-        if all(value is None for value in given)
-        else ResizeOptions(
-            defaults.short_side if args.short_side is None else args.short_side,
-            bool(args.only_shrink),
-            defaults.quality if args.quality is None else args.quality,
-            defaults.subsampling if args.subsampling is None else args.subsampling,
-        )
-    )
     subset = Subset.build(
         args.classes,
         random_classes=args.random_classes,
@@ -496,10 +489,8 @@ def run(args: argparse.Namespace) -> int:
         train_from_val=args.train_from_val,
         seed=args.seed,
     )
-    resized, sharded = prepare(
-        args.raw,
-        args.dst,
-        options=options,
+    options = PrepareOptions(
+        resize=resize_options_from(args, dataset),
         splits=tuple(dict.fromkeys(args.splits)),
         shard_size=args.shard_size,
         seed=args.seed,
@@ -511,6 +502,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=dataset,
         subset=subset,
     )
+    resized, sharded = prepare(args.raw, args.dst, options)
     for summary in resized.values():
         if summary.error_file is not None:
             print(f"{summary.failed} bad images listed in {summary.error_file}")
@@ -519,3 +511,17 @@ def run(args: argparse.Namespace) -> int:
         summary.failed for summary in sharded.values()
     )
     return 1 if failed else 0
+
+
+def resize_options_from(args: argparse.Namespace, dataset: str | None) -> ResizeOptions | None:
+    """The resize flags given, the dataset's defaults for the rest; None when none is given."""
+    defaults = default_options(dataset) if dataset is not None else DEFAULT_OPTIONS
+    given = (args.short_side, args.only_shrink, args.quality, args.subsampling)
+    if all(value is None for value in given):
+        return None
+    return ResizeOptions(
+        defaults.short_side if args.short_side is None else args.short_side,
+        bool(args.only_shrink),
+        defaults.quality if args.quality is None else args.quality,
+        defaults.subsampling if args.subsampling is None else args.subsampling,
+    )

@@ -34,113 +34,32 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import hashlib
-import io
 import json
 import logging
-import os
-import random
-import re
-import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
-from PIL import Image, UnidentifiedImageError
-
-from core.classes import find_class_names, folder_classes
-from core.classes import read_class_list as read_class_list_file
 from core.errors import UserError
-from core.fileio import atomic_output, atomic_write_text, file_names, remove_stale_temps
-from core.imagefiles import is_image_file
+from core.fileio import atomic_write_text, remove_stale_temps
 from core.shard_format import (
     MANIFEST_NAME,
     SHARD_PATTERN,
     SPLITS,
     TIMM_INFO_NAME,
-    IndexMember,
     Manifest,
     ShardEntry,
     dali_index_name,
-    format_dali_index,
-    read_manifest,
-    shard_name,
     write_manifest,
     write_timm_info,
 )
-from preprocess.images import read_provenance
 from preprocess.parallel import run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME
+from preprocess.shard_plan import PLAN_NAME, WritePlan, build_plan, read_class_list, read_plan
+from preprocess.shard_tars import TEMP_SUFFIX, ShardResult, record_path, write_shard
 from preprocess.slices import add_slice_arguments, in_slice, resolve_slice
 
 logger = logging.getLogger(__name__)
-
-PLAN_NAME = ".shard_plan.json"
-PLAN_VERSION = 1
-TEMP_SUFFIX = ".shard-tmp"
-MEMBER_EXTENSIONS = ("jpg", "cls", "json")  # member order inside each sample
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    key: str  # WebDataset key: the file stem, unique within the split, no dots
-    wnid: str  # class folder name
-    label: int  # class index = position of wnid in sorted order
-    path: str  # relative to SRC, for reading and messages
-
-
-@dataclasses.dataclass(frozen=True)
-class WritePlan:
-    """What a shard run writes: every shard's samples in order, and the digest that names it.
-
-    Saved as DST/.shard_plan.json (`to_json`; the file name and fields predate the class name,
-    which says "write" to keep it apart from the loaders' read plan in pipeline/data).
-    """
-
-    split: str
-    seed: int
-    shard_size: int
-    classes: list[str]  # sorted class folder names
-    shards: list[list[Sample]]  # shard index -> its samples, in write order
-    digest: str  # sha256 over every setting and every sample in order: "same plan" test
-    class_names: dict[str, str]  # WNID -> words (may be empty)
-    short_side: int | None  # from SRC/resize_manifest.json when present
-    only_shrink: bool | None = None  # likewise
-    dataset: str = ""  # what prepare read ("imagenet", "cifar10", ...); "" for plain `shard`
-    subset: dict | None = None  # prepare's subset record for this split, if any
-
-    @property
-    def num_samples(self) -> int:
-        return sum(len(shard) for shard in self.shards)
-
-    def to_json(self) -> dict:
-        return {
-            "version": PLAN_VERSION,
-            "split": self.split,
-            "seed": self.seed,
-            "shard_size": self.shard_size,
-            "num_samples": self.num_samples,
-            "num_shards": len(self.shards),
-            "shard_counts": [len(shard) for shard in self.shards],
-            "plan_sha256": self.digest,
-            "classes": self.classes,
-            "class_names": self.class_names,
-            "short_side": self.short_side,
-            "only_shrink": self.only_shrink,
-            "dataset": self.dataset,
-            "subset": self.subset,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardResult:
-    index: int
-    entry: ShardEntry | None  # None when the shard could not be written
-    class_counts: dict[str, int]
-    skipped: bool  # already complete and verified
-    errors: tuple[tuple[str, str], ...] = ()  # (source, reason) for inputs that are not RGB JPEGs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,305 +86,12 @@ class ShardSummary:
         return text
 
 
-def sample_key(stem: str) -> str:
-    """The WebDataset key for a file stem. WebDataset splits member names at the first dot, and a
-    DALI index line separates its fields with whitespace, so dots and whitespace become underscores
-    (two files that then collide are refused by `list_samples`)."""
-    return re.sub(r"[.\s]", "_", stem)
-
-
-def list_samples(src: Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample]]:
-    """(classes, samples sorted by (wnid, key)) for class folders SRC/WNID/*.JPEG.
-
-    Args:
-        classes: the split's full class list (label = position), when SRC may lack some folders;
-            default: SRC's own folders.
-    """
-    src = Path(src)
-    present = folder_classes(src)
-    if not present:
-        raise UserError(
-            f"{src}: no class folders: "
-            "expected SRC/n01440764/*.JPEG (run `preprocess resize` first)"
-        )
-    if classes is None:
-        classes = present
-    else:
-        classes = sorted(classes)
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise UserError(
-                f"{src}: class folders {unknown[:5]} are not in the given class list of "
-                f"{len(classes)} classes: pass a class list that covers every folder"
-            )
-    samples: list[Sample] = []
-    seen: dict[str, str] = {}
-    for label, wnid in enumerate(classes):
-        if wnid not in present:
-            continue  # a class with no images in this split keeps its index
-        names = file_names(src / wnid, is_image_file)
-        for name in names:
-            key = sample_key(Path(name).stem)
-            relative = f"{wnid}/{name}"
-            if key in seen:
-                raise UserError(
-                    f"{src}: {seen[key]} and {relative} both give the sample key {key!r}: "
-                    f"keys must be unique within a split; rename one"
-                )
-            seen[key] = relative
-            samples.append(Sample(key, wnid, label, relative))
-    if not samples:
-        raise UserError(f"{src}: the class folders hold no images")
-    samples.sort(key=lambda sample: (sample.wnid, sample.key))
-    return classes, samples
-
-
-def read_resize_settings(src: Path) -> tuple[int | None, bool | None]:
-    """(short side, only shrink) `resize` recorded in SRC/resize_manifest.json, (None, None) if
-    none."""
-    path = Path(src) / FOLDER_MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None, None
-    if (
-        not isinstance(data, dict)
-        or data.get("kind") != FOLDER_MANIFEST_KIND
-        or "short_side" not in data
-    ):
-        return None, None
-    return int(data["short_side"]), bool(data.get("only_shrink"))
-
-
-def read_short_side(src: Path) -> int | None:
-    """The short side `resize` recorded in SRC/resize_manifest.json, if any."""
-    return read_resize_settings(src)[0]
-
-
-def read_class_list(path: Path) -> list[str]:
-    """Sorted WNIDs from a shard directory (its manifest), a LOC_synset_mapping.txt, or class
-    folders."""
-    path = Path(path)
-    if path.is_file():
-        return read_class_list_file(path)
-    if (path / MANIFEST_NAME).is_file():
-        return read_manifest(path).classes  # a broken one raises ManifestError, a UserError
-    return folder_classes(path)
-
-
-def build_plan(
-    src: Path,
-    split: str,
-    shard_size: int = 1000,
-    seed: int = 0,
-    short_side: int | None = None,
-    classes: list[str] | None = None,
-    dataset: str = "",
-    subset: dict | None = None,
-) -> WritePlan:
-    """List SRC, shuffle globally with `seed`, cut into shards of `shard_size`."""
-    if split not in SPLITS:
-        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-    if shard_size < 1:
-        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
-    classes, samples = list_samples(src, classes)
-    random.Random(seed).shuffle(samples)  # now: the global order every shard and task agrees on
-    shards = [samples[start : start + shard_size] for start in range(0, len(samples), shard_size)]
-    names = find_class_names(src)
-    class_names = {wnid: names[wnid] for wnid in classes if wnid in names}
-    only_shrink = None
-    recorded_side, recorded_shrink = read_resize_settings(src)
-    if short_side is None:
-        short_side = recorded_side
-    if short_side is not None and short_side == recorded_side:
-        only_shrink = recorded_shrink
-    digest = hashlib.sha256(f"{split}\n{seed}\n{shard_size}\n{len(samples)}\n".encode())
-    for sample in samples:
-        digest.update(f"{sample.key}\t{sample.label}\t{sample.wnid}\t{sample.path}\n".encode())
-    return WritePlan(
-        split,
-        seed,
-        shard_size,
-        classes,
-        shards,
-        digest.hexdigest(),
-        class_names,
-        short_side,
-        only_shrink,
-        dataset,
-        subset,
-    )
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info
-
-
-def _sample_members(src: Path, sample: Sample) -> list[tuple[str, bytes]]:
-    """The three members of one sample; raises ValueError(reason) for an input that is not an RGB
-    JPEG."""
-    data = (src / sample.path).read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format, mode, (width, height) = image.format, image.mode, image.size
-            provenance = read_provenance(image) if image_format == "JPEG" else None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(
-            f"not a readable image ({err}): run `preprocess resize` on the folders first"
-        ) from None
-    if image_format != "JPEG" or mode != "RGB":
-        raise ValueError(
-            f"is a {image_format} {mode} image, expected an RGB JPEG: run `preprocess resize` first"
-        )
-    if provenance is not None:
-        source, width, height = (
-            provenance.get("source") or Path(sample.path).name,
-            provenance["width"],
-            provenance["height"],
-        )
-    else:
-        source = Path(sample.path).name
-    meta = {"wnid": sample.wnid, "source": source, "width": int(width), "height": int(height)}
-    return [
-        (f"{sample.key}.jpg", data),
-        (f"{sample.key}.cls", str(sample.label).encode("ascii")),
-        (
-            f"{sample.key}.json",
-            json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"),
-        ),
-    ]
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return _handle_sha256(handle)
-
-
-def _handle_sha256(handle: IO[bytes]) -> str:
-    """sha256 of everything `handle` holds, read from its start."""
-    digest = hashlib.sha256()
-    handle.seek(0)
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def record_path(directory: Path, tar_name: str) -> Path:
-    """The `.{tar}.json` completion record written after a tar is in place."""
-    return Path(directory) / f".{tar_name}.json"
-
-
-def read_record(directory: Path, tar_name: str) -> dict | None:
-    try:
-        return json.loads(record_path(directory, tar_name).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def shard_is_complete(
-    directory: Path, tar_name: str, count: int, plan_digest: str
-) -> ShardEntry | None:
-    """The shard's entry when its tar matches its record and the plan (sha256 recomputed), else
-    None."""
-    record = read_record(directory, tar_name)
-    path = Path(directory) / tar_name
-    if (
-        record is None
-        or not path.is_file()
-        or not (Path(directory) / dali_index_name(tar_name)).is_file()
-    ):
-        return None
-    if record.get("plan_sha256") != plan_digest or record.get("count") != count:
-        return None
-    if path.stat().st_size != record.get("bytes") or file_sha256(path) != record.get("sha256"):
-        logger.warning("%s does not match its record (size or sha256): rewriting it", path)
-        return None
-    return ShardEntry(tar_name, count, record["bytes"], record["sha256"])
-
-
-def write_shard(
-    src: Path, dst: Path, split: str, index: int, samples: Sequence[Sample], plan_digest: str
-) -> ShardResult:
-    """Write shard `index` (tar + DALI index + record) unless it is already complete."""
-    src, dst = Path(src), Path(dst)
-    tar_name = shard_name(split, index)
-    counts = dict(collections.Counter(sample.wnid for sample in samples))
-    entry = shard_is_complete(dst, tar_name, len(samples), plan_digest)
-    if entry is not None:
-        return ShardResult(index, entry, counts, skipped=True)
-    index_samples: list[tuple[IndexMember, ...]] = []
-    errors: list[tuple[str, str]] = []
-    try:
-        # `.{tar}.{pid}.shard-tmp`, fsynced on exit: on disk before the name (and the record)
-        # say "complete"
-        with atomic_output(dst / tar_name, "w+b", temp_suffix=TEMP_SUFFIX) as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                for sample in samples:
-                    try:
-                        members = _sample_members(src, sample)
-                    except (ValueError, OSError) as err:
-                        errors.append((str(src / sample.path), str(err)))
-                        continue
-                    parts = []
-                    for name, data in members:
-                        tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-                        # tar.offset is now past this member's padded data; its data began here:
-                        data_offset = (
-                            tar.offset
-                            - (len(data) + tarfile.BLOCKSIZE - 1)
-                            // tarfile.BLOCKSIZE
-                            * tarfile.BLOCKSIZE
-                        )
-                        parts.append(
-                            IndexMember(name.rsplit(".", 1)[1], data_offset, len(data), name)
-                        )
-                    index_samples.append(tuple(parts))
-            if errors:
-                raise _BadInputs  # no tar: atomic_output removes the temp
-            handle.flush()
-            size = os.fstat(handle.fileno()).st_size
-            sha256 = _handle_sha256(handle)
-            atomic_write_text(dst / dali_index_name(tar_name), format_dali_index(index_samples))
-            os.fchmod(handle.fileno(), 0o644)  # tars are read by other users' jobs too
-    except _BadInputs:
-        return ShardResult(index, None, counts, skipped=False, errors=tuple(errors))
-    record = {
-        "name": tar_name,
-        "count": len(samples),
-        "bytes": size,
-        "sha256": sha256,
-        "plan_sha256": plan_digest,
-    }
-    atomic_write_text(record_path(dst, tar_name), json.dumps(record, sort_keys=True) + "\n")
-    return ShardResult(
-        index, ShardEntry(tar_name, len(samples), size, sha256), counts, skipped=False
-    )
-
-
-class _BadInputs(Exception):
-    """Raised inside a shard's atomic write when some input is not an RGB JPEG: no tar is made."""
-
-
 def _write_shard_chunk(jobs: Sequence[tuple]) -> list[ShardResult]:
     return [write_shard(*job) for job in jobs]
 
 
 def task_manifest_name(task_index: int, num_tasks: int) -> str:
     return f"manifest.task-{task_index:04d}-of-{num_tasks:04d}.json"
-
-
-def read_plan(directory: Path) -> dict | None:
-    try:
-        return json.loads((Path(directory) / PLAN_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _remove_stale_outputs(dst: Path, split: str, num_shards: int) -> None:
@@ -586,6 +212,32 @@ def write_shards(
     plan = build_plan(src, split, shard_size, seed, short_side, classes, dataset, subset)
     if classes is None:
         _check_other_split(plan, dst)
+    prepare_destination(dst, plan, task_index, num_tasks)
+    mine = [index for index in range(len(plan.shards)) if in_slice(index, task_index, num_tasks)]
+    results = write_planned_shards(src, dst, plan, mine, workers)
+    errors = tuple(error for result in results for error in result.errors)
+    for source, reason in errors:
+        print(f"{source}: {reason}")
+    done = [result for result in results if result.entry is not None]
+    failed = len(results) - len(done)
+    manifest_path = None
+    if not failed:
+        manifest_path = write_task_manifest(dst, plan, done, task_index, num_tasks)
+    return ShardSummary(
+        split=split,
+        samples=sum(len(plan.shards[index]) for index in mine),
+        shards=len(mine),
+        written=sum(1 for result in done if not result.skipped),
+        skipped=sum(1 for result in done if result.skipped),
+        failed=failed,
+        seconds=time.perf_counter() - started,
+        errors=errors,
+        manifest=manifest_path,
+    )
+
+
+def prepare_destination(dst: Path, plan: WritePlan, task_index: int, num_tasks: int) -> None:
+    """Make DST, remove this task's stale temps, and (re)write the plan when it changed."""
     dst.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(
         dst, TEMP_SUFFIX, None if num_tasks == 1 else owned_shards(task_index, num_tasks)
@@ -597,11 +249,17 @@ def write_shards(
                 "%s: input, seed or shard size changed since the last run: rewriting every shard",
                 dst,
             )
-        _remove_stale_outputs(dst, split, len(plan.shards))
+        _remove_stale_outputs(dst, plan.split, len(plan.shards))
         atomic_write_text(
             dst / PLAN_NAME, json.dumps(plan.to_json(), indent=1, sort_keys=True) + "\n"
         )
-    mine = [index for index in range(len(plan.shards)) if in_slice(index, task_index, num_tasks)]
+
+
+def write_planned_shards(
+    src: Path, dst: Path, plan: WritePlan, mine: Sequence[int], workers: int | None
+) -> list[ShardResult]:
+    """Write the shards `mine` of `plan` on a bounded process pool, with a progress bar."""
+    split = plan.split
     jobs = [([(src, dst, split, index, plan.shards[index], plan.digest)]) for index in mine]
     results: list[ShardResult] = []
     samples_mine = sum(len(plan.shards[index]) for index in mine)
@@ -612,46 +270,35 @@ def write_shards(
             for result in chunk:
                 results.append(result)
                 bar.update(len(plan.shards[result.index]))
-    errors = tuple(error for result in results for error in result.errors)
-    for source, reason in errors:
-        print(f"{source}: {reason}")
-    done = [result for result in results if result.entry is not None]
+    return results
+
+
+def write_task_manifest(
+    dst: Path, plan: WritePlan, done: Sequence[ShardResult], task_index: int, num_tasks: int
+) -> Path | None:
+    """manifest.json + _info.json for a whole run (returns the manifest's path), or this
+    slice's `manifest.task-*.json` for `merge` (returns None)."""
     class_counts: collections.Counter = collections.Counter()
     for result in done:
         class_counts.update(result.class_counts)
-    manifest_path = None
-    failed = len(results) - len(done)
-    if not failed:
-        if num_tasks == 1:
-            manifest_path = write_split_metadata(
-                dst, build_manifest(plan, [r.entry for r in done], class_counts)
-            )
-        else:
-            partial = {
-                "task_index": task_index,
-                "num_tasks": num_tasks,
-                "plan_sha256": plan.digest,
-                "shards": [
-                    dataclasses.asdict(result.entry)
-                    for result in sorted(done, key=lambda r: r.index)
-                ],
-                "class_counts": dict(sorted(class_counts.items())),
-            }
-            atomic_write_text(
-                dst / task_manifest_name(task_index, num_tasks),
-                json.dumps(partial, indent=1, sort_keys=True) + "\n",
-            )
-    return ShardSummary(
-        split=split,
-        samples=samples_mine,
-        shards=len(mine),
-        written=sum(1 for result in done if not result.skipped),
-        skipped=sum(1 for result in done if result.skipped),
-        failed=failed,
-        seconds=time.perf_counter() - started,
-        errors=errors,
-        manifest=manifest_path,
+    if num_tasks == 1:
+        return write_split_metadata(
+            dst, build_manifest(plan, [r.entry for r in done], class_counts)
+        )
+    partial = {
+        "task_index": task_index,
+        "num_tasks": num_tasks,
+        "plan_sha256": plan.digest,
+        "shards": [
+            dataclasses.asdict(result.entry) for result in sorted(done, key=lambda r: r.index)
+        ],
+        "class_counts": dict(sorted(class_counts.items())),
+    }
+    atomic_write_text(
+        dst / task_manifest_name(task_index, num_tasks),
+        json.dumps(partial, indent=1, sort_keys=True) + "\n",
     )
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

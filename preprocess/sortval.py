@@ -168,6 +168,25 @@ def plan_sort(
             "expected the folder of flat ILSVRC2012_val_*.JPEG files"
         )
     out_dir = Path(out_dir) if out_dir is not None else val_dir
+    flat, placed = _list_val_files(val_dir, out_dir, ignore)
+    _check_against_labels(val_dir, labels, flat, placed)
+    operations = [
+        (paths[0], out_dir / labels[stem] / paths[0].name)
+        for stem, paths in flat.items()
+        if stem not in placed
+    ]
+    if operations:
+        _require_same_filesystem(val_dir, out_dir, mode)
+    class_counts = dict(sorted(Counter(labels.values()).items()))
+    return SortPlan(
+        mode, out_dir, operations, already_sorted=len(placed), class_counts=class_counts
+    )
+
+
+def _list_val_files(
+    val_dir: Path, out_dir: Path, ignore: Sequence[Path]
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """(stem → flat files in VAL_DIR, stem → files already inside a class folder of OUT_DIR)."""
     ignored = {path.resolve() for path in ignore}
     ignored_names = {path.name for path in ignored}
 
@@ -187,7 +206,16 @@ def plan_sort(
         for folder in folders:
             for name in _file_names(out_dir / folder):
                 placed.setdefault(val_stem(name), []).append(out_dir / folder / name)
+    return flat, placed
 
+
+def _check_against_labels(
+    val_dir: Path,
+    labels: Mapping[str, str],
+    flat: dict[str, list[Path]],
+    placed: dict[str, list[Path]],
+) -> None:
+    """UserError listing unlabelled, missing, misplaced and duplicated files; nothing moves."""
     present = {**flat, **placed}.keys()
     unlabelled = sorted(
         path.name
@@ -227,18 +255,6 @@ def plan_sort(
             f"{val_dir} and the labels disagree: {'; '.join(problems)}. Nothing was moved: "
             "check --labels is the ILSVRC2012 val ground truth for these files"
         )
-
-    operations = [
-        (paths[0], out_dir / labels[stem] / paths[0].name)
-        for stem, paths in flat.items()
-        if stem not in placed
-    ]
-    if operations:
-        _require_same_filesystem(val_dir, out_dir, mode)
-    class_counts = dict(sorted(Counter(labels.values()).items()))
-    return SortPlan(
-        mode, out_dir, operations, already_sorted=len(placed), class_counts=class_counts
-    )
 
 
 def apply_plan(plan: SortPlan) -> int:

@@ -12,12 +12,12 @@ Layouts (`detect_layout`):
   (flat), RAW/LOC_val_solution.csv, RAW/LOC_synset_mapping.txt.
 - "folders": RAW/train/nXXXXXXXX/*, RAW/val/nXXXXXXXX/* (sorted), or RAW/val flat + labels.
 
-Tars are read, never extracted: one sequential pass (tarfile stream mode "r|*", the nested
-per-class tar opened in stream mode from the outer member's file object). When a Slurm array
-splits the work (num_tasks > 1) and the tar is a regular file, the outer tar is opened
-seekable instead ("r:*"), so each task reads the headers of all members but the bytes of its
-own members only, instead of every task reading all 138 GB. Members with absolute paths or
-`..` are refused (UserError naming the member); links, folders and devices are skipped.
+Tars are read, never extracted (preprocess/ilsvrc_tars.py): one sequential pass (tarfile stream
+mode "r|*", the nested per-class tar opened in stream mode from the outer member's file object).
+When a Slurm array splits the work (num_tasks > 1) and the tar is a regular file, the outer tar
+is opened seekable instead ("r:*"), so each task reads the headers of all members but the bytes
+of its own members only, instead of every task reading all 138 GB. Members with absolute paths
+or `..` are refused (UserError naming the member); links, folders and devices are skipped.
 
 Slices: train from tars by per-class tar index, everything else by position in the sorted
 listing; item i belongs to task i % num_tasks. Slices are disjoint, their union is everything,
@@ -43,28 +43,29 @@ them, and of a chosen class tar only the chosen members' bytes are read.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import logging
-import tarfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
-
-import numpy as np
-from PIL import Image
+from pathlib import Path
+from typing import Any, Literal
 
 from core.classes import (
     class_wnid,
     find_synset_mapping,
     folder_classes,
-    is_wnid,
     read_synset_mapping,
 )
 from core.errors import UserError
 from core.fileio import list_dir as _list_dir
-from core.imagefiles import IMAGE_SUFFIXES
 from preprocess import cifar, idx
+from preprocess.ilsvrc_tars import (
+    TRAIN_TAR_NAME,
+    VAL_TAR_NAME,
+    is_image_name,
+    iter_train_tar,
+    iter_val_tar,
+    list_tar_keys,
+    train_tar_classes,
+)
 from preprocess.labels import (
     detect_label_format,
     devkit_class_names,
@@ -72,7 +73,15 @@ from preprocess.labels import (
     read_val_labels,
     val_stem,
 )
-from preprocess.shards import sample_key  # the key a shard stores: what a subset records
+from preprocess.raw_image import RawImage
+from preprocess.shard_plan import sample_key  # the key a shard stores: what a subset records
+from preprocess.small_datasets import (
+    find_cifar_archive,
+    find_idx_files,
+    iter_small_images,
+    list_small_keys,
+    small_class_names,
+)
 from preprocess.subsets import Subset, selection_record
 
 logger = logging.getLogger(__name__)
@@ -82,34 +91,8 @@ IMAGENET_LAYOUTS = ("ilsvrc-tars", "kaggle", "folders")
 # what `prepare --dataset` accepts; "imagenet" covers the three ImageNet layouts
 DATASETS = ("imagenet", *cifar.CIFAR_FORMATS, *idx.IDX_DATASETS)
 SPLITS = ("train", "val")
-OFFICIAL_SPLIT = {"train": "train", "val": "test"}  # our split -> CIFAR's / MNIST's name
-TRAIN_TAR_NAME = "ILSVRC2012_img_train.tar"
-VAL_TAR_NAME = "ILSVRC2012_img_val.tar"
 KAGGLE_DATA_DIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 KAGGLE_LABELS_NAME = "LOC_val_solution.csv"
-
-
-@dataclasses.dataclass(frozen=True)
-class RawImage:
-    split: str  # "train" or "val"
-    wnid: str  # the class, e.g. "n01440764"
-    key: str  # file stem, unique within the split, e.g. "n01440764_10026"
-    source: str  # where it came from, for messages: a path or "TAR:MEMBER[/INNER]"
-    path: Path | None = None  # the file, for folder layouts
-    data: bytes | None = dataclasses.field(default=None, repr=False)  # the bytes, for tar members
-    # uint8 [H, W, 3] RGB or [H, W] gray, for datasets that ship arrays (CIFAR, MNIST)
-    pixels: np.ndarray | None = dataclasses.field(default=None, repr=False)
-
-    def read(self) -> bytes:
-        """The original file's bytes (for pixel arrays: a lossless PNG of them)."""
-        if self.data is not None:
-            return self.data
-        if self.pixels is not None:
-            buffer = io.BytesIO()
-            Image.fromarray(self.pixels).save(buffer, "PNG")
-            return buffer.getvalue()
-        assert self.path is not None, f"RawImage {self.key} has neither data nor path"
-        return self.path.read_bytes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +148,17 @@ def detect_dataset(raw: Path, dataset: str | None = None) -> str:
     if layout in IMAGENET_LAYOUTS:
         found = "imagenet"
     elif layout == "cifar":
-        family = _cifar(raw).family
+        family = find_cifar_archive(raw).family
         found = dataset if family == "cifar100" and dataset == "cifar100-coarse" else family
     else:
-        found = dataset if dataset in idx.IDX_DATASETS else idx.identify_idx_dataset(_idx(raw))
+        found = (
+            dataset
+            if dataset in idx.IDX_DATASETS
+            else idx.identify_idx_dataset(find_idx_files(raw))
+        )
         if found is None:
             raise UserError(
-                f"{_idx(raw)} holds MNIST-format IDX files, but not the genuine MNIST, "
+                f"{find_idx_files(raw)} holds MNIST-format IDX files, but not the genuine MNIST, "
                 "Fashion-MNIST or KMNIST downloads (their md5 differs) nor torchvision's "
                 "ROOT/<Dataset>/raw/ folder: say which with --dataset "
                 f"{' | '.join(idx.IDX_DATASETS)}"
@@ -228,7 +215,7 @@ def iter_raw_images(
     dataset = detect_dataset(raw, dataset)
     layout = detect_layout(raw)
     if is_small_dataset(dataset):
-        return _iter_small(raw, dataset, source, split, wanted, task_index, num_tasks)
+        return iter_small_images(raw, dataset, source, split, wanted, task_index, num_tasks)
     if layout == "ilsvrc-tars":
         tar_path = raw / (TRAIN_TAR_NAME if source == "train" else VAL_TAR_NAME)
         if not tar_path.is_file():
@@ -237,8 +224,8 @@ def iter_raw_images(
                 "missing"
             )
         if source == "train":
-            return _iter_train_tar(tar_path, task_index, num_tasks, split, wanted)
-        return _iter_val_tar(
+            return iter_train_tar(tar_path, task_index, num_tasks, split, wanted)
+        return iter_val_tar(
             tar_path, _load_labels(raw, labels), task_index, num_tasks, split, wanted
         )
     entries = _folder_entries(raw, layout, source, labels)
@@ -281,10 +268,10 @@ def raw_classes(raw: Path, dataset: str | None = None) -> list[str]:
     raw = Path(raw)
     dataset = detect_dataset(raw, dataset)
     if is_small_dataset(dataset):
-        return [class_wnid(index) for index in range(len(_small_class_names(raw, dataset)))]
+        return [class_wnid(index) for index in range(len(small_class_names(raw, dataset)))]
     layout = detect_layout(raw)
     if layout == "ilsvrc-tars" and (raw / TRAIN_TAR_NAME).is_file():
-        return sorted(_train_tar_classes(raw / TRAIN_TAR_NAME))
+        return sorted(train_tar_classes(raw / TRAIN_TAR_NAME))
     if layout != "ilsvrc-tars":
         train_dir = raw / KAGGLE_DATA_DIR / "train" if layout == "kaggle" else raw / "train"
         if train_dir.is_dir():
@@ -317,7 +304,7 @@ def raw_class_names(raw: Path, dataset: str | None = None) -> dict[str, str]:
     dataset = detect_dataset(raw, dataset)
     if is_small_dataset(dataset):
         return {
-            class_wnid(index): name for index, name in enumerate(_small_class_names(raw, dataset))
+            class_wnid(index): name for index, name in enumerate(small_class_names(raw, dataset))
         }
     names: dict[str, str] = {}
     mapping = find_synset_mapping(raw)
@@ -330,99 +317,6 @@ def raw_class_names(raw: Path, dataset: str | None = None) -> dict[str, str]:
     if not names:
         return {}
     return {wnid: names[wnid] for wnid in raw_classes(raw) if wnid in names}
-
-
-def check_member_name(member: tarfile.TarInfo, archive: str) -> None:
-    """Refuse a tar member whose name is absolute or climbs out with `..` (path traversal)."""
-    name = member.name
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
-        raise UserError(
-            f"{archive}: member {name!r} has an absolute path or '..': refusing this tar; "
-            "a genuine ILSVRC2012 tar has neither, so re-download it"
-        )
-
-
-def _iter_train_tar(
-    tar_path: Path,
-    task_index: int,
-    num_tasks: int,
-    split: str = "train",
-    wanted: dict[str, frozenset[str]] | None = None,
-) -> Iterator[RawImage]:
-    # see the module docstring: seek past other tasks' classes, and past classes not chosen
-    mode = "r|*" if num_tasks == 1 and wanted is None else "r:*"
-    with _open_tar(tar_path, mode) as outer:
-        class_index = 0
-        for member in _regular_members(outer, tar_path.name):
-            wnid = _class_tar_wnid(member)
-            if not is_wnid(wnid):
-                logger.warning(
-                    "%s: skipping member %s: expected per-class tars nXXXXXXXX.tar",
-                    tar_path.name,
-                    member.name,
-                )
-                continue
-            index, class_index = class_index, class_index + 1
-            if index % num_tasks != task_index or (wanted is not None and wnid not in wanted):
-                continue  # in "r:*" mode its bytes are never read
-            class_tar = outer.extractfile(member)
-            assert class_tar is not None, f"regular member {member.name} has no data"
-            name = f"{tar_path.name}:{member.name}"
-            # a subset reads the class tar's headers, then only the chosen members' bytes
-            with _open_tar(class_tar, "r|*" if wanted is None else "r:", name=name) as inner:
-                for image_member in _regular_members(inner, name):
-                    if not _is_image_name(image_member.name):
-                        logger.warning("%s: skipping non-image member %s", name, image_member.name)
-                        continue
-                    key = val_stem(image_member.name)
-                    if wanted is not None and key not in wanted[wnid]:
-                        continue
-                    yield RawImage(
-                        split=split,
-                        wnid=wnid,
-                        key=key,
-                        source=f"{name}/{image_member.name}",
-                        data=_read_member(inner, image_member, name),
-                    )
-        _check_complete(tar_path, outer)
-
-
-def _iter_val_tar(
-    tar_path: Path,
-    labels: dict[str, str],
-    task_index: int,
-    num_tasks: int,
-    split: str = "val",
-    wanted: dict[str, frozenset[str]] | None = None,
-) -> Iterator[RawImage]:
-    mode = "r|*" if num_tasks == 1 and wanted is None else "r:*"
-    with _open_tar(tar_path, mode) as archive:
-        image_index = 0
-        for member in _regular_members(archive, tar_path.name):
-            if not _is_image_name(member.name):
-                logger.warning("%s: skipping non-image member %s", tar_path.name, member.name)
-                continue
-            index, image_index = image_index, image_index + 1
-            if index % num_tasks != task_index:
-                continue
-            key = val_stem(member.name)
-            if key not in labels:
-                raise UserError(
-                    f"{tar_path.name}: {member.name} has no val label: "
-                    "the labels do not match this val tar; "
-                    "pass the ILSVRC2012 devkit or LOC_val_solution.csv"
-                )
-            if wanted is not None and key not in wanted.get(labels[key], ()):
-                continue
-            yield RawImage(
-                split,
-                labels[key],
-                key,
-                f"{tar_path.name}:{member.name}",
-                data=_read_member(archive, member, tar_path.name),
-            )
-        _check_complete(tar_path, archive)
 
 
 def _folder_entries(
@@ -444,9 +338,9 @@ def _folder_entries(
             entries.extend(
                 (name, val_stem(file_name), split_dir / name / file_name)
                 for file_name, file_is_dir in _list_dir(split_dir / name)
-                if not file_is_dir and _is_image_name(file_name)
+                if not file_is_dir and is_image_name(file_name)
             )
-        elif _is_image_name(name):
+        elif is_image_name(name):
             flat.append(split_dir / name)
     if flat:
         by_stem = _load_labels(raw, labels)
@@ -482,36 +376,12 @@ def _iter_entries(
             yield RawImage(split, wnid, key, str(path), path=path)
 
 
-def _iter_small(
-    raw: Path,
-    dataset: str,
-    source: str,
-    split: str,
-    wanted: dict[str, frozenset[str]] | None,
-    task_index: int,
-    num_tasks: int,
-) -> Iterator[RawImage]:
-    """CIFAR / MNIST-family images as pixel arrays, in the official order (= key order)."""
-    keys, labels, images, sources = _read_small_split(raw, dataset, source)
-    position = 0
-    for key, label, pixels, where in zip(keys, labels, images, sources, strict=True):
-        wnid = class_wnid(int(label))
-        if wanted is not None and key not in wanted.get(wnid, ()):
-            continue
-        index, position = position, position + 1
-        if index % num_tasks == task_index:
-            yield RawImage(split, wnid, key, where, pixels=pixels)
-
-
 def _list_keys(
     raw: Path, dataset: str, split: str, classes: set[str], labels: Path | None
 ) -> Iterator[tuple[str, str]]:
     """(wnid, key) of every image of raw `split` in `classes`, from names only."""
     if is_small_dataset(dataset):
-        keys, class_labels, _, _ = _read_small_split(raw, dataset, split)
-        for key, label in zip(keys, class_labels, strict=True):
-            if class_wnid(int(label)) in classes:
-                yield class_wnid(int(label)), key
+        yield from list_small_keys(raw, dataset, split, classes)
         return
     layout = detect_layout(raw)
     if layout != "ilsvrc-tars":
@@ -524,83 +394,7 @@ def _list_keys(
         raise UserError(
             f"{raw} has no {tar_path.name}: the {split} split of the ILSVRC2012 tars is missing"
         )
-    with _open_tar(tar_path, "r:*") as outer:  # headers only: seeks past every member's bytes
-        if split == "val":
-            by_stem = _load_labels(raw, labels)
-            for member in _regular_members(outer, tar_path.name):
-                key = val_stem(member.name)
-                if _is_image_name(member.name) and by_stem.get(key) in classes:
-                    yield by_stem[key], key
-            return
-        for member in _regular_members(outer, tar_path.name):
-            wnid = _class_tar_wnid(member)
-            if wnid not in classes:
-                continue  # never opened
-            class_tar = outer.extractfile(member)
-            assert class_tar is not None, f"regular member {member.name} has no data"
-            name = f"{tar_path.name}:{member.name}"
-            with _open_tar(class_tar, "r:", name=name) as inner:
-                for image_member in _regular_members(inner, name):
-                    if _is_image_name(image_member.name):
-                        yield wnid, val_stem(image_member.name)
-
-
-def _read_small_split(
-    raw: Path, dataset: str, split: str
-) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """(keys, labels int64 [N], images uint8 [N, H, W(, 3)], sources) of a CIFAR / IDX split."""
-    official = OFFICIAL_SPLIT[split]
-    prefix = dataset.replace("-coarse", "").replace("-", "_")
-    if dataset in cifar.CIFAR_FORMATS:
-        found = _cifar(raw)
-        data = cifar.read_cifar_split(found.path, dataset, official)
-        images, labels = data.images, data.labels
-        sources = [
-            f"{found.path.name}:{member}:{name}"
-            for member, name in zip(data.members, data.filenames, strict=True)
-        ]
-    else:
-        folder = _idx(raw)
-        images, labels = idx.read_idx_split(folder, official)
-        # no file names inside IDX files: the source is the file and the index in it
-        sources = [
-            f"{folder.name}:{idx.IDX_FILES[official][0]}[{index}]" for index in range(len(labels))
-        ]
-    keys = [f"{prefix}_{official}_{index:05d}" for index in range(len(labels))]
-    return keys, labels, images, sources
-
-
-@functools.lru_cache(maxsize=8)
-def _small_class_names_cached(raw: Path, dataset: str, stamp: tuple) -> tuple[str, ...]:
-    if dataset in cifar.CIFAR_FORMATS:
-        return tuple(cifar.read_cifar_class_names(_cifar(raw).path, dataset))
-    return idx.IDX_DATASETS[dataset].class_names
-
-
-def _small_class_names(raw: Path, dataset: str) -> tuple[str, ...]:
-    """The class names in label order; CIFAR's meta is read once per archive version (a pass
-    over the gzip stream that prepare would otherwise make for every call)."""
-    path = _cifar(raw).path if dataset in cifar.CIFAR_FORMATS else raw
-    stat = path.stat()
-    return _small_class_names_cached(Path(raw), dataset, (stat.st_mtime_ns, stat.st_size))
-
-
-def _cifar(raw: Path) -> cifar.FoundCifar:
-    found = cifar.find_cifar(raw)
-    assert found is not None, f"{raw} was detected as a CIFAR layout"
-    return found
-
-
-def _idx(raw: Path) -> Path:
-    folder = idx.find_idx_folder(raw)
-    assert folder is not None, f"{raw} was detected as an IDX layout"
-    return folder
-
-
-def _class_tar_wnid(member: tarfile.TarInfo) -> str:
-    """The WNID a per-class member of the train tar is named by (n01440764.tar), else ""."""
-    name = PurePosixPath(member.name).name
-    return name[: -len(".tar")] if name.endswith(".tar") else ""
+    yield from list_tar_keys(tar_path, split, classes, lambda: _load_labels(raw, labels))
 
 
 def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:
@@ -622,78 +416,3 @@ def _load_labels(raw: Path, labels: Path | None) -> dict[str, str]:
     ):
         classes = raw_classes(raw)  # a caffe val.txt indexes the sorted classes
     return read_val_labels(source, classes=classes)
-
-
-def _train_tar_classes(tar_path: Path) -> list[str]:
-    with _open_tar(tar_path, "r:*") as outer:  # headers only: seeks past the per-class tars
-        return [
-            PurePosixPath(member.name).name[: -len(".tar")]
-            for member in _regular_members(outer, tar_path.name)
-            if member.name.endswith(".tar")
-            and is_wnid(PurePosixPath(member.name).name[: -len(".tar")])
-        ]
-
-
-def _open_tar(source: Path | IO[bytes], mode: str, name: str | None = None) -> tarfile.TarFile:
-    label = name or str(source)
-    try:
-        if isinstance(source, Path):
-            return tarfile.open(source, mode)
-        return tarfile.open(fileobj=source, mode=mode)
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise UserError(
-            f"cannot read tar {label}: it is truncated or corrupt ({err}): re-download it"
-        ) from err
-
-
-def _regular_members(archive: tarfile.TarFile, archive_name: str) -> Iterator[tarfile.TarInfo]:
-    """The archive's regular files, each checked for path traversal; links and folders are
-    skipped."""
-    try:
-        for member in archive:
-            check_member_name(member, archive_name)
-            if member.isfile():
-                yield member
-            elif not member.isdir():
-                logger.warning(
-                    "%s: skipping %s, which is not a regular file", archive_name, member.name
-                )
-    except (tarfile.TarError, EOFError) as err:  # a truncated download
-        raise UserError(f"{archive_name} is truncated or corrupt ({err}): re-download it") from err
-
-
-def _check_complete(tar_path: Path, archive: tarfile.TarFile) -> None:
-    """Refuse a tar that ends without its end-of-archive block.
-
-    tarfile stops silently at a header cut short, so a download truncated between two members
-    would otherwise look complete. `archive.offset` is where the last header read stopped; an
-    intact tar has a zero block there. (Compressed tars carry their own length check.)
-    """
-    with open(tar_path, "rb") as handle:
-        if handle.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
-            return
-        handle.seek(archive.offset)
-        block = handle.read(tarfile.BLOCKSIZE)
-    if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
-        raise UserError(
-            f"{tar_path.name} is truncated or corrupt after byte {archive.offset} "
-            "(no end-of-archive block): re-download it"
-        )
-
-
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, archive_name: str) -> bytes:
-    try:
-        handle = archive.extractfile(member)
-        assert handle is not None, f"regular member {member.name} has no data"
-        data = handle.read()
-    except (tarfile.TarError, EOFError) as err:
-        raise UserError(
-            f"{archive_name} is truncated or corrupt at {member.name} ({err}): re-download it"
-        ) from err
-    if len(data) != member.size:
-        raise UserError(f"{archive_name} is truncated at {member.name}: re-download it")
-    return data
-
-
-def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES

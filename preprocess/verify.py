@@ -45,6 +45,7 @@ from core.shard_format import (
     DALI_INDEX_VERSION,
     MANIFEST_NAME,
     SHARD_PATTERN,
+    Manifest,
     ManifestError,
     ShardEntry,
     dali_index_name,
@@ -53,8 +54,12 @@ from core.shard_format import (
 )
 from preprocess.parallel import iter_chunks, run_bounded
 from preprocess.progress import add_workers_argument, progress_bar, rate, resolve_workers
-from preprocess.resize import FOLDER_MANIFEST_KIND, FOLDER_MANIFEST_NAME, check_resize_complete
-from preprocess.shards import file_sha256
+from preprocess.resize_records import (
+    FOLDER_MANIFEST_KIND,
+    FOLDER_MANIFEST_NAME,
+    check_resize_complete,
+)
+from preprocess.shard_tars import file_sha256
 from preprocess.subsets import Subset, check_record, expected_count, keys_digest
 
 logger = logging.getLogger(__name__)
@@ -128,74 +133,78 @@ def verify_shard(
     """Problems found in one shard, its per-class sample counts, and (`collect_keys`) its keys."""
     path = Path(directory) / entry.name
     counts: collections.Counter = collections.Counter()
-    if not path.is_file():
-        return (
-            [f"{path}: missing (listed in the manifest): re-run `preprocess shard` to resume"],
-            counts,
-            [],
-        )
-    size = path.stat().st_size
-    if size != entry.bytes:
-        return (
-            [
-                (
-                    f"{path}: {size} bytes, manifest says {entry.bytes}: "
-                    "re-run `preprocess shard` to rewrite it"
-                )
-            ],
-            counts,
-            [],
-        )
-    if file_sha256(path) != entry.sha256:
-        return (
-            [
-                (
-                    f"{path}: sha256 differs from the manifest (corrupted): "
-                    "re-run `preprocess shard` to rewrite it"
-                )
-            ],
-            counts,
-            [],
-        )
-    problems: list[str] = []
-    samples: dict[str, dict[str, bytes]] = {}
-    offsets: dict[str, tuple[int, int]] = {}
+    problem = _check_tar_file(path, entry)
+    if problem is not None:
+        return [problem], counts, []
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
-                offsets[member.name] = (member.offset_data, member.size)
+        samples, offsets = _read_tar(path)
     except (tarfile.TarError, OSError) as err:
         return [f"{path}: unreadable tar ({err})"], counts, []
+    problems: list[str] = []
     if len(samples) != entry.count:
         problems.append(f"{path}: {len(samples)} samples, manifest says {entry.count}")
     for key, members in samples.items():
-        if set(members) != {"jpg", "cls", "json"}:
-            problems.append(
-                f"{path}: sample {key} has members {sorted(members)}, expected jpg, cls, json"
-            )
+        sample_problems, wnid = _check_sample(path, key, members, classes)
+        problems.extend(sample_problems)
+        if wnid is None:
             continue
-        try:
-            label = int(members["cls"])
-            wnid = json.loads(members["json"])["wnid"]
-        except (ValueError, KeyError) as err:
-            problems.append(f"{path}: sample {key}: bad .cls or .json ({err})")
-            continue
-        if not 0 <= label < len(classes):
-            problems.append(f"{path}: sample {key}: label {label} outside 0..{len(classes) - 1}")
-            continue
-        if classes[label] != wnid:
-            problems.append(
-                f"{path}: sample {key}: label {label} is {classes[label]} but its .json says {wnid}"
-            )
-        counts[classes[label]] += 1
+        counts[wnid] += 1
         if decode:
             reason = _check_image(members["jpg"], short_side, only_shrink=only_shrink)
             if reason:
                 problems.append(f"{path}: sample {key}: image {reason}")
     problems.extend(_check_index(directory, entry, offsets))
     return problems, dict(counts), list(samples) if collect_keys else []
+
+
+def _check_tar_file(path: Path, entry: ShardEntry) -> str | None:
+    """The tar is there, with the manifest's size and sha256; else the problem."""
+    if not path.is_file():
+        return f"{path}: missing (listed in the manifest): re-run `preprocess shard` to resume"
+    size = path.stat().st_size
+    if size != entry.bytes:
+        return (
+            f"{path}: {size} bytes, manifest says {entry.bytes}: "
+            "re-run `preprocess shard` to rewrite it"
+        )
+    if file_sha256(path) != entry.sha256:
+        return (
+            f"{path}: sha256 differs from the manifest (corrupted): "
+            "re-run `preprocess shard` to rewrite it"
+        )
+    return None
+
+
+def _read_tar(path: Path) -> tuple[dict[str, dict[str, bytes]], dict[str, tuple[int, int]]]:
+    """({key: {extension: bytes}}, {member name: (data offset, size)}) of one tar."""
+    samples: dict[str, dict[str, bytes]] = {}
+    offsets: dict[str, tuple[int, int]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
+            offsets[member.name] = (member.offset_data, member.size)
+    return samples, offsets
+
+
+def _check_sample(
+    path: Path, key: str, members: dict[str, bytes], classes: Sequence[str]
+) -> tuple[list[str], str | None]:
+    """(problems, the sample's WNID or None when it cannot be counted) of one sample's members."""
+    if set(members) != {"jpg", "cls", "json"}:
+        found = sorted(members)
+        return [f"{path}: sample {key} has members {found}, expected jpg, cls, json"], None
+    try:
+        label = int(members["cls"])
+        wnid = json.loads(members["json"])["wnid"]
+    except (ValueError, KeyError) as err:
+        return [f"{path}: sample {key}: bad .cls or .json ({err})"], None
+    if not 0 <= label < len(classes):
+        return [f"{path}: sample {key}: label {label} outside 0..{len(classes) - 1}"], None
+    if classes[label] != wnid:
+        said = f"label {label} is {classes[label]} but its .json says {wnid}"
+        return [f"{path}: sample {key}: {said}"], classes[label]
+    return [], classes[label]
 
 
 def _verify_shard_chunk(
@@ -244,6 +253,37 @@ def verify_shards(
         manifest = read_manifest(directory)
     except ManifestError as err:
         return VerifyReport(directory, "shards", 0, (str(err),), time.perf_counter() - started)
+    problems = _check_listing(directory, manifest)
+    shard_problems, totals, keys = _verify_each_shard(directory, manifest, decode, workers)
+    problems.extend(shard_problems)
+    if not any(
+        "sha256" in problem or "missing" in problem or "bytes" in problem for problem in problems
+    ):
+        for wnid in manifest.classes:
+            if totals.get(wnid, 0) != manifest.class_counts.get(wnid, 0):
+                problems.append(
+                    f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, "
+                    f"manifest says {manifest.class_counts.get(wnid, 0)}"
+                )
+        if manifest.subset is not None:
+            problems.extend(
+                check_subset(
+                    directory, manifest.split, manifest.classes, manifest.subset, totals, keys
+                )
+            )
+    return VerifyReport(
+        directory,
+        "shards",
+        manifest.num_samples,
+        tuple(problems),
+        time.perf_counter() - started,
+        frozenset(keys),
+        manifest.subset,
+    )
+
+
+def _check_listing(directory: Path, manifest: Manifest) -> list[str]:
+    """Tars the manifest does not list, and a missing _info.json."""
     problems: list[str] = []
     listed = {entry.name for entry in manifest.shards}
     for name in sorted(os.listdir(directory)):
@@ -255,6 +295,14 @@ def verify_shards(
         problems.append(
             f"{directory / '_info.json'}: missing (timm's dataset info): re-run `preprocess shard`"
         )
+    return problems
+
+
+def _verify_each_shard(
+    directory: Path, manifest: Manifest, decode: bool, workers: int | None
+) -> tuple[list[str], collections.Counter, set[str]]:
+    """(problems, samples per class, keys) over every shard, checked on the process pool."""
+    problems: list[str] = []
     totals: collections.Counter = collections.Counter()
     keys: set[str] = set()
     jobs = [
@@ -281,30 +329,7 @@ def verify_shards(
                 totals.update(counts)
                 keys.update(shard_keys)
                 bar.update(count)
-    if not any(
-        "sha256" in problem or "missing" in problem or "bytes" in problem for problem in problems
-    ):
-        for wnid in manifest.classes:
-            if totals.get(wnid, 0) != manifest.class_counts.get(wnid, 0):
-                problems.append(
-                    f"{directory}: class {wnid}: {totals.get(wnid, 0)} samples in the tars, "
-                    f"manifest says {manifest.class_counts.get(wnid, 0)}"
-                )
-        if manifest.subset is not None:
-            problems.extend(
-                check_subset(
-                    directory, manifest.split, manifest.classes, manifest.subset, totals, keys
-                )
-            )
-    return VerifyReport(
-        directory,
-        "shards",
-        manifest.num_samples,
-        tuple(problems),
-        time.perf_counter() - started,
-        frozenset(keys),
-        manifest.subset,
-    )
+    return problems, totals, keys
 
 
 def _decode_chunk(
@@ -365,6 +390,30 @@ def verify_folders(
     """Resized class folders against DIR/resize_manifest.json (counts; with decode, every image)."""
     started = time.perf_counter()
     directory = Path(directory)
+    folder_manifest = _read_folder_manifest(directory)
+    expected: dict[str, int] = folder_manifest["class_counts"]
+    problems, paths = _check_class_folders(directory, expected)
+    checksums, checksum_problems = read_checksums(directory)
+    problems.extend(checksum_problems)
+    if checksums is not None:
+        problems.extend(_check_checksum_coverage(directory, paths, checksums))
+    for errors_file in sorted(directory.glob("resize_errors*.txt")):
+        lines = errors_file.read_text().splitlines()
+        if lines:
+            problems.append(
+                f"{errors_file}: {len(lines)} inputs failed to resize (first: {lines[0]})"
+            )
+    if decode or checksums:
+        problems.extend(
+            _check_every_image(directory, paths, checksums, decode, folder_manifest, workers)
+        )
+    return VerifyReport(
+        directory, "folders", len(paths), tuple(problems), time.perf_counter() - started
+    )
+
+
+def _read_folder_manifest(directory: Path) -> dict:
+    """DIR/resize_manifest.json; UserError when it is unreadable or not resize's."""
     try:
         folder_manifest = json.loads((directory / FOLDER_MANIFEST_NAME).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -373,7 +422,11 @@ def verify_folders(
         ) from None
     if folder_manifest.get("kind") != FOLDER_MANIFEST_KIND:
         raise UserError(f"{directory / FOLDER_MANIFEST_NAME}: not a resize manifest")
-    expected: dict[str, int] = folder_manifest["class_counts"]
+    return folder_manifest
+
+
+def _check_class_folders(directory: Path, expected: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(problems, every image path) of the class folders against the planned counts."""
     problems: list[str] = []
     paths: list[str] = []
     for class_dir, count in sorted(expected.items()):
@@ -392,45 +445,54 @@ def verify_folders(
     unexpected = [name for name, is_dir in list_dir(directory) if is_dir and name not in expected]
     for name in unexpected:
         problems.append(f"{directory / name}: a folder resize_manifest.json does not list")
-    checksums, checksum_problems = read_checksums(directory)
-    problems.extend(checksum_problems)
-    if checksums is not None:
-        on_disk = {Path(path).relative_to(directory).as_posix() for path in paths}
-        for relative in sorted(set(checksums) - on_disk):
-            problems.append(f"{directory / relative}: missing (listed in the resize checksum list)")
-        for relative in sorted(on_disk - set(checksums)):
-            problems.append(
-                f"{directory / relative}: not in any resize checksum list (not made by resize?)"
-            )
-    for errors_file in sorted(directory.glob("resize_errors*.txt")):
-        lines = errors_file.read_text().splitlines()
-        if lines:
-            problems.append(
-                f"{errors_file}: {len(lines)} inputs failed to resize (first: {lines[0]})"
-            )
-    if decode or checksums:
-        jobs = [
-            (
-                path,
-                (checksums or {}).get(Path(path).relative_to(directory).as_posix()),
-                decode,
-                folder_manifest.get("short_side"),
-                bool(folder_manifest.get("only_shrink")),
-            )
-            for path in paths
-        ]
-        chunks = list(iter_chunks(jobs, 64))
-        with progress_bar(len(paths), f"verify {directory.name}") as bar:
-            for chunk in run_bounded(
-                _decode_chunk, chunks, min(resolve_workers(workers), max(1, len(chunks)))
-            ):
-                for path, reason in chunk:
-                    if reason:
-                        problems.append(f"{path}: {reason}")
-                bar.update(len(chunk))
-    return VerifyReport(
-        directory, "folders", len(paths), tuple(problems), time.perf_counter() - started
-    )
+    return problems, paths
+
+
+def _check_checksum_coverage(
+    directory: Path, paths: list[str], checksums: dict[str, str]
+) -> list[str]:
+    """Files the checksum lists name but the folders lack, and the other way round."""
+    problems: list[str] = []
+    on_disk = {Path(path).relative_to(directory).as_posix() for path in paths}
+    for relative in sorted(set(checksums) - on_disk):
+        problems.append(f"{directory / relative}: missing (listed in the resize checksum list)")
+    for relative in sorted(on_disk - set(checksums)):
+        problems.append(
+            f"{directory / relative}: not in any resize checksum list (not made by resize?)"
+        )
+    return problems
+
+
+def _check_every_image(
+    directory: Path,
+    paths: list[str],
+    checksums: dict[str, str] | None,
+    decode: bool,
+    folder_manifest: dict,
+    workers: int | None,
+) -> list[str]:
+    """Every image's sha256 against the lists and (`decode`) its decode and size, on the pool."""
+    problems: list[str] = []
+    jobs = [
+        (
+            path,
+            (checksums or {}).get(Path(path).relative_to(directory).as_posix()),
+            decode,
+            folder_manifest.get("short_side"),
+            bool(folder_manifest.get("only_shrink")),
+        )
+        for path in paths
+    ]
+    chunks = list(iter_chunks(jobs, 64))
+    with progress_bar(len(paths), f"verify {directory.name}") as bar:
+        for chunk in run_bounded(
+            _decode_chunk, chunks, min(resolve_workers(workers), max(1, len(chunks)))
+        ):
+            for path, reason in chunk:
+                if reason:
+                    problems.append(f"{path}: {reason}")
+            bar.update(len(chunk))
+    return problems
 
 
 def find_targets(directory: Path) -> list[tuple[str, Path]]:

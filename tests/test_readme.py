@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config import README_END, README_START, markdown_reference
+from pipeline.config_reference import README_END, README_START, markdown_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -12,7 +12,7 @@ def test_readme_config_reference_matches_the_config_dataclasses():
     block = text[text.index(README_START) + len(README_START) : text.index(README_END)]
     assert block == markdown_reference(), (
         "README config reference is stale: run "
-        "`python -m pipeline.config --update-readme README.md`"
+        "`python -m pipeline.config_reference --update-readme README.md`"
     )
 
 

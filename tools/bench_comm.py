@@ -12,7 +12,7 @@ batch, and for each hook in turn:
   * step, overlap: DDP with the hook, so each bucket is all-reduced while backward goes on,
     then an SGD step (what train.comm_hook runs);
   * step, no overlap: backward on a plain copy of the model, then the hook on the gradients in
-    DDP's bucket plan (comm.FlatBucket) and a wait, then the SGD step;
+    DDP's bucket plan (FlatBucket, below) and a wait, then the SGD step;
   * all-reduce: that separate hook call alone;
   * hook compute: the same hook on a group of this rank alone (no wire), minus none's: what the
     hook costs on the device beyond DDP's own all-reduce;
@@ -34,13 +34,15 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.comm import HOOKS, FlatBucket, build_hook
+from pipeline.comm import HOOKS, build_hook
 from pipeline.config import ModelConfig
+from pipeline.distributed import synchronize
 from pipeline.models import build_model
 from pipeline.scaling import gradient_payload
 
@@ -143,6 +145,79 @@ def tcp_bytes_sent() -> int:
     return total
 
 
+class FlatBucket:
+    """A stand-in for DDP's GradBucket over one flat buffer, so a hook can run outside DDP: a
+    separate all-reduce after backward (the no-overlap step here), or in tests/train/test_comm.py.
+
+        buckets = FlatBucket.plan(list(model.parameters()), cap_bytes=25 << 20)
+        for bucket in buckets: bucket.load_gradients()   # or bind_gradients() before backward
+        futures = [hook(state, bucket) for bucket in buckets]
+        for bucket, future in zip(buckets, futures): future.wait(); bucket.store_gradients()
+    """
+
+    def __init__(self, index: int, params: Sequence[torch.Tensor], is_last: bool) -> None:
+        self._index = index
+        self._params = list(params)
+        self._is_last = is_last
+        numel = sum(p.numel() for p in self._params)
+        self._buffer = torch.zeros(
+            numel, dtype=self._params[0].dtype, device=self._params[0].device
+        )
+        self._views, offset = [], 0
+        for p in self._params:
+            self._views.append(self._buffer[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+
+    @classmethod
+    def plan(cls, params: Sequence[torch.Tensor], cap_bytes: int) -> list[FlatBucket]:
+        """DDP's plan after its first step: parameters in reverse order, a bucket closed once it
+        holds cap_bytes; the last bucket is the one holding the first parameters."""
+        groups: list[list[torch.Tensor]] = [[]]
+        size = 0
+        for p in reversed([p for p in params if p.requires_grad]):
+            if size >= cap_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(p)
+            size += p.numel() * p.element_size()
+        return [cls(i, group, i == len(groups) - 1) for i, group in enumerate(groups)]
+
+    def buffer(self) -> torch.Tensor:
+        return self._buffer
+
+    def set_buffer(self, tensor: torch.Tensor) -> None:
+        self._buffer = tensor
+
+    def index(self) -> int:
+        return self._index
+
+    def is_last(self) -> bool:
+        return self._is_last
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self._params
+
+    def gradients(self) -> list[torch.Tensor]:
+        return self._views
+
+    def bind_gradients(self) -> None:
+        """Make each parameter's .grad a view of the buffer (backward accumulates into it in
+        place, as into DDP's bucket views), zeroed."""
+        self._buffer.zero_()
+        for p, view in zip(self._params, self._views):
+            p.grad = view
+
+    def load_gradients(self) -> None:
+        """Copy the parameters' .grad into the buffer (zeros where a grad is None)."""
+        for p, view in zip(self._params, self._views):
+            view.copy_(p.grad) if p.grad is not None else view.zero_()
+
+    def store_gradients(self) -> None:
+        """Copy the all-reduced buffer back into the parameters' .grad."""
+        for p, view in zip(self._params, self._views):
+            p.grad = view.clone()
+
+
 class Runner:
     """One rank's measurements of one model."""
 
@@ -166,8 +241,7 @@ class Runner:
         )
 
     def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         torch.distributed.barrier()
 
     def loss(self, model: nn.Module) -> torch.Tensor:

@@ -223,6 +223,27 @@ def our_batches(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = build_dataset(args.photos, args.cache_dir, args.images)
+    # building runs preprocess's commands, which log at INFO: the measurement logs warnings only
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
+    print_header(args, root, device)
+    loaders = build_loaders(args, root, device)
+    warmup = 2 * max(1, args.workers) + 2
+    rounds = measure_rounds(loaders, args.seconds, args.rounds, warmup)
+    results = report_results(rounds)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench_loader", description=__doc__.split("\n")[0]
     )
@@ -270,14 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where the benchmark data is built once",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
+    return parser
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    root = build_dataset(args.photos, args.cache_dir, args.images)
-    # building runs preprocess's commands, which log at INFO: the measurement logs warnings only
-    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
-    warmup = 2 * max(1, args.workers) + 2
+
+def print_header(args: argparse.Namespace, root: Path, device: torch.device) -> None:
+    """The run's settings and machine, as a comment line above the results."""
     print(
         f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
         f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend and "
@@ -285,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
         f"{torch.__version__}, {platform.node()}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
+
+
+def build_loaders(args: argparse.Namespace, root: Path, device: torch.device) -> dict:
+    """(backend, size) -> a function of the epoch giving batches; dali-mixed only on CUDA."""
     loaders = {}
     for backend in args.backends:
         if backend == "dali-mixed" and device.type != "cuda":
@@ -299,12 +321,21 @@ def main(argv: list[str] | None = None) -> int:
                 loaders[backend, size] = our_batches(
                     root, backend, args.batch_size, args.workers, device, size, args.auto_augment
                 )
-    # Every (backend, size) takes its turn, round after round, so a change in the machine's load
-    # hits all of them; the best round of each is the least disturbed one.
+    return loaders
+
+
+def measure_rounds(
+    loaders: dict, seconds: float, num_rounds: int, warmup: int
+) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(backend, size) -> (images/s, CPU ms/image) of each round.
+
+    Every (backend, size) takes its turn, round after round, so a change in the machine's load
+    hits all of them; the best round of each is the least disturbed one.
+    """
     rounds: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in loaders}
-    for round_index in range(args.rounds):
+    for round_index in range(num_rounds):
         for (backend, size), batches in loaders.items():
-            rate, _, cpu_ms = time_iterable(batches, args.seconds, warmup)
+            rate, _, cpu_ms = time_iterable(batches, seconds, warmup)
             rounds[backend, size].append((rate, cpu_ms))
             logger.warning(
                 "round %d %s %d px: %.0f images/s, %.2f CPU ms/image",
@@ -314,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                 rate,
                 cpu_ms,
             )
+    return rounds
+
+
+def report_results(rounds: dict[tuple[str, int], list[tuple[float, float]]]) -> dict[str, dict]:
+    """The best round of each (backend, size), printed one line each against the baseline."""
     results: dict[str, dict] = {}
     for (backend, size), measured in rounds.items():
         rate = max(rate for rate, _ in measured)
@@ -336,13 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{backend:>10} {size:4d} px: {rate:8.0f} images/s, {cpu_ms:5.2f} CPU ms/image{ratio}",
             flush=True,
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
-            )
-        )
-    return 0
+    return results
 
 
 if __name__ == "__main__":

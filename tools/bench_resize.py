@@ -47,7 +47,8 @@ from core.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from core.imagefiles import is_image_file
 from core.logs import configure_logging
 from preprocess.progress import default_workers
-from preprocess.resize import ResizeOptions, resize_folder
+from preprocess.resize import resize_folder
+from preprocess.resize_worker import ResizeOptions
 
 logger = logging.getLogger(__name__)
 

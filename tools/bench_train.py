@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import resource
@@ -31,21 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from pipeline.config import ModelConfig, build_config
-from pipeline.data.transforms import normalize
-from pipeline.distributed import DistInfo
+from pipeline.config import Config, ModelConfig, build_config
+from pipeline.data.base import synthetic_batch
+from pipeline.distributed import DistInfo, synchronize
 from pipeline.errors import EXIT_USAGE, ConfigError
-from pipeline.models import (
-    ALEXNET_VARIANTS,
-    aux_loss_weight,
-    build_model,
-    check_arch,
-    check_input_size,
-    split_outputs,
-)
-from pipeline.precision import configure_device, resolve_precision
+from pipeline.models import ALEXNET_VARIANTS, build_model, check_arch, check_input_size
+from pipeline.precision import build_precision, configure_device, resolve_precision
+from pipeline.train.step import OptimizerStep, build_model_views, build_optimizer_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,59 +112,53 @@ def resolve(args) -> tuple[torch.device, str]:
     return device, resolve_precision(args.precision, device)
 
 
-class StepRunner:
-    """One training step (normalize → forward → loss → backward → SGD) as the trainer does it."""
-
-    def __init__(self, args, device: torch.device, precision: str, model: nn.Module | None = None):
-        self.device = device
-        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        model_cfg = model_config(args)
-        self.model = model or build_model(model_cfg, args.num_classes, args.image_size).to(
-            device, memory_format=self.memory_format
-        )
-        self.aux_weight = aux_loss_weight(args.arch, model_cfg.aux_loss_weight)
-        self.step_model = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast = (
-            (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        )
-
-    def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, sync_context=contextlib.nullcontext
-    ) -> None:
-        with sync_context():
-            with self.autocast():
-                logits, aux = split_outputs(self.step_model(normalize(images)))
-                loss = nn.functional.cross_entropy(logits.float(), labels)
-                for extra in aux:  # Inception-v3's and GoogLeNet's auxiliary heads
-                    loss = loss + self.aux_weight * nn.functional.cross_entropy(
-                        extra.float(), labels
-                    )
-            self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+def bench_config(args, device: torch.device, precision: str, compile_model: bool) -> Config:
+    """The benchmarked run as a Config, for the one step factory: the model, the precision,
+    the memory format and torch.compile; every other setting is the default."""
+    train = {
+        "precision": precision,
+        "compile": compile_model,
+        "channels_last": args.channels_last,
+        "device": device.type,
+    }
+    return dataclasses.replace(build_config({"train": train}), model=model_config(args))
 
 
-def synthetic_batch(args, device: torch.device, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(
-        0,
-        256,
-        (args.batch_size, 3, args.image_size, args.image_size),
-        dtype=torch.uint8,
-        generator=generator,
+def local_dist(device: torch.device) -> DistInfo:
+    """This process alone, on `device`."""
+    return DistInfo(
+        device=f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else "cpu"
     )
-    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
-    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
+
+
+def build_bench_step(
+    args, device: torch.device, precision: str, dist: DistInfo | None = None
+) -> OptimizerStep:
+    """The trainer's optimizer step (normalize → forward → loss → backward → SGD step), from the
+    one factory, around a fresh benchmarked model; inside DDP when `dist` is a process group's
+    (then never compiled). Only the optimizer is the bench's own: SGD at a fixed lr."""
+    ddp = dist is not None and dist.is_distributed
+    cfg = bench_config(args, device, precision, compile_model=args.compile and not ddp)
+    dist = dist or local_dist(device)
+    model = build_model(cfg.model, args.num_classes, args.image_size).to(
+        device, memory_format=memory_format(args)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    views = build_model_views(cfg, dist, model, ddp=ddp)
+    return build_optimizer_step(
+        cfg, dist, views, build_precision(cfg.train.precision, device), optimizer=optimizer
+    )
+
+
+def memory_format(args) -> torch.memory_format:
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
+def bench_batch(args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed synthetic batch at args.image_size, as a loader hands it over."""
+    return synthetic_batch(
+        args.batch_size, args.image_size, args.num_classes, device, memory_format(args)
+    )
 
 
 def model_config(args) -> ModelConfig:
@@ -191,17 +180,17 @@ def peak_memory_gb(device: torch.device) -> float:
 
 def measure_step(args, device, precision) -> tuple[float, float]:
     """(images/s, peak memory GB) of the step on synthetic batches already on the device."""
-    runner = StepRunner(args, device, precision)
-    images, labels = synthetic_batch(args, device, runner.memory_format)
+    take_step = build_bench_step(args, device, precision)
+    batches = itertools.repeat(bench_batch(args, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        runner(images, labels)
-    runner.synchronize()
+    for step in range(args.warmup):
+        take_step(batches, step)
+    synchronize(device)
     started = time.perf_counter()
-    for _ in range(args.steps):
-        runner(images, labels)
-    runner.synchronize()
+    for step in range(args.warmup, args.warmup + args.steps):
+        take_step(batches, step)
+    synchronize(device)
     return args.steps * args.batch_size / (time.perf_counter() - started), peak_memory_gb(device)
 
 
@@ -244,11 +233,8 @@ def measure_loader(args, device, precision, data_dir: Path) -> tuple[float, floa
             "train": {"channels_last": args.channels_last, "device": device.type},
         }
     )
-    dist = DistInfo(
-        device=f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else "cpu"
-    )
-    loader = build_loader(cfg, "train", dist)
-    runner = StepRunner(args, device, precision)
+    loader = build_loader(cfg, "train", local_dist(device))
+    take_step = build_bench_step(args, device, precision)
     loader.set_epoch(0)
     total_steps = min(len(loader), args.warmup + args.steps)
     if total_steps <= args.warmup:
@@ -260,14 +246,14 @@ def measure_loader(args, device, precision, data_dir: Path) -> tuple[float, floa
     iterator = iter(loader)
     for step in range(total_steps):
         if step == args.warmup:
-            runner.synchronize()
+            synchronize(device)
             started = time.perf_counter()
             wait = 0.0
         before = time.perf_counter()
         images, labels = next(iterator)
         wait += time.perf_counter() - before
-        runner(images, labels)
-    runner.synchronize()
+        take_step(iter([(images, labels)]), step)
+    synchronize(device)
     elapsed = time.perf_counter() - started
     timed = total_steps - args.warmup
     return timed * args.batch_size / elapsed, wait / elapsed, timed
@@ -288,24 +274,26 @@ def _ddp_worker(rank: int, world_size: int, port: int, args, queue) -> None:
     from pipeline.distributed import init_distributed, shutdown
 
     dist = init_distributed("cpu")
-    runner = StepRunner(args, torch.device("cpu"), "fp32")
-    ddp = nn.parallel.DistributedDataParallel(runner.model)
-    runner.step_model = ddp
-    images, labels = synthetic_batch(args, torch.device("cpu"), runner.memory_format)
+    take_step = build_bench_step(args, torch.device("cpu"), "fp32", dist)
+    ddp = take_step.model.ddp
+    batches = itertools.repeat(bench_batch(args, torch.device("cpu")))
     # Alternate synced and no_sync steps so both see the same machine load; report medians.
-    for _ in range(args.warmup):
-        runner(images, labels, ddp.no_sync)
-        runner(images, labels)
+    for step in range(args.warmup):
+        with ddp.no_sync():
+            take_step(batches, 2 * step)
+        take_step(batches, 2 * step + 1)
     per_step: dict[str, list[float]] = {"ddp": [], "no_sync": []}
-    for _ in range(args.steps):
+    for step in range(args.steps):
         for name, context in (("no_sync", ddp.no_sync), ("ddp", contextlib.nullcontext)):
             torch.distributed.barrier()
             started = time.perf_counter()
-            runner(images, labels, context)
+            with context():
+                take_step(batches, step)
             per_step[name].append(time.perf_counter() - started)
     timings = {name: statistics.median(values) for name, values in per_step.items()}
     if dist.is_main:
-        gradient_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+        parameters = take_step.model.module.parameters()
+        gradient_bytes = sum(p.numel() * p.element_size() for p in parameters)
         queue.put((timings["ddp"], timings["no_sync"], gradient_bytes))
     shutdown(dist)
 

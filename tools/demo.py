@@ -32,11 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,10 +43,11 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.models import ALEXNET_VARIANTS, check_arch, check_input_sizes
 from tools.demo_data import build_demo_raw
+from tools.demo_report import DemoResult, find_artefacts, parse_final_line, report, shortfalls
+from tools.demo_runner import REPOSITORY_ROOT, StageFailed, run_stage, stage_environment
 
 Backend = Literal["folder", "wds", "dali"]
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPOSITORY_ROOT / "configs" / "demo.yaml"
 
 # The 8x8 digits are upscaled to 96 px JPEGs; prepare shrinks them to a 72 px short side (the
@@ -96,24 +93,6 @@ DATASET_DEMOS: dict[str, DatasetDemo] = {
 }
 DIGITS = "digits"  # the default: the embedded scikit-learn digits, nothing to download
 
-FINAL_LINE = re.compile(r"final: val/top1=(?P<top1>[0-9.]+) val/top5=(?P<top5>[0-9.]+)")
-
-
-# What every demo run must leave behind (the CI test checks each one).
-EXPECTED_ARTEFACTS = (
-    "W&B offline run",
-    "metrics (JSONL)",
-    "accuracy curves PNG",
-    "loss curves PNG",
-    "sample grid PNG",
-    "prediction grid PNG",
-    "checkpoints",
-)
-
-
-class StageFailed(Exception):
-    """A stage's command failed; the message names the stage and its log."""
-
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
@@ -127,96 +106,6 @@ class DemoOptions:
     dataset: str = DIGITS  # or a key of DATASET_DEMOS, read from `source`
     source: Path | None = None  # the user's download, for a dataset other than digits
     arch: str = "alexnet"  # any model.arch; the demo config's AlexNet widths apply to AlexNets
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoResult:
-    top1: float  # percent
-    top5: float  # percent
-    chance: float  # percent: 100 / number of classes
-    run_dir: Path
-    artefacts: dict[str, Path]  # what → where, only the ones that exist
-    seconds: dict[str, float]  # stage → wall seconds
-
-
-# A line that names the cause: "error: ..." from our CLIs, or a worker's "[rank0]: SomeError: ...".
-CAUSE_LINE = re.compile(r"^(\[rank\d+\]:\s*)?(error:|\w*(Error|Exception)\b:?)")
-
-GLOG_LINE = re.compile(r"^[IWE]\d{4} ")  # torchrun's own "W1123 00:13:40 ..." log lines
-
-
-def cause_line(output: str) -> str:
-    """The most telling line of a failed command's output: the first error, else the last line.
-
-    torchrun ends a failure with its own ChildFailedError report, so the worker's first
-    exception is the useful line, not the last one.
-    """
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for line in lines:
-        if CAUSE_LINE.match(line) and "ChildFailedError" not in line:
-            return line
-    meaningful = [line for line in lines if line.strip("=-") and not GLOG_LINE.match(line)]
-    return (meaningful or lines or ["(no output)"])[-1]
-
-
-def run_stage(
-    stage: str, command: list[str], log_path: Path, *, env: dict[str, str], echo: bool
-) -> str:
-    """Run one stage's command, teeing its output to `log_path` (and the console); return the
-    output."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    chunks: list[bytes] = []
-    with open(log_path, "wb") as log:
-        log.write(("$ " + " ".join(command) + "\n").encode())
-        log.flush()
-        try:
-            process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPOSITORY_ROOT,
-            )
-        except OSError as err:
-            raise StageFailed(f"stage '{stage}' could not start {command[0]}: {err}") from err
-        assert process.stdout is not None
-        while chunk := process.stdout.read1(65536):
-            chunks.append(chunk)
-            log.write(chunk)
-            log.flush()
-            if echo:
-                echo_bytes(chunk)
-        returncode = process.wait()
-    output = b"".join(chunks).decode(errors="replace")
-    if returncode != 0:
-        raise StageFailed(
-            f"stage '{stage}' failed with exit status {returncode}: {cause_line(output)!r}; "
-            f"full log: {log_path}"
-        )
-    return output
-
-
-def echo_bytes(chunk: bytes) -> None:
-    """Pass a stage's raw output through (progress bars' carriage returns included)."""
-    stream = getattr(sys.stdout, "buffer", None)  # absent when stdout is a StringIO or a notebook
-    if stream is not None:
-        stream.write(chunk)
-        stream.flush()
-    else:
-        sys.stdout.write(chunk.decode(errors="replace"))
-        sys.stdout.flush()
-
-
-def stage_environment() -> dict[str, str]:
-    """The environment the stages run in: unbuffered output, one thread per rank, W&B quiet."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    # 2 ranks on a small CPU: one intra-op thread each avoids oversubscription (torchrun would
-    # set this too, with a warning).
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("WANDB_SILENT", "true")
-    env.setdefault("WANDB_CONSOLE", "off")
-    return env
 
 
 def prepare_command(raw: Path, prepared: Path, dataset: str = DIGITS) -> list[str]:
@@ -303,71 +192,44 @@ def train_command(options: DemoOptions, prepared: Path, run_dir: Path) -> list[s
     ]
 
 
-def parse_final_line(output: str) -> tuple[float, float]:
-    """(top1, top5) percent from the trainer's `final: val/top1=.. val/top5=..` line."""
-    matches = list(FINAL_LINE.finditer(output))
-    if not matches:
-        raise StageFailed(
-            "stage 'train' finished without printing 'final: val/top1=.. val/top5=..'"
-        )
-    return float(matches[-1]["top1"]), float(matches[-1]["top5"])
-
-
-def find_artefacts(run_dir: Path) -> dict[str, Path]:
-    """What the run wrote, by name: the W&B offline run, metrics, plots and checkpoints."""
-    found: dict[str, Path] = {}
-    wandb_dir = run_dir / "wandb"
-    offline_runs = sorted(wandb_dir.glob("offline-run-*")) if wandb_dir.is_dir() else []
-    online_runs = sorted(wandb_dir.glob("run-*")) if wandb_dir.is_dir() else []
-    if offline_runs:
-        found["W&B offline run"] = offline_runs[-1]
-    if online_runs:  # log.wandb=online: already uploaded, the local copy is still here
-        found["W&B run (synced online)"] = online_runs[-1]
-    for name, path in [
-        ("metrics (JSONL)", run_dir / "metrics.jsonl"),
-        ("resolved config", run_dir / "config.yaml"),
-        ("per-class accuracy", run_dir / "per_class_accuracy.csv"),
-        ("checkpoints", run_dir / "checkpoints"),
-    ]:
-        if path.exists():
-            found[name] = path
-    plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
-    # pipeline.tracking writes accuracy.png + loss.png, train_batch.png and predictions.png;
-    # match by words so a renamed plot is still reported.
-    for label, words in [
-        ("accuracy curves PNG", ("accuracy", "curve", "top1")),
-        ("loss curves PNG", ("loss",)),
-        ("sample grid PNG", ("sample", "sanity", "batch")),
-        ("prediction grid PNG", ("predict",)),
-    ]:
-        for plot in plots:
-            if any(word in plot.stem for word in words) and plot not in found.values():
-                found[label] = plot
-                break
-    return found
-
-
-def last_val_metrics(metrics_path: Path) -> dict[str, float]:
-    """The last metrics.jsonl record that has val/top1."""
-    last: dict[str, float] = {}
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "val/top1" in record:
-                    last = record
-    return last
-
-
 def demo_config(options: DemoOptions) -> Path:
     """configs/demo.yaml for the digits, the dataset's demo config otherwise."""
     return DEMO_CONFIG if options.dataset == DIGITS else DATASET_DEMOS[options.dataset].config
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoPaths:
+    """Where a demo run reads and writes."""
+
+    logs: Path  # WORKDIR/logs: one log per stage
+    raw: Path  # the raw data: WORKDIR/raw for the digits, else the user's --source
+    prepared: Path  # prepare's DST
+    run_dir: Path  # the training run (deleted and rewritten by every demo)
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     """Build the raw digits, prepare them, train with 2 DDP ranks; raise StageFailed on failure."""
+    paths = demo_paths(options)
+    check_demo_config(options, paths)
+    env = stage_environment()
+    seconds: dict[str, float] = {}
+    seconds.update(stage_raw_data(options, paths))
+    seconds["prepare"] = stage_prepare(options, paths, env)
+    output, seconds["train"] = stage_train(options, paths, env)
+    top1, top5 = parse_final_line(output)
+    return DemoResult(
+        top1=top1,
+        top5=top5,
+        chance=100.0 / read_manifest(paths.prepared / "train").num_classes,
+        run_dir=paths.run_dir,
+        artefacts=find_artefacts(paths.run_dir),
+        seconds=seconds,
+    )
+
+
+def demo_paths(options: DemoOptions) -> DemoPaths:
+    """The run's folders under WORKDIR, named by dataset, backend, arch and --fast."""
     workdir = options.workdir.resolve()
-    logs = workdir / "logs"
     digits = options.dataset == DIGITS
     raw = workdir / "raw" if digits or options.source is None else options.source.resolve()
     prepared = workdir / ("prepared" if digits else f"prepared-{options.dataset}")
@@ -378,10 +240,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
         + ("" if options.arch == "alexnet" else f"-{options.arch}")
         + ("-fast" if options.fast else "")
     )
-    env = stage_environment()
-    seconds: dict[str, float] = {}
+    return DemoPaths(workdir / "logs", raw, prepared, run_dir)
 
-    # A typo in an override fails here, at once, not after the data stages and torchrun's start.
+
+def check_demo_config(options: DemoOptions, paths: DemoPaths) -> None:
+    """A typo in an override fails here, at once, not after the data stages and torchrun's
+    start."""
     for override in options.overrides:
         if override.partition("=")[0].strip() == "model.arch":
             raise StageFailed(
@@ -390,125 +254,88 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 "--arch resets for other models)"
             )
     try:
-        config = load_config(demo_config(options), train_overrides(options, prepared, run_dir))
+        config = load_config(
+            demo_config(options), train_overrides(options, paths.prepared, paths.run_dir)
+        )
         check_input_sizes(config)  # the model keys and crops, as the trainer will check them
     except ConfigError as err:
         raise StageFailed(f"stage 'config' rejected the overrides: {err}") from err
     # The demo deletes, reads and lists its own run dir: a train.run_dir override would move the run
     # elsewhere.
-    if Path(config.train.run_dir).resolve() != run_dir:
+    if Path(config.train.run_dir).resolve() != paths.run_dir:
         raise StageFailed(
             f"stage 'config' rejected the overrides: train.run_dir={config.train.run_dir} but the "
-            f"demo keeps its run in {run_dir} (it deletes and reports that directory): use "
+            f"demo keeps its run in {paths.run_dir} (it deletes and reports that directory): use "
             "--workdir DIR to move it"
         )
 
+
+def stage_raw_data(options: DemoOptions, paths: DemoPaths) -> dict[str, float]:
+    """Stage 1: the digits written as a Kaggle-layout ImageNet ({"raw data": seconds}), or the
+    user's download checked ({})."""
     start = time.perf_counter()
-    if not digits:
+    raw = paths.raw
+    if options.dataset != DIGITS:
         if not raw.exists():
             raise StageFailed(
                 f"stage 'raw data': --source {raw} does not exist: pass "
                 f"{DATASET_DEMOS[options.dataset].source_hint}"
             )
         print(f"[demo 1/3] raw data: your {options.dataset} download, {raw}", flush=True)
-    else:
-        print(
-            f"[demo 1/3] raw data: real handwritten digits as a Kaggle-layout ImageNet in {raw}",
-            flush=True,
-        )
-        try:
-            dataset = build_demo_raw(raw, image_size=RAW_IMAGE_SIZE)
-        except (OSError, ValueError) as err:
-            raise StageFailed(f"stage 'raw data' failed writing {raw}: {err}") from err
-        seconds["raw data"] = time.perf_counter() - start
-        print(
-            f"[demo 1/3] {dataset.train_count} train + {dataset.val_count} val images, "
-            f"{len(dataset.classes)} classes ({seconds['raw data']:.1f} s)",
-            flush=True,
-        )
+        return {}
+    print(
+        f"[demo 1/3] raw data: real handwritten digits as a Kaggle-layout ImageNet in {raw}",
+        flush=True,
+    )
+    try:
+        dataset = build_demo_raw(raw, image_size=RAW_IMAGE_SIZE)
+    except (OSError, ValueError) as err:
+        raise StageFailed(f"stage 'raw data' failed writing {raw}: {err}") from err
+    seconds = time.perf_counter() - start
+    print(
+        f"[demo 1/3] {dataset.train_count} train + {dataset.val_count} val images, "
+        f"{len(dataset.classes)} classes ({seconds:.1f} s)",
+        flush=True,
+    )
+    return {"raw data": seconds}
 
+
+def stage_prepare(options: DemoOptions, paths: DemoPaths, env: dict[str, str]) -> float:
+    """Stage 2: `python -m preprocess prepare`; returns its seconds."""
     start = time.perf_counter()
-    print(f"[demo 2/3] prepare: {raw} -> {prepared} (log: {logs / 'prepare.log'})", flush=True)
+    log = paths.logs / "prepare.log"
+    print(f"[demo 2/3] prepare: {paths.raw} -> {paths.prepared} (log: {log})", flush=True)
     run_stage(
         "prepare",
-        prepare_command(raw, prepared, options.dataset),
-        logs / "prepare.log",
+        prepare_command(paths.raw, paths.prepared, options.dataset),
+        log,
         env=env,
         echo=options.echo,
     )
-    seconds["prepare"] = time.perf_counter() - start
+    return time.perf_counter() - start
 
+
+def stage_train(options: DemoOptions, paths: DemoPaths, env: dict[str, str]) -> tuple[str, float]:
+    """Stage 3: a fresh run of the launcher with 2 CPU ranks; returns (its output, seconds)."""
     # Each demo trains from scratch: a leftover run dir would otherwise auto-resume and finish at
     # once.
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    if paths.run_dir.exists():
+        shutil.rmtree(paths.run_dir)
     start = time.perf_counter()
+    log = paths.logs / "train.log"
     print(
         f"[demo 3/3] train: {NUM_RANKS} DDP ranks on CPU (gloo), {options.backend} loader, "
-        f"run dir {run_dir} (log: {logs / 'train.log'})",
+        f"run dir {paths.run_dir} (log: {log})",
         flush=True,
     )
     output = run_stage(
         "train",
-        train_command(options, prepared, run_dir),
-        logs / "train.log",
+        train_command(options, paths.prepared, paths.run_dir),
+        log,
         env=env,
         echo=options.echo,
     )
-    seconds["train"] = time.perf_counter() - start
-    top1, top5 = parse_final_line(output)
-    return DemoResult(
-        top1=top1,
-        top5=top5,
-        chance=100.0 / read_manifest(prepared / "train").num_classes,
-        run_dir=run_dir,
-        artefacts=find_artefacts(run_dir),
-        seconds=seconds,
-    )
-
-
-def report(result: DemoResult) -> str:
-    """The closing summary: accuracy against chance, timings, and where each artefact is."""
-    lines = [
-        "",
-        "=" * 72,
-        (
-            f"demo finished: val top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
-            f"(chance is {result.chance:.0f}%: top-1 is {result.top1 / result.chance:.1f}x chance, "
-            f"{result.top1 - result.chance:+.1f} points)"
-        ),
-        "time: "
-        + ", ".join(f"{stage} {value:.0f} s" for stage, value in result.seconds.items())
-        + f", total {sum(result.seconds.values()):.0f} s",
-        "artefacts:",
-    ]
-    width = max(len(name) for name in result.artefacts) if result.artefacts else 0
-    for name, path in result.artefacts.items():
-        lines.append(f"  {name:<{width}}  {path}")
-    if "W&B offline run" in result.artefacts:
-        lines.append(
-            f"upload the W&B run later with:  wandb sync {result.artefacts['W&B offline run']}"
-        )
-    missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
-    if missing:
-        lines.append(f"not written by this run: {', '.join(missing)} (see {result.run_dir})")
-    lines.append("next: real ImageNet on GPUs, see README.md, 'Real ImageNet, end to end'")
-    lines.append("=" * 72)
-    return "\n".join(lines)
-
-
-def shortfalls(result: DemoResult, required_top1: float) -> list[str]:
-    """Why a finished demo still failed: accuracy below the stated bar, or an artefact missing."""
-    problems = []
-    if result.top1 < required_top1:
-        problems.append(
-            f"val top-1 {result.top1:.2f}% is below the required {required_top1:.0f}% "
-            f"(chance {result.chance:.0f}%): the run did not learn; see {result.run_dir}"
-        )
-    missing = [name for name in EXPECTED_ARTEFACTS if name not in result.artefacts]
-    if missing:
-        problems.append(f"missing artefacts: {', '.join(missing)} (see {result.run_dir})")
-    return problems
+    return output, time.perf_counter() - start
 
 
 def build_parser() -> argparse.ArgumentParser:

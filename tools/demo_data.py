@@ -115,29 +115,12 @@ def build_demo_raw(
         "seed": seed,
         "per_class": per_class,
     }
-    marker = root / COMPLETE_MARKER
-    if marker.is_file():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("parameters") == parameters:
-            logger.info("raw demo dataset already complete in %s", root)
-            return DemoDataset(
-                root, DEMO_WNIDS, recorded["train_count"], recorded["val_count"], image_size
-            )
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
-        raise FileExistsError(
-            f"{root} exists and is not a finished demo dataset: choose an empty directory or "
-            "remove it"
-        )
-
+    finished = _finished_dataset(root, parameters, image_size)
+    if finished is not None:
+        return finished
     digits = load_digits()
     images, targets = digits.images, digits.target  # [1797, 8, 8] float 0..16, [1797] int
-    if per_class:
-        keep = np.concatenate([np.flatnonzero(targets == label)[:per_class] for label in range(10)])
-        keep.sort()
-    else:
-        keep = np.arange(len(targets))
-    train_local, val_local = split_indices(targets[keep], val_fraction, seed)
-    train_indices, val_indices = keep[train_local], keep[val_local]
+    train_indices, val_indices = _choose_digits(targets, per_class, val_fraction, seed)
 
     # Write into a sibling temp dir and rename at the end: a crash never leaves a half dataset.
     staging = root.with_name(root.name + ".partial")
@@ -147,28 +130,8 @@ def build_demo_raw(
         shutil.rmtree(
             root
         )  # only ever a finished demo dataset with other parameters (checked above)
-    for wnid in DEMO_WNIDS:
-        (staging / TRAIN_SUBDIR / wnid).mkdir(parents=True)
-    (staging / VAL_SUBDIR).mkdir(parents=True)
-
-    for index in train_indices:
-        wnid = DEMO_WNIDS[targets[index]]
-        path = staging / TRAIN_SUBDIR / wnid / f"{wnid}_{index}.JPEG"
-        path.write_bytes(render_digit(images[index], image_size))
-
-    # Val is flat and numbered in a seeded random order, as ILSVRC2012 val is: the file name
-    # says nothing about the class, only LOC_val_solution.csv does.
-    val_order = np.random.default_rng(seed + 1).permutation(val_indices)
-    rows = ["ImageId,PredictionString"]
-    last = image_size - 1
-    for number, index in enumerate(val_order, start=1):
-        image_id = f"ILSVRC2012_val_{number:08d}"
-        (staging / VAL_SUBDIR / f"{image_id}.JPEG").write_bytes(
-            render_digit(images[index], image_size)
-        )
-        # Kaggle's form: "WNID xmin ymin xmax ymax" per box; the digit fills the whole image.
-        rows.append(f"{image_id},{DEMO_WNIDS[targets[index]]} 0 0 {last} {last} ")
-    (staging / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    _write_train_folders(staging, images, targets, train_indices, image_size)
+    _write_flat_val(staging, images, targets, val_indices, image_size, seed)
     (staging / "LOC_synset_mapping.txt").write_text("\n".join(demo_synset_lines()) + "\n")
     (staging / COMPLETE_MARKER).write_text(
         json.dumps(
@@ -186,6 +149,79 @@ def build_demo_raw(
         "wrote %d train and %d val digits to %s", len(train_indices), len(val_indices), root
     )
     return DemoDataset(root, DEMO_WNIDS, len(train_indices), len(val_indices), image_size)
+
+
+def _finished_dataset(root: Path, parameters: dict, image_size: int) -> DemoDataset | None:
+    """The dataset already in `root` when it was made with `parameters`; FileExistsError when
+    `root` holds something else."""
+    marker = root / COMPLETE_MARKER
+    if marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("parameters") == parameters:
+            logger.info("raw demo dataset already complete in %s", root)
+            return DemoDataset(
+                root, DEMO_WNIDS, recorded["train_count"], recorded["val_count"], image_size
+            )
+    if root.exists() and any(root.iterdir()) and not marker.is_file():
+        raise FileExistsError(
+            f"{root} exists and is not a finished demo dataset: choose an empty directory or "
+            "remove it"
+        )
+    return None
+
+
+def _choose_digits(
+    targets: np.ndarray, per_class: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices) into the digits, after keeping `per_class` of each class."""
+    if per_class:
+        keep = np.concatenate([np.flatnonzero(targets == label)[:per_class] for label in range(10)])
+        keep.sort()
+    else:
+        keep = np.arange(len(targets))
+    train_local, val_local = split_indices(targets[keep], val_fraction, seed)
+    return keep[train_local], keep[val_local]
+
+
+def _write_train_folders(
+    staging: Path,
+    images: np.ndarray,
+    targets: np.ndarray,
+    train_indices: np.ndarray,
+    image_size: int,
+) -> None:
+    """STAGING/train/WNID/WNID_INDEX.JPEG, one folder per class (Kaggle's train layout)."""
+    for wnid in DEMO_WNIDS:
+        (staging / TRAIN_SUBDIR / wnid).mkdir(parents=True)
+    for index in train_indices:
+        wnid = DEMO_WNIDS[targets[index]]
+        path = staging / TRAIN_SUBDIR / wnid / f"{wnid}_{index}.JPEG"
+        path.write_bytes(render_digit(images[index], image_size))
+
+
+def _write_flat_val(
+    staging: Path,
+    images: np.ndarray,
+    targets: np.ndarray,
+    val_indices: np.ndarray,
+    image_size: int,
+    seed: int,
+) -> None:
+    """A flat val folder and LOC_val_solution.csv, as Kaggle ships ILSVRC2012 val."""
+    (staging / VAL_SUBDIR).mkdir(parents=True)
+    # Val is flat and numbered in a seeded random order, as ILSVRC2012 val is: the file name
+    # says nothing about the class, only LOC_val_solution.csv does.
+    val_order = np.random.default_rng(seed + 1).permutation(val_indices)
+    rows = ["ImageId,PredictionString"]
+    last = image_size - 1
+    for number, index in enumerate(val_order, start=1):
+        image_id = f"ILSVRC2012_val_{number:08d}"
+        (staging / VAL_SUBDIR / f"{image_id}.JPEG").write_bytes(
+            render_digit(images[index], image_size)
+        )
+        # Kaggle's form: "WNID xmin ymin xmax ymax" per box; the digit fills the whole image.
+        rows.append(f"{image_id},{DEMO_WNIDS[targets[index]]} 0 0 {last} {last} ")
+    (staging / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ x86-64 and the node's Python, optionally split into parts below a size limit.
         --no-deps                                            # a small folder (what a test does)
 
 Then copy the folder to the node next to the checkout and run `make gpu-check GPU_WHEELS=DIR`;
-tools/gpu_check.py joins split wheels again and installs them with `pip install --no-index`.
+tools/gpu_install.py (run by gpu_check) joins split wheels again and installs them with
+`pip install --no-index`.
 
 What is downloaded: the requirements pyproject.toml gives for DALI, webdataset and wandb (or
 --packages), resolved by `pip download --only-binary=:all:` for CPython --python-version on
@@ -19,7 +20,7 @@ gpu-wheels.json naming the requirements, the Python version, the tags and every 
 
 A wheel above --split-mb (DALI's is several hundred MB) becomes NAME.whl.part000, part001, ...
 plus NAME.whl.parts.json with its size and sha256, so it fits size-limited transfers; the
-original is removed. `join_parts` (used by gpu_check) rebuilds and verifies it.
+original is removed. `join_parts` (used by gpu_install) rebuilds and verifies it.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ Choosing a backend (all three read the same samples on the same rank; see each m
   * dali: either layout; `mixed` decodes on the GPU (nvJPEG) when the CPU is the bottleneck.
 Modules: base.py (the Loader interface, batch-size and split checks), transforms.py (the
 augmentation contract), plans.py (which samples each rank reads), files.py (class-folder
-listing), folder.py, wds.py, dali.py (the backends, which never import each other), grid.py
-(the sanity grid).
+listing), folder.py, wds.py, dali/ (the backends, which never import each other; dali/ is a
+package, one module per concern), grid.py (the sanity grid).
 """
 
 from __future__ import annotations

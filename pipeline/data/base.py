@@ -44,6 +44,23 @@ def decode_error(source: str, err: BaseException, directory_hint: str) -> Sample
     )
 
 
+def synthetic_batch(
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch as a loader hands it over: uint8 [B, 3, size, size] images (in
+    `memory_format`) and int64 [B] labels on the device, the same every call (generator seed 0).
+    The doctor and tools/bench_train.py time the step on it."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, 3, image_size, image_size)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
+
+
 def per_rank_batch_size(cfg: Config, dist: DistInfo) -> int:
     """cfg.data.global_batch_size // (world_size * grad_accum_steps); LoaderError if not
     divisible."""

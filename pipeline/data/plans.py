@@ -24,7 +24,9 @@ same order whichever backend reads them:
          the DataLoader polls its workers), and each worker reads one contiguous sub-block
          (a `WorkerBlock`).
 
-Resuming at batch k of an epoch skips the first k batches of the same plan.
+Resuming at batch k of an epoch skips the first k batches of the same plan. Every draw here
+comes from the one seed rule (core.seeds): the sample permutation is `Purpose.SAMPLE_ORDER`, the
+shard permutation `SHARD_ORDER` and the rotation `SHARD_START`, each a function of (seed, epoch).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.seeds import Purpose, stream_seed
 from core.shard_format import MANIFEST_NAME, Manifest, ManifestError, check_files, read_manifest
 from pipeline.config import Config
 from pipeline.distributed import DistInfo
@@ -61,7 +64,8 @@ class IndexPlan:
         """Dataset indices this rank reads in `epoch`, in reading order (train: trimmed to whole
         batches)."""
         if self.train:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            rng = np.random.default_rng(stream_seed(self.seed, Purpose.SAMPLE_ORDER, epoch))
+            order = rng.permutation(self.num_samples)
             per_rank = self.num_samples // self.world_size
             per_rank -= per_rank % self.batch_size
             start = self.rank * (self.num_samples // self.world_size)
@@ -165,7 +169,8 @@ class ShardReadPlan:
 
     def shard_order(self, epoch: int) -> np.ndarray:
         if self.train:
-            return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.paths))
+            rng = np.random.default_rng(stream_seed(self.seed, Purpose.SHARD_ORDER, epoch))
+            return rng.permutation(len(self.paths))
         return np.arange(len(self.paths))
 
     def rotation(self, epoch: int) -> int:
@@ -174,7 +179,8 @@ class ShardReadPlan:
         give every rank whole, equal batches) differ per epoch even with one shard. Val: 0."""
         if not self.train or self.num_samples == 0:
             return 0
-        return int(np.random.default_rng([self.seed, epoch, 11]).integers(self.num_samples))
+        rng = np.random.default_rng(stream_seed(self.seed, Purpose.SHARD_START, epoch))
+        return int(rng.integers(self.num_samples))
 
     def rank_samples(self) -> tuple[int, int]:
         """(first position, sample count) of this rank's part of the epoch sequence."""

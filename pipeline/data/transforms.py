@@ -12,17 +12,18 @@ ramping up to data.train_crop); val sizes never change. Batches leave the loader
 are normalized on the device by `normalize`, which moves a quarter of the bytes a float32 host
 batch would.
 
-Every random draw of a train sample comes from `sample_rng(seed, epoch, sample)`, so a resumed
-epoch, at any batch and across a change of size, decodes the very same pixels. The
-auto-augment ops draw from torch's global generator; `auto_augment` runs them under a seed taken
-from that per-sample stream and puts the generator back afterwards.
+Every random draw of a train sample comes from `sample_rng(seed, epoch, sample)`, the sample's
+`Purpose.TRAIN_SAMPLE` stream of the one seed rule (core.seeds), so a resumed epoch, at any batch
+and across a change of size, decodes the very same pixels. The auto-augment ops draw from torch's
+global generator; `auto_augment` runs them under a seed drawn from that same per-sample stream (as
+DALI's auto-augment choices are columns of it) and puts the generator back afterwards.
 
 The DataLoader backends (folder, wds) run `decode_train` / `decode_val` here: the crop box is
 sampled first in original coordinates (the same algorithm and fallback as torchvision's
 `RandomResizedCrop.get_params`), then the JPEG is decoded with `Image.draft` at the smallest DCT
 scale (1/2, 1/4, 1/8) that keeps the box at least as large as the output, so a 0.08-area crop
 decodes a fraction of the pixels. DALI runs the same contract with its own operators
-(pipeline/data/dali.py).
+(pipeline/data/dali/graph.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.seeds import Purpose, stream_seed
 from pipeline.config import AutoAugment, DataConfig
 from pipeline.errors import LoaderError
 
@@ -327,13 +329,13 @@ def auto_augment(image: Image.Image, name: AutoAugment, seed: int) -> Image.Imag
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
-    """The per-sample random stream: a function of (seed, epoch, sample) only, the sample being
-    its file index (folder) or its index in the split (wds).
+    """The per-sample random stream: `stream_seed(seed, Purpose.TRAIN_SAMPLE, epoch, sample)`,
+    the sample being its file index (folder) or its index in the split (wds).
 
     Independent of rank, worker count and resume point, so a resumed epoch re-draws the very
     same crops, flips and auto-augment ops. (Seeding costs ~13 µs, under 1 % of a decode.)
     """
-    return random.Random((seed * 1_000_003 + epoch) * 10**12 + index)
+    return random.Random(stream_seed(seed, Purpose.TRAIN_SAMPLE, epoch, index))
 
 
 def collate_uint8(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:

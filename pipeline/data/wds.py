@@ -12,7 +12,8 @@ cut into rank blocks and, inside a rank, into one contiguous sub-block per DataL
   * a block that starts inside a shard seeks straight to its first sample with the offsets in
     the shard's DALI index, so ranks, workers and resumed epochs read only their own bytes;
   * train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
-    (seed, epoch, rank, worker); shards were also globally shuffled when written.
+    (seed, epoch, rank, worker) (`Purpose.SHUFFLE_BUFFER`, sub: the logical worker); shards
+    were also globally shuffled when written.
 
 The per-epoch order therefore depends on (seed, epoch, world size, batch size, num_workers)
 (pipeline.train finishes an epoch interrupted under another num_workers with the checkpoint's);
@@ -40,6 +41,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from core.seeds import Purpose, stream_seed
 from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
@@ -132,7 +134,10 @@ class ShardStream(IterableDataset):
             return
         stages = [lambda: iter(block.segments), read_segments]
         if self.split == "train":
-            rng = random.Random(f"{self.plan.seed}-{epoch}-{self.plan.rank}-{logical}")
+            seed = stream_seed(
+                self.plan.seed, Purpose.SHUFFLE_BUFFER, epoch, rank=self.plan.rank, sub=logical
+            )
+            rng = random.Random(seed)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         stages.append(self._decoder(epoch, skip_batches * self.plan.batch_size))
         stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))

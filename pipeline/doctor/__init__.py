@@ -1,9 +1,11 @@
 """`python -m pipeline.doctor`: proves that a node or a cluster can train a config, and names what
 will bound its speed, before a long job starts (pipeline/doctor/cli.py shows the commands).
 
-One module per section, each measuring on every rank and judging on rank 0:
+One module per section, each measuring on every rank and judging on rank 0, called in order by
+examine.py (one named step per section):
   environment.py  torch's CUDA build vs the driver, GPUs vs ranks, bf16/fp16, NCCL, DALI,
                   pillow-simd + AVX2, disk for checkpoints, memory and /dev/shm, cores per rank
+  probes.py       the facts environment.py judges, probed on every rank
   collectives.py  all-reduce bus bandwidth at the model's gradient size: training backend, within
                   and across nodes, the gloo side group; the slowest rank and link
   data.py         cold read MB/s of the train dir; decode + augment images/s of every backend

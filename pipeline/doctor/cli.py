@@ -27,31 +27,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as torch_dist
-
 from pipeline.config import Config, config_to_dict, load_config
-from pipeline.data import resolve_classes
-from pipeline.data.base import per_rank_batch_size
 from pipeline.distributed import (
     CudaProbe,
-    DistInfo,
     barrier,
     broadcast_object,
     init_distributed,
     read_env,
     shutdown,
 )
-from pipeline.doctor import collectives, data, environment, model
-from pipeline.doctor.budget import FULL, QUICK, Budget
+from pipeline.doctor import collectives, environment, probes
+from pipeline.doctor.budget import FULL, QUICK
+from pipeline.doctor.examine import examine
 from pipeline.doctor.report import Check, build_report, format_table, write_report
-from pipeline.doctor.verdict import Inputs, decide
 from pipeline.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, UserError, first_line
 from pipeline.logging_setup import setup_logging
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_NUM_CLASSES = 1000  # when the train data cannot be read: ImageNet's
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     budget = QUICK if args.quick else FULL
     cuda = CudaProbe.read()  # first: torch's own CUDA warning fires only once
-    facts = environment.probe_host(cfg, cuda)
+    facts = probes.probe_host(cfg, cuda)
     try:
         dist = init_distributed(cfg.train.device, timeout_s=args.timeout, probe=cuda)
     except (RuntimeError, ValueError, UserError) as err:
@@ -129,194 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         shutdown(dist)
-
-
-def examine(
-    cfg: Config, dist: DistInfo, budget: Budget, facts: dict[str, Any], started: float
-) -> tuple[list[Check], dict[str, Any], dict[str, Any]]:
-    """Every section, in order, on every rank; the checks and the verdict are rank 0's.
-    `started` is when the doctor started (the environment section counts from there)."""
-    facts |= environment.probe_device(cfg, dist)
-    all_facts = gather(facts, dist)
-    hosts = [f["host"] for f in all_facts]
-    ranks_per_node = max(1, dist.local_world_size)
-    world = {
-        "world_size": dist.world_size,
-        "ranks_per_node": ranks_per_node,
-        "nodes": len(collectives.node_groups(dist.world_size, ranks_per_node)),
-        "backend": dist.backend,
-        "device": dist.device.split(":")[0],
-        "hosts": hosts,
-        "devices": [f["device"] for f in all_facts],
-    }
-    checks: list[Check] = []
-    clock = SectionClock(started)
-
-    # sizes every section needs: classes, the per-rank batch, the gradient
-    try:
-        num_classes = len(resolve_classes(cfg))
-    except UserError:
-        num_classes = cfg.model.num_classes or DEFAULT_NUM_CLASSES  # the data check says why
-    num_classes = max(num_classes, cfg.model.num_classes)
-    try:
-        per_rank_batch: int | None = per_rank_batch_size(cfg, dist)
-    except UserError as err:
-        per_rank_batch = None
-        checks.append(Check("data", "batch", "fail", first_line(err)))
-    # the model on the training device (model.sync_bn picks its BatchNorm by device); every rank
-    # must have built it before any collective is sized by it
-    built: dict[str, Any] = {}
-    try:
-        step_model = model.build_doctor_model(cfg, num_classes, dist.torch_device)
-        built["gradient_numel"] = model.count_gradient_elements(step_model)
-        built["parameters"] = sum(p.numel() for p in step_model.parameters())
-        built["gradient_shapes"] = [
-            list(p.shape) for p in step_model.parameters() if p.requires_grad
-        ]
-    except (UserError, torch.cuda.OutOfMemoryError) as err:
-        step_model = None
-        built["error"] = first_line(err)
-    everyone = gather(built, dist)
-    failed = [(rank, b["error"]) for rank, b in enumerate(everyone) if "error" in b]
-    gradient_numel: int | None = None if failed else everyone[0]["gradient_numel"]
-    num_parameters: int | None = None if failed else everyone[0]["parameters"]
-    gradient_shapes = () if failed else tuple(tuple(s) for s in everyone[0]["gradient_shapes"])
-    if failed:
-        step_model = None
-        rank, error = failed[0]
-        checks.append(Check("model", "build", "fail", f"rank {rank}: {error}"))
-
-    checks[:0] = environment.summarize_environment(
-        cfg,
-        all_facts,
-        num_parameters=num_parameters,
-        per_rank_batch=per_rank_batch,
-        local_world_size=ranks_per_node,
-    )
-    notes: dict[str, str] = {}
-    clock.lap("environment")
-
-    # collectives
-    all_reduce_s = None
-    inter_node = False
-    if gradient_numel is not None:
-        timings = gather(collectives.measure_collectives(dist, gradient_numel, budget), dist)
-        checks += collectives.summarize_collectives(timings, dist, hosts)
-        notes["collectives"] = (
-            f"{gradient_numel * 4 / 1e6:.1f} MB of fp32 gradients, {gradient_numel / 1e6:.2f} M "
-            "trainable parameters"
-        )
-        if "world" in timings[0] and not any(t.get("error") for t in timings):
-            all_reduce_s = max(t["world"]["median_s"] for t in timings)
-            inter_node = "inter_node" in timings[0]
-    else:
-        checks.append(Check("collectives", "-", "skip", "not measured: the model did not build"))
-
-    clock.lap("collectives")
-
-    # data
-    measured = gather(data.measure_data(cfg, dist, budget), dist)
-    data_checks, data_summary = data.summarize_data(cfg, measured, ranks_per_node)
-    checks += data_checks
-    notes["data"] = f"train_dir {cfg.data.train_dir or '(not set)'}" + (
-        ", also "
-        + ", ".join(
-            f"{name} at {path}"
-            for name, path in data_summary["layouts"].items()
-            if path != str(Path(cfg.data.train_dir).expanduser())
-        )
-        if len(data_summary["layouts"]) > 1
-        else ""
-    )
-
-    clock.lap("data")
-
-    # model
-    model_summary: dict[str, Any] = {}
-    precision = all_facts[0].get("precision")
-    if step_model is not None and per_rank_batch is not None:
-        steps = gather(
-            model.measure_step(cfg, dist, step_model, num_classes, per_rank_batch, budget), dist
-        )
-        if dist.is_distributed and not any("error" in s for s in steps):
-            ddp = model.measure_ddp_step(
-                cfg,
-                dist,
-                step_model,
-                num_classes,
-                per_rank_batch,
-                model.ddp_steps_for(steps, budget),
-                budget,
-            )
-            for entry, extra in zip(steps, gather(ddp, dist)):
-                entry |= extra
-        model_checks, model_summary = model.summarize_model(cfg, steps, per_rank_batch, precision)
-        checks += model_checks
-        notes["model"] = (
-            f"{cfg.model.arch} ({num_parameters / 1e6:.2f} M parameters), {per_rank_batch} "
-            f"images per rank, {precision}, channels_last "
-            f"{'on' if cfg.train.channels_last else 'off'}, compile "
-            f"{'on' if cfg.train.compile else 'off'}"
-        )
-    step_model = None  # the device memory goes back before the verdict
-
-    clock.lap("model")
-
-    # verdict
-    configured = next(
-        (label for label, e in data_summary["decode"].items() if e["configured"]), None
-    )
-    main_facts = all_facts[0]
-    inputs = Inputs(
-        world_size=dist.world_size,
-        ranks_per_node=ranks_per_node,
-        images_per_step=cfg.data.global_batch_size // dist.world_size,
-        on_gpu=dist.device.startswith("cuda"),
-        dali_importable=main_facts["dali"]["importable"],
-        cores_per_rank=main_facts["cpu_count"] / ranks_per_node,
-        compute=model_summary.get("images_per_s"),
-        ddp=model_summary.get("ddp_images_per_s"),
-        decode=data_summary["decode"][configured]["images_per_s"] if configured else None,
-        decode_alternatives=data_summary["decode"],
-        configured_decode_label=configured,
-        node_read_bytes_per_s=data_summary.get("read", {}).get("node_bytes_per_s"),
-        bytes_per_image=data_summary.get("read", {}).get("bytes_per_image"),
-        layouts=data_summary["layouts"],
-        all_reduce_s=all_reduce_s,
-        inter_node=inter_node,
-        precision=precision,
-        peak_memory_gb=model_summary.get("peak_memory_gb"),
-        device_memory_gb=model_summary.get("device_memory_gb"),
-        gradient_shapes=gradient_shapes,
-    )
-    verdict, verdict_checks = decide(cfg, inputs)
-    checks += verdict_checks
-    world["notes"] = notes
-    world["section_seconds"] = clock.seconds
-    return checks, verdict, world
-
-
-class SectionClock:
-    """Seconds each section took on this rank, logged as it goes (rank 0 logs at INFO)."""
-
-    def __init__(self, started: float) -> None:
-        self.seconds: dict[str, float] = {}
-        self.last = started
-
-    def lap(self, section: str) -> None:
-        now = time.perf_counter()
-        self.seconds[section] = round(now - self.last, 2)
-        self.last = now
-        logger.info("%s: %.1f s", section, self.seconds[section])
-
-
-def gather(value: Any, dist: DistInfo) -> list[Any]:
-    """Every rank's `value` in rank order (pickled; small dicts only)."""
-    if not dist.is_distributed:
-        return [value]
-    gathered: list[Any] = [None] * dist.world_size
-    torch_dist.all_gather_object(gathered, value)
-    return gathered
 
 
 def title(cfg_path: Path | None, world: dict[str, Any], quick: bool) -> str:

@@ -31,16 +31,11 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.distributed import DistInfo, side_group
+from pipeline.distributed import DistInfo, side_group, synchronize
 from pipeline.doctor.report import Check
 
 GB = 1e9
 RING_MAX_ELEMENTS = 16 * 2**20  # 64 MB of fp32 per ring message
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def start_line(group, device: torch.device) -> None:
@@ -201,6 +196,30 @@ def summarize_collectives(
     if errors:
         return [Check("collectives", "all-reduce", "fail", errors[0], {"gradient_bytes": size})]
     checks = [group_check("all-reduce", backend, size, [r["world"] for r in per_rank], "all ranks")]
+    checks += node_checks(per_rank, backend, size, hosts)
+    if "gloo_side" in main:
+        checks.append(
+            group_check("gloo side group", "gloo", size, [r["gloo_side"] for r in per_rank], "CPU")
+        )
+    else:
+        checks.append(
+            Check(
+                "collectives",
+                "gloo side group",
+                "info",
+                "the training backend is gloo: the all-reduce above is gloo's",
+            )
+        )
+    checks.append(slowest_link(per_rank, hosts))
+    return checks
+
+
+def node_checks(
+    per_rank: list[dict[str, Any]], backend: str, size: int, hosts: list[str]
+) -> list[Check]:
+    """Within and across nodes: the node groups' all-reduces, or why they were not measured."""
+    main = per_rank[0]
+    checks = []
     if main["nodes"] > 1:
         checks.append(
             group_check(
@@ -230,20 +249,6 @@ def summarize_collectives(
                 f"one node ({hosts[0]}): the all-reduce above is within it",
             )
         )
-    if "gloo_side" in main:
-        checks.append(
-            group_check("gloo side group", "gloo", size, [r["gloo_side"] for r in per_rank], "CPU")
-        )
-    else:
-        checks.append(
-            Check(
-                "collectives",
-                "gloo side group",
-                "info",
-                "the training backend is gloo: the all-reduce above is gloo's",
-            )
-        )
-    checks.append(slowest_link(per_rank, hosts))
     return checks
 
 

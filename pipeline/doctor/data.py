@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config, replace
@@ -38,7 +37,7 @@ from pipeline.data import build_loader, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
 from pipeline.data.plans import open_manifest
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, synchronize
 from pipeline.doctor.report import Check
 from pipeline.errors import UserError, first_line
 
@@ -226,11 +225,6 @@ def measure_decode(cfg: Config, dist: DistInfo, candidate: Candidate, budget) ->
     return {"images_per_s": images / seconds, "images": images, "seconds": seconds}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     """This rank's read and decode measurements (no collectives: each rank at its own pace)."""
     train_dir = Path(cfg.data.train_dir).expanduser()
@@ -309,78 +303,90 @@ def summarize_data(
 ) -> tuple[list[Check], dict[str, Any]]:
     """Rank 0's checks, and the numbers the verdict needs."""
     main = per_rank[0]
-    checks: list[Check] = []
     summary: dict[str, Any] = {"layouts": main["layouts"], "decode": {}}
+    read_check, read_summary = summarize_read(cfg, per_rank, ranks_per_node)
+    if read_summary is not None:
+        summary["read"] = read_summary
+    checks = [read_check]
+    for label, entry in main["decode"].items():
+        entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
+        decode_check, decode_summary = summarize_decode(cfg, label, entry, entries)
+        checks.append(decode_check)
+        if decode_summary is not None:
+            summary["decode"][label] = decode_summary
+    return checks, summary
+
+
+def summarize_read(
+    cfg: Config, per_rank: list[dict[str, Any]], ranks_per_node: int
+) -> tuple[Check, dict[str, Any] | None]:
+    """The data/read check (the slowest node's cold read), and the verdict's read numbers
+    (None when a rank could not read)."""
     read_errors = [(rank, r["read_error"]) for rank, r in enumerate(per_rank) if "read_error" in r]
     if read_errors:
         rank, error = read_errors[0]
-        checks.append(Check("data", "read", "fail", f"rank {rank}: {error}", {"rank": rank}))
-    else:
-        nodes = node_read_rates(per_rank, ranks_per_node)
-        slowest = min(nodes, key=lambda node: node["bytes_per_s"])
-        read = main["read"]
-        unit = "shards" if read["layout"] == "shards" else "files"
-        summary["read"] = {
-            "node_bytes_per_s": slowest["bytes_per_s"],
-            "bytes_per_image": read["bytes_per_image"],
-            "layout": read["layout"],
-        }
-        values = {
-            "layout": read["layout"],
-            "directory": cfg.data.train_dir,
-            "nodes": nodes,
-            "bytes_per_image": round(read["bytes_per_image"], 1),
-            "per_rank": [
-                {k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank
-            ],
-        }
-        checks.append(
-            Check(
-                "data",
-                "read",
-                "ok",
-                f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
-                f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
-                "image)",
-                values,
-            )
-        )
-    for label, entry in main["decode"].items():
-        entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
-        failed = [(rank, e["error"]) for rank, e in enumerate(entries) if "error" in e]
-        suffix = " (configured)" if entry["configured"] else ""
-        values = {
-            k: entry[k] for k in ("backend", "decode", "directory", "configured", "overrides")
-        }
-        if failed:
-            rank, error = failed[0]
-            status = "fail" if entry["configured"] else "skip"
-            checks.append(Check("data", label, status, f"rank {rank}: {error}{suffix}", values))
-            continue
-        rates = [e["images_per_s"] for e in entries]
-        slowest = int(np.argmin(rates))
-        values |= {
-            "images_per_s_per_rank": [round(rate, 1) for rate in rates],
-            "slowest_rank": slowest,
-        }
-        summary["decode"][label] = {
-            "images_per_s": rates[slowest],
-            "configured": entry["configured"],
-            "overrides": entry["overrides"],
-        }
-        workers = (
-            f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali.py starts them
-            if entry["backend"] == "dali"
-            else f"{cfg.data.num_workers} workers"
-        )
-        checks.append(
-            Check(
-                "data",
-                label,
-                "ok",
-                f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}"
-                f"{suffix}",
-                values,
-            )
-        )
-    return checks, summary
+        return Check("data", "read", "fail", f"rank {rank}: {error}", {"rank": rank}), None
+    nodes = node_read_rates(per_rank, ranks_per_node)
+    slowest = min(nodes, key=lambda node: node["bytes_per_s"])
+    read = per_rank[0]["read"]
+    unit = "shards" if read["layout"] == "shards" else "files"
+    summary = {
+        "node_bytes_per_s": slowest["bytes_per_s"],
+        "bytes_per_image": read["bytes_per_image"],
+        "layout": read["layout"],
+    }
+    values = {
+        "layout": read["layout"],
+        "directory": cfg.data.train_dir,
+        "nodes": nodes,
+        "bytes_per_image": round(read["bytes_per_image"], 1),
+        "per_rank": [{k: r["read"][k] for k in ("bytes", "files", "seconds")} for r in per_rank],
+    }
+    check = Check(
+        "data",
+        "read",
+        "ok",
+        f"{slowest['bytes_per_s'] / MB:.1f} MB/s, {slowest['files_per_s']:.1f} {unit}/s "
+        f"per node, cold ({read['layout']}, {read['bytes_per_image'] / 1e3:.0f} kB per "
+        "image)",
+        values,
+    )
+    return check, summary
+
+
+def summarize_decode(
+    cfg: Config, label: str, entry: dict[str, Any], entries: list[dict[str, Any]]
+) -> tuple[Check, dict[str, Any] | None]:
+    """One loader's check from every rank's `entries` (rank 0's is `entry`), and the verdict's
+    numbers for it (None when a rank failed: fail for the configured loader, skip for others)."""
+    suffix = " (configured)" if entry["configured"] else ""
+    values = {k: entry[k] for k in ("backend", "decode", "directory", "configured", "overrides")}
+    failed = [(rank, e["error"]) for rank, e in enumerate(entries) if "error" in e]
+    if failed:
+        rank, error = failed[0]
+        status = "fail" if entry["configured"] else "skip"
+        return Check("data", label, status, f"rank {rank}: {error}{suffix}", values), None
+    rates = [e["images_per_s"] for e in entries]
+    slowest = int(np.argmin(rates))
+    values |= {
+        "images_per_s_per_rank": [round(rate, 1) for rate in rates],
+        "slowest_rank": slowest,
+    }
+    summary = {
+        "images_per_s": rates[slowest],
+        "configured": entry["configured"],
+        "overrides": entry["overrides"],
+    }
+    workers = (
+        f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali/ starts them
+        if entry["backend"] == "dali"
+        else f"{cfg.data.num_workers} workers"
+    )
+    check = Check(
+        "data",
+        label,
+        "ok",
+        f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}{suffix}",
+        values,
+    )
+    return check, summary

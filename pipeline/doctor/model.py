@@ -16,7 +16,6 @@ device allocator's high-water mark on CUDA and the process's peak RSS on CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import resource
@@ -27,15 +26,14 @@ import torch
 from torch import nn
 
 from pipeline.config import Config
+from pipeline.data.base import synthetic_batch
 from pipeline.data.transforms import resolution_schedule
-from pipeline.distributed import DistInfo
+from pipeline.distributed import DistInfo, synchronize
 from pipeline.doctor.report import Check
-from pipeline.models import aux_loss_weight, check_input_sizes, create_model, set_train_mode
-from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.precision import build_autocast, configure_device, resolve_precision
-from pipeline.tracking import NullTracker
-from pipeline.train.meters import TrainMeter
-from pipeline.train.step import OptimizerStep
+from pipeline.models import check_input_sizes, create_model, set_train_mode
+from pipeline.optim import LearningRateSchedule
+from pipeline.precision import build_precision, configure_device
+from pipeline.train.step import OptimizerStep, build_model_views, build_optimizer_step
 
 GB = 1e9
 
@@ -52,52 +50,24 @@ def count_gradient_elements(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def synthetic_batch(
+def build_step(cfg: Config, dist: DistInfo, model: nn.Module, *, ddp: bool) -> OptimizerStep:
+    """The trainer's optimizer step around `model` (inside DDP when `ddp`), from the one
+    factory; only the schedule's length is the doctor's own."""
+    views = build_model_views(cfg, dist, model, ddp=ddp)
+    precision = build_precision(cfg.train.precision, dist.torch_device)
+    schedule = LearningRateSchedule(cfg, 1000, 1000 * cfg.train.epochs)
+    return build_optimizer_step(cfg, dist, views, precision, schedule=schedule)
+
+
+def doctor_batch(
     cfg: Config, batch_size: int, num_classes: int, device: torch.device, size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [B, 3, size, size] images (size: data.train_crop unless given) and int64 [B] labels
-    on the device, as a loader hands them over (channels_last when the config says so)."""
-    generator = torch.Generator().manual_seed(0)
-    size = size or cfg.data.train_crop
-    images = torch.randint(
-        0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator
-    )
-    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    """The synthetic batch at `size` (data.train_crop unless given), channels_last when the
+    config says so."""
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
-
-
-def build_step(
-    cfg: Config, dist: DistInfo, model: nn.Module, ddp: nn.parallel.DistributedDataParallel | None
-) -> OptimizerStep:
-    """The trainer's optimizer step around `model` (wrapped in `ddp` when given)."""
-    device = dist.torch_device
-    precision = resolve_precision(cfg.train.precision, device)
-    step_model: nn.Module = ddp if ddp is not None else model
-    if cfg.train.compile:
-        step_model = torch.compile(step_model)
-    local = dataclasses.replace(dist, backend=None)  # the meter's sums stay on this rank
-    return OptimizerStep(
-        model=model,
-        step_model=step_model,
-        ddp=ddp,
-        optimizer=build_optimizer(cfg, model),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-        criterion=build_loss(cfg),
-        autocast=build_autocast(precision, device),
-        schedule=LearningRateSchedule(cfg, 1000, 1000 * cfg.train.epochs),
-        meter=TrainMeter(local, NullTracker(), cfg.train.log_every),
-        accum=cfg.optim.grad_accum_steps,
-        clip_grad_norm=cfg.optim.clip_grad_norm,
-        seed=cfg.train.seed,
-        rank=dist.rank,
-        aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
+    return synthetic_batch(
+        batch_size, size or cfg.data.train_crop, num_classes, device, memory_format
     )
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -160,8 +130,8 @@ def measure_step(
     try:
         set_train_mode(model)
         reset_peak_memory(device)
-        take_step = build_step(cfg, dist, model, None)
-        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
+        take_step = build_step(cfg, dist, model, ddp=False)
+        batch = doctor_batch(cfg, per_rank_batch, num_classes, device)
         run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
         steps = (
             budget.model_max_steps if seconds is not None else max(3, budget.model_max_steps // 10)
@@ -199,7 +169,7 @@ def measure_ramp_sizes(
     share = None if seconds is None else budget.model_seconds / max(1, len(sizes))
     rates = {}
     for size in sizes:
-        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device, size)
+        batch = doctor_batch(cfg, per_rank_batch, num_classes, device, size)
         run_steps(take_step, batch, device, steps=1, seconds=None)
         taken, elapsed = run_steps(take_step, batch, device, steps=steps, seconds=share)
         rates[size] = taken * per_rank_batch * cfg.optim.grad_accum_steps / elapsed
@@ -246,20 +216,14 @@ def measure_ddp_step(
 ) -> dict[str, Any]:
     """Images/s of the step inside DDP, every rank at once: a fixed step count (a collective)."""
     device = dist.torch_device
-    ddp = nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        gradient_as_bucket_view=True,
-    )
     try:
-        take_step = build_step(cfg, dist, model, ddp)
-        batch = synthetic_batch(cfg, per_rank_batch, num_classes, device)
+        take_step = build_step(cfg, dist, model, ddp=True)
+        batch = doctor_batch(cfg, per_rank_batch, num_classes, device)
         run_steps(take_step, batch, device, steps=budget.model_warmup, seconds=None)
         taken, seconds = run_steps(take_step, batch, device, steps=steps, seconds=None)
     except Exception as err:  # noqa: BLE001 - the check's one line (the others time out)
         return {"ddp_error": describe_failure(err, cfg, per_rank_batch)}
     finally:
-        del ddp
         gc.collect()
     images = taken * per_rank_batch * cfg.optim.grad_accum_steps
     return {"ddp_images_per_s": images / seconds, "ddp_steps": taken}
@@ -276,6 +240,29 @@ def summarize_model(
     rates = [r["images_per_s"] for r in per_rank]
     slowest = min(range(len(rates)), key=rates.__getitem__)
     main = per_rank[slowest]
+    checks = [step_check(per_rank, per_rank_batch, slowest)]
+    summary: dict[str, Any] = {
+        "images_per_s": rates[slowest],
+        "peak_memory_gb": main["peak_memory_gb"],
+        "device_memory_gb": main.get("device_memory_gb"),
+        "precision": precision,
+    }
+    ramp = ramp_check(cfg, main)
+    if ramp is not None:
+        checks.append(ramp)
+        summary["images_per_s_over_the_ramp"] = ramp.values["mean"]
+    ddp = ddp_check(per_rank, rates[slowest])
+    if ddp is not None:
+        checks.append(ddp)
+        if ddp.status != "fail":
+            summary["ddp_images_per_s"] = min(r["ddp_images_per_s"] for r in per_rank)
+    return checks, summary
+
+
+def step_check(per_rank: list[dict[str, Any]], per_rank_batch: int, slowest: int) -> Check:
+    """The step alone: the slowest rank's images/s and step time, and its peak memory."""
+    rates = [r["images_per_s"] for r in per_rank]
+    main = per_rank[slowest]
     kind = "GPU memory" if "device_memory_gb" in main else "RSS"
     memory = f"peak {kind} {main['peak_memory_gb']:.2f} GB"
     if "device_memory_gb" in main:
@@ -288,43 +275,32 @@ def summarize_model(
         "peak_memory_gb": main["peak_memory_gb"],
         "device_memory_gb": main.get("device_memory_gb"),
     }
-    checks = [
-        Check(
-            "model",
-            "step",
-            "ok",
-            f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}, "
-            f"{main['step_s'] * 1000:.0f} ms per step), {memory}",
-            values,
-        )
-    ]
-    summary: dict[str, Any] = {
-        "images_per_s": rates[slowest],
-        "peak_memory_gb": main["peak_memory_gb"],
-        "device_memory_gb": main.get("device_memory_gb"),
-        "precision": precision,
-    }
-    ramp = ramp_check(cfg, main)
-    if ramp is not None:
-        checks.append(ramp)
-        summary["images_per_s_over_the_ramp"] = ramp.values["mean"]
+    return Check(
+        "model",
+        "step",
+        "ok",
+        f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}, "
+        f"{main['step_s'] * 1000:.0f} ms per step), {memory}",
+        values,
+    )
+
+
+def ddp_check(per_rank: list[dict[str, Any]], alone_rate: float) -> Check | None:
+    """The step inside DDP against the step alone (None when DDP was not measured)."""
     ddp_errors = [(rank, r["ddp_error"]) for rank, r in enumerate(per_rank) if "ddp_error" in r]
     if ddp_errors:
         rank, error = ddp_errors[0]
-        checks.append(Check("model", "ddp step", "fail", f"rank {rank}: {error}", {"rank": rank}))
-    elif all("ddp_images_per_s" in r for r in per_rank):
-        ddp_rates = [r["ddp_images_per_s"] for r in per_rank]
-        ddp_rate = min(ddp_rates)
-        summary["ddp_images_per_s"] = ddp_rate
-        fraction = ddp_rate / rates[slowest]
-        checks.append(
-            Check(
-                "model",
-                "ddp step",
-                "ok" if fraction > 0.8 else "warn",
-                f"{ddp_rate:.0f} images/s per rank with the gradient all-reduce "
-                f"({100 * fraction:.0f}% of the step alone)",
-                {"images_per_s_per_rank": [round(r, 1) for r in ddp_rates]},
-            )
-        )
-    return checks, summary
+        return Check("model", "ddp step", "fail", f"rank {rank}: {error}", {"rank": rank})
+    if not all("ddp_images_per_s" in r for r in per_rank):
+        return None
+    ddp_rates = [r["ddp_images_per_s"] for r in per_rank]
+    ddp_rate = min(ddp_rates)
+    fraction = ddp_rate / alone_rate
+    return Check(
+        "model",
+        "ddp step",
+        "ok" if fraction > 0.8 else "warn",
+        f"{ddp_rate:.0f} images/s per rank with the gradient all-reduce "
+        f"({100 * fraction:.0f}% of the step alone)",
+        {"images_per_s_per_rank": [round(r, 1) for r in ddp_rates]},
+    )

@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import textwrap
 from pathlib import Path
 from typing import Any, Literal
+
+from core.fileio import atomic_write_text
 
 Status = Literal["ok", "warn", "fail", "skip", "info"]
 SECTIONS = ("environment", "collectives", "data", "model", "verdict")
@@ -112,7 +113,5 @@ def build_report(
 def write_report(path: Path, report: dict[str, Any]) -> Path:
     """Write doctor.json atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(report, indent=1, default=str) + "\n")
     return path

@@ -1,6 +1,6 @@
 """Verdict: which of disk, decode, all-reduce and compute bounds this config, and what moves it.
 
-    verdict, checks = decide(cfg, world, rates_inputs...)   # rank 0, from the sections' numbers
+    verdict, checks = decide(cfg, inputs)   # Inputs: the sections' numbers (examine.verdict_inputs)
 
 Each candidate bound is expressed in the same unit, images/s per rank:
   * disk: the slowest node's cold read rate / bytes per image / ranks on the node;
@@ -262,12 +262,24 @@ def decide(cfg: Config, inputs: Inputs) -> tuple[dict[str, Any], list[Check]]:
         "change": recommendation.as_dict(),
         "comm_hook": hook.as_dict() if hook else None,
     }
+    return verdict, verdict_checks(verdict, rates, inputs, recommendation)
+
+
+def verdict_checks(
+    verdict: dict[str, Any],
+    rates: dict[str, float | None],
+    inputs: Inputs,
+    recommendation: Recommendation,
+) -> list[Check]:
+    """The verdict's three lines in the table: the bound, the expected rate, the change."""
+    bound = verdict["bound"]
+    rate = rates[bound]
     others = ", ".join(
         f"{name} {value:.0f}" if value else f"{name} not measured"
         for name, value in rates.items()
         if name != bound
     )
-    checks = [
+    return [
         Check(
             "verdict",
             "bound",
@@ -294,4 +306,3 @@ def decide(cfg: Config, inputs: Inputs) -> tuple[dict[str, Any], list[Check]]:
             recommendation.as_dict(),
         ),
     ]
-    return verdict, checks

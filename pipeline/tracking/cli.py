@@ -22,7 +22,7 @@ from pipeline.distributed import DistInfo
 from pipeline.errors import EXIT_OK, EXIT_USAGE
 from pipeline.evaluate import FirstBatches, evaluate
 from pipeline.models import build_model
-from pipeline.precision import build_autocast, resolve_precision
+from pipeline.precision import build_precision
 from pipeline.tracking.history import METRICS_FILE, read_wandb_history
 from pipeline.tracking.plots import plot_curves, save_prediction_grid
 
@@ -46,9 +46,7 @@ def render_predictions_from_run(run_dir: str | Path) -> Path | None:
     num_classes = cfg.model.num_classes or len(val_loader.classes)
     model = build_model(cfg.model, num_classes, image_size=cfg.data.train_crop)
     model.load_state_dict(ckpt.load_checkpoint(source)["model"])
-    autocast = build_autocast(
-        resolve_precision(cfg.train.precision, dist.torch_device), dist.torch_device
-    )
+    autocast = build_precision(cfg.train.precision, dist.torch_device).autocast
     output = evaluate(model, FirstBatches(val_loader, 1), model.head.out_features, dist, autocast)
     images, labels, predictions = output.examples
     names = [val_loader.class_names.get(wnid, wnid) for wnid in val_loader.classes]

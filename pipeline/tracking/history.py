@@ -11,8 +11,9 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of RUN_DIR/metrics.jsonl; a resumed run may repeat steps, the last row per step wins
-    per key."""
+    """The rows of RUN_DIR/metrics.jsonl. Since the trackers share one resume rule
+    (pipeline/tracking/base.py) each (key, step) is in it once; files from before may repeat
+    steps after a resume, and readers keep the last row per step."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []

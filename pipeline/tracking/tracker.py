@@ -1,33 +1,38 @@
-"""The tracker the training loop logs to: W&B (the real client) and RUN_DIR/metrics.jsonl on
-global rank 0, a NullTracker that does nothing on every other rank.
+"""What the trainer logs to: on global rank 0 a `Tracker` that fans out to every configured
+backend (metrics.jsonl always; W&B, TensorBoard, MLflow as log.* says), a `NullTracker` that does
+nothing on every other rank.
 
-W&B mode: logger.wandb=auto is online when WANDB_API_KEY is set and offline otherwise (runs land
-in RUN_DIR/wandb/; `wandb sync RUN_DIR/wandb/offline-run-*` uploads them later). The run id is
-stored in the checkpoint and passed back with resume="allow", so a resumed job continues the
-same W&B run. The API key is read by the wandb client from the environment only: it is never
-put into the config, the logs, the run dir or a checkpoint.
+    tracker = build_tracker(cfg, dist, run_dir, run_ids, resume_step)   # run_ids: the checkpoint's
+    tracker.log({"train/loss": 2.3}, step, epoch)
+    tracker.finish(summary, plots=True)         # curves, grids and exported weights to each backend
+
+A backend that raises (a server gone, a full disk) is warned about once, with its name and the
+error, and dropped for the rest of the launch: no tracker ever stops training. A backend that
+cannot start is the same warning at start-up.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import Config, config_to_dict
+from pipeline.config import Config
 from pipeline.distributed import DistInfo
-from pipeline.tracking.history import METRICS_FILE
+from pipeline.tracking.base import Backend, RunStatus
+from pipeline.tracking.jsonl_backend import JsonlBackend
 from pipeline.tracking.plots import plot_curves, save_prediction_grid
 
 logger = logging.getLogger(__name__)
 
 
 class NullTracker:
-    """What non-main ranks (and logger.wandb=disabled plus no run dir) get: every call does
-    nothing."""
+    """What non-main ranks get: every call does nothing."""
 
-    run_id: str = ""
+    takes_weights = False  # no backend here wants the exported weights
+
+    def run_id(self, name: str) -> str:
+        return ""
 
     def log(self, metrics: dict[str, float], step: int, epoch: float) -> None:
         pass
@@ -38,34 +43,49 @@ class NullTracker:
     def save_prediction_grid(self, images, labels, predictions, class_names: list[str]) -> None:
         pass
 
-    def finish(self, summary: dict[str, float] | None = None, plots: bool = True) -> None:
+    def log_files(self, paths: list[Path], folder: str) -> None:
+        pass
+
+    def finish(
+        self, summary: dict[str, float] | None = None, plots: bool = True, stopped: bool = False
+    ) -> None:
         pass
 
 
 class Tracker(NullTracker):
-    """Rank 0: appends to RUN_DIR/metrics.jsonl and logs to W&B (unless disabled)."""
+    """Rank 0: the grids and curves in RUN_DIR/plots, and every call to each live backend."""
 
-    def __init__(self, cfg: Config, run_dir: Path, run_id: str | None):
+    def __init__(self, run_dir: Path, backends: list[Backend]) -> None:
         self.run_dir = run_dir
-        self.metrics_path = run_dir / METRICS_FILE
         self.plots_dir = run_dir / "plots"
-        self.wandb_run = None
-        self.run_id = run_id or ""
-        mode = resolve_wandb_mode(cfg.log.wandb)
-        if mode != "disabled":
-            self.wandb_run = _start_wandb(cfg, run_dir, run_id, mode)
-            self.run_id = self.wandb_run.id
+        self.backends = list(backends)
+        # MLflow keeps the exported weights as an artifact; the trainer exports only for it
+        self.takes_weights = any(backend.name == "mlflow" for backend in self.backends)
+
+    def run_id(self, name: str) -> str:
+        """The run id of backend `name` ("" when it is off or failed)."""
+        return next((b.run_id for b in self.backends if b.name == name), "")
+
+    def call_each(self, action: str, call: Callable[[Backend], None]) -> None:
+        for backend in list(self.backends):
+            try:
+                call(backend)
+            except Exception as err:  # noqa: BLE001 (any failure of a tracker: training goes on)
+                self.backends.remove(backend)
+                logger.warning(
+                    "tracker %s failed to %s (%s: %s): it is off for the rest of this launch; "
+                    "training goes on",
+                    backend.name,
+                    action,
+                    type(err).__name__,
+                    (str(err).strip().splitlines() or [""])[0],
+                )
 
     def log(self, metrics: dict[str, float], step: int, epoch: float) -> None:
-        row = {
-            "step": int(step),
-            "epoch": round(float(epoch), 4),
-            **{k: float(v) for k, v in metrics.items()},
-        }
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log({**metrics, "epoch": row["epoch"]}, step=int(step))
+        self.call_each(f"log step {step}", lambda backend: backend.log(metrics, step, epoch))
+
+    def log_files(self, paths: list[Path], folder: str) -> None:
+        self.call_each(f"store {folder}", lambda backend: backend.log_files(paths, folder))
 
     def save_batch_grid(self, images, labels, class_names: list[str]) -> None:
         """The sanity grid of an augmented train batch (pipeline.data.grid.save_batch_grid)."""
@@ -80,57 +100,78 @@ class Tracker(NullTracker):
         )
         logger.info("wrote prediction grid to %s", path)
 
-    def finish(self, summary: dict[str, float] | None = None, plots: bool = True) -> None:
-        if self.wandb_run is not None:
-            if summary:
-                for key, value in summary.items():
-                    self.wandb_run.summary[key] = value
-            if plots:
-                for image in sorted(self.plots_dir.glob("*.png")):
-                    self.wandb_run.log({f"plots/{image.stem}": _wandb_image(image)})
-            self.wandb_run.finish()
-            self.wandb_run = None
+    def finish(
+        self, summary: dict[str, float] | None = None, plots: bool = True, stopped: bool = False
+    ) -> None:
+        """Curves from metrics.jsonl, then every PNG in RUN_DIR/plots to each backend, then each
+        run closed (KILLED when `stopped`: the next launch continues it)."""
         if plots:
             for path in plot_curves(self.run_dir):
                 logger.info("wrote %s", path)
+            self.log_files(sorted(self.plots_dir.glob("*.png")), "plots")
+        status: RunStatus = "KILLED" if stopped else "FINISHED"
+        self.call_each("finish", lambda backend: backend.finish(summary, status))
+        self.backends = []
 
 
-def _wandb_image(path: Path):
-    import wandb
+def build_backends(
+    cfg: Config, run_dir: Path, run_ids: dict[str, str], resume_step: int | None
+) -> list[Backend]:
+    """metrics.jsonl, then W&B, TensorBoard and MLflow as log.* turns them on. A backend that
+    cannot start is a warning, and the run goes on without it."""
+    from pipeline.tracking.wandb_backend import resolve_wandb_mode
 
-    return wandb.Image(str(path))
+    starters: list[tuple[str, Callable[[], Backend]]] = [
+        ("jsonl", lambda: JsonlBackend(run_dir, resume_step))
+    ]
+    mode = resolve_wandb_mode(cfg.log.wandb)
+    if mode != "disabled":
+        from pipeline.tracking.wandb_backend import WandbBackend
+
+        starters.append(
+            ("wandb", lambda: WandbBackend(cfg, run_dir, run_ids.get("wandb", ""), mode))
+        )
+    if cfg.log.tensorboard:
+        from pipeline.tracking.tensorboard_backend import TensorBoardBackend
+
+        starters.append(("tensorboard", lambda: TensorBoardBackend(run_dir, resume_step)))
+    if cfg.log.mlflow:
+        from pipeline.tracking.mlflow_backend import MlflowBackend
+
+        starters.append(
+            (
+                "mlflow",
+                lambda: MlflowBackend(cfg, run_dir, run_ids.get("mlflow", ""), resume_step),
+            )
+        )
+    backends = []
+    for name, start in starters:
+        try:
+            backends.append(start())
+        except Exception as err:  # noqa: BLE001 (a tracker never stops training)
+            logger.warning(
+                "tracker %s could not start (%s: %s): training goes on without it",
+                name,
+                type(err).__name__,
+                (str(err).strip().splitlines() or [""])[0],
+            )
+    return backends
 
 
-def resolve_wandb_mode(mode: str) -> str:
-    """auto → online when WANDB_API_KEY is set, else offline; WANDB_MODE=disabled/offline in the env
-    wins over auto."""
-    if mode != "auto":
-        return mode
-    env_mode = os.environ.get("WANDB_MODE", "")
-    if env_mode in ("offline", "disabled", "online"):
-        return env_mode
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+def build_tracker(
+    cfg: Config,
+    dist: DistInfo,
+    run_dir: Path,
+    run_ids: dict[str, str] | None = None,
+    resume_step: int | None = None,
+) -> NullTracker:
+    """A Tracker on global rank 0, a NullTracker on every other rank.
 
-
-def _start_wandb(cfg: Config, run_dir: Path, run_id: str | None, mode: str):
-    import wandb
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(
-        project=cfg.log.project,
-        entity=cfg.log.entity or None,
-        name=cfg.log.run_name or run_dir.resolve().name,
-        id=run_id or None,  # None: wandb generates one, which the checkpoint then keeps
-        resume="allow",
-        dir=str(run_dir),
-        mode=mode,
-        config=config_to_dict(cfg),
-        settings=wandb.Settings(console="off", x_disable_stats=False),
-    )
-
-
-def build_tracker(cfg: Config, dist: DistInfo, run_dir: Path, run_id: str | None) -> NullTracker:
-    """A Tracker on global rank 0, a NullTracker on every other rank."""
+    Args:
+        run_ids: the checkpoint's run ids by backend name ("wandb", "mlflow"), to continue those
+            runs; empty for a fresh run.
+        resume_step: the checkpoint's step; None for a fresh run.
+    """
     if not dist.is_main:
         return NullTracker()
-    return Tracker(cfg, run_dir, run_id)
+    return Tracker(run_dir, build_backends(cfg, run_dir, run_ids or {}, resume_step))

@@ -1,10 +1,10 @@
 """Train metrics over a logging window, kept on the device until logged, and the progress bar.
 
-    meter = TrainMeter(dist, tracker, log_every=50, batches_per_epoch=...)
+    meter = TrainMeter(dist, tracker, log_every=50)
     for images, labels in meter.log_every(loader):  # times the wait for every batch
         ...
         meter.add(loss, logits, labels)             # per micro-batch, no host sync
-    meter.end_step(step, epoch, lr)                 # every `log_every` steps: one all-reduce, a row
+    meter.end_step(step, epoch, {"opt/lr": lr})     # every `log_every` steps: one all-reduce, a row
 
 The window's sums stay on the device (a host read per step would sync the GPU); `end_step`
 all-reduces them over ranks every `log_every` optimizer steps and logs the global means.

@@ -42,6 +42,7 @@ class TrainState:
     stopped_early: bool = False  # early stopping fired: a rerun only evaluates
     finished: bool = False  # all steps done (a rerun with more epochs or max_steps continues)
     wandb_run_id: str = ""
+    mlflow_run_id: str = ""
     last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
     RESUMED = (  # the fields a checkpoint restores; `finished` is recomputed on every start
@@ -52,6 +53,7 @@ class TrainState:
         "evals_without_improvement",
         "stopped_early",
         "wandb_run_id",
+        "mlflow_run_id",
     )
 
     def as_checkpoint(self) -> dict[str, Any]:
@@ -59,7 +61,9 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any]) -> TrainState:
-        state = cls(**{name: data[name] for name in cls.RESUMED})
+        # .get: a checkpoint from before a field existed resumes with its default
+        defaults = cls()
+        state = cls(**{name: data.get(name, getattr(defaults, name)) for name in cls.RESUMED})
         state.last_eval = dict(data.get("last_eval") or {})
         return state
 

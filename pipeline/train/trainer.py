@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from pipeline import checkpoint as ckpt
 from pipeline.augment import BatchAugment
@@ -32,20 +31,20 @@ from pipeline.config import Config, config_to_dict, replace
 from pipeline.data import Loader, build_loader, resolve_classes
 from pipeline.data.transforms import train_resolution
 from pipeline.distributed import DistInfo, barrier, broadcast_buffers, replica_fingerprints
-from pipeline.errors import EXIT_OK, EXIT_STOPPED
+from pipeline.errors import EXIT_OK, EXIT_STOPPED, UserError, first_line
 from pipeline.evaluate import EvalOutput, ema_named, evaluate, print_final
+from pipeline.export import export_checkpoint
 from pipeline.metrics import write_per_class_csv
 from pipeline.models import (
-    aux_loss_weight,
     check_input_sizes,
     count_parameters,
     create_model,
     resolve_num_classes,
     set_train_mode,
 )
-from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.precision import build_autocast, configure_device, resolve_precision
-from pipeline.tracking import build_tracker
+from pipeline.optim import LearningRateSchedule, build_optimizer
+from pipeline.precision import build_precision, configure_device
+from pipeline.tracking import NullTracker, build_tracker
 from pipeline.train.ema import WeightEMA
 from pipeline.train.meters import TrainMeter, progress_bar
 from pipeline.train.resume import (
@@ -58,7 +57,7 @@ from pipeline.train.resume import (
 )
 from pipeline.train.run_info import record_launch
 from pipeline.train.signals import StopFlag
-from pipeline.train.step import OptimizerStep
+from pipeline.train.step import OptimizerStep, build_model_views, build_optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +73,7 @@ class Trainer:
         self.device = dist.torch_device
         self.run_dir = Path(cfg.train.run_dir)
         configure_device(self.device)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
-        self.autocast = build_autocast(self.precision, self.device)
+        self.precision = build_precision(cfg.train.precision, self.device)  # autocast, GradScaler
         check_input_sizes(cfg)
         self.resume_from = self.choose_checkpoint(resume)
 
@@ -87,67 +85,30 @@ class Trainer:
         self.accum = cfg.optim.grad_accum_steps
         self.steps_per_epoch = self.train_loader.batches_per_epoch() // self.accum
         self.batches_per_epoch = self.steps_per_epoch * self.accum  # a partial group is dropped
-        planned = cfg.train.epochs * self.steps_per_epoch
-        # max_steps truncates the run, not the schedule: the lr at step s is the same either way
-        self.total_steps = min(planned, cfg.train.max_steps) if cfg.train.max_steps else planned
+        self.total_steps = self.plan_total_steps()
 
-        # model, optimizer, loss, scaler, schedule
+        # model, optimizer, schedule, batch augmentation, weight EMA
         self.model = create_model(
             cfg, self.num_classes, self.device, load_initial_weights=self.resume_from is None
         )
         self.optimizer = build_optimizer(cfg, self.model)
-        self.criterion = build_loss(cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.schedule = LearningRateSchedule(cfg, self.steps_per_epoch, planned)
+        self.schedule = self.create_schedule()
         self.augment = BatchAugment(cfg.augment, self.num_classes, cfg.optim.label_smoothing)
-        self.ema = (
-            WeightEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup_steps)
-            if cfg.train.ema_decay
-            else None
-        )
+        self.ema = self.create_ema()
 
         # where training is: a fresh state, or the checkpoint's
         self.state = TrainState()
         self.resume_loader: Loader | None = None  # finishes an interrupted wds epoch exactly
         self.resume_epoch = -1  # the epoch resume_loader is for
-        comm_state = None  # the checkpoint's comm-hook state, restored once the hook exists
-        if self.resume_from is not None:
-            comm_state = self.restore(self.resume_from)
+        comm_state = self.restore(self.resume_from) if self.resume_from is not None else None
 
         # the step and its bookkeeping
-        self.step_model, self.ddp = self.wrap_model()
-        self.comm = GradientComm(cfg.train, dist, self.ddp, self.model, self.precision)
-        if self.resume_from is not None:  # after registration: PowerSGD's state is per bucket
-            self.comm.load_state_dict(comm_state)
+        self.model_views = build_model_views(cfg, dist, self.model, ddp=dist.is_distributed)
+        self.comm = self.create_comm(comm_state)
         self.num_parameters = count_parameters(self.model)
-        facts = {"model/arch": cfg.model.arch, "model/params": self.num_parameters}
-        if dist.is_main:
-            record_launch(cfg, dist, self.run_dir, list(argv or []), self.resume_from, facts)
-        self.tracker = build_tracker(cfg, dist, self.run_dir, self.state.wandb_run_id or None)
-        if dist.is_main:
-            self.state.wandb_run_id = self.tracker.run_id
-        self.tracker.log(
-            {"model/params": self.num_parameters}, self.state.step, self.epoch_position()
-        )
-        accuracy = "train/top1_dominant" if self.augment.mixes else "train/top1"
-        self.meter = TrainMeter(dist, self.tracker, cfg.train.log_every, accuracy)
-        self.take_step = OptimizerStep(
-            model=self.model,
-            step_model=self.step_model,
-            ddp=self.ddp,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            criterion=self.criterion,
-            autocast=self.autocast,
-            schedule=self.schedule,
-            meter=self.meter,
-            accum=self.accum,
-            clip_grad_norm=cfg.optim.clip_grad_norm,
-            seed=cfg.train.seed,
-            rank=dist.rank,
-            aux_weight=aux_loss_weight(cfg.model.arch, cfg.model.aux_loss_weight),
-            augment=self.augment,
-        )
+        self.tracker = self.create_tracker(argv)
+        self.meter = self.create_meter()
+        self.take_step = self.create_step()
         self.last_eval_output: EvalOutput | None = None  # this process's latest eval
         self.stop = StopFlag(dist)  # last: from here on a signal means "checkpoint and stop"
 
@@ -162,31 +123,79 @@ class Trainer:
             latest = ckpt.find_latest(self.run_dir)
         return ckpt.agree_on_checkpoint(resume or latest, self.dist)
 
-    def wrap_model(self) -> tuple[nn.Module, nn.parallel.DistributedDataParallel | None]:
-        """(the module the step calls, the DDP module or None). Eval always uses self.model."""
-        ddp = None
-        step_model: nn.Module = self.model
-        if self.dist.is_distributed:
-            ddp = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-                bucket_cap_mb=self.cfg.train.bucket_cap_mb,
-                static_graph=self.cfg.train.static_graph,
-            )
-            step_model = ddp
-        if self.cfg.train.compile:
-            step_model = torch.compile(step_model)
-        return step_model, ddp
+    def plan_total_steps(self) -> int:
+        """The run's optimizer steps: train.epochs of them, or train.max_steps if fewer (it
+        truncates the run, not the schedule: the lr at step s is the same either way)."""
+        planned = self.cfg.train.epochs * self.steps_per_epoch
+        return min(planned, self.cfg.train.max_steps) if self.cfg.train.max_steps else planned
+
+    def create_schedule(self) -> LearningRateSchedule:
+        planned = self.cfg.train.epochs * self.steps_per_epoch
+        return LearningRateSchedule(self.cfg, self.steps_per_epoch, planned)
+
+    def create_ema(self) -> WeightEMA | None:
+        """The weight EMA of the current weights (None when train.ema_decay is 0)."""
+        train = self.cfg.train
+        return (
+            WeightEMA(self.model, train.ema_decay, train.ema_warmup_steps)
+            if train.ema_decay
+            else None
+        )
+
+    def create_comm(self, comm_state: dict[str, Any] | None) -> GradientComm:
+        """The gradient hook on the DDP module, with the checkpoint's hook state when resuming
+        (after registration: PowerSGD's state is per bucket)."""
+        comm = GradientComm(
+            self.cfg.train, self.dist, self.model_views.ddp, self.model, self.precision.name
+        )
+        if self.resume_from is not None:
+            comm.load_state_dict(comm_state)
+        return comm
+
+    def create_tracker(self, argv: list[str] | None) -> NullTracker:
+        """Records the launch (rank 0), then starts the trackers on rank 0, continuing the
+        checkpoint's W&B and MLflow runs (their ids go into the next checkpoint; a tracker that
+        could not start keeps its old id), and logs the parameter count on a fresh run."""
+        cfg, dist, state = self.cfg, self.dist, self.state
+        facts = {"model/arch": cfg.model.arch, "model/params": self.num_parameters}
+        if dist.is_main:
+            record_launch(cfg, dist, self.run_dir, list(argv or []), self.resume_from, facts)
+        run_ids = {"wandb": state.wandb_run_id, "mlflow": state.mlflow_run_id}
+        resume_step = state.step if self.resume_from is not None else None
+        tracker = build_tracker(cfg, dist, self.run_dir, run_ids, resume_step)
+        if dist.is_main:
+            state.wandb_run_id = tracker.run_id("wandb") or state.wandb_run_id
+            state.mlflow_run_id = tracker.run_id("mlflow") or state.mlflow_run_id
+        if self.resume_from is None:  # a fact of the run, logged once
+            tracker.log({"model/params": self.num_parameters}, state.step, self.epoch_position())
+        return tracker
+
+    def create_meter(self) -> TrainMeter:
+        accuracy = "train/top1_dominant" if self.augment.mixes else "train/top1"
+        return TrainMeter(self.dist, self.tracker, self.cfg.train.log_every, accuracy)
+
+    def create_step(self) -> OptimizerStep:
+        """The optimizer step, from the one factory, around this run's own parts."""
+        return build_optimizer_step(
+            self.cfg,
+            self.dist,
+            self.model_views,
+            self.precision,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            meter=self.meter,
+            augment=self.augment,
+        )
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self, state: TrainState) -> dict[str, Any]:
+        scaler = self.precision.scaler
         return {
             "format": ckpt.FORMAT_VERSION,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             # on the CPU: Optimizer.load_state_dict moves it back to each parameter's device
             "optimizer": ckpt.to_cpu(self.optimizer.state_dict()),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             **state.as_checkpoint(),
@@ -194,6 +203,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "world_size": self.dist.world_size,
             "classes": list(self.classes.wnids),
+            "class_names": self.classes.display_names(),  # for predict and export
         }
 
     def save(self, state: TrainState, *, is_best: bool = False, epoch_file: bool = False) -> None:
@@ -233,15 +243,13 @@ class Trainer:
         its comm-hook state (None in checkpoints without one) for after the DDP wrap."""
         data = read_training_checkpoint(path, self.classes.wnids)
         load_model_and_optimizer(self.model, self.optimizer, data, self.cfg, path)
-        if data.get("scaler") is not None and self.scaler.is_enabled():
-            self.scaler.load_state_dict(data["scaler"])
+        if data.get("scaler") is not None and self.precision.scaler.is_enabled():
+            self.precision.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
         if self.ema is not None and data.get("ema") is not None:
             self.ema.load_state_dict(data["ema"])
         elif self.ema is not None:
-            self.ema = WeightEMA(
-                self.model, self.cfg.train.ema_decay, self.cfg.train.ema_warmup_steps
-            )
+            self.ema = self.create_ema()
             logger.warning("%s holds no weight EMA: it starts from the resumed weights", path)
         elif data.get("ema") is not None:
             logger.warning("%s holds a weight EMA but train.ema_decay=0: it is dropped", path)
@@ -286,7 +294,7 @@ class Trainer:
             self.val_loader.num_samples,
             self.steps_per_epoch,
             self.total_steps,
-            self.precision,
+            self.precision.name,
             self.dist.world_size,
         )
         # a stop after an epoch's last step saves batch_in_epoch == full: that eval is still due
@@ -421,7 +429,7 @@ class Trainer:
 
     def stopped(self) -> int:
         """After a stop signal's checkpoint: close the tracker (no plots)."""
-        self.tracker.finish(plots=False)
+        self.tracker.finish(plots=False, stopped=True)
         return EXIT_STOPPED
 
     def epoch_loader(self, epoch: int) -> Loader:
@@ -446,8 +454,8 @@ class Trainer:
 
     def opt_metrics(self, lr: float) -> dict[str, float]:
         metrics = {"opt/lr": lr, "train/res": train_resolution(self.cfg.data, self.state.epoch)}
-        if self.scaler.is_enabled():
-            metrics["opt/loss_scale"] = float(self.scaler.get_scale())
+        if self.precision.scaler.is_enabled():
+            metrics["opt/loss_scale"] = float(self.precision.scaler.get_scale())
         return metrics
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -463,7 +471,7 @@ class Trainer:
             self.val_loader,
             self.num_classes,
             self.dist,
-            self.autocast,
+            self.precision.autocast,
             interrupted=interrupted,
             flip_tta=flip_tta,
         )
@@ -474,7 +482,7 @@ class Trainer:
                 self.val_loader,
                 self.num_classes,
                 self.dist,
-                self.autocast,
+                self.precision.autocast,
                 keep_examples=0,
                 interrupted=interrupted,
                 flip_tta=flip_tta,
@@ -517,6 +525,29 @@ class Trainer:
             self.tracker.save_prediction_grid(
                 images, labels, predictions, self.classes.display_names()
             )
+        if self.tracker.takes_weights:
+            self.store_exported_weights()
         self.tracker.finish(summary=state.last_eval, plots=self.cfg.log.plots)
         print_final(state.last_eval, self.dist)
         return EXIT_OK
+
+    def store_exported_weights(self) -> None:
+        """Rank 0: best.pt (else last.pt) as RUN_DIR/export/model.safetensors, verified, to the
+        trackers that keep weights (MLflow's model/ artifacts). The weights eval.best_metric
+        follows: the EMA's for val/ema_top1."""
+        directory = ckpt.checkpoint_dir(self.run_dir)
+        source = next(
+            (p for p in (directory / "best.pt", directory / "last.pt") if p.is_file()), None
+        )
+        if source is None:
+            return
+        weights = "ema" if self.cfg.eval.best_metric == "val/ema_top1" else "raw"
+        try:
+            report = export_checkpoint(
+                source, "safetensors", self.run_dir / "export/model.safetensors", weights
+            )
+        except UserError as err:
+            logger.warning("exporting %s for the trackers failed: %s", source, first_line(err))
+            return
+        logger.info("%s", report.summary())
+        self.tracker.log_files([report.path], "model")

@@ -67,7 +67,7 @@ def test_dali_runs_torchvisions_imagenet_policy_table():
     """DALI's own get_image_net_policy is another policy; ours is torchvision's, op for op."""
     from torchvision.transforms import v2
 
-    from pipeline.data.dali import IMAGENET_POLICY
+    from pipeline.data.dali.autoaugment import IMAGENET_POLICY
 
     reference = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)._policies  # private: test only
     assert [tuple(map(tuple, sub_policy)) for sub_policy in reference] == list(IMAGENET_POLICY)

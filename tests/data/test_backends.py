@@ -112,7 +112,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(setup):
         assert decode_identity(expected) == decode_identity(
             got
         )  # the same samples, in the same order
-        if backend != "dali":  # DALI redraws the crops of a resumed epoch (see dali.py)
+        if backend != "dali":  # DALI redraws the crops of a resumed epoch (see pipeline/data/dali/)
             assert torch.equal(expected, got)
 
 

@@ -15,8 +15,11 @@ import re
 import pytest
 from PIL import Image
 
+from pipeline.checkpoint import load_checkpoint
+from pipeline.predict import main as predict_main
 from pipeline.tracking.history import read_wandb_history
-from tools.demo import EXPECTED_ARTEFACTS, find_artefacts, main
+from tools.demo import main
+from tools.demo_report import EXPECTED_ARTEFACTS, find_artefacts
 
 # Chance is 10 % (10 classes). The fast path reaches ~80-90 % here; 50 % is five times chance
 # and still fails loudly if the labels, the val sort or the class order were scrambled.
@@ -86,6 +89,22 @@ def test_fast_demo_leaves_every_artefact_it_lists(fast_demo):
 
 
 @pytest.mark.slow
+def test_predict_on_the_demos_val_folders_gives_the_trainers_top1_for_best_pt(fast_demo, capsys):
+    """The trainer scored best.pt over the val shards on 2 ranks; predict reads the same images
+    from the class folders, one process, through the same val transform."""
+    workdir, code, _ = fast_demo
+    assert code == 0
+    best = workdir / "run-wds-fast" / "checkpoints" / "best.pt"
+    trainer_eval = load_checkpoint(best)["last_eval"]
+    val_folders = workdir / "prepared" / "folders" / "val"
+    assert predict_main(["--checkpoint", str(best), "--evaluate", str(val_folders), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(
+        f"evaluate: val/top1={trainer_eval['val/top1']:.2f} val/top5={trainer_eval['val/top5']:.2f}"
+    ), line
+
+
+@pytest.mark.slow
 def test_a_failing_stage_is_named_with_its_log(fast_demo, capsys):
     workdir, code, _ = fast_demo
     assert code == 0
@@ -124,7 +143,7 @@ def test_an_unwritable_workdir_fails_at_the_raw_data_stage(tmp_path, capsys):
 
 
 def test_the_failure_line_is_the_workers_error_not_torchruns_banner():
-    from tools.demo import cause_line
+    from tools.demo_runner import cause_line
 
     output = (
         "starting\n"
@@ -184,7 +203,7 @@ def test_a_run_dir_override_is_refused_before_any_stage_runs(tmp_path, capsys):
 
 
 def test_shortfalls_name_a_low_accuracy_and_each_missing_artefact(tmp_path):
-    from tools.demo import DemoResult, shortfalls
+    from tools.demo_report import DemoResult, shortfalls
 
     everything = {name: tmp_path / name for name in EXPECTED_ARTEFACTS}
     good = DemoResult(

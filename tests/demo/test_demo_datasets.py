@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from core.shard_format import read_manifest
-from tools.demo import EXPECTED_ARTEFACTS, find_artefacts, main
+from tools.demo import main
+from tools.demo_report import EXPECTED_ARTEFACTS, find_artefacts
 
 # the official-format fixtures live beside the preprocess tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "preprocess"))

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.doctor.data import find_layouts
-from pipeline.doctor.environment import VEX256, check_pillow, check_torch_and_driver
+from pipeline.doctor.environment import check_pillow, check_torch_and_driver
+from pipeline.doctor.probes import VEX256
 from pipeline.doctor.verdict import Inputs, decide, recommend_comm_hook
 
 REPO = Path(__file__).resolve().parents[2]

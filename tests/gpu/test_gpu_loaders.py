@@ -11,11 +11,11 @@ from pipeline.config import replace
 from pipeline.data import build_loader
 from pipeline.distributed import DistInfo
 from pipeline.models import create_model
-from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
-from pipeline.precision import build_autocast, configure_device, has_native_bf16
+from pipeline.optim import LearningRateSchedule
+from pipeline.precision import build_precision, configure_device, has_native_bf16
 from pipeline.tracking import NullTracker
 from pipeline.train.meters import TrainMeter
-from pipeline.train.step import OptimizerStep
+from pipeline.train.step import build_model_views, build_optimizer_step
 
 pytestmark = pytest.mark.gpu
 
@@ -86,20 +86,13 @@ def test_a_steady_state_loader_to_step_loop_makes_no_host_sync(backend, gpu_data
     loader = build_loader(cfg, "train", GPU)
     model = create_model(cfg, 4, device)
     meter = TrainMeter(GPU, NullTracker(), cfg.train.log_every)
-    take_step = OptimizerStep(
-        model=model,
-        step_model=model,
-        ddp=None,
-        optimizer=build_optimizer(cfg, model),
-        scaler=torch.amp.GradScaler("cuda", enabled=False),
-        criterion=build_loss(cfg),
-        autocast=build_autocast(cfg.train.precision, device),
+    take_step = build_optimizer_step(
+        cfg,
+        GPU,
+        build_model_views(cfg, GPU, model, ddp=False),
+        build_precision(cfg.train.precision, device),
         schedule=LearningRateSchedule(cfg, len(loader), 10 * len(loader)),
         meter=meter,
-        accum=1,
-        clip_grad_norm=0.0,
-        seed=0,
-        rank=0,
     )
     loader.set_epoch(0)
     batches = meter.log_every(loader)  # the trainer's own wrapper

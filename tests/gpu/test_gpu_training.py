@@ -41,8 +41,8 @@ def test_ddp_steps_on_one_gpu_in_mixed_precision_with_channels_last_and_compile(
         "train.log_every=1",
     )
     trainer = Trainer(cfg, nccl_world_of_one, [])
-    assert trainer.ddp is not None and trainer.precision == precision
-    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    assert trainer.model_views.ddp is not None and trainer.precision.name == precision
+    assert trainer.precision.scaler.is_enabled() == (precision == "fp16")
     first = next(trainer.model.parameters())
     assert first.is_cuda and first.is_contiguous(memory_format=torch.channels_last)
     initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

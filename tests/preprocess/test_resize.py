@@ -18,13 +18,9 @@ from rawfixtures import make_oddball
 from stderr_lines import problem_lines
 
 from preprocess.cli import main
-from preprocess.resize import (
-    ERRORS_NAME,
-    FOLDER_MANIFEST_NAME,
-    TEMP_SUFFIX,
-    ResizeOptions,
-    resize_folder,
-)
+from preprocess.resize import resize_folder
+from preprocess.resize_records import ERRORS_NAME, FOLDER_MANIFEST_NAME
+from preprocess.resize_worker import TEMP_SUFFIX, ResizeOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,8 @@ from stderr_lines import problem_lines
 
 from core.shard_format import dali_index_name, read_manifest, shard_name
 from preprocess.cli import main
-from preprocess.shards import PLAN_NAME, build_plan, write_shards
+from preprocess.shard_plan import PLAN_NAME, build_plan
+from preprocess.shards import write_shards
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 

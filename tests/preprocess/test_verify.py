@@ -9,7 +9,8 @@ from imagefixtures import generated_jpeg, make_class_folders
 
 from core.shard_format import read_manifest, shard_name
 from preprocess.cli import main
-from preprocess.resize import ResizeOptions, resize_folder
+from preprocess.resize import resize_folder
+from preprocess.resize_worker import ResizeOptions
 from preprocess.shards import write_shards
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tools import gpu_check
+from tools.gpu_install import install_wheels
 from tools.gpu_wheels import MANIFEST, PARTS_SUFFIX, WheelsError, join_parts, split_wheel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,7 +175,7 @@ def test_make_gpu_wheels_folder_installs_with_no_index_into_a_fresh_venv(tmp_pat
     # no pip configuration at all: the folder alone must be enough
     offline = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     offline["PIP_CONFIG_FILE"] = os.devnull
-    done = gpu_check.install_wheels(wheels, python, tmp_path / "site", tmp_path, env=offline)
+    done = install_wheels(wheels, python, tmp_path / "site", tmp_path, env=offline)
     assert "--no-index" in done["command"] and done["on_pythonpath"] is False
     assert any(name.startswith("webdataset-") for name in done["rebuilt"])
     probe = (

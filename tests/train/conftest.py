@@ -77,3 +77,25 @@ def tiny_shards(tiny_data, tmp_path_factory) -> Path:
         )
         assert code == 0, f"preprocess shard {split} failed"
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """One trained tiny run (1 epoch of configs/tiny.yaml, 10 steps, with a weight EMA) that
+    predict, export and the tracker tests share: RUN_DIR with checkpoints/best.pt and last.pt."""
+    from train_helpers import tiny_args
+
+    from pipeline.train.cli import main
+
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert main(tiny_args(tiny_data, run_dir, "train.epochs=1", "train.ema_decay=0.9")) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (sqlite store under tmp), shared by the session."""
+    from mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server

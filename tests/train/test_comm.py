@@ -1,7 +1,8 @@
-"""Gradient communication hooks (pipeline/comm.py): what PowerSGD compresses, that its state is
-independent of DDP's bucket plan and survives a checkpoint bit for bit, the one-line resume
-messages, and the gloo dtype probe. The hooks run on real 2-rank gloo groups, outside DDP, on
-FlatBuckets; tests/train/test_comm_training.py runs them inside the trainer."""
+"""Gradient communication hooks (pipeline/comm.py, pipeline/powersgd.py): what PowerSGD
+compresses, that its state is independent of DDP's bucket plan and survives a checkpoint bit for
+bit, the one-line resume messages, and the gloo dtype probe. The hooks run on real 2-rank gloo
+groups, outside DDP, on tools/bench_comm.py's FlatBuckets; tests/train/test_comm_training.py
+runs them inside the trainer."""
 
 from __future__ import annotations
 
@@ -10,19 +11,13 @@ import torch
 from torch import nn
 from train_helpers import run_gloo_ranks
 
-from pipeline.comm import (
-    FlatBucket,
-    GradientComm,
-    build_hook,
-    check_dtype_all_reduces,
-    compressed_shape,
-    describe_resume,
-    powersgd_payload_elements,
-)
+from pipeline.comm import GradientComm, build_hook, check_dtype_all_reduces, describe_resume
 from pipeline.config import ModelConfig, TrainConfig, load_config
 from pipeline.distributed import DistInfo
 from pipeline.errors import ConfigError
 from pipeline.models import build_model
+from pipeline.powersgd import compressed_shape, powersgd_payload_elements
+from tools.bench_comm import FlatBucket
 
 # --- what is compressed -----------------------------------------------------------------------
 
@@ -297,3 +292,18 @@ def test_a_resume_under_another_hook_rank_or_world_says_in_one_line_what_carries
     saved, current, line, carried
 ):
     assert describe_resume(saved, current) == (line, carried)
+
+
+def test_powersgds_first_q_of_each_parameter_follows_the_one_seed_rule():
+    from core.seeds import Purpose, stream_seed
+    from pipeline.powersgd import PowerSGDHook, Slot
+
+    hook = PowerSGDHook(SmallNet(), rank=4, warmup_steps=2, min_elements=300, seed=3)
+    index = [name for name, _ in SmallNet().named_parameters()].index("fc1.weight")
+    slot = Slot(
+        "fc1.weight", offset=0, numel=2304, rows=32, cols=72, rank=4, p_offset=0, q_offset=0
+    )
+    generator = torch.Generator().manual_seed(stream_seed(3, Purpose.COMM_INIT, index=index))
+    assert torch.equal(hook.initial_q(slot), torch.randn(72 * 4, generator=generator))
+    other = torch.Generator().manual_seed(stream_seed(4, Purpose.COMM_INIT, index=index))
+    assert not torch.equal(hook.initial_q(slot), torch.randn(72 * 4, generator=other))

@@ -3,7 +3,6 @@ auxiliary classifiers and synchronized BatchNorm."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 
@@ -225,9 +224,9 @@ def test_zero_init_residual_zeroes_the_last_norm_of_every_residual_branch():
 
 
 def test_the_step_adds_each_auxiliary_loss_at_its_weight():
-    from pipeline.tracking import NullTracker
-    from pipeline.train.meters import TrainMeter
-    from pipeline.train.step import OptimizerStep
+    from pipeline.optim import LearningRateSchedule
+    from pipeline.precision import build_precision
+    from pipeline.train.step import build_model_views, build_optimizer_step
 
     class TwoHeads(nn.Module):
         def __init__(self):
@@ -239,30 +238,26 @@ def test_the_step_adds_each_auxiliary_loss_at_its_weight():
             flat = x.flatten(1)
             return InceptionOutputs(self.main(flat), self.aux(flat))
 
-    cfg = load_config(None, ["optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0"])
-
     def aux_gradient(weight: float) -> float:
-        from pipeline.optim import LearningRateSchedule, build_optimizer
-
+        cfg = load_config(
+            None,
+            [
+                "optim.name=sgd",
+                "optim.momentum=0",
+                "optim.weight_decay=0",
+                f"model.aux_loss_weight={weight}",
+            ],
+        )
         torch.manual_seed(0)
         model = TwoHeads()
-        optimizer = build_optimizer(cfg, model)
         before = model.aux.weight.detach().clone()
-        step = OptimizerStep(
-            model=model,
-            step_model=model,
-            ddp=None,
-            optimizer=optimizer,
-            scaler=torch.amp.GradScaler("cpu", enabled=False),
-            criterion=nn.CrossEntropyLoss(),
-            autocast=contextlib.nullcontext,
+        dist = DistInfo()
+        step = build_optimizer_step(
+            cfg,
+            dist,
+            build_model_views(cfg, dist, model, ddp=False),
+            build_precision("fp32", torch.device("cpu")),
             schedule=LearningRateSchedule(cfg, 1, 1),
-            meter=TrainMeter(DistInfo(), NullTracker(), 1),
-            accum=1,
-            clip_grad_norm=0.0,
-            seed=0,
-            rank=0,
-            aux_weight=weight,
         )
         images = torch.randint(0, 255, (4, 3, 4, 4), dtype=torch.uint8)
         step(iter([(images, torch.tensor([0, 1, 0, 1]))]), 0)

@@ -1,0 +1,149 @@
+"""`DaliLoader`: what the folder and shard loaders share, one DALI pipeline per epoch, its seed,
+the host's draws fed in, `len(self)` runs, batches copied out to torch."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.seeds import Purpose, stream_seed
+from pipeline.config import Config
+from pipeline.data.base import Loader
+from pipeline.data.dali.autoaugment import DaliAutoAugment
+from pipeline.data.dali.draws import TrainDraws
+from pipeline.data.dali.graph import augment_train, augment_val
+from pipeline.data.dali.probe import import_dali
+from pipeline.data.transforms import Augmentation, train_resolution
+from pipeline.distributed import DistInfo
+
+
+def pipeline_seed(seed: int, epoch: int, rank: int, start_batch: int) -> int:
+    """The DALI pipeline's own seed (`Purpose.DALI_PIPELINE`, index: the first batch it reads),
+    kept to 31 bits so that any DALI version's C++ seed type holds it."""
+    return stream_seed(seed, Purpose.DALI_PIPELINE, epoch, start_batch, rank) & 0x7FFFFFFF
+
+
+def images_to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A dense DALI batch → a torch uint8 tensor (copied: DALI reuses its buffers)."""
+    # deferred, as every DALI import here: DALI is optional (probe.import_dali says how to get it)
+    from nvidia.dali.backend import TensorListGPU
+
+    if isinstance(tensor_list, TensorListGPU):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = tensor_list.as_tensor()  # [N, H, W, 3] on the pipeline's GPU
+        out = torch.empty(dense.shape(), dtype=torch.uint8, device=device)
+        feed_ndarray(
+            dense, out, cuda_stream=torch.cuda.current_stream(device)
+        )  # ordered before later kernels
+        return out
+    return torch.from_numpy(np.array(tensor_list.as_tensor()))
+
+
+class DaliLoader(Loader):
+    """Shared driving: one pipeline per epoch, `len(self)` runs, the partial last val batch
+    trimmed."""
+
+    backend = "dali"
+
+    def __init__(self, cfg: Config, split: str, dist: DistInfo, decode: str, **kwargs) -> None:
+        super().__init__(split=split, dist=dist, channels_last=cfg.train.channels_last, **kwargs)
+        self.dali, self.fn, self.types = import_dali()
+        self.decode = decode
+        self.data = cfg.data  # for train_resolution(data, epoch)
+        self.aug = Augmentation.from_config(cfg.data)
+        self.auto_aug = (
+            DaliAutoAugment(cfg.data.auto_augment)
+            if split == "train" and cfg.data.auto_augment != "none"
+            else None
+        )
+        self.num_threads = max(1, cfg.data.num_workers)
+        self.seed = cfg.train.seed
+        self.device_id = (torch.device(dist.device).index or 0) if decode == "mixed" else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="dali-plan-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
+
+    def _reader(self, epoch: int, start_batch: int):
+        """The reader of this rank's remaining samples of `epoch`: (encoded images, labels) graph
+        nodes."""
+        raise NotImplementedError
+
+    def _sample_keys(self, epoch: int, start_batch: int) -> np.ndarray:
+        """The (seed, epoch, sample) key of each remaining sample, in reading order."""
+        raise NotImplementedError
+
+    def _labels(self, tensor_list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _draw_source(self, epoch: int, start_batch: int):
+        """external_source callable: iteration i → the draws of the i-th remaining batch."""
+        keys = self._sample_keys(epoch, start_batch)
+        draws = TrainDraws(self.aug, self.seed, epoch, self.auto_aug)
+        batch_size, batches = self.batch_size, max(1, len(keys) // self.batch_size)
+
+        def source(iteration: int) -> list[np.ndarray]:
+            # the executor may prefetch past the last batch; those runs are never read
+            batch = iteration % batches
+            return draws.columns(keys[batch * batch_size : (batch + 1) * batch_size])
+
+        return draws.names, source
+
+    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, start_batch, batches = self.epoch, self.start_batch, len(self)
+        if batches == 0:
+            return
+        dali, fn, types = self.dali, self.fn, self.types
+        remaining = self._remaining_samples(epoch, start_batch)
+        train = self.split == "train"
+
+        @dali.pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            # no random operator is left in the graph (TrainDraws feeds every choice): the seed
+            # only keeps whatever DALI draws internally reproducible
+            seed=pipeline_seed(self.seed, epoch, self.dist.rank, start_batch),
+            exec_dynamic=True,
+            # auto_aug's `select` splits the batch with DALI conditionals
+            enable_conditionals=self.auto_aug is not None,
+        )
+        def build():
+            jpegs, labels = self._reader(epoch, start_batch)
+            if not train:
+                return augment_val(
+                    jpegs, aug=self.aug, decode=self.decode, fn=fn, types=types
+                ), labels
+            names, source = self._draw_source(epoch, start_batch)
+            nodes = dict(zip(names, fn.external_source(source=source, num_outputs=len(names))))
+            images = augment_train(
+                jpegs,
+                nodes,
+                aug=self.aug,
+                size=train_resolution(self.data, epoch),
+                decode=self.decode,
+                auto_aug=self.auto_aug,
+                fn=fn,
+                types=types,
+            )
+            return images, labels
+
+        pipe = build()
+        pipe.build()
+        try:
+            for batch in range(batches):
+                images, labels = pipe.run()
+                take = min(self.batch_size, remaining - batch * self.batch_size)
+                images = images_to_torch(images, self.device)[:take]
+                # now: uint8 [take, H, W, 3], on the GPU for mixed decoding
+                yield images, self._labels(labels)[:take]
+        finally:
+            del pipe
+
+    def _remaining_samples(self, epoch: int, start_batch: int) -> int:
+        raise NotImplementedError
