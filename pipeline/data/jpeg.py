@@ -6,8 +6,8 @@
     jpeg.decode_crop(data, (top, left, height, width), 224, flip, out=batch[i], header=header)
 
 The box is (top, left, height, width) in source pixels, exactly as `sample_crop_box` draws it
-(or `val_geometry`'s float box, as `box_from_corners`); the result is what `decode_train` /
-`decode_val` give for the same box: DCT scaling by the same rule as Pillow's draft
+(or `val_geometry`'s float box, as `box_from_corners`); the result is what `decode_full` (Pillow's
+whole-image path) gives for the same box: DCT scaling by the same rule as Pillow's draft
 (`dct_reduction`), a bilinear resize of the sub-pixel box to size x size (Pillow's filter and
 coefficients), then the horizontal flip, written into `out` (uint8 [size, size, 3], filled in
 place: a slice of a batch buffer needs no allocation).
@@ -144,7 +144,8 @@ def decode_path(header: ImageHeader) -> tuple[DecodePath, str]:
 
 def dct_reduction(box_width: float, box_height: float, size: int) -> int:
     """The DCT scale denominator (1, 2, 4 or 8): the smallest decode that keeps the box at least
-    `size` on both sides. The rule of `transforms._draft_for_box` (Pillow's draft)."""
+    `size` on both sides: the one home of this rule, for both paths (Pillow's `draft` on the
+    full-decode path is asked for exactly this scale)."""
     reduction = 1
     while (
         reduction < 8
@@ -198,9 +199,9 @@ def decode_crop(
             )
             return out
         except _jpeg.JpegError as err:
-            # damaged data: Pillow decides, as decode_train does today (it may raise)
+            # damaged data: Pillow decides, as the full decode always did (it may raise)
             logger.debug("ROI decode failed (%s): decoding with Pillow", err)
-    _decode_full(data, (top, left, height, width), size, flip, out)
+    decode_full(data, (top, left, height, width), size, flip, out)
     return out
 
 
@@ -218,17 +219,19 @@ def _check_out(out: np.ndarray | None, size: int) -> np.ndarray:
 
 
 def _draft_factor(width: int, reduction: int) -> float:
-    """What the box is divided by after a 1/reduction decode: Pillow's `round(width / decoded
-    width)` in `_draft_for_box` (decoded width = ceil(width / reduction), as in libjpeg)."""
+    """What the box is divided by after a 1/reduction decode: `decode_full`'s `round(width /
+    decoded width)` (decoded width = ceil(width / reduction), as in libjpeg)."""
     if reduction == 1:
         return 1.0
     return float(round(width / math.ceil(width / reduction)))
 
 
-def _decode_full(
+def decode_full(
     data: bytes, box: tuple[float, float, float, float], size: int, flip: bool, out: np.ndarray
 ) -> None:
-    """Pillow's path, step for step as `decode_train`: draft, RGB, resize of the box, flip."""
+    """Pillow's full-decode path (today's `decode_train` before the ROI decoder, and the
+    reference of tests/data/test_jpeg.py): draft at `dct_reduction`, RGB, bilinear resize of the
+    box, flip, into `out`."""
     top, left, height, width = box
     with Image.open(io.BytesIO(data)) as image:
         factor = 1.0

@@ -1,7 +1,8 @@
 """The ROI decoder (pipeline/data/jpeg.py) against today's full decode, on real photos.
 
-The reference is `decode_train` / `decode_val` (pillow-simd: draft, RGB, bilinear resize of the
-box, flip) for the very same box and flip. The stated tolerance, per image: mean absolute error
+The reference is Pillow's full-decode path, `jpeg.decode_full` (pillow-simd: draft, RGB, bilinear
+resize of the box, flip; what `decode_train` / `decode_val` did before they took the ROI path),
+for the very same box and flip. The stated tolerance, per image: mean absolute error
 < 0.1 levels and no pixel off by more than 3; over all the photos, mean < 0.01. Measured on
 tools/photos (2026-12-06): mean 0.003-0.004, worst image 0.06 (a ±1 rounding pattern), max 2.
 """
@@ -23,7 +24,6 @@ from PIL import Image
 from pipeline.data import jpeg
 from pipeline.data.transforms import (
     Augmentation,
-    _draft_for_box,
     decode_train,
     decode_val,
     sample_crop_box,
@@ -49,14 +49,21 @@ def shard_photos() -> dict[str, bytes]:
     return {path.name: resize_image(path.read_bytes(), 256)[0] for path in PHOTOS}
 
 
+def pillow(data: bytes, box, size: int, flip: bool) -> np.ndarray:
+    """Pillow's full decode of `box` (the reference)."""
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    jpeg.decode_full(data, tuple(float(value) for value in box), size, flip, out)
+    return out
+
+
 def train_pair(data: bytes, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(decode_train's pixels, the ROI decoder's) for the box and flip that `seed` draws."""
+    """(Pillow's pixels, the ROI decoder's) for the box and flip that `seed` draws."""
     aug = Augmentation()
     header = jpeg.probe(data)
     rng = random.Random(seed)
     box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
     flip = rng.random() < aug.flip_prob
-    reference = decode_train(data, aug, random.Random(seed), size)
+    reference = pillow(data, box, size, flip)
     return reference, jpeg.decode_crop(data, box, size, flip, header=header)
 
 
@@ -100,7 +107,7 @@ def test_dct_scaled_crops_of_full_size_photos_match_the_full_decode():
 
 
 @needs_extension
-def test_the_val_centre_crop_matches_decode_val(shard_photos):
+def test_the_val_centre_crop_matches_the_full_decode(shard_photos):
     aug = Augmentation()
     for name, data in shard_photos.items():
         header = jpeg.probe(data)
@@ -108,17 +115,70 @@ def test_the_val_centre_crop_matches_decode_val(shard_photos):
             *val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
         )
         decoded = jpeg.decode_crop(data, box, aug.val_crop, False, header=header)
-        assert_close(decode_val(data, aug), decoded, name)
+        assert_close(pillow(data, box, aug.val_crop, False), decoded, name)
 
 
-def test_the_reduction_rule_is_pillow_drafts():
-    """dct_reduction picks the scale that transforms._draft_for_box asks Pillow for."""
+def test_the_reduction_rule_is_the_scale_pillows_draft_picks():
+    """Pillow's draft, asked for the reduced size, decodes at exactly dct_reduction's scale."""
     data = (REPO / "tools" / "photos" / "flower_of_life.jpg").read_bytes()  # 1320x1582
-    for box_side in (100, 230, 460, 900, 1300):
-        for size in (128, 224):
-            with Image.open(io.BytesIO(data)) as image:
-                factor = _draft_for_box(image, box_side, box_side, size)
-            assert jpeg.dct_reduction(box_side, box_side, size) == factor, (box_side, size)
+    for box_side, size, expected in [(100, 128, 1), (230, 128, 1), (460, 224, 2), (900, 224, 4)]:
+        reduction = jpeg.dct_reduction(box_side, box_side, size)
+        assert reduction == expected, (box_side, size)
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (image.width // reduction, image.height // reduction))
+            assert round(1320 / image.size[0]) == reduction, (box_side, size)
+    assert jpeg.dct_reduction(1300, 1300, 128) == 8
+
+
+# --- decode_train / decode_val take the ROI path --------------------------------------------
+
+
+@needs_extension
+def test_decode_train_is_the_roi_decode_of_the_same_draws(shard_photos):
+    """Box and flip from the header, the same rng in the same order: the loaders' pixels are
+    decode_crop's, bit for bit, and an `out` slot is filled in place."""
+    aug = Augmentation()
+    for name, data in list(shard_photos.items())[:6]:
+        header = jpeg.probe(data)
+        for seed in range(3):
+            rng = random.Random(seed)
+            box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
+            flip = rng.random() < aug.flip_prob
+            out = np.zeros((160, 160, 3), dtype=np.uint8)
+            assert decode_train(data, aug, random.Random(seed), 160, out=out) is out
+            np.testing.assert_array_equal(
+                out, jpeg.decode_crop(data, box, 160, flip, header=header), name
+            )
+
+
+@needs_extension
+def test_decode_val_is_the_roi_decode_of_the_centre_box(shard_photos):
+    aug = Augmentation()
+    for name, data in list(shard_photos.items())[:6]:
+        header = jpeg.probe(data)
+        box = jpeg.box_from_corners(
+            *val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
+        )
+        expected = jpeg.decode_crop(data, box, aug.val_crop, False, header=header)
+        np.testing.assert_array_equal(decode_val(data, aug), expected, name)
+
+
+def test_without_the_extension_decode_train_and_val_are_pillows_full_decode(monkeypatch):
+    """The fall-back, in process: every file takes Pillow's path, pixel for pixel."""
+    monkeypatch.setattr(jpeg, "AVAILABLE", False)
+    aug = Augmentation()
+    for path in PHOTOS[:4]:
+        data = resize_image(path.read_bytes(), 256)[0]
+        header = jpeg.probe(data)
+        assert jpeg.decode_path(header)[0] is jpeg.DecodePath.FULL
+        rng = random.Random(5)
+        box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
+        flip = rng.random() < aug.flip_prob
+        expected = pillow(data, box, 192, flip)
+        np.testing.assert_array_equal(decode_train(data, aug, random.Random(5), 192), expected)
+        corners = val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
+        expected = pillow(data, jpeg.box_from_corners(*corners), aug.val_crop, False)
+        np.testing.assert_array_equal(decode_val(data, aug), expected)
 
 
 # --- oddballs: each takes the ROI path and matches, or falls back and matches --------------
