@@ -45,11 +45,11 @@ from core.seeds import Purpose, stream_seed
 from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, check_same_classes, decode_error
+from pipeline.data.batches import BatchBuffers, ring_slots
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
-    collate_uint8,
     decode_train,
     decode_val,
     sample_rng,
@@ -105,7 +105,12 @@ class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
     def __init__(
-        self, plan: ShardReadPlan, data: DataConfig, shuffle_buffer: int, split: str
+        self,
+        plan: ShardReadPlan,
+        data: DataConfig,
+        shuffle_buffer: int,
+        split: str,
+        buffers: BatchBuffers | None = None,
     ) -> None:
         self.plan = plan
         self.data = data  # for train_resolution(data, epoch)
@@ -114,6 +119,8 @@ class ShardStream(IterableDataset):
         self.split = split
         # (epoch, start_batch), shared with forked workers; read at the start of every iteration
         self.state = multiprocessing.RawArray("q", 2)
+        # each worker process reuses its own ring of batch buffers (pipeline/data/batches.py)
+        self.buffers = buffers if buffers is not None else BatchBuffers(slots=2)
 
     def __len__(self) -> int:
         return self.plan.num_batches() - self.state[1]
@@ -139,34 +146,42 @@ class ShardStream(IterableDataset):
             )
             rng = random.Random(seed)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
-        stages.append(self._decoder(epoch, skip_batches * self.plan.batch_size))
-        stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_uint8, partial=True))
+        stages.append(self._batcher(epoch, skip_batches * self.plan.batch_size))
         # now: uint8 [B, size, size, 3] batches of this worker's block, from batch skip_batches on
         yield from wds.DataPipeline(*stages)
 
-    def _decoder(self, epoch: int, skip_samples: int):
-        aug, train, seed = self.aug, self.split == "train", self.plan.seed
-        size = train_resolution(self.data, epoch)
+    def _batcher(self, epoch: int, skip_samples: int):
+        """Pipeline stage: raw samples → decoded batches, each sample decoded straight into a
+        reused batch buffer (pipeline/data/batches.py); the last batch may be short."""
+        batch_size = self.plan.batch_size
+        size = train_resolution(self.data, epoch) if self.split == "train" else self.aug.val_crop
 
-        def decode(samples: Iterator[dict]) -> Iterator[tuple[np.ndarray, int]]:
-            for position, sample in enumerate(samples):
-                if position < skip_samples:
-                    continue  # before the resume point: dropped undecoded
-                try:
-                    if train:
-                        rng = sample_rng(seed, epoch, sample["__index__"])
-                        pixels = decode_train(sample["jpg"], aug, rng, size)
-                    else:
-                        pixels = decode_val(sample["jpg"], aug)
-                    label = int(sample["cls"])
-                except (KeyError, OSError, ValueError) as err:
-                    url = str(sample.get("__url__"))
-                    raise decode_error(
-                        f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)
-                    ) from err
-                yield pixels, label
+        def batches(samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            kept = itertools.islice(samples, skip_samples, None)  # before the resume point:
+            # dropped undecoded
+            while chunk := list(itertools.islice(kept, batch_size)):
+                images, labels = self.buffers.next(len(chunk), size)
+                pixels = images.numpy()  # [B, size, size, 3] uint8
+                for position, sample in enumerate(chunk):
+                    labels[position] = self._decode(sample, epoch, size, pixels[position])
+                yield images, labels
 
-        return decode
+        return batches
+
+    def _decode(self, sample: dict, epoch: int, size: int, out: np.ndarray) -> int:
+        """One raw sample decoded into `out`; returns its label."""
+        try:
+            if self.split == "train":
+                rng = sample_rng(self.plan.seed, epoch, sample["__index__"])
+                decode_train(sample["jpg"], self.aug, rng, size, out=out)
+            else:
+                decode_val(sample["jpg"], self.aug, out=out)
+            return int(sample["cls"])
+        except (KeyError, OSError, ValueError) as err:
+            url = str(sample.get("__url__"))
+            raise decode_error(
+                f"{url}: sample {sample.get('__key__')!r}", err, str(Path(url).parent)
+            ) from err
 
 
 class WdsLoader(Loader):
@@ -198,7 +213,8 @@ class WdsLoader(Loader):
         self.check_planned_batches(directory)
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split)
+        buffers = BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split, buffers)
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches
