@@ -1,4 +1,5 @@
-"""CPU seconds of a process tree, for the benchmarks (stdlib only: FFCV's venv imports it too)."""
+"""CPU seconds of a process tree, for the benchmarks and the doctor (stdlib only: FFCV's venv
+imports it too)."""
 
 from __future__ import annotations
 

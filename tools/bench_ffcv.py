@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.cputime import process_tree_cpu_seconds
+from core.cputime import process_tree_cpu_seconds
 
 RESULT_PREFIX = "ffcv-result "
 _START_OF_FRAME = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
