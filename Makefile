@@ -10,7 +10,7 @@ VENV := .venv
 STAMP := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: uv setup demo test test-fast bench bench-deps lint slurm-deps storage-deps clean gpu-check gpu-wheels
+.PHONY: uv setup demo test test-fast bench bench-deps bench-peers lint slurm-deps storage-deps clean gpu-check gpu-wheels
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
@@ -81,6 +81,31 @@ bench: setup bench-deps
 	$(RUN) python -m tools.bench_loader
 	$(RUN) python -m tools.bench_train
 	$(RUN) python -m tools.bench_comm
+
+# FFCV 1.0.2, the loader the field compares against, in a venv of its own (the main one never
+# sees it): Debian's OpenCV and libturbojpeg, then its sdist built against them without build
+# isolation (torch comes from uv's cache of the main venv's). A machine where it cannot build
+# says so in one line; the rest runs. Then FFCV's loader on tools.bench_loader's 2,048 JPEGs.
+FFCV_VENV := .venv-ffcv
+bench-peers: setup
+	@$(MAKE) --no-print-directory $(FFCV_VENV)/.built >$(FFCV_VENV).log 2>&1 \
+	  || echo "FFCV 1.0.2 could not be built here (see $(FFCV_VENV).log): its benchmark is skipped"
+	@if [ -f $(FFCV_VENV)/.built ]; then \
+	  root=$$($(RUN) python -c "import tools.bench_loader as b; \
+	    print(b.build_dataset(b.DEFAULT_PHOTOS, b.DEFAULT_CACHE, 2048))" | tail -1) && \
+	  $(FFCV_VENV)/bin/python -m tools.bench_ffcv --folders "$$root/folders/train"; fi
+
+$(FFCV_VENV)/.built:
+	pkg-config --exists opencv4 libturbojpeg 2>/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    libopencv-dev libturbojpeg0-dev pkg-config; }
+	pkg-config --exists opencv4 libturbojpeg
+	rm -rf $(FFCV_VENV) && $(UV) venv -q --python 3.11 $(FFCV_VENV)
+	$(UV) pip install --no-config --python $(FFCV_VENV)/bin/python \
+	  setuptools wheel numpy pillow "torch==2.13.*"
+	$(UV) pip install --no-config --python $(FFCV_VENV)/bin/python --no-build-isolation "ffcv==1.0.2"
+	$(FFCV_VENV)/bin/python -c "import ffcv.loader, ffcv.fields, ffcv.transforms"
+	touch $@
 
 # The one-shot GPU check runs on the node's own Python and torch: no uv, no network, the
 # repository on PYTHONPATH. What the node lacks (DALI, webdataset, wandb) comes from GPU_WHEELS,

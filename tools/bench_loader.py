@@ -4,6 +4,7 @@ seed's baseline.
     python -m tools.bench_loader  # 4096 images, 2 workers, batches of 64, 3 x 8 s each, 224 px
     python -m tools.bench_loader --images 2048 --workers 2 --batch-size 64 --seconds 10 --rounds 2
     python -m tools.bench_loader --backends baseline folder wds
+    python -m tools.bench_loader --backends ffcv folder wds --sizes 128 160 192 224
     python -m tools.bench_loader --sizes 128 160 192 224  # a resolution ramp's sizes
     python -m tools.bench_loader --auto-augment trivial  # with TrivialAugmentWide
     python -m tools.bench_loader --source loopback       # wds from a URL, cold/warm (bench_source)
@@ -21,6 +22,9 @@ first batches), then counts images for --seconds. Every (backend, size) takes it
 --rounds rounds and the best round counts, so load from other jobs on a shared machine hits all
 of them alike. It also reports CPU milliseconds per
 image (this process, its threads and its worker processes), which other jobs barely change.
+`ffcv` runs FFCV 1.0.2's loader (tools.bench_ffcv, in .venv-ffcv from `make bench-peers`) on the
+same class folders, one round in its own process at each turn, and every other backend's line
+gives its ratio to FFCV's; where FFCV is not built, one line says so and the rest runs.
 Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 """
 
@@ -33,12 +37,14 @@ import logging
 import os
 import platform
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from core.cputime import process_tree_cpu_seconds
 from core.logs import configure_logging
 from tools import bench_source
 
@@ -50,7 +56,9 @@ DEFAULT_CACHE = (
     / "imagenet-pipeline"
     / "bench-loader"
 )
-BACKENDS = ("baseline", "folder", "wds", "dali-cpu", "dali-mixed")
+BACKENDS = ("baseline", "ffcv", "folder", "wds", "dali-cpu", "dali-mixed")
+FFCV_PYTHON = Path(".venv-ffcv") / "bin" / "python"  # built by `make bench-peers`
+FFCV_RESULT = "ffcv-result "  # tools.bench_ffcv's machine-readable line
 
 
 def build_dataset(
@@ -101,30 +109,6 @@ def build_dataset(
         raise SystemExit(f"preprocess shard failed with exit status {status}")
     done.write_text(json.dumps({"images": num_images, "photos": str(photos)}))
     return root
-
-
-def process_tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process (all threads: DALI) and its live descendants
-    (DataLoader workers), from /proc. Unlike images/s it barely moves when others load the
-    machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, frontier = 0.0, [os.getpid()]
-    while frontier:
-        pid = frontier.pop()
-        total += times.get(pid, 0.0)
-        frontier.extend(child for child, parent in parents.items() if parent == pid)
-    return total
 
 
 def time_iterable(make_batches, seconds: float, warmup_batches: int) -> tuple[float, int, float]:
@@ -224,8 +208,44 @@ def our_batches(
     return batches
 
 
+def ffcv_round(root: Path, batch_size: int, workers: int, size: int):
+    """A function of the seconds running one round of FFCV's loader (tools.bench_ffcv, in FFCV's
+    own venv, on the same class folders): (images/s, CPU ms per image)."""
+
+    def measure(seconds: float) -> tuple[float, float]:
+        command = [
+            str(FFCV_PYTHON),
+            "-m",
+            "tools.bench_ffcv",
+            "--folders",
+            str(root / "folders" / "train"),
+            *("--size", str(size), "--batch-size", str(batch_size)),
+            *("--workers", str(workers), "--seconds", str(seconds), "--rounds", "1"),
+        ]
+        finished = subprocess.run(command, capture_output=True, text=True, check=False)
+        for line in finished.stdout.splitlines():
+            if line.startswith(FFCV_RESULT):
+                result = json.loads(line[len(FFCV_RESULT) :])
+                return result["images_per_s"], result["cpu_ms_per_image"]
+        tail = (finished.stderr or finished.stdout).strip().splitlines()[-1:]
+        raise SystemExit(
+            f"tools.bench_ffcv gave no result line (exit {finished.returncode}): {tail}"
+        )
+
+    return measure
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.backends = split_commas(args.backends)
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"--backends: {', '.join(unknown)} not among {', '.join(BACKENDS)}")
+    try:
+        args.sizes = [int(size) for size in split_commas(args.sizes)]
+    except ValueError:
+        parser.error(f"--sizes: expected pixels such as 128,160,192,224, got {args.sizes}")
     configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s", None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = build_dataset(args.photos, args.cache_dir, args.images)
@@ -273,12 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="rounds; each backend's best round is reported (default 3)",
     )
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(BACKENDS),
+        help=f"any of {', '.join(BACKENDS)}, space- or comma-separated (default: all)",
+    )
     parser.add_argument(
         "--sizes",
         nargs="+",
-        type=int,
-        default=[224],
+        default=["224"],
         help="train crop sizes, pixels, one line each (default 224)",
     )
     parser.add_argument(
@@ -322,8 +346,13 @@ def build_loaders(args: argparse.Namespace, root: Path, device: torch.device) ->
         if backend == "dali-mixed" and device.type != "cuda":
             print(f"{backend:>10}: skipped (needs CUDA)")
             continue
+        if backend == "ffcv" and not FFCV_PYTHON.is_file():
+            print(f"{backend:>10}: skipped (FFCV is not built here: `make bench-peers` builds it)")
+            continue
         for size in args.sizes:
-            if backend == "baseline":
+            if backend == "ffcv":
+                loaders[backend, size] = ffcv_round(root, args.batch_size, args.workers, size)
+            elif backend == "baseline":
                 loaders[backend, size] = baseline_batches(
                     root, args.batch_size, args.workers, device, size
                 )
@@ -345,7 +374,10 @@ def measure_rounds(
     rounds: dict[tuple[str, int], list[tuple[float, float]]] = {key: [] for key in loaders}
     for round_index in range(num_rounds):
         for (backend, size), batches in loaders.items():
-            rate, _, cpu_ms = time_iterable(batches, seconds, warmup)
+            if backend == "ffcv":
+                rate, cpu_ms = batches(seconds)  # FFCV's own process, one round
+            else:
+                rate, _, cpu_ms = time_iterable(batches, seconds, warmup)
             rounds[backend, size].append((rate, cpu_ms))
             logger.warning(
                 "round %d %s %d px: %.0f images/s, %.2f CPU ms/image",
@@ -359,30 +391,38 @@ def measure_rounds(
 
 
 def report_results(rounds: dict[tuple[str, int], list[tuple[float, float]]]) -> dict[str, dict]:
-    """The best round of each (backend, size), printed one line each against the baseline."""
+    """The best round of each (backend, size), printed one line each against the baseline and
+    FFCV (where they ran)."""
     results: dict[str, dict] = {}
     for (backend, size), measured in rounds.items():
-        rate = max(rate for rate, _ in measured)
-        cpu_ms = min(cpu_ms for _, cpu_ms in measured)
         results[f"{backend}@{size}"] = {
             "backend": backend,
             "size": size,
-            "images_per_s": rate,
-            "cpu_ms_per_image": cpu_ms,
+            "images_per_s": max(rate for rate, _ in measured),
+            "cpu_ms_per_image": min(cpu_ms for _, cpu_ms in measured),
             "rounds": measured,
         }
+    for result in results.values():
+        backend, size = result["backend"], result["size"]
+        rate, cpu_ms = result["images_per_s"], result["cpu_ms_per_image"]
         ratio = ""
-        base = results.get(f"baseline@{size}")
-        if base is not None and backend != "baseline":
-            ratio = (
-                f"  {rate / base['images_per_s']:.2f}x baseline images/s, "
-                f"{base['cpu_ms_per_image'] / cpu_ms:.2f}x less CPU per image"
-            )
+        for reference in ("baseline", "ffcv"):
+            base = results.get(f"{reference}@{size}")
+            if base is not None and backend not in ("baseline", reference):
+                ratio += (
+                    f"  {rate / base['images_per_s']:.2f}x {reference} images/s, "
+                    f"{base['cpu_ms_per_image'] / cpu_ms:.2f}x less CPU per image than {reference}"
+                )
         print(
             f"{backend:>10} {size:4d} px: {rate:8.0f} images/s, {cpu_ms:5.2f} CPU ms/image{ratio}",
             flush=True,
         )
     return results
+
+
+def split_commas(values: list[str]) -> list[str]:
+    """`--backends ffcv,folder wds` → ["ffcv", "folder", "wds"]."""
+    return [part for value in values for part in value.split(",") if part]
 
 
 if __name__ == "__main__":

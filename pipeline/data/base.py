@@ -191,6 +191,13 @@ def to_device_batch(
     return images, labels
 
 
+def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy of it (same memory format) where it shares memory with `source`."""
+    if tensor.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+        return tensor.clone(memory_format=torch.preserve_format)
+    return tensor
+
+
 class Loader:
     """The interface `build_loader` returns. Backends fill in `_planned_batches` and `_iterate`."""
 
@@ -289,10 +296,17 @@ class Loader:
             self.check_equal_batches()
         remaining = len(self)
         produced = 0
-        for images, labels, keys in self._iterate():
+        for host_images, host_labels, keys in self._iterate():
             if self.record is not None:
                 self.record.write(self.epoch, self.start_batch + produced, keys.tolist())
-            yield to_device_batch(images, labels, self.device, self.channels_last)
+            images, labels = to_device_batch(
+                host_images, host_labels, self.device, self.channels_last
+            )
+            if self.device.type == "cpu":
+                # folder and wds reuse their batch buffers (pipeline/data/batches.py): a batch
+                # that stays on the host must not alias the slot a worker will fill again
+                images, labels = _own(images, host_images), _own(labels, host_labels)
+            yield images, labels
             produced += 1
         assert produced == remaining, (
             f"{self.backend} loader yielded {produced} batches, planned {remaining}"

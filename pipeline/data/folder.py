@@ -7,8 +7,9 @@ What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.m
   * the crop box is drawn before decoding and `Image.draft` decodes JPEGs at 1/2, 1/4 or 1/8
     scale when the crop will be downscaled anyway (transforms.decode_train);
   * samples stay uint8 (no ToTensor/Normalize on the CPU; normalization runs on the device);
-  * each worker builds a whole batch straight into a shared-memory uint8 buffer
-    (batch-level __getitem__, no per-sample collate), pinned in the main process;
+  * each worker decodes a whole batch straight into a uint8 buffer of its own, allocated once
+    in shared memory and reused (pipeline/data/batches.py; batch-level __getitem__, no
+    per-sample array or collate), pinned in the main process;
   * workers persist across epochs.
 Which rank reads which files is pipeline/data/plans.py's IndexPlan. Each item the sampler hands
 a worker carries its epoch, so the epoch's train size (`transforms.train_resolution`) and every
@@ -29,12 +30,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config, DataConfig
 from pipeline.data.base import ClassList, Loader, decode_error, sample_record
+from pipeline.data.batches import BatchBuffers, ring_slots
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
-    collate_uint8,
     decode_train,
     decode_val,
     sample_rng,
@@ -56,6 +57,7 @@ class FolderBatches(Dataset):
         split: str,
         data: DataConfig,
         seed: int,
+        buffers: BatchBuffers | None = None,
     ) -> None:
         self.paths = paths if isinstance(paths, PathTable) else PathTable(paths)
         self.labels = labels
@@ -63,25 +65,35 @@ class FolderBatches(Dataset):
         self.data = data  # for train_resolution(data, epoch)
         self.aug = Augmentation.from_config(data)
         self.seed = seed
+        # each worker process reuses its own ring of batch buffers (pipeline/data/batches.py)
+        self.buffers = buffers if buffers is not None else BatchBuffers(slots=2)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, index: int, epoch: int) -> np.ndarray:
+    def size(self, epoch: int) -> int:
+        """The side of this split's images in `epoch`, pixels."""
+        return train_resolution(self.data, epoch) if self.split == "train" else self.aug.val_crop
+
+    def load(self, index: int, epoch: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Sample `index` of `epoch`, decoded into `out` (uint8 [size, size, 3]; None
+        allocates)."""
         path = self.paths[index]
         try:
             if self.split == "train":
                 rng = sample_rng(self.seed, epoch, index)
-                return decode_train(path, self.aug, rng, train_resolution(self.data, epoch))
-            return decode_val(path, self.aug)
+                return decode_train(path, self.aug, rng, self.size(epoch), out=out)
+            return decode_val(path, self.aug, out=out)
         except (OSError, ValueError) as err:
             raise decode_error(path, err, os.path.dirname(os.path.dirname(path))) from err
 
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, ...]:
         epoch, indices = item
-        images, labels = collate_uint8(
-            [(self.load(int(index), epoch), int(self.labels[index])) for index in indices]
-        )
+        images, labels = self.buffers.next(len(indices), self.size(epoch))
+        pixels = images.numpy()  # [B, size, size, 3] uint8, decoded into slot by slot
+        for position, index in enumerate(indices):
+            self.load(int(index), epoch, out=pixels[position])
+            labels[position] = int(self.labels[index])
         return images, labels, torch.as_tensor(np.asarray(indices, dtype=np.int64))
 
 
@@ -148,8 +160,9 @@ class FolderLoader(Loader):
         self.epoch_state = EpochState()
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        self.dataset = FolderBatches(paths, labels, split, cfg.data, cfg.train.seed)
         workers = cfg.data.num_workers
+        buffers = BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.dataset = FolderBatches(paths, labels, split, cfg.data, cfg.train.seed, buffers)
         self.dataloader = DataLoader(
             self.dataset,
             batch_size=None,  # the dataset returns whole batches

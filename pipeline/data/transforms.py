@@ -19,10 +19,13 @@ global generator; `auto_augment` runs them under a seed drawn from that same per
 DALI's auto-augment choices are columns of it) and puts the generator back afterwards.
 
 The DataLoader backends (folder, wds) run `decode_train` / `decode_val` here: the crop box is
-sampled first in original coordinates (the same algorithm and fallback as torchvision's
-`RandomResizedCrop.get_params`), then the JPEG is decoded with `Image.draft` at the smallest DCT
-scale (1/2, 1/4, 1/8) that keeps the box at least as large as the output, so a 0.08-area crop
-decodes a fraction of the pixels. DALI runs the same contract with its own operators
+sampled first in original coordinates, from the header's size (the same algorithm and fallback
+as torchvision's `RandomResizedCrop.get_params`), then `jpeg.decode_crop` decodes only the MCU
+rows and columns the box spans, at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the box at
+least as large as the output (`jpeg.dct_reduction`, the one home of that rule), so a 0.08-area
+crop decodes a fraction of the pixels. CMYK JPEGs, non-JPEGs, and every file where the C
+extension did not build take Pillow's full decode (`jpeg.decode_full`, with `Image.draft` at the
+same scale) of the same box. DALI runs the same contract with its own operators
 (pipeline/data/dali/graph.py).
 """
 
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 import random
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from PIL import Image
 
 from core.seeds import Purpose, stream_seed
 from pipeline.config import AutoAugment, DataConfig
+from pipeline.data import jpeg
 from pipeline.errors import LoaderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixels in [0, 1]
@@ -202,86 +205,55 @@ def val_geometry(
     )
 
 
-def _open(data: bytes | str) -> Image.Image:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        # one read() of the whole file: PIL reading a file object makes ~40 small reads per JPEG,
-        # which cost as much as a third of the decode here
-        with open(data, "rb") as handle:
-            data = handle.read()
-    return Image.open(io.BytesIO(data))
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    """Decode to RGB (convert() of an RGB image would copy it once more)."""
-    if image.mode == "RGB":
-        image.load()
-        return image
-    return image.convert("RGB")
-
-
-def _draft_for_box(image: Image.Image, box_width: float, box_height: float, out_size: int) -> float:
-    """Ask the JPEG decoder for the smallest DCT scale keeping the box >= out_size; returns the
-    scale."""
-    if image.format != "JPEG":
-        return 1.0
-    reduction = 1
-    while (
-        reduction < 8
-        and box_width / (reduction * 2) >= out_size
-        and box_height / (reduction * 2) >= out_size
-    ):
-        reduction *= 2
-    if reduction == 1:
-        return 1.0
-    width, height = image.size
-    image.draft("RGB", (width // reduction, height // reduction))
-    return float(round(width / image.size[0]))  # the DCT scale it chose (1, 2, 4 or 8)
+def _read(data: bytes | str) -> bytes:
+    """The file's bytes: one read() of the whole file (PIL reading a file object makes ~40 small
+    reads per JPEG, which cost as much as a third of the decode here)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    with open(data, "rb") as handle:
+        return handle.read()
 
 
 def decode_train(
-    data: bytes | str, aug: Augmentation, rng: random.Random, size: int | None = None
+    data: bytes | str,
+    aug: Augmentation,
+    rng: random.Random,
+    size: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """JPEG bytes (or a path) → uint8 [size, size, 3]: RandomResizedCrop + flip (+ auto-augment).
 
-    `size` is the epoch's `train_resolution`; None means aug.train_crop.
+    The box and flip are drawn from the header's width and height, then `jpeg.decode_crop`
+    decodes only what the box keeps (or, for a CMYK JPEG, a PNG, or where the extension did not
+    build, Pillow's full decode of the same box).
+
+    Args:
+        size: the epoch's `train_resolution`; None means aug.train_crop.
+        out: a C-contiguous uint8 [size, size, 3] array (a batch buffer's slot) to fill and
+            return; None allocates one.
     """
     size = aug.train_crop if size is None else size
-    with _open(data) as image:
-        width, height = image.size
-        top, left, crop_height, crop_width = sample_crop_box(
-            width, height, aug.scale, aug.ratio, rng
-        )
-        flip = rng.random() < aug.flip_prob
-        # drawn after the crop and flip, so `none` keeps every earlier draw (and pixel) as it was
-        augment_seed = rng.getrandbits(63) if aug.auto_augment != "none" else 0
-        factor = _draft_for_box(image, crop_width, crop_height, size)
-        image = _rgb(image)
-        # after draft the decoded image is 1/factor the size; the box scales with it (sub-pixel ok)
-        box = (
-            left / factor,
-            top / factor,
-            (left + crop_width) / factor,
-            (top + crop_height) / factor,
-        )
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    data = _read(data)
+    header = jpeg.probe(data)
+    box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
+    flip = rng.random() < aug.flip_prob
+    # drawn after the crop and flip, so `none` keeps every earlier draw (and pixel) as it was
+    augment_seed = rng.getrandbits(63) if aug.auto_augment != "none" else 0
+    pixels = jpeg.decode_crop(data, box, size, flip, out=out, header=header)
     if aug.auto_augment != "none":
-        image = auto_augment(image, aug.auto_augment, augment_seed)
-    return np.asarray(image)
+        augmented = auto_augment(Image.fromarray(pixels), aug.auto_augment, augment_seed)
+        pixels[...] = np.asarray(augmented)  # same size: the ops keep the image's shape
+    return pixels
 
 
-def decode_val(data: bytes | str, aug: Augmentation) -> np.ndarray:
+def decode_val(data: bytes | str, aug: Augmentation, out: np.ndarray | None = None) -> np.ndarray:
     """JPEG bytes (or a path) → uint8 [val_crop, val_crop, 3]: short side to val_resize, center
-    crop."""
-    with _open(data) as image:
-        width, height = image.size
-        left, top, right, bottom = val_geometry(width, height, aug.val_resize, aug.val_crop)
-        factor = _draft_for_box(image, right - left, bottom - top, aug.val_crop)
-        image = _rgb(image)
-        box = (left / factor, top / factor, right / factor, bottom / factor)
-        image = image.resize((aug.val_crop, aug.val_crop), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(image)
+    crop (`out` as in decode_train)."""
+    data = _read(data)
+    header = jpeg.probe(data)
+    corners = val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
+    box = jpeg.box_from_corners(*corners)
+    return jpeg.decode_crop(data, box, aug.val_crop, False, out=out, header=header)
 
 
 @functools.cache

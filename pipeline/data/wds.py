@@ -56,13 +56,13 @@ from pipeline.data.base import (
     decode_error,
     sample_record,
 )
+from pipeline.data.batches import BatchBuffers, ring_slots
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.remainder import EpochRemainder
 from pipeline.data.storage import ShardSource
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
-    collate_uint8,
     decode_train,
     decode_val,
     sample_rng,
@@ -136,12 +136,6 @@ def _open_segment(segment: Segment, source: ShardSource | None) -> tuple[BinaryI
     return stream, path, 0 if offset else segment.skip
 
 
-def collate_keyed(samples: list[tuple[np.ndarray, int, int]]) -> tuple[torch.Tensor, ...]:
-    """(pixels, label, key) samples → uint8 images, int64 labels, int64 sample keys."""
-    images, labels = collate_uint8([(pixels, label) for pixels, label, _ in samples])
-    return images, labels, torch.tensor([key for _, _, key in samples], dtype=torch.int64)
-
-
 class ShardStream(IterableDataset):
     """One rank's batches for the epoch held in shared memory (persistent workers see updates)."""
 
@@ -152,6 +146,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int,
         split: str,
         source: ShardSource,
+        buffers: BatchBuffers | None = None,
     ) -> None:
         self.plan = plan
         self.source = source  # the main process's; each worker process opens its own
@@ -163,6 +158,8 @@ class ShardStream(IterableDataset):
         # (epoch, start_batch), shared with forked workers; read at the start of every iteration
         self.state = multiprocessing.RawArray("q", 2)
         self.remainder: EpochRemainder | None = None  # set before the first pass forks workers
+        # each worker process reuses its own ring of batch buffers (pipeline/data/batches.py)
+        self.buffers = buffers if buffers is not None else BatchBuffers(slots=2)
 
     def __len__(self) -> int:
         return self.plan.num_batches() - self.state[1]
@@ -194,9 +191,9 @@ class ShardStream(IterableDataset):
             )
             rng = random.Random(seed)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
-        stages.append(self._decoder(epoch, skip_batches * self.plan.batch_size))
-        stages.append(wds.batched(self.plan.batch_size, collation_fn=collate_keyed, partial=True))
-        # now: uint8 [B, size, size, 3] batches of this worker's block, from batch skip_batches on
+        stages.append(self._batcher(epoch, skip_batches * self.plan.batch_size))
+        # now: uint8 [B, size, size, 3] batches (+ labels, keys) of this worker's block, from
+        # batch skip_batches on
         yield from wds.DataPipeline(*stages)
 
     def _read_remainder(
@@ -212,9 +209,8 @@ class ShardStream(IterableDataset):
         segments = [segment for batch in keys for segment in self.plan.key_segments(batch)]
         source = self._worker_source()
         source.prefetch(list(dict.fromkeys(segment.path for segment in segments)))
-        decoded = self._decoder(remainder.epoch, 0)(read_segments(iter(segments), source))
-        for batch in keys:
-            yield collate_keyed(list(itertools.islice(decoded, len(batch))))
+        batcher = self._batcher(remainder.epoch, 0, [len(batch) for batch in keys])
+        yield from batcher(read_segments(iter(segments), source))
 
     def _worker_source(self) -> ShardSource:
         """This process's source: a DataLoader worker reopens the main process's once (its own
@@ -223,29 +219,43 @@ class ShardStream(IterableDataset):
             self.source, self.source_pid = self.source.reopen(), os.getpid()
         return self.source
 
-    def _decoder(self, epoch: int, skip_samples: int):
-        aug, train, seed = self.aug, self.split == "train", self.plan.seed
-        size = train_resolution(self.data, epoch)
+    def _batcher(self, epoch: int, skip_samples: int, lengths: list[int] | None = None):
+        """Pipeline stage: raw samples → (images, labels, keys) batches, each sample decoded
+        straight into a reused batch buffer (pipeline/data/batches.py). Batches of `lengths`
+        (a remainder's), else of the plan's batch size, the last one possibly short."""
+        size = train_resolution(self.data, epoch) if self.split == "train" else self.aug.val_crop
+        cuts = lengths if lengths is not None else itertools.repeat(self.plan.batch_size)
 
-        def decode(samples: Iterator[dict]) -> Iterator[tuple[np.ndarray, int, int]]:
-            for position, sample in enumerate(samples):
-                if position < skip_samples:
-                    continue  # before the resume point: dropped undecoded
-                try:
-                    if train:
-                        rng = sample_rng(seed, epoch, sample["__index__"])
-                        pixels = decode_train(sample["jpg"], aug, rng, size)
-                    else:
-                        pixels = decode_val(sample["jpg"], aug)
-                    label = int(sample["cls"])
-                except (KeyError, OSError, ValueError) as err:
-                    url = str(sample.get("__url__"))
-                    raise decode_error(
-                        f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
-                    ) from err
-                yield pixels, label, sample["__index__"]
+        def batches(samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, ...]]:
+            kept = itertools.islice(samples, skip_samples, None)  # resume point: undecoded
+            for length in cuts:
+                chunk = list(itertools.islice(kept, length))
+                if not chunk:
+                    return
+                images, labels = self.buffers.next(len(chunk), size)
+                pixels = images.numpy()  # [B, size, size, 3] uint8
+                keys = torch.empty(len(chunk), dtype=torch.int64)
+                for position, sample in enumerate(chunk):
+                    labels[position] = self._decode(sample, epoch, size, pixels[position])
+                    keys[position] = sample["__index__"]
+                yield images, labels, keys
 
-        return decode
+        return batches
+
+    def _decode(self, sample: dict, epoch: int, size: int, out: np.ndarray) -> int:
+        """One raw sample decoded into `out`; returns its label."""
+        try:
+            if self.split == "train":
+                rng = sample_rng(self.plan.seed, epoch, sample["__index__"])
+                decode_train(sample["jpg"], self.aug, rng, size, out=out)
+            else:
+                decode_val(sample["jpg"], self.aug, out=out)
+            return int(sample["cls"])
+        except (KeyError, OSError, ValueError) as err:
+            url = str(sample.get("__url__"))
+            raise decode_error(
+                f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
+            ) from err
 
 
 class WdsLoader(Loader):
@@ -280,7 +290,10 @@ class WdsLoader(Loader):
         self.check_planned_batches(directory)
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        self.stream = ShardStream(self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source)
+        buffers = BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.stream = ShardStream(
+            self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source, buffers
+        )
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches

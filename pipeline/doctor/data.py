@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from core.cputime import process_tree_cpu_seconds
 from core.remote import is_remote, scrub
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config, DataConfig, replace
-from pipeline.data import build_loader, resolve_classes
+from pipeline.data import build_loader, jpeg, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
 from pipeline.data.plans import open_manifest
@@ -218,16 +219,23 @@ def measure_decode(cfg: Config, dist: DistInfo, candidate: Candidate, budget) ->
         for _ in range(budget.decode_warmup_for(cfg.data.num_workers)):
             next(batches)
         synchronize(device)
-        images, started = 0, time.perf_counter()
+        images, started, started_cpu = 0, time.perf_counter(), process_tree_cpu_seconds()
         while time.perf_counter() - started < budget.decode_seconds:
             images += next(batches).shape[0]  # uint8 [B, 3, H, W] on the device
         synchronize(device)
         seconds = time.perf_counter() - started
+        # this process, its threads (DALI's) and its DataLoader workers
+        cpu_ms = 1000 * (process_tree_cpu_seconds() - started_cpu) / max(images, 1)
     finally:
         batches.close()
         del batches, loader
         gc.collect()  # DataLoader workers and DALI pipelines go now, not during the next backend
-    return {"images_per_s": images / seconds, "images": images, "seconds": seconds}
+    return {
+        "images_per_s": images / seconds,
+        "images": images,
+        "seconds": seconds,
+        "cpu_ms_per_image": cpu_ms,
+    }
 
 
 def measure_store(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
@@ -362,7 +370,7 @@ def summarize_data(
     read_check, read_summary = summarize_read(cfg, per_rank, ranks_per_node)
     if read_summary is not None:
         summary["read"] = read_summary
-    checks = [read_check]
+    checks = [read_check, check_roi_decoder()]
     for label, entry in main["decode"].items():
         entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
         decode_check, decode_summary = summarize_decode(cfg, label, entry, entries)
@@ -441,8 +449,13 @@ def summarize_decode(
         "images_per_s_per_rank": [round(rate, 1) for rate in rates],
         "slowest_rank": slowest,
     }
+    cpu_ms = entries[slowest].get("cpu_ms_per_image")
+    values["cpu_ms_per_image_per_rank"] = [
+        round(e.get("cpu_ms_per_image", 0.0), 3) for e in entries
+    ]
     summary = {
         "images_per_s": rates[slowest],
+        "cpu_ms_per_image": cpu_ms,
         "configured": entry["configured"],
         "overrides": entry["overrides"],
     }
@@ -455,7 +468,45 @@ def summarize_decode(
         "data",
         label,
         "ok",
-        f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}{suffix}",
+        f"{rates[slowest]:.0f} images/s per rank (slowest rank {slowest}), {workers}, "
+        f"{cpu_ms or 0:.2f} CPU ms per image{suffix}",
         values,
     )
     return check, summary
+
+
+def check_roi_decoder() -> Check:
+    """Whether the folder and wds loaders decode only the crop (pipeline/data/jpeg.py)."""
+    if jpeg.AVAILABLE:
+        return Check("data", "ROI JPEG decoder", "ok", "built: folder and wds decode only the crop")
+    return Check(
+        "data",
+        "ROI JPEG decoder",
+        "warn",
+        f"not built ({jpeg.UNAVAILABLE_REASON}): folder and wds decode whole images with Pillow; "
+        "`make setup` builds it where libjpeg-dev and a C compiler are installed",
+    )
+
+
+def check_feeding_cores(
+    decodes: dict[str, dict[str, Any]], step_images_per_s: float | None
+) -> Check:
+    """The CPU cores each loader needs to feed the measured step on one rank: its CPU ms per
+    image times the step's images/s."""
+    if not step_images_per_s:
+        return Check("data", "cores to feed the step", "skip", "the step was not measured")
+    needs = {
+        label: entry["cpu_ms_per_image"] * step_images_per_s / 1000
+        for label, entry in decodes.items()
+        if entry.get("cpu_ms_per_image")
+    }
+    if not needs:
+        return Check("data", "cores to feed the step", "skip", "no loader was measured")
+    listed = ", ".join(f"{label} {cores:.1f}" for label, cores in needs.items())
+    return Check(
+        "data",
+        "cores to feed the step",
+        "info",
+        f"at the step's {step_images_per_s:.0f} images/s per rank: {listed} cores per rank",
+        {"cores_per_rank": {label: round(cores, 2) for label, cores in needs.items()}},
+    )

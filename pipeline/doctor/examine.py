@@ -92,6 +92,11 @@ def examine(
     clock.lap("data")
     sections["model"] = check_model(cfg, dist, budget, run, step_model, size)
     del step_model  # the device memory goes back before the verdict
+    sections["data"].checks.append(
+        data.check_feeding_cores(
+            sections["data"].numbers["decode"], sections["model"].numbers.get("images_per_s")
+        )
+    )
     clock.lap("model")
     verdict, verdict_checks = check_verdict(cfg, run, size, sections)
     checks = [check for section in sections.values() for check in section.checks]

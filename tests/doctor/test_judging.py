@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.doctor.data import find_layouts
+from pipeline.doctor.data import check_feeding_cores, check_roi_decoder, find_layouts
 from pipeline.doctor.environment import check_pillow, check_torch_and_driver
 from pipeline.doctor.probes import VEX256
 from pipeline.doctor.verdict import Inputs, decide, recommend_comm_hook
@@ -193,3 +193,26 @@ def test_an_all_reduce_bound_alexnet_across_nodes_is_sent_to_the_hook_the_scalin
     chosen = hook["overrides"][0].split("=")[1]
     configured = load_config(REPO / "configs/alexnet.yaml", [f"train.comm_hook={chosen}"])
     assert recommend_comm_hook(configured, inputs) is None
+
+
+def test_the_cores_to_feed_the_step_are_cpu_ms_per_image_times_the_steps_rate():
+    decodes = {
+        "folder": {"images_per_s": 2000.0, "cpu_ms_per_image": 0.5},
+        "dali cpu": {"images_per_s": 1200.0, "cpu_ms_per_image": 1.5},
+        "dali mixed": {"images_per_s": 9000.0, "cpu_ms_per_image": None},
+    }
+    check = check_feeding_cores(decodes, 8000.0)
+    assert check.values["cores_per_rank"] == {"folder": 4.0, "dali cpu": 12.0}
+    assert "folder 4.0, dali cpu 12.0 cores per rank" in check.summary
+    assert check_feeding_cores(decodes, None).status == "skip"
+
+
+def test_the_roi_decoder_check_says_whether_it_is_built(monkeypatch):
+    from pipeline.data import jpeg
+
+    monkeypatch.setattr(jpeg, "AVAILABLE", True)
+    assert check_roi_decoder().status == "ok"
+    monkeypatch.setattr(jpeg, "AVAILABLE", False)
+    monkeypatch.setattr(jpeg, "UNAVAILABLE_REASON", "no libjpeg-dev")
+    check = check_roi_decoder()
+    assert check.status == "warn" and "no libjpeg-dev" in check.summary

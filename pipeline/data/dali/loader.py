@@ -17,7 +17,7 @@ from pipeline.config import Config
 from pipeline.data.base import Loader, sample_record
 from pipeline.data.dali.autoaugment import DaliAutoAugment
 from pipeline.data.dali.draws import TrainDraws
-from pipeline.data.dali.graph import augment_train, augment_val
+from pipeline.data.dali.graph import PREFETCH_QUEUE_DEPTH, augment_train, augment_val
 from pipeline.data.dali.probe import import_dali
 from pipeline.data.transforms import Augmentation, train_resolution
 from pipeline.distributed import DistInfo
@@ -132,6 +132,7 @@ class DaliLoader(Loader):
             # only keeps whatever DALI draws internally reproducible
             seed=pipeline_seed(self.seed, epoch, self.dist.rank, start_batch),
             exec_dynamic=True,
+            prefetch_queue_depth=PREFETCH_QUEUE_DEPTH,
             # auto_aug's `select` splits the batch with DALI conditionals
             enable_conditionals=self.auto_aug is not None,
         )
