@@ -338,3 +338,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     cuda_states = state.get("cuda") or []
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
+
+
+def load_training_checkpoint(path: str | Path, fix: str) -> dict[str, Any]:
+    """A checkpoint pipeline.train wrote (this format, with a model); one CheckpointError line
+    ending in `fix` when it is anything else."""
+    data = load_checkpoint(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or "model" not in data:
+        raise CheckpointError(
+            f"{path} is not a pipeline.train checkpoint (format {FORMAT_VERSION}): {fix}"
+        )
+    return data

@@ -80,16 +80,8 @@ class TrainedModel:
 def load_trained_model(path: Path, weights: WeightsChoice = "auto") -> TrainedModel:
     """The model a pipeline.train checkpoint holds; one CheckpointError line when it cannot."""
     path = Path(path)
-    data = ckpt.load_checkpoint(path)
-    if (
-        not isinstance(data, dict)
-        or data.get("format") != ckpt.FORMAT_VERSION
-        or "model" not in data
-    ):
-        raise CheckpointError(
-            f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): pass a "
-            "run's RUN_DIR/checkpoints/best.pt or last.pt"
-        )
+    fix = "pass a run's RUN_DIR/checkpoints/best.pt or last.pt"
+    data = ckpt.load_training_checkpoint(path, fix)
     cfg = read_run_config(path, data)
     chosen = choose_weights(path, data, cfg, weights)
     state = clean_state_dict(data[chosen] if chosen == "ema" else data["model"])

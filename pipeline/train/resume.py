@@ -93,16 +93,8 @@ class TrainState:
 
 def read_training_checkpoint(path: Path, classes: Sequence[str]) -> dict[str, Any]:
     """A checkpoint this trainer wrote, trained on exactly `classes`; CheckpointError otherwise."""
-    data = ckpt.load_checkpoint(path)
-    if (
-        not isinstance(data, dict)
-        or data.get("format") != ckpt.FORMAT_VERSION
-        or "model" not in data
-    ):
-        raise CheckpointError(
-            f"{path} is not a pipeline.train checkpoint (format {ckpt.FORMAT_VERSION}): "
-            "to start from plain weights use model.init_from=PATH"
-        )
+    fix = "to start from plain weights use model.init_from=PATH"
+    data = ckpt.load_training_checkpoint(path, fix)
     if data.get("classes") and list(data["classes"]) != list(classes):
         raise CheckpointError(
             f"{path} was trained on {len(data['classes'])} classes that differ from the data's "
