@@ -240,6 +240,10 @@ def coordination_store(dist: DistInfo) -> torch_dist.Store:
     hosts it); an in-process one in a world of one. The stall watchdog publishes to it."""
     if not dist.is_distributed:
         return torch_dist.HashStore()
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group starts clean
+    if "MASTER_ADDR" not in os.environ:  # a group started with its own store (tcp://, file://)
+        store = torch_dist.distributed_c10d._get_default_store()
+        return torch_dist.PrefixStore(f"watchdog/attempt_{attempt}/", store)
     # its own client connection: the process group's is locked while a collective sets up
     # connections through it, and a watchdog must not wait behind the thing it watches
     client = torch_dist.TCPStore(
@@ -248,7 +252,6 @@ def coordination_store(dist: DistInfo) -> torch_dist.Store:
         is_master=False,
         timeout=datetime.timedelta(seconds=60),
     )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group starts clean
     return torch_dist.PrefixStore(f"watchdog/attempt_{attempt}/", client)
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.distributed import DistInfo, all_reduce_sum
 from pipeline.tracking import NullTracker
+from pipeline.train.watchdog import Progress
 
 
 class TrainMeter:
@@ -34,8 +35,10 @@ class TrainMeter:
         tracker: NullTracker,
         log_every: int,
         accuracy_key: str = "train/top1",  # train/top1_dominant when labels are mixed
+        progress: Progress | None = None,  # the rank's phase marks (the trainer's stall watchdog)
     ) -> None:
         self.dist = dist
+        self.progress = progress if progress is not None else Progress()
         self.accuracy_key = accuracy_key
         self.device = dist.torch_device
         self.tracker = tracker

@@ -34,7 +34,7 @@ from pipeline.optim import LearningRateSchedule, build_loss, build_optimizer
 from pipeline.precision import Precision
 from pipeline.tracking import NullTracker
 from pipeline.train.meters import TrainMeter
-from pipeline.train.watchdog import Phase, Progress
+from pipeline.train.watchdog import Phase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +115,7 @@ class OptimizerStep:
         optimizer: torch.optim.Optimizer,
         recipe: StepRecipe,
         schedule: LearningRateSchedule | None,  # None: the optimizer's own lr throughout
-        meter: TrainMeter,
-        progress: Progress,  # the phase marks the stall watchdog reads
+        meter: TrainMeter,  # its `progress` takes the phase marks the stall watchdog reads
     ) -> None:
         self.model = model
         self.precision = precision
@@ -124,7 +123,7 @@ class OptimizerStep:
         self.recipe = recipe
         self.schedule = schedule
         self.meter = meter
-        self.progress = progress
+        self.progress = meter.progress
 
     def __call__(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
         """Optimizer step number `step` (0-based) over the next `accum` batches; returns its lr."""
@@ -192,7 +191,6 @@ def build_optimizer_step(
     schedule: LearningRateSchedule | None = None,  # None: the optimizer's lr throughout
     meter: TrainMeter | None = None,  # default: this rank's sums, logged nowhere
     augment: BatchAugment | None = None,  # the trainer's batch augmentation
-    progress: Progress | None = None,  # the trainer's, read by its stall watchdog
 ) -> OptimizerStep:
     """The one builder of the optimizer step: loss, auxiliary weight, accumulation, clipping and
     seeds from `cfg` (optim.*, model.aux_loss_weight, train.seed) and `dist` (the rank)."""
@@ -210,5 +208,4 @@ def build_optimizer_step(
     if meter is None:
         local = dataclasses.replace(dist, backend=None)  # the meter's sums stay on this rank
         meter = TrainMeter(local, NullTracker(), cfg.train.log_every)
-    progress = progress if progress is not None else Progress()
-    return OptimizerStep(model, precision, optimizer, recipe, schedule, meter, progress)
+    return OptimizerStep(model, precision, optimizer, recipe, schedule, meter)

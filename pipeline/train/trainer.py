@@ -114,8 +114,8 @@ class Trainer:
         self.comm = self.create_comm(comm_state)
         self.num_parameters = count_parameters(self.model)
         self.tracker = self.create_tracker(argv)
-        self.meter = self.create_meter()
-        self.progress = Progress()  # phase marks: the stall watchdog's view of this rank
+        self.meter = self.create_meter()  # holds the phase marks: the stall watchdog's view
+        self.progress = self.meter.progress
         self.take_step = self.create_step()
         self.last_eval_output: EvalOutput | None = None  # this process's latest eval
         self.last_save = time.monotonic()  # train.save_every_minutes counts from here (rank 0)
@@ -189,7 +189,8 @@ class Trainer:
 
     def create_meter(self) -> TrainMeter:
         accuracy = "train/top1_dominant" if self.augment.mixes else "train/top1"
-        return TrainMeter(self.dist, self.tracker, self.cfg.train.log_every, accuracy)
+        every = self.cfg.train.log_every
+        return TrainMeter(self.dist, self.tracker, every, accuracy, progress=Progress())
 
     def create_step(self) -> OptimizerStep:
         """The optimizer step, from the one factory, around this run's own parts."""
@@ -202,7 +203,6 @@ class Trainer:
             schedule=self.schedule,
             meter=self.meter,
             augment=self.augment,
-            progress=self.progress,
         )
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -383,7 +383,8 @@ class Trainer:
                 if timed_save and not stop:
                     self.save(state)  # mid-epoch: resumes at the next batch, as a signal's does
                 if stop:
-                    self.save(state)
+                    # said before the save: under srun --kill-on-bad-exit the first node to exit
+                    # 75 ends the others, and rank 0's line must be out by then
                     logger.warning(
                         "stopped by %s at step %d (epoch %d, batch %d): rerun with the same run "
                         "dir to resume",
@@ -392,6 +393,7 @@ class Trainer:
                         state.epoch,
                         state.batch_in_epoch,
                     )
+                    self.save(state)
                     return False
         finally:
             progress.close()
@@ -467,6 +469,7 @@ class Trainer:
         """After a stop signal's checkpoint: close the tracker (no plots)."""
         self.watchdog.stop()
         self.tracker.finish(plots=False, stopped=True)
+        barrier(self.dist)  # every rank exits 75 together, after rank 0's tracker is closed
         return EXIT_STOPPED
 
     def epoch_loader(self, epoch: int) -> Loader:

@@ -323,6 +323,7 @@ def test_a_last_pt_corrupted_between_requeues_falls_back_and_the_job_finishes_on
     from the previous good checkpoint and finishes, with nobody there to act."""
     run_dir, output = tmp_path / "run", tmp_path / "job.out"
     job = submit_training(slurm_cluster, tiny_images, run_dir, output, PREFLIGHT="0")
+    wait_for_first_step(slurm_cluster, job, run_dir, output)
     # past epoch 1's checkpoint (step 8), so a previous good one exists when last.pt is replaced
     wait_until(lambda: last_step(run_dir) >= 10, JOB_TIMEOUT_S, "step 10", slurm_cluster, 0.1)
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
