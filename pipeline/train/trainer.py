@@ -420,8 +420,9 @@ class Trainer:
             if output is None:
                 self.save(resume_point)
                 logger.warning(
-                    "stopped by a signal before the eval at step %d: rerun with the same run dir "
-                    "to resume (it evaluates first)",
+                    "stopped by %s at step %d, before its eval: rerun with the same run dir to "
+                    "resume (it evaluates first)",
+                    self.stop.signal_name(),
                     state.step,
                 )
                 return False
@@ -432,7 +433,9 @@ class Trainer:
         self.save(state, is_best=is_best, epoch_file=save_epoch)
         if self.stop.agreed() and not state.finished:  # a collective: every rank calls it
             logger.warning(
-                "stopped by a signal after epoch %d: rerun with the same run dir to resume",
+                "stopped by %s at step %d, after epoch %d: rerun with the same run dir to resume",
+                self.stop.signal_name(),
+                state.step,
                 state.epoch,
             )
             return False
