@@ -4,7 +4,8 @@ The reference is Pillow's full-decode path, `jpeg.decode_full` (pillow-simd: dra
 resize of the box, flip; what `decode_train` / `decode_val` did before they took the ROI path),
 for the very same box and flip. The stated tolerance, per image: mean absolute error
 < 0.1 levels and no pixel off by more than 3; over all the photos, mean < 0.01. Measured on
-tools/photos (2026-12-06): mean 0.003-0.004, worst image 0.06 (a ±1 rounding pattern), max 2.
+tools/photos (2026-12-06, the fixed-point resize): mean 0.0002, worst image 0.004, max 1 (the
+earlier float32 resize: 0.003-0.004, 0.06, 2).
 """
 
 from __future__ import annotations
@@ -255,6 +256,75 @@ def test_a_truncated_jpeg_fails_as_decode_train_does():
     with pytest.raises(OSError) as ours:
         jpeg.decode_crop(data, (0, 0, 300, 300), 224, False)
     assert type(ours.value) is type(reference.value)
+
+
+# --- the AVX2 build against the plain-C one -----------------------------------------------
+
+SOURCE = REPO / "pipeline" / "data" / "_jpeg.c"
+
+
+def build_plain_extension(directory: Path):
+    """_jpeg.c compiled without its AVX2 loops (-DJPEG_ROI_PLAIN), as a machine without AVX2
+    builds it, imported under its own name from `directory`."""
+    import importlib.util
+    import shutil
+    import sysconfig
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the plain variant")
+    target = directory / ("_jpeg" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(
+        [
+            compiler,
+            "-O3",
+            "-std=gnu11",
+            "-fPIC",
+            "-shared",
+            "-DJPEG_ROI_PLAIN",
+            "-I" + sysconfig.get_paths()["include"],
+            str(SOURCE),
+            "-ljpeg",
+            "-o",
+            str(target),
+        ],
+        check=True,
+        timeout=120,
+    )
+    spec = importlib.util.spec_from_file_location("_jpeg", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.SIMD == "plain"
+    return module
+
+
+@needs_extension
+def test_the_plain_c_build_writes_the_same_bytes_as_the_installed_one(shard_photos, tmp_path):
+    """Integer arithmetic: the AVX2 loops and the plain-C ones must agree to the byte (also
+    for odd sizes, upscales, DCT-scaled boxes and the scale-1 copy of whole pixels)."""
+    plain = build_plain_extension(tmp_path)
+    installed = jpeg._jpeg
+    cases = 0
+    for index, data in enumerate(list(shard_photos.values())[:12]):
+        header = jpeg.probe(data)
+        for size, seed in ((224, index), (161, index + 50), (37, index + 90), (255, index + 7)):
+            rng = random.Random(seed)
+            top, left, height, width = sample_crop_box(
+                header.width, header.height, (0.08, 1.0), (3 / 4, 4 / 3), rng
+            )
+            flip = rng.random() < 0.5
+            boxes = [(left, top, left + width, top + height, 1)]
+            boxes.append((0, 0, size, size, 1))  # whole pixels at scale 1: the copy
+            boxes.append((0.0, 0.0, header.width / 2, header.height / 2, 2))  # DCT-scaled
+            for box in boxes:
+                outputs = []
+                for module in (installed, plain):
+                    out = np.empty((size, size, 3), dtype=np.uint8)
+                    module.decode_crop(data, out, *box, size, flip)
+                    outputs.append(out)
+                np.testing.assert_array_equal(outputs[0], outputs[1], f"{box} at {size} px")
+                cases += 1
+    assert cases == 12 * 4 * 3
 
 
 # --- the output buffer ----------------------------------------------------------------------
