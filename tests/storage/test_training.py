@@ -6,7 +6,6 @@ on local disk, and the store sends each shard once to the node (counted at the p
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
-from train_helpers import REPO, latest_step, launch_ranks, torchrun
+from train_helpers import REPO, latest_step, launch_ranks, sigterm_ranks_when, torchrun
 
 from pipeline.checkpoint import load_checkpoint
 
@@ -78,15 +77,7 @@ def test_two_ranks_over_s3_stopped_and_resumed_equal_the_local_run_downloading_e
         f"data.cache_dir={tmp_path / 'node-cache'}",
     )
     ranks = launch_ranks(2, remote, tmp_path)
-    try:
-        wait_for_step(run_dir, 3, ranks)
-        for process in ranks:
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
+    codes = sigterm_ranks_when(ranks, lambda: wait_for_step(run_dir, 3, ranks))
     assert codes == [75, 75], (tmp_path / "rank0.log").read_text()[-3000:]
     stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert 0 < stopped["batch_in_epoch"] and stopped["step"] < TOTAL_STEPS  # mid-epoch

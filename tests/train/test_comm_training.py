@@ -6,7 +6,6 @@ resumed again ends bit-identical to an uninterrupted one (mirroring test_ddp_tra
 from __future__ import annotations
 
 import logging
-import signal
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from train_helpers import (
     latest_step,
     launch_ranks,
     run_gloo_ranks,
+    sigterm_ranks_when,
     start_torchrun,
     tiny_args,
     torchrun,
@@ -138,15 +138,9 @@ def test_a_powersgd_run_killed_mid_epoch_and_resumed_ends_bit_identical(
 
     # 1. srun-style ranks, SIGTERM mid-epoch once PowerSGD compresses (from step 3)
     ranks = launch_ranks(2, argv, tmp_path)
-    try:
-        wait_for(lambda: latest_step(run_dir) >= 5, 180, "step 5", ranks)
-        for process in ranks:
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
+    codes = sigterm_ranks_when(
+        ranks, lambda: wait_for(lambda: latest_step(run_dir) >= 5, 180, "step 5", ranks)
+    )
     assert codes == [75, 75], (tmp_path / "rank0.log").read_text()[-3000:]
     stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert stopped["epoch"] == 0 and 5 <= stopped["step"] < 20

@@ -9,7 +9,15 @@ import time
 
 import pytest
 import torch
-from train_helpers import child_pids, latest_step, launch_ranks, start_torchrun, tiny_args, torchrun
+from train_helpers import (
+    child_pids,
+    latest_step,
+    launch_ranks,
+    sigterm_ranks_when,
+    start_torchrun,
+    tiny_args,
+    torchrun,
+)
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.train.cli import main
@@ -96,15 +104,9 @@ def test_sigterm_mid_epoch_then_sigkill_then_resume_ends_with_the_uninterrupted_
     # 1. srun-style launch (one process per rank); SIGTERM both ranks mid-epoch, as Slurm preemption
     # does
     ranks = launch_ranks(2, argv, tmp_path)
-    try:
-        wait_for(lambda: latest_step(run_dir) >= 3, 180, "step 3", ranks)
-        for process in ranks:
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
+    codes = sigterm_ranks_when(
+        ranks, lambda: wait_for(lambda: latest_step(run_dir) >= 3, 180, "step 3", ranks)
+    )
     assert codes == [75, 75], (tmp_path / "rank0.log").read_text()[-3000:]
     stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert (

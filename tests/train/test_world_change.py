@@ -5,13 +5,12 @@ batch, reads every sample of the epoch's reference set exactly once (data.record
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import latest_step, launch_ranks, tiny_args, torchrun
+from train_helpers import latest_step, launch_ranks, sigterm_ranks_when, tiny_args, torchrun
 
 from core.shard_format import read_manifest
 from pipeline.checkpoint import load_checkpoint
@@ -37,18 +36,14 @@ def test_an_epoch_stopped_by_sigterm_on_2_ranks_and_finished_on_1_reads_every_fi
     """folder: 2 ranks x 8 (10 batches), SIGTERM after step 3; the rest on 1 rank x 12."""
     run_dir = tmp_path / "run"
     ranks = launch_ranks(2, tiny_args(tiny_data, run_dir, *RECORD), tmp_path)
-    try:
+
+    def reached_step_3() -> None:
         deadline = time.monotonic() + 180
         while latest_step(run_dir) < 3 and time.monotonic() < deadline:
             assert all(process.poll() is None for process in ranks)
             time.sleep(0.1)
-        for process in ranks:
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
+
+    codes = sigterm_ranks_when(ranks, reached_step_3)
     assert codes == [75, 75], (tmp_path / "rank0.log").read_text()[-3000:]
     stopped = load_checkpoint(run_dir / "checkpoints/last.pt")
     assert stopped["epoch"] == 0 and 3 <= stopped["batch_in_epoch"] < 10

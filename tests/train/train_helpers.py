@@ -103,6 +103,22 @@ def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subpro
     return processes
 
 
+def sigterm_ranks_when(ranks: list[subprocess.Popen], reached) -> list[int]:
+    """Call `reached()` (it returns once the run is where the test wants it, or fails), SIGTERM
+    every rank, and return their exit codes; a rank still running afterwards is killed."""
+    import signal
+
+    try:
+        reached()
+        for process in ranks:
+            process.send_signal(signal.SIGTERM)
+        return [process.wait(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+
+
 def start_torchrun(nproc: int, argv: list[str], log_path: Path) -> subprocess.Popen:
     command = [
         sys.executable,
