@@ -49,9 +49,19 @@ def load_images(photos: Path, short_side: int = 256) -> list[bytes]:
     return [resize_image(path.read_bytes(), short_side)[0] for path in sources]
 
 
-def pillow_train(images: list[bytes], size: int, repeats: int) -> Callable[[], int]:
+def pillow_decode(data: bytes, box, size: int, flip: bool, out: np.ndarray, header) -> None:
     """Pillow's full-decode path (`jpeg.decode_full`: what decode_train ran before the ROI
-    decoder) for the same boxes; the header probe and the output buffer as the ROI case's."""
+    decoder)."""
+    jpeg.decode_full(data, box, size, flip, out)
+
+
+def roi_decode(data: bytes, box, size: int, flip: bool, out: np.ndarray, header) -> None:
+    jpeg.decode_crop(data, box, size, flip, out=out, header=header)
+
+
+def train_case(decode, images: list[bytes], size: int, repeats: int) -> Callable[[], int]:
+    """`decode` (pillow_decode or roi_decode) over the train boxes of seeds 0..repeats-1; the
+    header probe and the output buffer are the same for both."""
     aug = Augmentation()
     out = np.empty((size, size, 3), dtype=np.uint8)
 
@@ -62,30 +72,14 @@ def pillow_train(images: list[bytes], size: int, repeats: int) -> Callable[[], i
                 rng = random.Random(seed)
                 box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
                 flip = rng.random() < aug.flip_prob
-                jpeg.decode_full(data, box, size, flip, out)
+                decode(data, box, size, flip, out, header)
         return repeats * len(images)
 
     return run
 
 
-def roi_train(images: list[bytes], size: int, repeats: int) -> Callable[[], int]:
-    aug = Augmentation()
-    out = np.empty((size, size, 3), dtype=np.uint8)  # one batch slot, reused
-
-    def run() -> int:
-        for seed in range(repeats):
-            for data in images:
-                header = jpeg.probe(data)
-                rng = random.Random(seed)
-                box = sample_crop_box(header.width, header.height, aug.scale, aug.ratio, rng)
-                flip = rng.random() < aug.flip_prob
-                jpeg.decode_crop(data, box, size, flip, out=out, header=header)
-        return repeats * len(images)
-
-    return run
-
-
-def pillow_val(images: list[bytes], repeats: int) -> Callable[[], int]:
+def val_case(decode, images: list[bytes], repeats: int) -> Callable[[], int]:
+    """`decode` over the val centre crop of every image, `repeats` times."""
     aug = Augmentation()
     out = np.empty((aug.val_crop, aug.val_crop, 3), dtype=np.uint8)
 
@@ -94,23 +88,7 @@ def pillow_val(images: list[bytes], repeats: int) -> Callable[[], int]:
             for data in images:
                 header = jpeg.probe(data)
                 corners = val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
-                jpeg.decode_full(data, jpeg.box_from_corners(*corners), aug.val_crop, False, out)
-        return repeats * len(images)
-
-    return run
-
-
-def roi_val(images: list[bytes], repeats: int) -> Callable[[], int]:
-    aug = Augmentation()
-    out = np.empty((aug.val_crop, aug.val_crop, 3), dtype=np.uint8)
-
-    def run() -> int:
-        for _ in range(repeats):
-            for data in images:
-                header = jpeg.probe(data)
-                corners = val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
-                box = jpeg.box_from_corners(*corners)
-                jpeg.decode_crop(data, box, aug.val_crop, False, out=out, header=header)
+                decode(data, jpeg.box_from_corners(*corners), aug.val_crop, False, out, header)
         return repeats * len(images)
 
     return run
@@ -132,12 +110,12 @@ def full_decode(images: list[bytes], repeats: int) -> Callable[[], int]:
 def build_cases(images: list[bytes], sizes: list[int], repeats: int) -> dict[str, Callable]:
     cases: dict[str, Callable] = {"full decode (Pillow)": full_decode(images, repeats)}
     for size in sizes:
-        cases[f"train {size} pillow"] = pillow_train(images, size, repeats)
+        cases[f"train {size} pillow"] = train_case(pillow_decode, images, size, repeats)
         if jpeg.AVAILABLE:
-            cases[f"train {size} roi"] = roi_train(images, size, repeats)
-    cases["val 224 pillow"] = pillow_val(images, repeats)
+            cases[f"train {size} roi"] = train_case(roi_decode, images, size, repeats)
+    cases["val 224 pillow"] = val_case(pillow_decode, images, repeats)
     if jpeg.AVAILABLE:
-        cases["val 224 roi"] = roi_val(images, repeats)
+        cases["val 224 roi"] = val_case(roi_decode, images, repeats)
     return cases
 
 
