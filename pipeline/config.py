@@ -35,6 +35,7 @@ def _field(default: Any, help: str) -> Any:
 
 Backend = Literal["folder", "wds", "dali"]
 DaliDecode = Literal["auto", "mixed", "cpu"]
+WorkerKind = Literal["auto", "threads", "processes"]
 Freeze = Literal["none", "features"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
 ScheduleName = Literal["step", "cosine", "plateau", "constant", "linear", "onecycle"]
@@ -74,7 +75,13 @@ class DataConfig:
     global_batch_size: int = _field(
         256, "images per optimizer step summed over all ranks (and accumulation steps)"
     )
-    num_workers: int = _field(8, "loader worker processes (DALI: threads) per rank")
+    num_workers: int = _field(8, "loader workers per rank (DALI: threads), 0 decodes in the loop")
+    roi_decode: bool = _field(True, "folder/wds: decode only the crop's window (ROI decoder)")
+    worker_kind: WorkerKind = _field(
+        "auto",
+        "folder/wds workers: threads (no copy of the batch), DataLoader processes, or auto "
+        "(threads with the ROI decoder and no auto_augment, else processes)",
+    )
     train_crop: int = _field(224, "train RandomResizedCrop output size, pixels")
     val_resize: int = _field(
         256, "val: short side is resized to this many pixels before the center crop"

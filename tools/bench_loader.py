@@ -7,6 +7,8 @@ seed's baseline.
     python -m tools.bench_loader --backends ffcv folder wds --sizes 128 160 192 224
     python -m tools.bench_loader --sizes 128 160 192 224  # a resolution ramp's sizes
     python -m tools.bench_loader --auto-augment trivial  # with TrivialAugmentWide
+    python -m tools.bench_loader --backends decode,folder,folder-processes,wds,wds-processes
+    python -m tools.bench_loader --split val --backends decode,folder,folder-pillow
     python -m tools.bench_loader --source loopback       # wds from a URL, cold/warm (bench_source)
 
 The data: the real photos in tools/photos (or --photos DIR), each replicated as random
@@ -22,6 +24,11 @@ first batches), then counts images for --seconds. Every (backend, size) takes it
 --rounds rounds and the best round counts, so load from other jobs on a shared machine hits all
 of them alike. It also reports CPU milliseconds per
 image (this process, its threads and its worker processes), which other jobs barely change.
+`decode` is one core's cost with no loader: decode_train (decode, crop, resize, flip) of each file
+in a plain loop; every other line gives its CPU per image as a multiple of it. The variants
+`folder-processes` / `wds-processes` run the workers as DataLoader processes instead of threads
+(data.worker_kind), `folder-pillow` / `wds-pillow` decode whole images with Pillow
+(data.roi_decode=false: the path before the ROI decoder). `--split val` times the val path.
 `ffcv` runs FFCV 1.0.2's loader (tools.bench_ffcv, in .venv-ffcv from `make bench-peers`) on the
 same class folders, one round in its own process at each turn, and every other backend's line
 gives its ratio to FFCV's; where FFCV is not built, one line says so and the rest runs.
@@ -56,9 +63,40 @@ DEFAULT_CACHE = (
     / "imagenet-pipeline"
     / "bench-loader"
 )
-BACKENDS = ("baseline", "ffcv", "folder", "wds", "dali-cpu", "dali-mixed")
+BACKENDS = (
+    "baseline",
+    "ffcv",
+    "decode",
+    "folder",
+    "folder-processes",
+    "folder-pillow",
+    "wds",
+    "wds-processes",
+    "wds-pillow",
+    "dali-cpu",
+    "dali-mixed",
+)
+# folder and wds variants: data.worker_kind / data.roi_decode overrides
+VARIANTS = {
+    "": {},
+    "processes": {"worker_kind": "processes"},
+    "pillow": {"roi_decode": False},  # Pillow's whole-image decode; auto picks processes
+}
 FFCV_PYTHON = Path(".venv-ffcv") / "bin" / "python"  # built by `make bench-peers`
 FFCV_RESULT = "ffcv-result "  # tools.bench_ffcv's machine-readable line
+
+
+def val_shards(root: Path) -> Path:
+    """root/shards/val: the benchmark's images sharded as a val split (manifest order), built
+    once on first use."""
+    from preprocess.cli import main as preprocess_main
+
+    shards = root / "shards" / "val"
+    if not (shards / "manifest.json").is_file():
+        command = ["shard", str(root / "folders" / "train"), str(shards), "--split", "val"]
+        if preprocess_main([*command, "--shard-size", "500"]) != 0:
+            raise SystemExit("preprocess shard --split val failed: see the lines above")
+    return shards
 
 
 def build_dataset(
@@ -174,21 +212,28 @@ def our_batches(
     device: torch.device,
     size: int = 224,
     auto_augment: str = "none",
+    split: str = "train",
 ):
+    """`build_loader(cfg, split, ...)` for `backend` (folder, wds, dali and their variants) on the
+    benchmark's class folders or shards (the val split reads the train files: the val path)."""
     from pipeline.config import build_config
     from pipeline.data import build_loader
     from pipeline.distributed import DistInfo
 
-    data_backend, decode = (
-        (backend.split("-") + ["auto"])[:2] if backend.startswith("dali") else (backend, "auto")
-    )
-    layout = "shards" if backend == "wds" else "folders"
+    data_backend, _, variant = backend.partition("-")
+    decode, overrides = "auto", {}
+    if data_backend == "dali":
+        decode = variant or "auto"
+    else:
+        overrides = VARIANTS[variant]
+    layout = "shards" if data_backend == "wds" else "folders"
+    val_dir = val_shards(root) if layout == "shards" and split == "val" else root / layout / "train"
     cfg = build_config(
         {
             "data": {
                 "backend": data_backend,
                 "train_dir": str(root / layout / "train"),
-                "val_dir": str(root / layout / "train"),
+                "val_dir": str(val_dir),
                 "global_batch_size": batch_size,
                 "num_workers": workers,
                 "dali_decode": decode,
@@ -196,14 +241,44 @@ def our_batches(
                 "val_crop": size,
                 "val_resize": max(size, 256),
                 "auto_augment": auto_augment,
+                **overrides,
             },
         }
     )
-    loader = build_loader(cfg, "train", DistInfo(device=str(device)))
+    loader = build_loader(cfg, split, DistInfo(device=str(device)))
 
     def batches(epoch):
         loader.set_epoch(epoch)
         return iter(loader)
+
+    return batches
+
+
+def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "train"):
+    """One core's cost: `decode_train` (or `decode_val`) of each file, read from disk in a random
+    order per epoch, into one reused uint8 batch, in a plain loop of this process: no loader, no
+    threads. What every loader's CPU per image is compared with."""
+    import numpy as np
+
+    from pipeline.config import build_config
+    from pipeline.data.files import list_class_folders
+    from pipeline.data.transforms import Augmentation, decode_train, decode_val, sample_rng
+
+    _, paths, labels = list_class_folders(root / "folders" / "train")
+    cfg = build_config({"data": {"train_crop": size, "val_crop": size}})
+    aug = Augmentation.from_config(cfg.data)
+    images = np.empty((batch_size, size, size, 3), dtype=np.uint8)
+
+    def batches(epoch):
+        order = random.Random(epoch).sample(range(len(paths)), len(paths))
+        for first in range(0, len(order) - batch_size + 1, batch_size):
+            for position, index in enumerate(order[first : first + batch_size]):
+                if split == "train":
+                    rng = sample_rng(0, epoch, index)
+                    decode_train(paths[index], aug, rng, size, out=images[position])
+                else:
+                    decode_val(paths[index], aug, out=images[position])
+            yield torch.from_numpy(images), torch.as_tensor(labels[order[first]])
 
     return batches
 
@@ -306,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train crop sizes, pixels, one line each (default 224)",
     )
     parser.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val"],
+        help="train (RandomResizedCrop + flip) or val (resize + centre crop) (default train)",
+    )
+    parser.add_argument(
         "--auto-augment",
         default="none",
         choices=["none", "trivial", "imagenet"],
@@ -332,8 +413,9 @@ def print_header(args: argparse.Namespace, root: Path, device: torch.device) -> 
     """The run's settings and machine, as a comment line above the results."""
     print(
         f"# {args.images} images (256 px short side) under {root}; batch {args.batch_size}, "
-        f"{args.workers} workers, {args.rounds} rounds of {args.seconds:.0f} s per backend and "
-        f"size, sizes {' '.join(map(str, args.sizes))} px, auto_augment {args.auto_augment}, "
+        f"{args.workers} workers, {args.split} split, {args.rounds} rounds of "
+        f"{args.seconds:.0f} s per backend and size, sizes {' '.join(map(str, args.sizes))} px, "
+        f"auto_augment {args.auto_augment}, "
         f"device {device}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch "
         f"{torch.__version__}, {platform.node()}, {time.strftime('%Y-%m-%d %H:%M %Z')}"
     )
@@ -346,19 +428,31 @@ def build_loaders(args: argparse.Namespace, root: Path, device: torch.device) ->
         if backend == "dali-mixed" and device.type != "cuda":
             print(f"{backend:>10}: skipped (needs CUDA)")
             continue
+        if args.split == "val" and backend in ("baseline", "ffcv"):
+            print(f"{backend:>10}: skipped (train only)")
+            continue
         if backend == "ffcv" and not FFCV_PYTHON.is_file():
             print(f"{backend:>10}: skipped (FFCV is not built here: `make bench-peers` builds it)")
             continue
         for size in args.sizes:
             if backend == "ffcv":
                 loaders[backend, size] = ffcv_round(root, args.batch_size, args.workers, size)
+            elif backend == "decode":
+                loaders[backend, size] = decode_batches(root, args.batch_size, size, args.split)
             elif backend == "baseline":
                 loaders[backend, size] = baseline_batches(
                     root, args.batch_size, args.workers, device, size
                 )
             else:
                 loaders[backend, size] = our_batches(
-                    root, backend, args.batch_size, args.workers, device, size, args.auto_augment
+                    root,
+                    backend,
+                    args.batch_size,
+                    args.workers,
+                    device,
+                    size,
+                    args.auto_augment,
+                    args.split,
                 )
     return loaders
 
@@ -406,6 +500,9 @@ def report_results(rounds: dict[tuple[str, int], list[tuple[float, float]]]) -> 
         backend, size = result["backend"], result["size"]
         rate, cpu_ms = result["images_per_s"], result["cpu_ms_per_image"]
         ratio = ""
+        one_core = results.get(f"decode@{size}")
+        if one_core is not None and backend != "decode":
+            ratio += f"  {cpu_ms / one_core['cpu_ms_per_image']:.2f}x one core's decode"
         for reference in ("baseline", "ffcv"):
             base = results.get(f"{reference}@{size}")
             if base is not None and backend not in ("baseline", reference):

@@ -202,6 +202,9 @@ class Loader:
     """The interface `build_loader` returns. Backends fill in `_planned_batches` and `_iterate`."""
 
     backend: str = "base"
+    # True where host batches are lent slots (pipeline/data/batches.py: never overwritten while
+    # anything holds them), so a batch that stays on the host needs no copy
+    lends: bool = False
 
     def __init__(
         self,
@@ -302,11 +305,13 @@ class Loader:
             images, labels = to_device_batch(
                 host_images, host_labels, self.device, self.channels_last
             )
-            if self.device.type == "cpu":
-                # folder and wds reuse their batch buffers (pipeline/data/batches.py): a batch
+            if self.device.type == "cpu" and not self.lends:
+                # worker processes reuse their batch buffers (pipeline/data/batches.py): a batch
                 # that stays on the host must not alias the slot a worker will fill again
                 images, labels = _own(images, host_images), _own(labels, host_labels)
+            del host_images, host_labels  # a lent slot is free again once the loop drops it
             yield images, labels
+            del images, labels
             produced += 1
         assert produced == remaining, (
             f"{self.backend} loader yielded {produced} batches, planned {remaining}"

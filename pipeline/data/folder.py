@@ -7,10 +7,11 @@ What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.m
   * the crop box is drawn before decoding and `Image.draft` decodes JPEGs at 1/2, 1/4 or 1/8
     scale when the crop will be downscaled anyway (transforms.decode_train);
   * samples stay uint8 (no ToTensor/Normalize on the CPU; normalization runs on the device);
-  * each worker decodes a whole batch straight into a uint8 buffer of its own, allocated once
-    in shared memory and reused (pipeline/data/batches.py; batch-level __getitem__, no
-    per-sample array or collate), pinned in the main process;
-  * workers persist across epochs.
+  * each worker decodes a whole batch straight into a reused uint8 buffer (batch-level
+    __getitem__, no per-sample array or collate). Workers are threads of the training process
+    by default (pipeline/data/threads.py: the batch is lent to the loop, no copy), or
+    DataLoader processes (`data.worker_kind=processes`: a ring per worker in shared memory,
+    persistent across epochs, pinned in the main process); pipeline/data/batches.py.
 Which rank reads which files is pipeline/data/plans.py's IndexPlan. Each item the sampler hands
 a worker carries its epoch, so the epoch's train size (`transforms.train_resolution`) and every
 per-sample draw (`sample_rng(seed, epoch, file index)`) are fixed by the item alone: a resumed
@@ -29,10 +30,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import Config, DataConfig
+from pipeline.data import jpeg
 from pipeline.data.base import ClassList, Loader, decode_error, sample_record
 from pipeline.data.batches import BatchBuffers, ring_slots
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
+from pipeline.data.threads import lent_slots, run_round_robin, use_threads
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -91,10 +94,11 @@ class FolderBatches(Dataset):
         epoch, indices = item
         images, labels = self.buffers.next(len(indices), self.size(epoch))
         pixels = images.numpy()  # [B, size, size, 3] uint8, decoded into slot by slot
-        for position, index in enumerate(indices):
-            self.load(int(index), epoch, out=pixels[position])
-            labels[position] = int(self.labels[index])
-        return images, labels, torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        keys = np.asarray(indices, dtype=np.int64)
+        for position, index in enumerate(keys.tolist()):
+            self.load(index, epoch, out=pixels[position])
+        labels.numpy()[:] = self.labels[keys]  # one copy, no per-sample tensor write
+        return images, labels, torch.from_numpy(keys)
 
 
 class EpochState:
@@ -161,17 +165,26 @@ class FolderLoader(Loader):
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
         workers = cfg.data.num_workers
-        buffers = BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.threads = use_threads(cfg.data, jpeg.AVAILABLE)
+        self.lends = self.threads  # a thread's batch slot is lent, never overwritten while held
+        self.prefetch = cfg.data.prefetch_factor if workers > 0 else 0
+        buffers = (
+            BatchBuffers(lent_slots(workers, self.prefetch), lend=True)
+            if self.threads
+            else BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        )
         self.dataset = FolderBatches(paths, labels, split, cfg.data, cfg.train.seed, buffers)
+        self.sampler = _EpochSampler(self.plan, self.epoch_state)
         self.dataloader = DataLoader(
             self.dataset,
             batch_size=None,  # the dataset returns whole batches
-            sampler=_EpochSampler(self.plan, self.epoch_state),
-            num_workers=workers,
-            pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+            sampler=self.sampler,
+            num_workers=0 if self.threads else workers,
+            pin_memory=cfg.data.pin_memory and self.device.type == "cuda" and not self.threads,
+            persistent_workers=workers > 0 and not self.threads,
+            prefetch_factor=cfg.data.prefetch_factor if workers > 0 and not self.threads else None,
         )
+        self.workers = workers
         logger.info(
             "folder %s: %d images, %d classes from %s", split, len(paths), len(classes), directory
         )
@@ -188,4 +201,12 @@ class FolderLoader(Loader):
         return self.plan.num_batches(epoch)
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.dataloader)
+        if not self.threads:
+            return iter(self.dataloader)
+        items = list(self.sampler)  # this pass's (epoch, indices), batch j to worker j % N
+        workers = max(1, self.workers)
+        streams = [
+            lambda first=first: (self.dataset[item] for item in items[first::workers])
+            for first in range(workers)
+        ]
+        return run_round_robin(streams, self.prefetch, name=f"folder-{self.split}")

@@ -170,6 +170,7 @@ def decode_crop(
     flip: bool,
     out: np.ndarray | None = None,
     header: ImageHeader | None = None,
+    roi: bool = True,
 ) -> np.ndarray:
     """`box` = (top, left, height, width) of the image in `data`, resized bilinearly to
     [size, size, 3] uint8, mirrored if `flip`: written into `out` (allocated when None) and
@@ -177,6 +178,7 @@ def decode_crop(
 
     Args:
         header: `probe(data)`, when the caller has it already (saves a header parse, ~5 µs).
+        roi: False takes Pillow's full-decode path whatever the file (`data.roi_decode`).
     """
     out = _check_out(out, size)
     header = probe(data) if header is None else header
@@ -184,7 +186,7 @@ def decode_crop(
     if height <= 0 or width <= 0:
         raise ValueError(f"crop box {tuple(box)} is empty: height and width must be > 0")
     path, _ = decode_path(header)
-    if path is DecodePath.ROI:
+    if roi and path is DecodePath.ROI:
         reduction = dct_reduction(width, height, size)
         factor = _draft_factor(header.width, reduction)
         try:

@@ -89,6 +89,7 @@ class Augmentation:
     val_resize: int = 256  # short side before the center crop
     val_crop: int = 224
     auto_augment: AutoAugment = "none"  # train, after the crop and flip
+    roi: bool = True  # decode only the crop's window where the ROI decoder is built (jpeg.py)
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Augmentation:
@@ -100,6 +101,7 @@ class Augmentation:
             val_resize=data.val_resize,
             val_crop=data.val_crop,
             auto_augment=data.auto_augment,
+            roi=data.roi_decode,
         )
 
     def output_size(self, split: str) -> int:
@@ -239,7 +241,7 @@ def decode_train(
     flip = rng.random() < aug.flip_prob
     # drawn after the crop and flip, so `none` keeps every earlier draw (and pixel) as it was
     augment_seed = rng.getrandbits(63) if aug.auto_augment != "none" else 0
-    pixels = jpeg.decode_crop(data, box, size, flip, out=out, header=header)
+    pixels = jpeg.decode_crop(data, box, size, flip, out=out, header=header, roi=aug.roi)
     if aug.auto_augment != "none":
         augmented = auto_augment(Image.fromarray(pixels), aug.auto_augment, augment_seed)
         pixels[...] = np.asarray(augmented)  # same size: the ops keep the image's shape
@@ -253,7 +255,7 @@ def decode_val(data: bytes | str, aug: Augmentation, out: np.ndarray | None = No
     header = jpeg.probe(data)
     corners = val_geometry(header.width, header.height, aug.val_resize, aug.val_crop)
     box = jpeg.box_from_corners(*corners)
-    return jpeg.decode_crop(data, box, aug.val_crop, False, out=out, header=header)
+    return jpeg.decode_crop(data, box, aug.val_crop, False, out=out, header=header, roi=aug.roi)
 
 
 @functools.cache

@@ -7,8 +7,10 @@ DataLoader.
 How the samples are split, so every rank yields the same number of train batches and val
 visits every sample exactly once (the two classic WebDataset-under-DDP bugs), is
 pipeline/data/plans.py's ShardReadPlan: a per-epoch sample sequence over the manifest's shards,
-cut into rank blocks and, inside a rank, into one contiguous sub-block per DataLoader worker
-(batch j comes from worker j % num_workers). What this module adds:
+cut into rank blocks and, inside a rank, into one contiguous sub-block per loader worker
+(batch j comes from worker j % num_workers; a worker is a thread of the training process or a
+DataLoader process, `data.worker_kind`, with the same batches in the same order: see
+pipeline/data/threads.py). What this module adds:
   * a block that starts inside a shard seeks straight to its first sample with the offsets in
     the shard's DALI index, so ranks, workers and resumed epochs read only their own bytes;
   * train streams go through webdataset's shuffle buffer (data.shuffle_buffer) seeded from
@@ -49,6 +51,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from core.seeds import Purpose, stream_seed
 from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
+from pipeline.data import jpeg
 from pipeline.data.base import (
     ClassList,
     Loader,
@@ -60,6 +63,7 @@ from pipeline.data.batches import BatchBuffers, ring_slots
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.remainder import EpochRemainder
 from pipeline.data.storage import ShardSource
+from pipeline.data.threads import lent_slots, run_round_robin, use_threads
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -165,15 +169,22 @@ class ShardStream(IterableDataset):
         return self.plan.num_batches() - self.state[1]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, start_batch = int(self.state[0]), int(self.state[1])
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.worker_batches(physical, workers, self._worker_source())
+
+    def worker_batches(
+        self, physical: int, workers: int, source: ShardSource
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Worker `physical` of `workers`'s batches of this pass (a DataLoader worker process,
+        or a loader thread with a source of its own), read through `source`."""
+        epoch, start_batch = int(self.state[0]), int(self.state[1])
         assert workers == self.plan.num_workers, (
             f"plan for {self.plan.num_workers} workers, running {workers}"
         )
         remainder = self.remainder
         if remainder is not None and remainder.epoch == epoch:
-            yield from self._read_remainder(remainder, start_batch, physical, workers)
+            yield from self._read_remainder(remainder, start_batch, physical, workers, source)
             return
         # resuming at batch k: physical worker 0 must produce rank batch k (the DataLoader polls it
         # first)
@@ -182,7 +193,6 @@ class ShardStream(IterableDataset):
         block = self.plan.worker_block(epoch, logical)
         if skip_batches >= block.num_batches:
             return
-        source = self._worker_source()
         source.prefetch(list(dict.fromkeys(segment.path for segment in block.segments)))
         stages = [lambda: iter(block.segments), lambda segments: read_segments(segments, source)]
         if self.split == "train":
@@ -197,7 +207,12 @@ class ShardStream(IterableDataset):
         yield from wds.DataPipeline(*stages)
 
     def _read_remainder(
-        self, remainder: EpochRemainder, start_batch: int, physical: int, workers: int
+        self,
+        remainder: EpochRemainder,
+        start_batch: int,
+        physical: int,
+        workers: int,
+        source: ShardSource,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """The rest of an interrupted epoch: this worker's batches (every `workers`-th, from
         `start_batch` on), each read in key order (the epoch's sequence order), no shuffle
@@ -207,7 +222,6 @@ class ShardStream(IterableDataset):
             remainder.batch_keys(batch) for batch in range(first, remainder.num_batches, workers)
         ]
         segments = [segment for batch in keys for segment in self.plan.key_segments(batch)]
-        source = self._worker_source()
         source.prefetch(list(dict.fromkeys(segment.path for segment in segments)))
         batcher = self._batcher(remainder.epoch, 0, [len(batch) for batch in keys])
         yield from batcher(read_segments(iter(segments), source))
@@ -234,11 +248,14 @@ class ShardStream(IterableDataset):
                     return
                 images, labels = self.buffers.next(len(chunk), size)
                 pixels = images.numpy()  # [B, size, size, 3] uint8
-                keys = torch.empty(len(chunk), dtype=torch.int64)
+                label_values = labels.numpy()  # written through numpy: no per-sample tensor op
+                keys = np.empty(len(chunk), dtype=np.int64)
                 for position, sample in enumerate(chunk):
-                    labels[position] = self._decode(sample, epoch, size, pixels[position])
+                    label_values[position] = self._decode(sample, epoch, size, pixels[position])
                     keys[position] = sample["__index__"]
-                yield images, labels, keys
+                del pixels, label_values  # views of the slot: a lent slot is held by the loop only
+                yield images, labels, torch.from_numpy(keys)
+                del images, labels
 
         return batches
 
@@ -290,17 +307,25 @@ class WdsLoader(Loader):
         self.check_planned_batches(directory)
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        buffers = BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.threads = use_threads(cfg.data, jpeg.AVAILABLE)
+        self.lends = self.threads  # a thread's batch slot is lent, never overwritten while held
+        self.workers, self.prefetch = workers, cfg.data.prefetch_factor if workers > 0 else 0
+        buffers = (
+            BatchBuffers(lent_slots(workers, self.prefetch), lend=True)
+            if self.threads
+            else BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        )
         self.stream = ShardStream(
             self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source, buffers
         )
+        self.thread_sources: dict[int, ShardSource] = {}  # per loader thread, kept across epochs
         self.dataloader = DataLoader(
             self.stream,
             batch_size=None,  # the stream yields whole batches
-            num_workers=workers,
-            pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=cfg.data.prefetch_factor if workers > 0 else None,
+            num_workers=0 if self.threads else workers,
+            pin_memory=cfg.data.pin_memory and self.device.type == "cuda" and not self.threads,
+            persistent_workers=workers > 0 and not self.threads,
+            prefetch_factor=cfg.data.prefetch_factor if workers > 0 and not self.threads else None,
         )
         logger.info(
             "wds %s: %d samples in %d shards from %s",
@@ -323,4 +348,20 @@ class WdsLoader(Loader):
         return self.plan.num_batches()
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.dataloader)
+        if not self.threads:
+            return iter(self.dataloader)
+        workers = max(1, self.workers)
+        streams = [
+            lambda physical=physical: self.stream.worker_batches(
+                physical, workers, self._thread_source(physical)
+            )
+            for physical in range(workers)
+        ]
+        return run_round_robin(streams, self.prefetch, name=f"wds-{self.split}")
+
+    def _thread_source(self, physical: int) -> ShardSource:
+        """Loader thread `physical`'s source: the main one reopened (its own prefetch and
+        connections, as a worker process has), kept across epochs."""
+        if physical not in self.thread_sources:
+            self.thread_sources[physical] = self.source.reopen()
+        return self.thread_sources[physical]

@@ -39,6 +39,7 @@ from pipeline.data import build_loader, jpeg, resolve_classes
 from pipeline.data.base import split_directory
 from pipeline.data.files import list_class_folders
 from pipeline.data.plans import open_manifest
+from pipeline.data.threads import use_threads
 from pipeline.distributed import DistInfo, synchronize
 from pipeline.doctor.report import Check
 from pipeline.errors import UserError, first_line
@@ -459,10 +460,11 @@ def summarize_decode(
         "configured": entry["configured"],
         "overrides": entry["overrides"],
     }
+    threads = entry["backend"] == "dali" or use_threads(cfg.data, jpeg.AVAILABLE)
     workers = (
-        f"{max(1, cfg.data.num_workers)} threads"  # as pipeline/data/dali/ starts them
-        if entry["backend"] == "dali"
-        else f"{cfg.data.num_workers} workers"
+        f"{max(1, cfg.data.num_workers)} threads"  # as dali/ and data/threads.py start them
+        if threads
+        else f"{cfg.data.num_workers} worker processes"
     )
     check = Check(
         "data",

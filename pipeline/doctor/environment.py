@@ -391,7 +391,14 @@ def check_memory(
         f"{memory['available_gb']} GB available, /dev/shm {memory['shm_free_gb']} GB free; "
         f"{local_world_size} rank(s) keep ~{in_flight:.2f} GB of batches in flight"
     )
-    uses_shm = cfg.data.backend in ("folder", "wds") and cfg.data.num_workers > 0
+    from pipeline.data import jpeg
+    from pipeline.data.threads import use_threads
+
+    uses_shm = (  # worker processes hand batches over in /dev/shm; loader threads do not
+        cfg.data.backend in ("folder", "wds")
+        and cfg.data.num_workers > 0
+        and not use_threads(cfg.data, jpeg.AVAILABLE)
+    )
     shm = memory["shm_free_gb"]
     if uses_shm and shm is not None and shm < in_flight:
         return Check(

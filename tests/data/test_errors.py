@@ -245,22 +245,23 @@ def corrupt_first_image(directory, layout):
 @pytest.mark.parametrize(
     ("backend", "layout"), [("folder", "tiny_folders"), ("wds", "tiny_shards")]
 )
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    ("workers", "kind"), [(0, "threads"), (2, "threads"), (0, "processes"), (2, "processes")]
+)
 def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_worker(
-    request, tmp_path, backend, layout, workers
+    request, tmp_path, backend, layout, workers, kind
 ):
     from pipeline.errors import SampleDecodeError
 
     data = request.getfixturevalue(layout)
     val = shutil.copytree(data["val"], tmp_path / "val")
     source = corrupt_first_image(val, layout)
-    loader = build_loader(
-        tiny_config(data["train"], val, backend=backend, num_workers=workers), "val", single_rank()
-    )
+    cfg = tiny_config(data["train"], val, backend=backend, num_workers=workers, worker_kind=kind)
+    loader = build_loader(cfg, "val", single_rank())
     with pytest.raises(SampleDecodeError) as err:
         list(loader)
     assert_one_line(err, source, "cannot decode", f"python -m preprocess verify {val} --decode")
     assert "Caught" not in str(err.value) and "Traceback" not in str(err.value)
-    assert ("worker process" in err.value.worker_report) == (
-        workers > 0
-    )  # torch's report is kept aside
+    # where it was raised is kept aside: torch's report from a worker process, or the thread's
+    where = "worker process" if kind == "processes" else "Raised in loader thread"
+    assert (where in err.value.worker_report) == (workers > 0)

@@ -44,7 +44,9 @@ def test_a_dropped_loader_and_its_persistent_workers_go_at_once_without_the_garb
     data = request.getfixturevalue(layout)
     backend = "folder" if layout == "tiny_folders" else "wds"
     loader = build_loader(
-        tiny_config(data["train"], data["val"], backend=backend, num_workers=2),
+        tiny_config(
+            data["train"], data["val"], backend=backend, num_workers=2, worker_kind="processes"
+        ),
         "train",
         single_rank(),
     )
@@ -79,3 +81,36 @@ def test_the_folder_backend_lists_every_suffix_preprocessing_reads_gif_included(
     _, paths, _ = list_class_folders(tmp_path / "train")
     assert ".gif" in IMAGE_SUFFIXES
     assert sorted(os.path.splitext(path)[1].lower() for path in paths) == sorted(IMAGE_SUFFIXES)
+
+
+@pytest.mark.parametrize("layout", ["tiny_folders", "tiny_shards"])
+def test_loader_threads_end_with_their_pass_even_one_stopped_early_and_a_dropped_loader_goes(
+    request, layout
+):
+    import gc
+    import threading
+    import weakref
+
+    def loader_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if "-worker-" in thread.name]
+
+    data = request.getfixturevalue(layout)
+    backend = "folder" if layout == "tiny_folders" else "wds"
+    cfg = tiny_config(data["train"], data["val"], backend=backend, num_workers=2)
+    loader = build_loader(cfg, "train", single_rank())
+    assert loader.threads  # auto: the ROI decoder is built here and auto_augment is none
+    loader.set_epoch(0)
+    batches = iter(loader)
+    next(batches)
+    assert len(loader_threads()) == 2  # running ahead of the loop
+    batches.close()  # the loop stops early: a benchmark's time limit, max_steps
+    assert loader_threads() == []
+    assert len(list(loader)) == len(loader)
+    assert loader_threads() == []
+    reference = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader, batches
+        assert reference() is None, "a reference cycle keeps the dropped loader alive"
+    finally:
+        gc.enable()

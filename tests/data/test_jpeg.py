@@ -182,6 +182,32 @@ def test_without_the_extension_decode_train_and_val_are_pillows_full_decode(monk
         np.testing.assert_array_equal(decode_val(data, aug), expected)
 
 
+def test_roi_decode_off_gives_pillows_full_decode_pixel_for_pixel(monkeypatch):
+    """data.roi_decode=false (Augmentation.roi): the extension is built, Pillow decodes anyway."""
+    calls = []
+    full = jpeg.decode_full
+    monkeypatch.setattr(jpeg, "decode_full", lambda *args: calls.append(args[2]) or full(*args))
+    pillow_aug, roi_aug = Augmentation(roi=False), Augmentation()
+    for path in PHOTOS[:4]:
+        data = resize_image(path.read_bytes(), 256)[0]
+        header = jpeg.probe(data)
+        rng = random.Random(5)
+        box = sample_crop_box(header.width, header.height, pillow_aug.scale, pillow_aug.ratio, rng)
+        flip = rng.random() < pillow_aug.flip_prob
+        corners = val_geometry(header.width, header.height, 256, 224)
+        expected = [pillow(data, box, 192, flip)]
+        expected.append(pillow(data, jpeg.box_from_corners(*corners), 224, False))
+        calls.clear()
+        np.testing.assert_array_equal(
+            decode_train(data, pillow_aug, random.Random(5), 192), expected[0]
+        )
+        np.testing.assert_array_equal(decode_val(data, pillow_aug), expected[1])
+        assert calls == [192, 224]  # both took Pillow's path
+        decode_train(data, roi_aug, random.Random(5), 192)
+        decode_val(data, roi_aug)
+        assert calls == [192, 224]  # the default takes the ROI path
+
+
 # --- oddballs: each takes the ROI path and matches, or falls back and matches --------------
 
 

@@ -104,7 +104,8 @@ def test_a_shard_damaged_on_every_fetch_stops_a_worker_in_one_line_naming_it(
         epoch_batches(loader, 0)
     message = str(caught.value)
     assert "\n" not in message and name in message and S3_URL in message
-    assert "worker process" in caught.value.worker_report
+    # where: the loader thread (the default worker kind) that read the shard
+    assert "Raised in loader thread wds-train-worker-0" in caught.value.worker_report
 
 
 def test_dali_reads_the_local_batches_from_the_node_cache(s3_env, storage_shards, tmp_path):

@@ -1,0 +1,147 @@
+"""Loader workers as threads of the training process: the folder and wds backends' default.
+
+    streams = [lambda worker=worker: batches_of(worker) for worker in range(num_workers)]
+    for images, labels, keys in run_round_robin(streams, prefetch=4):
+        ...
+
+Why threads (docs/BENCHMARKS.md, issue 18): the ROI decoder (pipeline/data/_jpeg.c) releases the
+GIL for the whole decode + crop + resize, which is ~90 % of a sample's CPU, so N threads decode in
+parallel. What a DataLoader worker process adds per batch is gone: no shared-memory segment
+passed by file descriptor, no pickling, and above all no copy of the batch on the way out (a
+worker's reused slot had to be copied before the next one overwrote it; a thread's slot is lent,
+pipeline/data/batches.py). Processes stay available (`data.worker_kind=processes`) and are what
+`auto` picks for auto_augment, whose Pillow ops run mostly in Python under the GIL.
+
+Order: batch j of an epoch comes from worker j % N, exactly as a DataLoader over the same
+streams orders them (an exhausted worker leaves the cycle), so a run, its resume and its
+per-batch keys are the same with threads or processes. Each worker runs at most `prefetch`
+batches ahead of the training loop. An error in a worker is raised in the loop, unchanged. A loop
+that stops early (a benchmark's time limit, `max_steps`, an exception) stops the workers: each
+closes its stream (files, shard readers) and ends.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from pipeline.config import DataConfig
+
+Batch = TypeVar("Batch")
+
+_END = object()  # a worker's stream is exhausted
+_POLL_S = 0.1  # how often a worker blocked on a full queue looks for the stop signal
+
+
+class _Failure:
+    """An exception raised in a worker, carried to the loop. A user error keeps its one-line
+    message; where it was raised goes to `.worker_report` (as a worker process's report does,
+    core/errors.py)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        if hasattr(error, "worker_report"):
+            error.worker_report = (
+                f"Raised in loader thread {threading.current_thread().name}:\n"
+                + "".join(traceback.format_exception(error))
+            )
+
+
+def use_threads(data: DataConfig, roi_available: bool) -> bool:
+    """Whether the folder/wds workers are threads (`data.worker_kind`; `auto`: threads where the
+    ROI decoder is built and used, and no auto-augment runs in Python)."""
+    if data.worker_kind != "auto":
+        return data.worker_kind == "threads"
+    return roi_available and data.roi_decode and data.auto_augment == "none"
+
+
+def lent_slots(workers: int, prefetch: int) -> int:
+    """Batch slots for a lent ring (pipeline/data/batches.py): each worker's queue (`prefetch`)
+    and the batch it is building, plus the loop's current batch and the one before it. More are
+    allocated if the loop holds more; this many are kept."""
+    return max(1, workers) * (prefetch + 1) + 2
+
+
+def run_round_robin(
+    streams: Sequence[Callable[[], Iterator[Batch]]], prefetch: int, name: str = "loader"
+) -> Iterator[Batch]:
+    """The batches of streams[0], streams[1], ... in turn, each stream run in a thread of its
+    own at most `prefetch` batches ahead. No streams, or one with prefetch 0: run in the caller."""
+    if prefetch <= 0:
+        for stream in streams:
+            yield from stream()
+        return
+    stop = threading.Event()
+    queues = [queue.Queue(maxsize=prefetch) for _ in streams]
+    workers = [
+        threading.Thread(
+            target=_work, args=(stream, box, stop), name=f"{name}-worker-{number}", daemon=True
+        )
+        for number, (stream, box) in enumerate(zip(streams, queues))
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        yield from _take_in_turn(queues)
+    finally:
+        stop.set()
+        for box in queues:  # unblock a worker waiting to put
+            _drain(box)
+        for worker in workers:
+            worker.join()
+
+
+def _take_in_turn(queues: list[queue.Queue]) -> Iterator:
+    active = list(range(len(queues)))
+    turn = 0
+    while active:
+        number = active[turn % len(active)]
+        item = queues[number].get()
+        if item is _END:
+            active.remove(number)  # the next worker in the cycle now holds this turn
+            continue
+        if isinstance(item, _Failure):
+            raise item.error
+        yield item
+        del item  # the loop holds the batch, not this frame, while the next one is awaited
+        turn += 1
+
+
+def _work(stream: Callable[[], Iterator], box: queue.Queue, stop: threading.Event) -> None:
+    """One worker: its stream's batches into `box` until the stream ends or `stop` is set."""
+    batches = None
+    try:
+        batches = stream()
+        for batch in batches:
+            if not _put(box, batch, stop):
+                return
+            del batch  # a lent slot is free once the loop is done with it, not when we next get one
+        _put(box, _END, stop)
+    except BaseException as error:  # noqa: BLE001 - carried to the loop and raised there
+        _put(box, _Failure(error), stop)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # a generator's finally blocks: open files and readers
+
+
+def _put(box: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item`, waiting while the queue is full; False once the loop has stopped."""
+    while not stop.is_set():
+        try:
+            box.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(box: queue.Queue) -> None:
+    while True:
+        try:
+            box.get_nowait()
+        except queue.Empty:
+            return
