@@ -3,6 +3,7 @@ the Loader interface."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -198,6 +199,33 @@ def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class InFlightCopies:
+    """Lent host batches (pinned slots of a loader thread's ring, pipeline/data/batches.py) whose
+    asynchronous copy to the GPU may still be reading them: each is held, so its slot is not
+    written again, until a CUDA event recorded after its copy has completed. A batch that was
+    not pinned was copied into a pinned buffer of torch's own first (`to_device`): nothing to
+    hold."""
+
+    def __init__(self) -> None:
+        self.pending: collections.deque = collections.deque()
+
+    def hold(self, *tensors: torch.Tensor) -> None:
+        if any(tensor.is_pinned() for tensor in tensors):
+            event = torch.cuda.Event()
+            event.record()  # after the copies, on the stream they were issued on
+            self.pending.append((event, tensors))
+
+    def collect(self) -> None:
+        """Let go of the batches whose copies have completed."""
+        while self.pending and self.pending[0][0].query():
+            self.pending.popleft()
+
+    def wait(self) -> None:
+        for event, _ in self.pending:
+            event.synchronize()
+        self.pending.clear()
+
+
 class Loader:
     """The interface `build_loader` returns. Backends fill in `_planned_batches` and `_iterate`."""
 
@@ -299,20 +327,27 @@ class Loader:
             self.check_equal_batches()
         remaining = len(self)
         produced = 0
-        for host_images, host_labels, keys in self._iterate():
-            if self.record is not None:
-                self.record.write(self.epoch, self.start_batch + produced, keys.tolist())
-            images, labels = to_device_batch(
-                host_images, host_labels, self.device, self.channels_last
-            )
-            if self.device.type == "cpu" and not self.lends:
-                # worker processes reuse their batch buffers (pipeline/data/batches.py): a batch
-                # that stays on the host must not alias the slot a worker will fill again
-                images, labels = _own(images, host_images), _own(labels, host_labels)
-            del host_images, host_labels  # a lent slot is free again once the loop drops it
-            yield images, labels
-            del images, labels
-            produced += 1
+        copies = InFlightCopies()
+        try:
+            for host_images, host_labels, keys in self._iterate():
+                copies.collect()
+                if self.record is not None:
+                    self.record.write(self.epoch, self.start_batch + produced, keys.tolist())
+                images, labels = to_device_batch(
+                    host_images, host_labels, self.device, self.channels_last
+                )
+                if self.device.type == "cpu" and not self.lends:
+                    # worker processes reuse their batch buffers (pipeline/data/batches.py): a
+                    # batch that stays on the host must not alias the slot a worker fills again
+                    images, labels = _own(images, host_images), _own(labels, host_labels)
+                if self.device.type == "cuda" and self.lends:
+                    copies.hold(host_images, host_labels)  # a pinned slot, read by the copy
+                del host_images, host_labels  # a lent slot is free again once nothing holds it
+                yield images, labels
+                del images, labels
+                produced += 1
+        finally:
+            copies.wait()  # no slot is written again while the last copies read it
         assert produced == remaining, (
             f"{self.backend} loader yielded {produced} batches, planned {remaining}"
         )

@@ -67,10 +67,11 @@ def _use_counts(storages: tuple) -> tuple[int, ...]:
 class BatchBuffers:
     """A ring of reusable (uint8 [B, S, S, 3], int64 [B]) batch buffers for this process."""
 
-    def __init__(self, slots: int, lend: bool = False) -> None:
+    def __init__(self, slots: int, lend: bool = False, pin: bool = False) -> None:
         assert slots >= 2, f"a ring needs at least 2 slots, got {slots}"
         self.slots = slots
         self.lend = lend  # hand slots out without a copy, reuse only those no longer held
+        self.pin = pin  # page-locked slots (lending on CUDA): copied to the GPU as they are
         self.key: tuple[int, int] = (0, 0)  # (images per slot, size) of the ring held
         self.ring: list[_Slot] = []
         self.position = 0
@@ -79,17 +80,17 @@ class BatchBuffers:
 
     def __getstate__(self) -> dict:
         # a spawned worker gets the settings, never the parent's buffers
-        return {"slots": self.slots, "lend": self.lend}
+        return {"slots": self.slots, "lend": self.lend, "pin": self.pin}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["slots"], state.get("lend", False))
+        self.__init__(state["slots"], state.get("lend", False), state.get("pin", False))
 
     def next(self, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (images uint8 [count, size, size, 3], labels int64 [count]) slot of the
         ring, its old contents left in place (every sample is written over). A short batch (an
         epoch's last) is a leading view of a full slot."""
         if self.owner != os.getpid():
-            self.__init__(self.slots, self.lend)
+            self.__init__(self.slots, self.lend, self.pin)
         with self.lock:
             capacity, held_size = self.key
             if held_size != size or count > capacity:
@@ -99,7 +100,7 @@ class BatchBuffers:
 
     def _rotating_slot(self) -> _Slot:
         if len(self.ring) < self.slots:
-            self.ring.append(_allocate(*self.key))
+            self.ring.append(_allocate(*self.key, self.pin))
         slot = self.ring[self.position % len(self.ring)]
         self.position = (self.position + 1) % self.slots
         return slot
@@ -112,7 +113,7 @@ class BatchBuffers:
             if not slot.held():
                 break
         else:
-            slot = _allocate(*self.key)
+            slot = _allocate(*self.key, self.pin)
             self.ring.append(slot)
         if len(self.ring) > self.slots:
             spare = [other for other in self.ring if other is not slot and not other.held()]
@@ -122,11 +123,11 @@ class BatchBuffers:
         return slot
 
 
-def _allocate(batch_size: int, size: int) -> _Slot:
+def _allocate(batch_size: int, size: int, pin: bool = False) -> _Slot:
     """One slot: in shared memory inside a DataLoader worker (so sending it copies nothing),
-    ordinary memory in the main process."""
-    images = torch.empty((batch_size, size, size, 3), dtype=torch.uint8)
-    labels = torch.empty(batch_size, dtype=torch.int64)
+    page-locked where `pin` (the training process, on CUDA), else ordinary memory."""
+    images = torch.empty((batch_size, size, size, 3), dtype=torch.uint8, pin_memory=pin)
+    labels = torch.empty(batch_size, dtype=torch.int64, pin_memory=pin)
     if get_worker_info() is not None:
         images.share_memory_()
         labels.share_memory_()

@@ -169,7 +169,11 @@ class FolderLoader(Loader):
         self.lends = self.threads  # a thread's batch slot is lent, never overwritten while held
         self.prefetch = cfg.data.prefetch_factor if workers > 0 else 0
         buffers = (
-            BatchBuffers(lent_slots(workers, self.prefetch), lend=True)
+            BatchBuffers(
+                lent_slots(workers, self.prefetch),
+                lend=True,
+                pin=cfg.data.pin_memory and self.device.type == "cuda",  # copied as they are
+            )
             if self.threads
             else BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
         )

@@ -165,3 +165,36 @@ def test_a_loop_that_drops_each_batch_keeps_the_lent_ring_at_its_size_across_epo
             pointers.add(images.data_ptr())
     assert 3 * len(loader) > lent_slots(2, 2)  # more batches than slots: slots were reused
     assert len(pointers) <= len(buffers.ring) <= lent_slots(2, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["tiny_folders", "tiny_shards"])
+def test_on_cuda_the_threads_copy_from_pinned_lent_slots_the_cpu_loaders_very_batches(
+    request, layout
+):
+    """No pin copy: the GPU reads the ring's page-locked slot, which stays held until the copy
+    is done (base.InFlightCopies), so no batch is overwritten while in flight."""
+    from pipeline.distributed import DistInfo
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU; none on this machine")
+    paths = request.getfixturevalue(layout)
+    backend = "folder" if layout == "tiny_folders" else "wds"
+    cfg = tiny_config(paths["train"], paths["val"], backend=backend, num_workers=2)
+    gpu = build_loader(cfg, "train", DistInfo(device="cuda:0"))
+    cpu = build_loader(cfg, "train", single_rank())
+    for epoch in range(3):
+        expected = epoch_batches(cpu, epoch)
+        got = [(images.cpu(), labels.cpu()) for images, labels in _batches_of(gpu, epoch)]
+        assert len(got) == len(expected) > 0
+        for (images, labels), (want, want_labels) in zip(got, expected):
+            assert torch.equal(labels, want_labels) and torch.equal(images, want)
+    buffers = gpu.dataset.buffers if backend == "folder" else gpu.stream.buffers
+    assert buffers.pin and all(slot.images.is_pinned() for slot in buffers.ring)
+
+
+def _batches_of(loader, epoch: int):
+    loader.set_epoch(epoch)
+    for images, labels in loader:
+        torch.cuda._sleep(1_000_000)  # a slow step: copies queue up behind it
+        yield images.clone(), labels.clone()
