@@ -46,10 +46,10 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from core.seeds import Purpose, stream_seed
-from core.shard_format import TAR_BLOCK, ManifestError, read_dali_index
+from core.shard_format import TAR_BLOCK, IndexMember, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
 from pipeline.data import jpeg
 from pipeline.data.base import (
@@ -73,6 +73,7 @@ from pipeline.data.transforms import (
     train_resolution,
 )
 from pipeline.distributed import DistInfo
+from pipeline.errors import LoaderError
 
 logger = logging.getLogger(__name__)
 
@@ -114,30 +115,88 @@ def read_segments(segments: Iterator[Segment], source: ShardSource | None = None
     last_use = {segment.path: number for number, segment in enumerate(segments)}
     for number, segment in enumerate(segments):
         try:
-            stream, url, skip = _open_segment(segment, source)
-            with stream:
-                tar = tar_file_expander([{"url": url, "stream": stream}])
-                samples = itertools.islice(group_by_keys(tar), skip, skip + segment.take)
-                for position, sample in enumerate(samples):
-                    sample["__index__"] = segment.shard_start + segment.skip + position
-                    yield sample
+            for position, sample in enumerate(_segment_samples(segment, source)):
+                sample["__index__"] = segment.shard_start + segment.skip + position
+                yield sample
         finally:
             if source is not None and last_use[segment.path] == number:
                 source.release(segment.path)
 
 
-def _open_segment(segment: Segment, source: ShardSource | None) -> tuple[BinaryIO, str, int]:
-    """(a stream positioned at or before the segment's first sample, its URL for messages, the
-    samples still to skip in it)."""
+def _segment_samples(segment: Segment, source: ShardSource | None) -> Iterator[dict]:
+    """The segment's raw samples. A file on disk is read by its DALI index's offsets, one read
+    per sample and no tar header parsed (Python's tarfile costs ~0.1 ms per sample, a fifth of
+    a decode); a stream, or a file whose index is missing, old (v1.1: no member names) or does
+    not match the tar at the slice's ends, goes through webdataset's tar reader."""
     if source is not None and source.streams:
         stop = segment.skip + segment.take
         url = f"{source.location}/{segment.path}"
-        return source.stream(segment.path, segment.skip, stop), url, 0
+        yield from _tar_samples(source.stream(segment.path, segment.skip, stop), url, 0, segment)
+        return
     path = str(source.local_path(segment.path)) if source is not None else segment.path
+    members = _indexed_members(path, segment, source)
+    if members is not None:
+        yield from _read_indexed(path, members)
+        return
     offset = sample_offset(path, segment.skip) if segment.skip else 0
-    stream = open(path, "rb")  # noqa: SIM115 - closed by read_segments
+    stream = open(path, "rb")  # noqa: SIM115 - closed by _tar_samples
     stream.seek(offset)
-    return stream, path, 0 if offset else segment.skip
+    yield from _tar_samples(stream, path, 0 if offset else segment.skip, segment)
+
+
+def _tar_samples(stream: BinaryIO, url: str, skip: int, segment: Segment) -> Iterator[dict]:
+    """webdataset's tar reader over `stream` (closed at the end): `segment.take` samples after
+    the first `skip`."""
+    with stream:
+        tar = tar_file_expander([{"url": url, "stream": stream}])
+        yield from itertools.islice(group_by_keys(tar), skip, skip + segment.take)
+
+
+def _indexed_members(
+    path: str, segment: Segment, source: ShardSource | None
+) -> tuple[tuple[IndexMember, ...], ...] | None:
+    """The members of the segment's samples from the shard's DALI index, or None where the
+    index cannot be trusted for them."""
+    try:
+        index = source.index(segment.path) if source is not None else read_dali_index(Path(path))
+    except (LoaderError, ManifestError, OSError):
+        return None
+    samples = index.samples[segment.skip : segment.skip + segment.take]
+    if len(samples) != segment.take or any(m.name is None for s in samples for m in s):
+        return None
+    ends = (samples[0][0], samples[-1][-1]) if samples else ()
+    return samples if all(_header_matches(path, member) for member in ends) else None
+
+
+def _header_matches(path: str, member: IndexMember) -> bool:
+    """Whether the tar header before `member`'s data names it and gives its size."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(member.header_offset)
+            header = tarfile.TarInfo.frombuf(handle.read(TAR_BLOCK), "utf-8", "surrogateescape")
+    except (OSError, ValueError, tarfile.TarError):
+        return False
+    return member.header_offset >= 0 and header.name == member.name and header.size == member.size
+
+
+def _read_indexed(path: str, samples: tuple[tuple[IndexMember, ...], ...]) -> Iterator[dict]:
+    """Samples as webdataset's group_by_keys builds them ({"__key__", "__url__", suffix: bytes,
+    the suffix lower-cased}), each read in one piece from its first header to its last byte."""
+    with open(path, "rb") as handle:
+        for members in samples:
+            start = min(member.header_offset for member in members)
+            end = max(member.offset + member.size for member in members)
+            handle.seek(start)
+            data = handle.read(end - start)
+            if len(data) != end - start:
+                raise tarfile.ReadError(f"{path}: unexpected end of data")
+            key, _ = base_plus_ext(members[0].name)
+            sample = {"__key__": key, "__url__": path}
+            for member in members:
+                _, suffix = base_plus_ext(member.name)
+                first = member.offset - start
+                sample[suffix.lower()] = data[first : first + member.size]
+            yield sample
 
 
 class ShardStream(IterableDataset):

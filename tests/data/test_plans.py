@@ -155,3 +155,64 @@ def test_with_one_train_shard_each_epoch_drops_other_samples_and_val_drops_none(
         for rank in range(2)
     ]
     assert sorted(read(val[0], 0) | read(val[1], 0)) == list(range(61))
+
+
+def _tar_reader_samples(tar: str, skip: int, take: int) -> list[dict]:
+    """webdataset's own reader: every member's header parsed, the truth for the indexed read."""
+    import itertools
+
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open(tar, "rb") as stream:
+        members = tar_file_expander([{"url": tar, "stream": stream}])
+        return list(itertools.islice(group_by_keys(members), skip, skip + take))
+
+
+def test_slices_read_by_the_index_are_webdatasets_samples_and_parse_no_tar_header(
+    tiny_shards, monkeypatch
+):
+    from pipeline.data import wds
+    from pipeline.data.plans import Segment
+
+    tar = str(tiny_shards["train"] / "imagenet-train-000002.tar")
+    expected = _tar_reader_samples(tar, 0, 10)
+
+    def no_tar_reader(*args, **kwargs):
+        raise AssertionError("the indexed read parsed the tar")
+
+    monkeypatch.setattr(wds, "tar_file_expander", no_tar_reader)
+    for skip, take in [(0, 10), (3, 2), (7, 3), (9, 1)]:
+        got = list(wds.read_segments(iter([Segment(tar, skip, take, shard_start=100)])))
+        assert [{k: v for k, v in s.items() if k != "__index__"} for s in got] == expected[
+            skip : skip + take
+        ]
+        assert [s["__index__"] for s in got] == list(range(100 + skip, 100 + skip + take))
+
+
+def test_an_index_that_disagrees_with_the_tar_or_has_no_names_is_not_used(tiny_shards, tmp_path):
+    import shutil
+
+    from pipeline.data import wds
+    from pipeline.data.plans import Segment
+
+    source = tiny_shards["train"] / "imagenet-train-000002"
+    tar = str(shutil.copy(f"{source}.tar", tmp_path / "imagenet-train-000002.tar"))
+    expected = _tar_reader_samples(tar, 2, 6)
+    lines = source.with_suffix(".idx").read_text().splitlines()
+    index = tmp_path / "imagenet-train-000002.idx"
+    shifted = [lines[0]] + [
+        " ".join(str(int(f) + 512) if i % 4 == 1 else f for i, f in enumerate(line.split()))
+        for line in lines[1:]
+    ]
+    v11 = ["v1.1 " + lines[0].split(" ", 1)[1]] + [
+        " ".join(f for i, f in enumerate(line.split()) if i % 4 != 3) for line in lines[1:]
+    ]
+    for variant in (shifted, v11):
+        index.write_text("\n".join(variant) + "\n")
+        segment = Segment(tar, 2, 6)
+        assert wds._indexed_members(tar, segment, None) is None
+        got = [
+            {k: v for k, v in s.items() if k != "__index__"}
+            for s in wds.read_segments(iter([segment]))
+        ]
+        assert got == expected
