@@ -80,7 +80,7 @@ class DataConfig:
     worker_kind: WorkerKind = _field(
         "auto",
         "folder/wds workers: threads (no copy of the batch), DataLoader processes, or auto "
-        "(threads with the ROI decoder and no auto_augment, else processes)",
+        "(threads with the ROI decoder, no auto_augment and <= 6 workers, else processes)",
     )
     train_crop: int = _field(224, "train RandomResizedCrop output size, pixels")
     val_resize: int = _field(

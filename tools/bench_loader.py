@@ -26,9 +26,10 @@ of them alike. It also reports CPU milliseconds per
 image (this process, its threads and its worker processes), which other jobs barely change.
 `decode` is one core's cost with no loader: decode_train (decode, crop, resize, flip) of each file
 in a plain loop; every other line gives its CPU per image as a multiple of it. The variants
-`folder-processes` / `wds-processes` run the workers as DataLoader processes instead of threads
-(data.worker_kind), `folder-pillow` / `wds-pillow` decode whole images with Pillow
-(data.roi_decode=false: the path before the ROI decoder). `--split val` times the val path.
+`folder-processes` / `wds-processes` and `folder-threads` / `wds-threads` set data.worker_kind
+(`folder` and `wds` take `auto`: threads up to 6 workers), `folder-pillow` / `wds-pillow`
+decode whole images with Pillow (data.roi_decode=false: the path before the ROI decoder).
+`--split val` times the val path.
 `ffcv` runs FFCV 1.0.2's loader (tools.bench_ffcv, in .venv-ffcv from `make bench-peers`) on the
 same class folders, one round in its own process at each turn, and every other backend's line
 gives its ratio to FFCV's; where FFCV is not built, one line says so and the rest runs.
@@ -69,9 +70,11 @@ BACKENDS = (
     "decode",
     "folder",
     "folder-processes",
+    "folder-threads",
     "folder-pillow",
     "wds",
     "wds-processes",
+    "wds-threads",
     "wds-pillow",
     "dali-cpu",
     "dali-mixed",
@@ -80,6 +83,7 @@ BACKENDS = (
 VARIANTS = {
     "": {},
     "processes": {"worker_kind": "processes"},
+    "threads": {"worker_kind": "threads"},
     "pillow": {"roi_decode": False},  # Pillow's whole-image decode; auto picks processes
 }
 FFCV_PYTHON = Path(".venv-ffcv") / "bin" / "python"  # built by `make bench-peers`

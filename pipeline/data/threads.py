@@ -50,12 +50,25 @@ class _Failure:
             )
 
 
+# `auto` runs at most this many workers as threads. Each image holds the GIL ~0.03 ms (the draws,
+# the header probe, the file read's Python; 0.45 ms with the decode, docs/BENCHMARKS.md), so
+# N threads keep it busy ~N x 7 % of the time at full speed: 6 leave the training loop more than
+# half of it. More workers run as processes, each with a GIL of its own.
+THREADS_UP_TO = 6
+
+
 def use_threads(data: DataConfig, roi_available: bool) -> bool:
     """Whether the folder/wds workers are threads (`data.worker_kind`; `auto`: threads where the
-    ROI decoder is built and used, and no auto-augment runs in Python)."""
+    ROI decoder is built and used, no auto-augment runs in Python and there are at most
+    THREADS_UP_TO workers)."""
     if data.worker_kind != "auto":
         return data.worker_kind == "threads"
-    return roi_available and data.roi_decode and data.auto_augment == "none"
+    return (
+        roi_available
+        and data.roi_decode
+        and data.auto_augment == "none"
+        and data.num_workers <= THREADS_UP_TO
+    )
 
 
 def lent_slots(workers: int, prefetch: int) -> int:

@@ -198,3 +198,20 @@ def _batches_of(loader, epoch: int):
     for images, labels in loader:
         torch.cuda._sleep(1_000_000)  # a slow step: copies queue up behind it
         yield images.clone(), labels.clone()
+
+
+def test_auto_runs_threads_only_with_the_roi_decoder_no_auto_augment_and_few_workers():
+    from pipeline.config import build_config
+    from pipeline.data.threads import THREADS_UP_TO, use_threads
+
+    def data(**values):
+        return build_config({"data": values}).data
+
+    assert use_threads(data(num_workers=THREADS_UP_TO), roi_available=True)
+    assert use_threads(data(num_workers=0), roi_available=True)
+    assert not use_threads(data(num_workers=THREADS_UP_TO + 1), roi_available=True)  # the GIL
+    assert not use_threads(data(num_workers=2), roi_available=False)  # Pillow's whole decode
+    assert not use_threads(data(num_workers=2, roi_decode=False), roi_available=True)
+    assert not use_threads(data(num_workers=2, auto_augment="trivial"), roi_available=True)
+    assert use_threads(data(num_workers=32, worker_kind="threads"), roi_available=False)
+    assert not use_threads(data(num_workers=1, worker_kind="processes"), roi_available=True)
