@@ -393,14 +393,17 @@ def bench_train_headline(results: dict[str, Any]) -> str:
 def part_bench_loader(context: Context, part: Part) -> None:
     need_data(context)
     target = context.out / "bench-loader-results.json"  # bench-loader.json: the part's record
-    backends = ["baseline", "folder", "wds", "dali-cpu", "dali-mixed"]
+    # folder/wds under `auto` (processes beyond 6 workers) and forced to threads (the pinned,
+    # lent ring copied straight to the GPU), beside one core's decode
+    backends = ["baseline", "decode", "folder", "folder-threads", "wds", "wds-threads"]
+    backends += ["dali-cpu", "dali-mixed"]
     skipped = {}
     if not context.importable.get("nvidia.dali"):
         skipped |= {"dali-cpu": "DALI not importable", "dali-mixed": "DALI not importable"}
     elif not context.cuda:
         skipped["dali-mixed"] = "needs CUDA"
     if not context.importable.get("webdataset"):
-        skipped["wds"] = "webdataset not importable"
+        skipped["wds"] = skipped["wds-threads"] = "webdataset not importable"
     backends = [b for b in backends if b not in skipped]
     images = 256 if context.quick else 4096
     shape = (

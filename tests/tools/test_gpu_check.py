@@ -82,6 +82,7 @@ def test_make_gpu_check_in_cpu_mode_reports_every_part_in_one_folder(tmp_path):
     assert 0 <= bench["loader"]["data_wait_frac"] <= 1
     loader = parts["bench-loader"]["results"]
     assert loader["images_per_s"]["folder"] > 0 and "dali-mixed" in loader["skipped"]
+    assert loader["images_per_s"]["folder-threads"] > 0 and loader["images_per_s"]["decode"] > 0
     assert json.loads((out / "bench-loader-results.json").read_text())["results"]["folder@224"]
 
     table = (out / "summary.md").read_text()

@@ -81,7 +81,7 @@ def augment_train(
     )
     # the uint8 mirror alone: the same pixels as crop_mirror_normalize(dtype=UINT8, HWC,
     # mirror=flip) with none of its normalize arithmetic (~0.02-0.03 CPU ms/image less,
-    # docs/dali-cpu-profile.md)
+    # docs/BENCHMARKS.md, "DALI's CPU path: where the time goes")
     images = fn.flip(images, horizontal=nodes["flip"])
     if auto_aug is not None:
         images = auto_aug.apply(images, nodes, types)
