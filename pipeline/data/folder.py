@@ -27,15 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import Config, DataConfig
-from pipeline.data import jpeg
 from pipeline.data.base import ClassList, Loader, decode_error, sample_record
-from pipeline.data.batches import BatchBuffers, ring_slots
+from pipeline.data.batches import BatchBuffers
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
-from pipeline.data.threads import lent_slots, run_round_robin, use_threads
+from pipeline.data.threads import Workers, run_round_robin
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -164,31 +163,13 @@ class FolderLoader(Loader):
         self.epoch_state = EpochState()
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        workers = cfg.data.num_workers
-        self.threads = use_threads(cfg.data, jpeg.AVAILABLE)
-        self.lends = self.threads  # a thread's batch slot is lent, never overwritten while held
-        self.prefetch = cfg.data.prefetch_factor if workers > 0 else 0
-        buffers = (
-            BatchBuffers(
-                lent_slots(workers, self.prefetch),
-                lend=True,
-                pin=cfg.data.pin_memory and self.device.type == "cuda",  # copied as they are
-            )
-            if self.threads
-            else BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
+        self.workers = Workers.from_config(cfg.data, self.device)
+        self.lends = self.workers.threads  # a thread's slot is lent, never overwritten while held
+        self.dataset = FolderBatches(
+            paths, labels, split, cfg.data, cfg.train.seed, self.workers.buffers
         )
-        self.dataset = FolderBatches(paths, labels, split, cfg.data, cfg.train.seed, buffers)
         self.sampler = _EpochSampler(self.plan, self.epoch_state)
-        self.dataloader = DataLoader(
-            self.dataset,
-            batch_size=None,  # the dataset returns whole batches
-            sampler=self.sampler,
-            num_workers=0 if self.threads else workers,
-            pin_memory=cfg.data.pin_memory and self.device.type == "cuda" and not self.threads,
-            persistent_workers=workers > 0 and not self.threads,
-            prefetch_factor=cfg.data.prefetch_factor if workers > 0 and not self.threads else None,
-        )
-        self.workers = workers
+        self.dataloader = self.workers.dataloader(self.dataset, self.sampler)
         logger.info(
             "folder %s: %d images, %d classes from %s", split, len(paths), len(classes), directory
         )
@@ -205,12 +186,12 @@ class FolderLoader(Loader):
         return self.plan.num_batches(epoch)
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not self.threads:
+        if not self.workers.threads:
             return iter(self.dataloader)
         items = list(self.sampler)  # this pass's (epoch, indices), batch j to worker j % N
-        workers = max(1, self.workers)
+        workers = max(1, self.workers.count)
         streams = [
             lambda first=first: (self.dataset[item] for item in items[first::workers])
             for first in range(workers)
         ]
-        return run_round_robin(streams, self.prefetch, name=f"folder-{self.split}")
+        return run_round_robin(streams, self.workers.prefetch, name=f"folder-{self.split}")

@@ -22,13 +22,19 @@ closes its stream (files, shard readers) and ends.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
 from pipeline.config import DataConfig
+from pipeline.data import jpeg
+from pipeline.data.batches import BatchBuffers, ring_slots
 
 Batch = TypeVar("Batch")
 
@@ -76,6 +82,47 @@ def lent_slots(workers: int, prefetch: int) -> int:
     and the batch it is building, plus the loop's current batch and the one before it. More are
     allocated if the loop holds more; this many are kept."""
     return max(1, workers) * (prefetch + 1) + 2
+
+
+@dataclasses.dataclass
+class Workers:
+    """How a folder/wds loader runs its `count` workers: threads (`run_round_robin` over a lent
+    ring, page-locked on CUDA) or DataLoader processes (a shared-memory ring each)."""
+
+    threads: bool
+    count: int  # data.num_workers
+    prefetch: int  # batches each worker runs ahead; 0 runs them in the loop
+    buffers: BatchBuffers
+    data: DataConfig
+    device: torch.device
+
+    @classmethod
+    def from_config(cls, data: DataConfig, device: torch.device) -> Workers:
+        threads = use_threads(data, jpeg.AVAILABLE)
+        count, prefetch = data.num_workers, data.prefetch_factor if data.num_workers > 0 else 0
+        buffers = (
+            BatchBuffers(
+                lent_slots(count, prefetch),
+                lend=True,
+                pin=data.pin_memory and device.type == "cuda",  # copied to the GPU as they are
+            )
+            if threads
+            else BatchBuffers(ring_slots(count, data.prefetch_factor))
+        )
+        return cls(threads, count, prefetch, buffers, data, device)
+
+    def dataloader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        """The DataLoader of the processes kind (with threads, one that runs in the loop)."""
+        processes = 0 if self.threads else self.count
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the dataset returns whole batches
+            sampler=sampler,
+            num_workers=processes,
+            pin_memory=self.data.pin_memory and self.device.type == "cuda" and processes > 0,
+            persistent_workers=processes > 0,
+            prefetch_factor=self.data.prefetch_factor if processes > 0 else None,
+        )
 
 
 def run_round_robin(

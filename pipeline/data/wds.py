@@ -45,13 +45,12 @@ from typing import BinaryIO
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from core.seeds import Purpose, stream_seed
 from core.shard_format import TAR_BLOCK, IndexMember, ManifestError, read_dali_index
 from pipeline.config import Config, DataConfig
-from pipeline.data import jpeg
 from pipeline.data.base import (
     ClassList,
     Loader,
@@ -59,11 +58,11 @@ from pipeline.data.base import (
     decode_error,
     sample_record,
 )
-from pipeline.data.batches import BatchBuffers, ring_slots
+from pipeline.data.batches import BatchBuffers
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.remainder import EpochRemainder
 from pipeline.data.storage import ShardSource
-from pipeline.data.threads import lent_slots, run_round_robin, use_threads
+from pipeline.data.threads import Workers, run_round_robin
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -366,30 +365,13 @@ class WdsLoader(Loader):
         self.check_planned_batches(directory)
         if split == "train" and cfg.data.auto_augment != "none":
             build_auto_augment(cfg.data.auto_augment)  # a missing op fails here, not in a worker
-        self.threads = use_threads(cfg.data, jpeg.AVAILABLE)
-        self.lends = self.threads  # a thread's batch slot is lent, never overwritten while held
-        self.workers, self.prefetch = workers, cfg.data.prefetch_factor if workers > 0 else 0
-        buffers = (
-            BatchBuffers(
-                lent_slots(workers, self.prefetch),
-                lend=True,
-                pin=cfg.data.pin_memory and self.device.type == "cuda",  # copied as they are
-            )
-            if self.threads
-            else BatchBuffers(ring_slots(workers, cfg.data.prefetch_factor))
-        )
+        self.workers = Workers.from_config(cfg.data, self.device)
+        self.lends = self.workers.threads  # a thread's slot is lent, never overwritten while held
         self.stream = ShardStream(
-            self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source, buffers
+            self.plan, cfg.data, cfg.data.shuffle_buffer, split, self.source, self.workers.buffers
         )
         self.thread_sources: dict[int, ShardSource] = {}  # per loader thread, kept across epochs
-        self.dataloader = DataLoader(
-            self.stream,
-            batch_size=None,  # the stream yields whole batches
-            num_workers=0 if self.threads else workers,
-            pin_memory=cfg.data.pin_memory and self.device.type == "cuda" and not self.threads,
-            persistent_workers=workers > 0 and not self.threads,
-            prefetch_factor=cfg.data.prefetch_factor if workers > 0 and not self.threads else None,
-        )
+        self.dataloader = self.workers.dataloader(self.stream)
         logger.info(
             "wds %s: %d samples in %d shards from %s",
             split,
@@ -411,16 +393,16 @@ class WdsLoader(Loader):
         return self.plan.num_batches()
 
     def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not self.threads:
+        if not self.workers.threads:
             return iter(self.dataloader)
-        workers = max(1, self.workers)
+        workers = max(1, self.workers.count)
         streams = [
             lambda physical=physical: self.stream.worker_batches(
                 physical, workers, self._thread_source(physical)
             )
             for physical in range(workers)
         ]
-        return run_round_robin(streams, self.prefetch, name=f"wds-{self.split}")
+        return run_round_robin(streams, self.workers.prefetch, name=f"wds-{self.split}")
 
     def _thread_source(self, physical: int) -> ShardSource:
         """Loader thread `physical`'s source: the main one reopened (its own prefetch and

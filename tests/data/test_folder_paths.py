@@ -98,7 +98,7 @@ def test_loader_threads_end_with_their_pass_even_one_stopped_early_and_a_dropped
     backend = "folder" if layout == "tiny_folders" else "wds"
     cfg = tiny_config(data["train"], data["val"], backend=backend, num_workers=2)
     loader = build_loader(cfg, "train", single_rank())
-    assert loader.threads  # auto: the ROI decoder is built here and auto_augment is none
+    assert loader.workers.threads  # auto: the ROI decoder is built here and auto_augment is none
     loader.set_epoch(0)
     batches = iter(loader)
     next(batches)

@@ -114,7 +114,7 @@ def test_threads_give_worker_processes_batches_in_order_across_epochs_and_a_resu
             paths["train"], paths["val"], backend=backend, num_workers=workers, worker_kind=kind
         )
         loader = build_loader(cfg, "train", single_rank())
-        assert loader.threads == (kind == "threads") and loader.lends == loader.threads
+        assert loader.workers.threads == (kind == "threads") and loader.lends == (kind == "threads")
         runs[kind] = [epoch_batches(loader, epoch) for epoch in range(2)]
         runs[kind].append(epoch_batches(loader, 1, start_batch=1))
     for part, (threads, processes) in enumerate(zip(runs["threads"], runs["processes"])):
@@ -138,7 +138,9 @@ def test_roi_decode_off_takes_pillows_path_in_worker_processes_within_the_stated
             paths["train"], paths["val"], backend=backend, num_workers=2, roi_decode=roi
         )
         loader = build_loader(cfg, "train", single_rank())
-        assert loader.threads == roi  # auto: Pillow's decode holds the GIL longer: processes
+        assert (
+            loader.workers.threads == roi
+        )  # auto: Pillow's decode holds the GIL longer: processes
         batches[roi] = epoch_batches(loader, 1)
     assert len(batches[True]) == len(batches[False]) > 0
     for (images, labels), (pillow_images, pillow_labels) in zip(batches[True], batches[False]):
