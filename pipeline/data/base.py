@@ -206,13 +206,14 @@ class InFlightCopies:
     not pinned was copied into a pinned buffer of torch's own first (`to_device`): nothing to
     hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device  # the copies' device: its current stream is the one they ran on
         self.pending: collections.deque = collections.deque()
 
     def hold(self, *tensors: torch.Tensor) -> None:
         if any(tensor.is_pinned() for tensor in tensors):
             event = torch.cuda.Event()
-            event.record()  # after the copies, on the stream they were issued on
+            event.record(torch.cuda.current_stream(self.device))  # after the copies
             self.pending.append((event, tensors))
 
     def collect(self) -> None:
@@ -327,7 +328,7 @@ class Loader:
             self.check_equal_batches()
         remaining = len(self)
         produced = 0
-        copies = InFlightCopies()
+        copies = InFlightCopies(self.device)
         try:
             for host_images, host_labels, keys in self._iterate():
                 copies.collect()

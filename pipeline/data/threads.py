@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pipeline.config import DataConfig
 from pipeline.data import jpeg
 from pipeline.data.batches import BatchBuffers, ring_slots
+from pipeline.errors import ConfigError
 
 Batch = TypeVar("Batch")
 
@@ -67,6 +68,12 @@ def use_threads(data: DataConfig, roi_available: bool) -> bool:
     """Whether the folder/wds workers are threads (`data.worker_kind`; `auto`: threads where the
     ROI decoder is built and used, no auto-augment runs in Python and there are at most
     THREADS_UP_TO workers)."""
+    if data.worker_kind == "threads" and data.auto_augment != "none":
+        raise ConfigError(
+            f"data.worker_kind=threads cannot run data.auto_augment={data.auto_augment}: its "
+            "ops seed torch's global generator, which threads share; use worker_kind=processes "
+            "or auto"
+        )
     if data.worker_kind != "auto":
         return data.worker_kind == "threads"
     return (
@@ -98,6 +105,11 @@ class Workers:
 
     @classmethod
     def from_config(cls, data: DataConfig, device: torch.device) -> Workers:
+        if data.num_workers > 0 and data.prefetch_factor < 1:
+            raise ConfigError(
+                f"data.prefetch_factor must be >= 1 with data.num_workers={data.num_workers}, "
+                f"got {data.prefetch_factor}"
+            )
         threads = use_threads(data, jpeg.AVAILABLE)
         count, prefetch = data.num_workers, data.prefetch_factor if data.num_workers > 0 else 0
         buffers = (
@@ -156,18 +168,18 @@ def run_round_robin(
 
 def _take_in_turn(queues: list[queue.Queue]) -> Iterator:
     active = list(range(len(queues)))
-    turn = 0
+    turn = 0  # index into `active` of the worker whose batch comes next
     while active:
-        number = active[turn % len(active)]
-        item = queues[number].get()
+        item = queues[active[turn]].get()
         if item is _END:
-            active.remove(number)  # the next worker in the cycle now holds this turn
+            active.pop(turn)  # the next worker in the cycle now holds this turn
+            turn = turn % len(active) if active else 0
             continue
         if isinstance(item, _Failure):
             raise item.error
         yield item
         del item  # the loop holds the batch, not this frame, while the next one is awaited
-        turn += 1
+        turn = (turn + 1) % len(active)
 
 
 def _work(stream: Callable[[], Iterator], box: queue.Queue, stop: threading.Event) -> None:
@@ -176,8 +188,8 @@ def _work(stream: Callable[[], Iterator], box: queue.Queue, stop: threading.Even
     try:
         batches = stream()
         for batch in batches:
-            if not _put(box, batch, stop):
-                return
+            if not _put(box, batch, stop) or stop.is_set():
+                return  # the loop has stopped: build no further batch
             del batch  # a lent slot is free once the loop is done with it, not when we next get one
         _put(box, _END, stop)
     except BaseException as error:  # noqa: BLE001 - carried to the loop and raised there

@@ -158,13 +158,25 @@ def _indexed_members(
     index cannot be trusted for them."""
     try:
         index = source.index(segment.path) if source is not None else read_dali_index(Path(path))
-    except (LoaderError, ManifestError, OSError):
+    except (LoaderError, ManifestError, OSError, UnicodeDecodeError):
         return None
     samples = index.samples[segment.skip : segment.skip + segment.take]
-    if len(samples) != segment.take or any(m.name is None for s in samples for m in s):
+    if len(samples) != segment.take or not all(map(_plain_sample, samples)):
         return None
     ends = (samples[0][0], samples[-1][-1]) if samples else ()
     return samples if all(_header_matches(path, member) for member in ends) else None
+
+
+def _plain_sample(members: tuple[IndexMember, ...]) -> bool:
+    """Whether webdataset would group these members as one sample of these suffixes: named
+    (v1.2), each `key.suffix` with one key, no suffix twice, no `__meta__` file."""
+    names = [member.name for member in members]
+    if any(name is None or name.rsplit("/", 1)[-1].startswith("__") for name in names):
+        return False
+    parts = [base_plus_ext(name) for name in names]
+    suffixes = [suffix.lower() for _, suffix in parts if suffix is not None]
+    keys = {key for key, _ in parts}
+    return len(keys) == 1 and None not in keys and len(set(suffixes)) == len(names)
 
 
 def _header_matches(path: str, member: IndexMember) -> bool:

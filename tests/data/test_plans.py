@@ -207,7 +207,10 @@ def test_an_index_that_disagrees_with_the_tar_or_has_no_names_is_not_used(tiny_s
     v11 = ["v1.1 " + lines[0].split(" ", 1)[1]] + [
         " ".join(f for i, f in enumerate(line.split()) if i % 4 != 3) for line in lines[1:]
     ]
-    for variant in (shifted, v11):
+    fields = lines[5].split()  # a middle sample: the tar's headers at the slice's ends agree
+    fields[7] = "other_key." + fields[7].split(".", 1)[1]  # its cls under another key
+    two_keys = lines[:5] + [" ".join(fields)] + lines[6:]
+    for variant in (shifted, v11, two_keys):
         index.write_text("\n".join(variant) + "\n")
         segment = Segment(tar, 2, 6)
         assert wds._indexed_members(tar, segment, None) is None

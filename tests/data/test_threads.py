@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.data import build_loader
 from pipeline.data.batches import BatchBuffers
 from pipeline.data.threads import run_round_robin
+from pipeline.errors import ConfigError
 
 
 def test_a_lent_slot_is_never_handed_out_again_while_anything_holds_it():
@@ -64,7 +65,7 @@ class _Streams(IterableDataset):
         return iter([torch.tensor([worker, number]) for number in range(self.lengths[worker])])
 
 
-@pytest.mark.parametrize("lengths", [[3, 3], [4, 2, 3], [0, 2], [1, 5, 0]])
+@pytest.mark.parametrize("lengths", [[3, 3], [4, 2, 3], [0, 2], [1, 5, 0], [3, 1, 2], [3, 3, 1, 3]])
 def test_threads_take_the_streams_in_a_dataloaders_order_an_exhausted_one_leaving_the_cycle(
     lengths,
 ):
@@ -217,3 +218,12 @@ def test_auto_runs_threads_only_with_the_roi_decoder_no_auto_augment_and_few_wor
     assert not use_threads(data(num_workers=2, auto_augment="trivial"), roi_available=True)
     assert use_threads(data(num_workers=32, worker_kind="threads"), roi_available=False)
     assert not use_threads(data(num_workers=1, worker_kind="processes"), roi_available=True)
+    # auto-augment seeds torch's global generator per sample: threads would share it
+    with pytest.raises(ConfigError, match="worker_kind=threads cannot run data.auto_augment"):
+        use_threads(data(worker_kind="threads", auto_augment="trivial"), roi_available=True)
+
+
+def test_worker_threads_need_a_prefetch_of_at_least_one_batch(tiny_folders):
+    cfg = tiny_config(tiny_folders["train"], tiny_folders["val"], num_workers=2, prefetch_factor=0)
+    with pytest.raises(ConfigError, match="data.prefetch_factor must be >= 1"):
+        build_loader(cfg, "train", single_rank())
