@@ -299,13 +299,18 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["read_error"] = describe_error(err)
     for candidate in list_candidates(cfg, dist, layouts):
-        entry = describe_candidate(candidate)
-        try:
-            entry.update(measure_decode(cfg, dist, candidate, budget))
-        except Exception as err:  # noqa: BLE001 - reported as the check's one line
-            entry["error"] = describe_error(err)
-        result["decode"][candidate.label] = entry
+        result["decode"][candidate.label] = decode_entry(cfg, dist, candidate, budget)
     return result
+
+
+def decode_entry(cfg: Config, dist: DistInfo, candidate, budget) -> dict[str, Any]:
+    """One loader's description and its measured decode, or the error it raised."""
+    entry = describe_candidate(candidate)
+    try:
+        entry.update(measure_decode(cfg, dist, candidate, budget))
+    except Exception as err:  # noqa: BLE001 - reported as the check's one line
+        entry["error"] = describe_error(err)
+    return entry
 
 
 def measure_remote_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
@@ -317,12 +322,7 @@ def measure_remote_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["read_error"] = describe_error(err)
     configured = list_candidates(cfg, dist, {})[0]
-    entry = describe_candidate(configured)
-    try:
-        entry.update(measure_decode(cfg, dist, configured, budget))
-    except Exception as err:  # noqa: BLE001 - reported as the check's one line
-        entry["error"] = describe_error(err)
-    result["decode"][configured.label] = entry
+    result["decode"][configured.label] = decode_entry(cfg, dist, configured, budget)
     return result
 
 

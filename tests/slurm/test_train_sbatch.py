@@ -83,6 +83,18 @@ def last_step(run_dir: Path) -> int:
     return max(row["step"] for row in read_metrics(run_dir))
 
 
+def usr2_then_requeued(slurm_cluster, job: str) -> None:
+    """What Slurm's --signal=B:USR2 does: USR2 to the batch shell only; then wait for the
+    job's requeue."""
+    slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
+    wait_until(
+        lambda: slurm_cluster.job_field(job, "Restarts") == "1",
+        JOB_TIMEOUT_S,
+        "the requeue",
+        slurm_cluster,
+    )
+
+
 def wait_for_first_step(cluster, job: str, run_dir: Path, output: Path) -> None:
     """Until the run logs a training step; fails at once, with the job's log, if the job ends."""
 
@@ -152,13 +164,7 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_step_count(
     )
     wait_for_first_step(slurm_cluster, job, run_dir, output)
     # What Slurm does --signal=B:USR2@S before the time limit: signal the batch shell only.
-    slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
-    wait_until(
-        lambda: slurm_cluster.job_field(job, "Restarts") == "1",
-        JOB_TIMEOUT_S,
-        "the requeue",
-        slurm_cluster,
-    )
+    usr2_then_requeued(slurm_cluster, job)
     stopped_at = last_step(run_dir)
     assert stopped_at < STEPS, "the run finished before the signal: it did not test preemption"
     # Slurm holds a requeued job for about 2 minutes (BeginTime); release it now.
@@ -326,13 +332,7 @@ def test_a_last_pt_corrupted_between_requeues_falls_back_and_the_job_finishes_on
     wait_for_first_step(slurm_cluster, job, run_dir, output)
     # past epoch 1's checkpoint (step 8), so a previous good one exists when last.pt is replaced
     wait_until(lambda: last_step(run_dir) >= 10, JOB_TIMEOUT_S, "step 10", slurm_cluster, 0.1)
-    slurm_cluster.run("scancel", "--signal=USR2", "--batch", job)
-    wait_until(
-        lambda: slurm_cluster.job_field(job, "Restarts") == "1",
-        JOB_TIMEOUT_S,
-        "the requeue",
-        slurm_cluster,
-    )
+    usr2_then_requeued(slurm_cluster, job)
     assert last_step(run_dir) < STEPS, "the run finished before the signal"
     wait_until(lambda: slurm_cluster.job_state(job) == "PENDING", 60, "the requeue", slurm_cluster)
     last = run_dir / "checkpoints" / "last.pt"
