@@ -4,12 +4,12 @@
         data.train_dir=DST/folders/train data.val_dir=DST/folders/val
 
 What makes it faster than torchvision's ImageFolder + Compose (docs/BENCHMARKS.md):
-  * the crop box is drawn before decoding and `Image.draft` decodes JPEGs at 1/2, 1/4 or 1/8
-    scale when the crop will be downscaled anyway (transforms.decode_train);
+  * the crop box is drawn before decoding, and only its window is decoded (pipeline/data/jpeg.py),
+    at 1/2, 1/4 or 1/8 scale when the crop will be downscaled anyway (transforms.decode_train);
   * samples stay uint8 (no ToTensor/Normalize on the CPU; normalization runs on the device);
   * each worker decodes a whole batch straight into a reused uint8 buffer (batch-level
     __getitem__, no per-sample array or collate). Workers are threads of the training process
-    by default (pipeline/data/threads.py: the batch is lent to the loop, no copy), or
+    (up to 6 under `auto`; pipeline/data/threads.py: the batch is lent to the loop, no copy), or
     DataLoader processes (`data.worker_kind=processes`: a ring per worker in shared memory,
     persistent across epochs, pinned in the main process); pipeline/data/batches.py.
 Which rank reads which files is pipeline/data/plans.py's IndexPlan. Each item the sampler hands
