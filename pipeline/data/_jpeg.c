@@ -286,11 +286,78 @@ static inline void resample_pixel(const unsigned char *source, const short *weig
     }
 }
 
+#if ROI_AVX2
+/* output pixels `index` and `index` + 1 of one row: int32 sums per channel (pixel `index` in the
+ * low 128-bit lane), `half` added, not yet shifted. `two_taps`: every pixel's taps past the
+ * first 2 weigh 0 (widest <= 2), so only taps 0 and 1 of the first group are summed. */
+static inline __attribute__((always_inline)) __m256i
+pair_sum(const unsigned char *line, const Coefficients *horizontal, const short *pair_weights,
+         int groups, int two_taps, int index, int row_offset, __m256i half) {
+    const __m256i low_taps = _mm256_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7,
+                                              -1, 0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1,
+                                              7, -1);
+    const __m256i high_taps = _mm256_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11,
+                                               -1, 15, -1, 8, -1, 12, -1, 9, -1, 13, -1, 10, -1,
+                                               14, -1, 11, -1, 15, -1);
+    const int first = 4 * (horizontal->first[index] - row_offset);
+    const int second = 4 * (horizontal->first[index + 1] - row_offset);
+    const __m256i *weights = (const __m256i *)(pair_weights + (size_t)(index / 2) * groups * 32);
+    __m256i sum = half;
+    for (int group = 0; group < groups; group++) {
+        __m256i pixels = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(line + first + 16 * group))),
+            _mm_loadu_si128((const __m128i *)(line + second + 16 * group)), 1);
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_shuffle_epi8(pixels, low_taps),
+                                                      _mm256_loadu_si256(weights + 2 * group)));
+        if (!two_taps) {
+            sum = _mm256_add_epi32(
+                sum, _mm256_madd_epi16(_mm256_shuffle_epi8(pixels, high_taps),
+                                       _mm256_loadu_si256(weights + 2 * group + 1)));
+        }
+    }
+    return sum;
+}
+
+/* pixels 0 .. 8 * octets - 1 of each of `rows` rows, 8 a step: 4 pair sums packed to 32 bytes.
+ * packs/packus work within 128-bit lanes, leaving pixels (0, 2, 4, 6 | 1, 3, 5, 7): one
+ * permute puts them in order. Inlined with constant `groups` and `two_taps` per caller. */
+static inline __attribute__((always_inline)) void
+resample_row_octets(const unsigned char *row, size_t row_stride, int rows, int row_offset,
+                    const Coefficients *horizontal, const short *pair_weights, int groups,
+                    int two_taps, int precision, int octets, unsigned char *target,
+                    size_t target_stride) {
+    const __m256i half = _mm256_set1_epi32(1 << (precision - 1));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m128i shift = _mm_cvtsi32_si128(precision);
+    for (int r = 0; r < rows; r++) {
+        const unsigned char *line = row + r * row_stride;
+        unsigned char *out = target + r * target_stride;
+        for (int octet = 0; octet < octets; octet++) {
+            const int index = 8 * octet;
+            __m256i s0 = pair_sum(line, horizontal, pair_weights, groups, two_taps, index,
+                                  row_offset, half);
+            __m256i s1 = pair_sum(line, horizontal, pair_weights, groups, two_taps, index + 2,
+                                  row_offset, half);
+            __m256i s2 = pair_sum(line, horizontal, pair_weights, groups, two_taps, index + 4,
+                                  row_offset, half);
+            __m256i s3 = pair_sum(line, horizontal, pair_weights, groups, two_taps, index + 6,
+                                  row_offset, half);
+            __m256i words01 = _mm256_packs_epi32(_mm256_sra_epi32(s0, shift),
+                                                 _mm256_sra_epi32(s1, shift));
+            __m256i words23 = _mm256_packs_epi32(_mm256_sra_epi32(s2, shift),
+                                                 _mm256_sra_epi32(s3, shift));
+            __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words01, words23),
+                                                        order);
+            _mm256_storeu_si256((__m256i *)(out + 4 * index), bytes);
+        }
+    }
+}
+#endif
+
 /* `rows` decoded RGBX rows, `row_stride` bytes apart (starting at column `row_offset` of the
  * scaled image) → `rows` rows of `size` RGBX pixels of the intermediate image, `size * 4` bytes
- * apart. Rows are taken 4 at a time, so each output pixel's weights and window are loaded once
- * for 4 rows. Every pixel runs the same taps (`widest`, rounded up to a group of 4 with AVX2):
- * zero weights past its count, zero pixels past the row's end. */
+ * apart. Every pixel runs the same taps (`widest`, rounded up to a group of 4 with AVX2, or just
+ * 2 where no pixel has more): zero weights past its count, zero pixels past the row's end. */
 static void resample_rows(const unsigned char *row, size_t row_stride, int rows, int row_offset,
                           const Coefficients *horizontal, const short *pair_weights, int groups,
                           int size, unsigned char *target) {
@@ -308,32 +375,24 @@ static void resample_rows(const unsigned char *row, size_t row_stride, int rows,
     }
     int index = 0;
 #if ROI_AVX2
-    const __m256i low_taps = _mm256_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7,
-                                              -1, 0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1,
-                                              7, -1);
-    const __m256i high_taps = _mm256_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11,
-                                               -1, 15, -1, 8, -1, 12, -1, 9, -1, 13, -1, 10, -1,
-                                               14, -1, 11, -1, 15, -1);
+    /* 8 output pixels (4 pairs) a step, a row at a time: the pack and the 32-byte store are
+     * shared by the 4 pairs; then the pairs left over, one at a time */
+    const int octets = size / 8;
+    if (widest <= 2) { /* an upscale: taps 2 and 3 of every pixel weigh 0, skip their half */
+        resample_row_octets(row, row_stride, rows, row_offset, horizontal, pair_weights, 1, 1,
+                            precision, octets, target, target_stride);
+    } else if (groups == 1) {
+        resample_row_octets(row, row_stride, rows, row_offset, horizontal, pair_weights, 1, 0,
+                            precision, octets, target, target_stride);
+    } else {
+        resample_row_octets(row, row_stride, rows, row_offset, horizontal, pair_weights, groups,
+                            0, precision, octets, target, target_stride);
+    }
     const __m256i half = _mm256_set1_epi32(1 << (precision - 1));
-    for (; index + 2 <= size; index += 2) {
-        const int first = 4 * (horizontal->first[index] - row_offset);
-        const int second = 4 * (horizontal->first[index + 1] - row_offset);
-        const __m256i *weights = (const __m256i *)(pair_weights + (size_t)(index / 2) * groups * 32);
-        for (int r = 0; r < rows; r++) { /* the weights stay in L1 across the 4 rows */
-            const unsigned char *line = row + r * row_stride;
-            __m256i sum = half;
-            for (int group = 0; group < groups; group++) {
-                __m256i pixels = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(
-                        _mm_loadu_si128((const __m128i *)(line + first + 16 * group))),
-                    _mm_loadu_si128((const __m128i *)(line + second + 16 * group)), 1);
-                sum = _mm256_add_epi32(
-                    sum, _mm256_madd_epi16(_mm256_shuffle_epi8(pixels, low_taps),
-                                           _mm256_loadu_si256(weights + 2 * group)));
-                sum = _mm256_add_epi32(
-                    sum, _mm256_madd_epi16(_mm256_shuffle_epi8(pixels, high_taps),
-                                           _mm256_loadu_si256(weights + 2 * group + 1)));
-            }
+    for (index = 8 * octets; index + 2 <= size; index += 2) {
+        for (int r = 0; r < rows; r++) {
+            __m256i sum = pair_sum(row + r * row_stride, horizontal, pair_weights, groups, 0,
+                                   index, row_offset, half);
             sum = _mm256_srai_epi32(sum, precision);
             __m256i words = _mm256_packs_epi32(sum, sum);
             __m256i bytes = _mm256_packus_epi16(words, words);
@@ -358,31 +417,67 @@ static void resample_rows(const unsigned char *row, size_t row_stride, int rows,
     }
 }
 
-/* one output row (4 * size bytes): the weighted sum of `count` intermediate rows */
+/* one output row (4 * size bytes): the weighted sum of `count` intermediate rows. With AVX2, 32
+ * bytes a step: rows tap and tap + 1 interleaved byte by byte, widened to int16 pairs, one madd
+ * by the pair of weights (set up once a row); every op stays within its 128-bit lane, so the
+ * packs give the bytes back in order. Then 16 bytes a step, then byte by byte. */
 static void resample_column_row(const unsigned char *source, size_t stride, const short *weights,
                                 int count, int precision, int size, unsigned char *target) {
     const int width = 4 * size;
     int x = 0;
 #if ROI_AVX2
-    const __m256i half = _mm256_set1_epi32(1 << (precision - 1));
+    const int pairs = (count + 1) / 2;
+    __m256i pair_weights[pairs];
+    for (int pair = 0; pair < pairs; pair++) {
+        const int tap = 2 * pair, second = tap + 1 < count ? weights[tap + 1] : 0;
+        const unsigned packed =
+            (unsigned)(unsigned short)weights[tap] | ((unsigned)(unsigned short)second << 16);
+        pair_weights[pair] = _mm256_set1_epi32((int)packed);
+    }
+    const __m256i half = _mm256_set1_epi32(1 << (precision - 1)), zero = _mm256_setzero_si256();
+    const __m128i shift = _mm_cvtsi32_si128(precision);
+    for (; x + 32 <= width; x += 32) {
+        __m256i s0 = half, s1 = half, s2 = half, s3 = half;
+        for (int pair = 0; pair < pairs; pair++) {
+            const int tap = 2 * pair;
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(source + tap * stride + x));
+            const __m256i b =
+                tap + 1 < count
+                    ? _mm256_loadu_si256((const __m256i *)(source + (tap + 1) * stride + x))
+                    : zero;
+            const __m256i low = _mm256_unpacklo_epi8(a, b), high = _mm256_unpackhi_epi8(a, b);
+            s0 = _mm256_add_epi32(
+                s0, _mm256_madd_epi16(_mm256_unpacklo_epi8(low, zero), pair_weights[pair]));
+            s1 = _mm256_add_epi32(
+                s1, _mm256_madd_epi16(_mm256_unpackhi_epi8(low, zero), pair_weights[pair]));
+            s2 = _mm256_add_epi32(
+                s2, _mm256_madd_epi16(_mm256_unpacklo_epi8(high, zero), pair_weights[pair]));
+            s3 = _mm256_add_epi32(
+                s3, _mm256_madd_epi16(_mm256_unpackhi_epi8(high, zero), pair_weights[pair]));
+        }
+        const __m256i words01 =
+            _mm256_packs_epi32(_mm256_sra_epi32(s0, shift), _mm256_sra_epi32(s1, shift));
+        const __m256i words23 =
+            _mm256_packs_epi32(_mm256_sra_epi32(s2, shift), _mm256_sra_epi32(s3, shift));
+        _mm256_storeu_si256((__m256i *)(target + x), _mm256_packus_epi16(words01, words23));
+    }
     for (; x + 16 <= width; x += 16) {
         __m256i low = half, high = half;
-        int tap = 0;
-        for (; tap < count; tap += 2) { /* rows tap and tap + 1 interleaved: one madd for both */
+        for (int pair = 0; pair < pairs; pair++) {
+            const int tap = 2 * pair;
             __m128i a = _mm_loadu_si128((const __m128i *)(source + tap * stride + x));
             __m128i b = tap + 1 < count
                             ? _mm_loadu_si128((const __m128i *)(source + (tap + 1) * stride + x))
                             : _mm_setzero_si128();
-            const int second = tap + 1 < count ? weights[tap + 1] : 0;
-            __m256i pair = _mm256_set1_epi32((int)((unsigned)(unsigned short)weights[tap] |
-                                                   ((unsigned)(unsigned short)second << 16)));
             low = _mm256_add_epi32(
-                low, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), pair));
+                low, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)),
+                                       pair_weights[pair]));
             high = _mm256_add_epi32(
-                high, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), pair));
+                high, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)),
+                                        pair_weights[pair]));
         }
-        low = _mm256_srai_epi32(low, precision);
-        high = _mm256_srai_epi32(high, precision);
+        low = _mm256_sra_epi32(low, shift);
+        high = _mm256_sra_epi32(high, shift);
         /* packs works within 128-bit lanes: qwords (x0-3, x8-11, x4-7, x12-15) → in order */
         __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
         _mm_storeu_si128((__m128i *)(target + x),

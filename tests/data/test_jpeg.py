@@ -327,7 +327,9 @@ def build_plain_extension(directory: Path):
 @needs_extension
 def test_the_plain_c_build_writes_the_same_bytes_as_the_installed_one(shard_photos, tmp_path):
     """Integer arithmetic: the AVX2 loops and the plain-C ones must agree to the byte (also
-    for odd sizes, upscales, DCT-scaled boxes and the scale-1 copy of whole pixels)."""
+    for odd sizes, whose last pixels and bytes take the narrower loops, for upscales, whose
+    pixels have two taps, for the many taps of a large downscale (37 px from a DCT-scaled
+    whole image), and for the scale-1 copy of whole pixels)."""
     plain = build_plain_extension(tmp_path)
     installed = jpeg._jpeg
     cases = 0
@@ -342,6 +344,7 @@ def test_the_plain_c_build_writes_the_same_bytes_as_the_installed_one(shard_phot
             boxes = [(left, top, left + width, top + height, 1)]
             boxes.append((0, 0, size, size, 1))  # whole pixels at scale 1: the copy
             boxes.append((0.0, 0.0, header.width / 2, header.height / 2, 2))  # DCT-scaled
+            boxes.append((10.5, 20.25, 70.5, 95.75, 1))  # an upscale: two taps a pixel
             for box in boxes:
                 outputs = []
                 for module in (installed, plain):
@@ -350,7 +353,7 @@ def test_the_plain_c_build_writes_the_same_bytes_as_the_installed_one(shard_phot
                     outputs.append(out)
                 np.testing.assert_array_equal(outputs[0], outputs[1], f"{box} at {size} px")
                 cases += 1
-    assert cases == 12 * 4 * 3
+    assert cases == 12 * 4 * 4
 
 
 # --- the output buffer ----------------------------------------------------------------------
