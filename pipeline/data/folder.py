@@ -194,4 +194,9 @@ class FolderLoader(Loader):
             lambda first=first: (self.dataset[item] for item in items[first::workers])
             for first in range(workers)
         ]
-        return run_round_robin(streams, self.workers.prefetch, name=f"folder-{self.split}")
+        return run_round_robin(
+            streams,
+            self.workers.prefetch,
+            name=f"folder-{self.split}",
+            threads=self.workers.thread_count,
+        )

@@ -14,7 +14,9 @@ pipeline/data/batches.py). Processes stay available (`data.worker_kind=processes
 
 Order: batch j of an epoch comes from worker j % N, exactly as a DataLoader over the same
 streams orders them (an exhausted worker leaves the cycle), so a run, its resume and its
-per-batch keys are the same with threads or processes. Each worker runs at most `prefetch`
+per-batch keys are the same with threads or processes. The N worker streams run on at most one
+thread per CPU of the process (`Workers.thread_count`): more workers than cores share threads,
+each thread building its streams' batches in the order the loop takes them. Each worker runs at most `prefetch`
 batches ahead of the training loop. An error in a worker is raised in the loop, unchanged. A loop
 that stops early (a benchmark's time limit, `max_steps`, an exception) stops the workers: each
 closes its stream (files, shard readers) and ends.
@@ -23,6 +25,7 @@ closes its stream (files, shard readers) and ends.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 import traceback
@@ -91,6 +94,11 @@ def lent_slots(workers: int, prefetch: int) -> int:
     return max(1, workers) * (prefetch + 1) + 2
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm or container limit shows here)."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclasses.dataclass
 class Workers:
     """How a folder/wds loader runs its `count` workers: threads (`run_round_robin` over a lent
@@ -123,6 +131,13 @@ class Workers:
         )
         return cls(threads, count, prefetch, buffers, data, device)
 
+    @property
+    def thread_count(self) -> int:
+        """The threads that run the `count` worker streams (threads kind): one a stream, up to
+        one per CPU this process may run on. Threads beyond the cores only take turns on them and
+        on the GIL: 8 on 2 cores cost 1.2-1.3x the CPU per image of 2 (docs/BENCHMARKS.md)."""
+        return max(1, min(self.count, _cpus()))
+
     def dataloader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         """The DataLoader of the processes kind (with threads, one that runs in the loop)."""
         processes = 0 if self.threads else self.count
@@ -138,21 +153,30 @@ class Workers:
 
 
 def run_round_robin(
-    streams: Sequence[Callable[[], Iterator[Batch]]], prefetch: int, name: str = "loader"
+    streams: Sequence[Callable[[], Iterator[Batch]]],
+    prefetch: int,
+    name: str = "loader",
+    threads: int | None = None,
 ) -> Iterator[Batch]:
-    """The batches of streams[0], streams[1], ... in turn, each stream run in a thread of its
-    own at most `prefetch` batches ahead. No streams, or one with prefetch 0: run in the caller."""
+    """The batches of streams[0], streams[1], ... in turn, each stream at most `prefetch`
+    batches ahead, run by `threads` threads (default: one a stream; fewer share them: thread k
+    runs streams k, k + threads, ... in the loop's order). No streams, or prefetch 0: run in
+    the caller."""
     if prefetch <= 0:
         for stream in streams:
             yield from stream()
         return
+    count = len(streams) if threads is None else max(1, min(threads, len(streams)))
     stop = threading.Event()
     queues = [queue.Queue(maxsize=prefetch) for _ in streams]
     workers = [
         threading.Thread(
-            target=_work, args=(stream, box, stop), name=f"{name}-worker-{number}", daemon=True
+            target=_work,
+            args=(streams[number::count], queues[number::count], stop),
+            name=f"{name}-worker-{number}",
+            daemon=True,
         )
-        for number, (stream, box) in enumerate(zip(streams, queues))
+        for number in range(count)
     ]
     for worker in workers:
         worker.start()
@@ -182,22 +206,44 @@ def _take_in_turn(queues: list[queue.Queue]) -> Iterator:
         turn = (turn + 1) % len(active)
 
 
-def _work(stream: Callable[[], Iterator], box: queue.Queue, stop: threading.Event) -> None:
-    """One worker: its stream's batches into `box` until the stream ends or `stop` is set."""
-    batches = None
+def _work(
+    streams: Sequence[Callable[[], Iterator]], boxes: Sequence[queue.Queue], stop: threading.Event
+) -> None:
+    """One thread: the next batch of each of its streams in turn, into that stream's queue (the
+    order in which the loop takes them, so a full queue never holds up a batch that the loop
+    waits for), until every stream has ended or `stop` is set. A stream that raises ends there:
+    its error goes to the loop in its turn."""
+    batches = []
     try:
-        batches = stream()
-        for batch in batches:
-            if not _put(box, batch, stop) or stop.is_set():
+        batches = [stream() for stream in streams]
+        iterators = [iter(stream_batches) for stream_batches in batches]
+        active = list(range(len(iterators)))
+        turn = 0  # index into `active`, as in _take_in_turn
+        while active:
+            number = active[turn]
+            ended = True
+            try:
+                item = next(iterators[number])
+                ended = False
+            except StopIteration:
+                item = _END
+            except BaseException as error:  # noqa: BLE001 - carried to the loop and raised there
+                item = _Failure(error)
+            if not _put(boxes[number], item, stop) or stop.is_set():
                 return  # the loop has stopped: build no further batch
-            del batch  # a lent slot is free once the loop is done with it, not when we next get one
-        _put(box, _END, stop)
-    except BaseException as error:  # noqa: BLE001 - carried to the loop and raised there
-        _put(box, _Failure(error), stop)
+            del item  # a lent slot is free once the loop is done with it, not when we next get one
+            if ended:
+                active.pop(turn)
+                turn = turn % len(active) if active else 0
+            else:
+                turn = (turn + 1) % len(active)
+    except BaseException as error:  # noqa: BLE001 - a stream that failed to start
+        _put(boxes[0], _Failure(error), stop)
     finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()  # a generator's finally blocks: open files and readers
+        for stream_batches in batches:
+            close = getattr(stream_batches, "close", None)
+            if close is not None:
+                close()  # a generator's finally blocks: open files and readers
 
 
 def _put(box: queue.Queue, item, stop: threading.Event) -> bool:

@@ -414,7 +414,12 @@ class WdsLoader(Loader):
             )
             for physical in range(workers)
         ]
-        return run_round_robin(streams, self.workers.prefetch, name=f"wds-{self.split}")
+        return run_round_robin(
+            streams,
+            self.workers.prefetch,
+            name=f"wds-{self.split}",
+            threads=self.workers.thread_count,
+        )
 
     def _thread_source(self, physical: int) -> ShardSource:
         """Loader thread `physical`'s source: the main one reopened (its own prefetch and

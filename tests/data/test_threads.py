@@ -12,6 +12,7 @@ from loaderfixtures import single_rank, tiny_config
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.data import build_loader
+from pipeline.data import threads as threads_module
 from pipeline.data.batches import BatchBuffers
 from pipeline.data.threads import run_round_robin
 from pipeline.errors import ConfigError
@@ -65,20 +66,22 @@ class _Streams(IterableDataset):
         return iter([torch.tensor([worker, number]) for number in range(self.lengths[worker])])
 
 
+@pytest.mark.parametrize("threads", [None, 1, 2])  # one a stream; streams sharing threads
 @pytest.mark.parametrize("lengths", [[3, 3], [4, 2, 3], [0, 2], [1, 5, 0], [3, 1, 2], [3, 3, 1, 3]])
 def test_threads_take_the_streams_in_a_dataloaders_order_an_exhausted_one_leaving_the_cycle(
-    lengths,
+    lengths, threads
 ):
     dataset = _Streams(lengths)
     loader = DataLoader(dataset, batch_size=None, num_workers=len(lengths), prefetch_factor=2)
     expected = [tuple(item.tolist()) for item in loader]
     streams = [lambda worker=worker: dataset.stream(worker) for worker in range(len(lengths))]
-    got = [tuple(item.tolist()) for item in run_round_robin(streams, prefetch=2)]
+    got = [tuple(item.tolist()) for item in run_round_robin(streams, prefetch=2, threads=threads)]
     assert got == expected
     assert sorted(got) == sorted((w, k) for w, n in enumerate(lengths) for k in range(n))
 
 
-def test_an_error_in_a_thread_is_raised_in_the_loop_and_every_thread_ends():
+@pytest.mark.parametrize("threads", [None, 1])
+def test_an_error_in_a_thread_is_raised_in_the_loop_and_every_thread_ends(threads):
     def failing():
         yield 1
         raise ValueError("sample 7 does not decode")
@@ -91,7 +94,7 @@ def test_an_error_in_a_thread_is_raised_in_the_loop_and_every_thread_ends():
 
     seen = 0
     with pytest.raises(ValueError, match="sample 7 does not decode"):
-        for _ in run_round_robin([failing, endless], prefetch=2, name="probe"):
+        for _ in run_round_robin([failing, endless], prefetch=2, name="probe", threads=threads):
             seen += 1
     assert seen == 2  # failing's 1, endless's 1, then failing's turn raises
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("probe-")]
@@ -105,8 +108,10 @@ def epoch_batches(loader, epoch: int, start_batch: int = 0) -> list[tuple[torch.
 @pytest.mark.parametrize("layout", ["tiny_folders", "tiny_shards"])
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_threads_give_worker_processes_batches_in_order_across_epochs_and_a_resume(
-    request, layout, workers
+    request, layout, workers, monkeypatch
 ):
+    # two CPUs, wherever this runs: 3 workers are then 3 streams on 2 threads
+    monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
     paths = request.getfixturevalue(layout)
     backend = "folder" if layout == "tiny_folders" else "wds"
     runs = {}
@@ -116,6 +121,7 @@ def test_threads_give_worker_processes_batches_in_order_across_epochs_and_a_resu
         )
         loader = build_loader(cfg, "train", single_rank())
         assert loader.workers.threads == (kind == "threads") and loader.lends == (kind == "threads")
+        assert loader.workers.thread_count == max(1, min(workers, 2))
         runs[kind] = [epoch_batches(loader, epoch) for epoch in range(2)]
         runs[kind].append(epoch_batches(loader, 1, start_batch=1))
     for part, (threads, processes) in enumerate(zip(runs["threads"], runs["processes"])):
