@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import random
 from collections.abc import Callable
 from fractions import Fraction
@@ -209,11 +210,24 @@ def val_geometry(
 
 def _read(data: bytes | str) -> bytes:
     """The file's bytes: one read() of the whole file (PIL reading a file object makes ~40 small
-    reads per JPEG, which cost as much as a third of the decode here)."""
+    reads per JPEG, which cost as much as a third of the decode here), through os calls: open,
+    fstat, read, close, where Python's buffered file adds an ioctl, two seeks, a second fstat and
+    a read at the end (0.013 CPU ms a 34 KB file here against 0.015-0.023, 2026-12-06)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    with open(data, "rb") as handle:
-        return handle.read()
+    descriptor = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        left = os.fstat(descriptor).st_size
+        chunks = []
+        while left > 0:  # one read, unless the file system returns it in parts
+            chunk = os.read(descriptor, left)
+            if not chunk:
+                break  # shorter than fstat said: what there is
+            chunks.append(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(descriptor)
 
 
 def decode_train(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as tv
 
 from pipeline.data.transforms import (
@@ -170,3 +170,17 @@ def test_collate_writes_a_uint8_nhwc_batch_and_int64_labels():
     assert images.shape == (3, 4, 5, 3) and images.dtype == torch.uint8
     assert labels.tolist() == [1, 2, 3] and labels.dtype == torch.int64
     assert images[2].eq(3).all()
+
+
+def test_a_path_decodes_as_its_bytes_and_a_missing_or_empty_file_fails(tmp_path):
+    aug = Augmentation()
+    data = PHOTO.read_bytes()
+    from_path = decode_train(str(PHOTO), aug, sample_rng(0, 1, 2))
+    np.testing.assert_array_equal(from_path, decode_train(data, aug, sample_rng(0, 1, 2)))
+    np.testing.assert_array_equal(decode_val(str(PHOTO), aug), decode_val(data, aug))
+    with pytest.raises(FileNotFoundError):
+        decode_train(str(tmp_path / "gone.JPEG"), aug, sample_rng(0, 1, 2))
+    empty = tmp_path / "empty.JPEG"
+    empty.write_bytes(b"")
+    with pytest.raises(UnidentifiedImageError):  # what an empty file always gave
+        decode_train(str(empty), aug, sample_rng(0, 1, 2))
