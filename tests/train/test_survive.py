@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, child_env, child_pids, latest_step, tiny_args
+from train_helpers import REPO, child_env, child_pids, latest_step, slow_reads_env, tiny_args
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.train.cli import main
@@ -39,19 +39,6 @@ if os.environ.get("STALL_RANK") is not None and os.environ.get("RANK") == os.env
             time.sleep(10**6)
         return original(self, item)
     folder.FolderBatches.__getitem__ = stuck
-"""
-
-
-# Loaded through PYTHONPATH by the kill -9 test: every train image takes 30 ms more to read, so an
-# epoch lasts seconds and the 0.6 s save clock fires inside it, whatever the machine's speed.
-SLOW_HOOK = """
-import time
-import pipeline.data.folder as folder
-original = folder.FolderBatches.__getitem__
-def slow(self, item):
-    time.sleep(0.03)
-    return original(self, item)
-folder.FolderBatches.__getitem__ = slow
 """
 
 
@@ -153,13 +140,12 @@ def test_a_kill_9_loses_at_most_the_save_interval_and_the_resume_matches_an_unin
     timed = ("data.global_batch_size=4", "train.epochs=2", "train.log_every=1")
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     argv = tiny_args(tiny_data, run_dir, *timed, "train.save_every_minutes=0.01")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_HOOK)
+    # every batch takes 30 ms more to load, so an epoch lasts seconds and the 0.6 s save clock
+    # fires inside it, whatever the machine's speed
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *argv, "data.num_workers=0"],
         cwd=REPO,
-        env=child_env(PYTHONPATH=str(hook)),
+        env=child_env(**slow_reads_env(tmp_path / "hook", 0.03)),
         stdout=open(log, "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )

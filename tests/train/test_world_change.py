@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import latest_step, launch_ranks, sigterm_ranks_when, tiny_args, torchrun
+from train_helpers import (
+    latest_step,
+    launch_ranks,
+    sigterm_ranks_when,
+    slow_reads_env,
+    tiny_args,
+    torchrun,
+)
 
 from core.shard_format import read_manifest
 from pipeline.checkpoint import load_checkpoint
@@ -33,9 +40,12 @@ def consumed_keys(run_dir: Path, epoch: int) -> list[int]:
 def test_an_epoch_stopped_by_sigterm_on_2_ranks_and_finished_on_1_reads_every_file_once(
     tiny_data, tmp_path
 ):
-    """folder: 2 ranks x 8 (10 batches), SIGTERM after step 3; the rest on 1 rank x 12."""
+    """folder: 2 ranks x 8 (10 batches), SIGTERM after step 3; the rest on 1 rank x 12. Each
+    batch of the stopped run takes 0.1 s more to load, so the 7 steps after step 3 last 0.7 s or
+    more and the signal lands mid-epoch whatever the machine's speed."""
     run_dir = tmp_path / "run"
-    ranks = launch_ranks(2, tiny_args(tiny_data, run_dir, *RECORD), tmp_path)
+    slow = slow_reads_env(tmp_path / "hook", 0.1)
+    ranks = launch_ranks(2, tiny_args(tiny_data, run_dir, *RECORD), tmp_path, **slow)
 
     def reached_step_3() -> None:
         deadline = time.monotonic() + 180

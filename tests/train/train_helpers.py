@@ -68,6 +68,27 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Loaded through PYTHONPATH (`slow_reads_env`): every batch of the folder backend takes
+# SLOW_READ_S more to load, so a run's steps take a known minimum time whatever the machine's
+# speed, and a test that acts "after step N" acts well before the epoch ends.
+SLOW_READS_HOOK = """
+import os, time
+import pipeline.data.folder as folder
+original = folder.FolderBatches.__getitem__
+def slow(self, item):
+    time.sleep(float(os.environ["SLOW_READ_S"]))
+    return original(self, item)
+folder.FolderBatches.__getitem__ = slow
+"""
+
+
+def slow_reads_env(directory: Path, seconds: float) -> dict[str, str]:
+    """The environment that loads SLOW_READS_HOOK (written into `directory`) in a child."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(SLOW_READS_HOOK)
+    return {"PYTHONPATH": str(directory), "SLOW_READ_S": str(seconds)}
+
+
 def free_port() -> int:
     import socket
 
@@ -76,13 +97,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_ranks(world_size: int, argv: list[str], log_dir: Path) -> list[subprocess.Popen]:
+def launch_ranks(
+    world_size: int, argv: list[str], log_dir: Path, **extra_env: str
+) -> list[subprocess.Popen]:
     """Start `python -m pipeline.train ARGV` once per rank with RANK/WORLD_SIZE/MASTER_* set, as
     srun without torchrun does (pipeline.distributed reads the same variables)."""
     port = free_port()
     processes = []
     for rank in range(world_size):
         env = child_env(
+            **extra_env,
             RANK=str(rank),
             LOCAL_RANK=str(rank),
             WORLD_SIZE=str(world_size),
