@@ -34,7 +34,7 @@ from pipeline.data.base import ClassList, Loader, decode_error, sample_record
 from pipeline.data.batches import BatchBuffers
 from pipeline.data.files import PathTable, list_class_folders
 from pipeline.data.plans import IndexPlan
-from pipeline.data.threads import Workers, run_round_robin
+from pipeline.data.threads import Workers
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -194,9 +194,4 @@ class FolderLoader(Loader):
             lambda first=first: (self.dataset[item] for item in items[first::workers])
             for first in range(workers)
         ]
-        return run_round_robin(
-            streams,
-            self.workers.prefetch,
-            name=f"folder-{self.split}",
-            threads=self.workers.thread_count,
-        )
+        return self.workers.run(streams, name=f"folder-{self.split}")

@@ -16,10 +16,10 @@ Order: batch j of an epoch comes from worker j % N, exactly as a DataLoader over
 streams orders them (an exhausted worker leaves the cycle), so a run, its resume and its
 per-batch keys are the same with threads or processes. The N worker streams run on at most one
 thread per CPU of the process (`Workers.thread_count`): more workers than cores share threads,
-each thread building its streams' batches in the order the loop takes them. Each worker runs at most `prefetch`
-batches ahead of the training loop. An error in a worker is raised in the loop, unchanged. A loop
-that stops early (a benchmark's time limit, `max_steps`, an exception) stops the workers: each
-closes its stream (files, shard readers) and ends.
+each thread building its streams' batches in the order the loop takes them. Each worker runs at
+most `prefetch` batches ahead of the training loop. An error in a worker is raised in the loop,
+unchanged. A loop that stops early (a benchmark's time limit, `max_steps`, an exception) stops
+the workers: each closes its stream (files, shard readers) and ends.
 """
 
 from __future__ import annotations
@@ -137,6 +137,11 @@ class Workers:
         one per CPU this process may run on. Threads beyond the cores only take turns on them and
         on the GIL: 8 on 2 cores cost 1.2-1.3x the CPU per image of 2 (docs/BENCHMARKS.md)."""
         return max(1, min(self.count, _cpus()))
+
+    def run(self, streams: Sequence[Callable[[], Iterator[Batch]]], name: str) -> Iterator[Batch]:
+        """The threads kind's pass: `run_round_robin` over the worker streams, `prefetch` batches
+        ahead, on `thread_count` threads."""
+        return run_round_robin(streams, self.prefetch, name=name, threads=self.thread_count)
 
     def dataloader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         """The DataLoader of the processes kind (with threads, one that runs in the loop)."""

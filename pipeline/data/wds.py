@@ -62,7 +62,7 @@ from pipeline.data.batches import BatchBuffers
 from pipeline.data.plans import Segment, ShardReadPlan, open_manifest
 from pipeline.data.remainder import EpochRemainder
 from pipeline.data.storage import ShardSource
-from pipeline.data.threads import Workers, run_round_robin
+from pipeline.data.threads import Workers
 from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
@@ -414,12 +414,7 @@ class WdsLoader(Loader):
             )
             for physical in range(workers)
         ]
-        return run_round_robin(
-            streams,
-            self.workers.prefetch,
-            name=f"wds-{self.split}",
-            threads=self.workers.thread_count,
-        )
+        return self.workers.run(streams, name=f"wds-{self.split}")
 
     def _thread_source(self, physical: int) -> ShardSource:
         """Loader thread `physical`'s source: the main one reopened (its own prefetch and
