@@ -22,7 +22,11 @@ class JsonlBackend(Backend):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / METRICS_FILE
         self.run_id = str(self.path)
-        self.logged = LoggedSteps(held_pairs(self.path, resume_step))
+        # {step: {key: value}} of the rows at steps >= resume_step (a killed launch's last rows)
+        self.held_rows = held_rows(self.path, resume_step)
+        self.logged = LoggedSteps(
+            (key, step) for step, row in self.held_rows.items() for key in row
+        )
 
     def log(self, metrics: dict[str, float], step: int, epoch: float) -> None:
         fresh = self.logged.new(metrics, step)
@@ -37,10 +41,11 @@ class JsonlBackend(Backend):
         pass  # every row is on disk already
 
 
-def held_pairs(path: Path, resume_step: int | None) -> list[tuple[str, int]]:
-    """(key, step) of the rows at steps >= resume_step; cuts a torn last line (a killed write)."""
+def held_rows(path: Path, resume_step: int | None) -> dict[int, dict[str, float]]:
+    """{step: {key: value}} of the rows at steps >= resume_step; cuts a torn last line (a killed
+    write)."""
     if resume_step is None or not path.is_file():
-        return []
+        return {}
     text = path.read_text()
     if text and not text.endswith("\n"):
         complete = text[: text.rfind("\n") + 1]
@@ -48,9 +53,12 @@ def held_pairs(path: Path, resume_step: int | None) -> list[tuple[str, int]]:
             handle.truncate(len(complete.encode()))
             os.fsync(handle.fileno())
         text = complete
-    pairs = []
+    rows: dict[int, dict[str, float]] = {}
     for line in text.splitlines():
         row = json.loads(line)
         if row["step"] >= resume_step:
-            pairs += [(key, row["step"]) for key in row if key not in ("step", "epoch")]
-    return pairs
+            values = rows.setdefault(row["step"], {})
+            values.update(
+                {key: value for key, value in row.items() if key not in ("step", "epoch")}
+            )
+    return rows

@@ -59,6 +59,12 @@ class Tracker(NullTracker):
         self.run_dir = run_dir
         self.plots_dir = run_dir / "plots"
         self.backends = list(backends)
+        # metrics.jsonl is the record: the rows a killed launch wrote there at or after the
+        # resume step stand, and a tracker that missed one (killed between the two writes) gets
+        # those values, not the rerun's (timings differ; the rest is bit-exact anyway)
+        self.held_rows = next(
+            (b.held_rows for b in self.backends if isinstance(b, JsonlBackend)), {}
+        )
         # MLflow keeps the exported weights as an artifact; the trainer exports only for it
         self.takes_weights = any(backend.name == "mlflow" for backend in self.backends)
 
@@ -82,6 +88,9 @@ class Tracker(NullTracker):
                 )
 
     def log(self, metrics: dict[str, float], step: int, epoch: float) -> None:
+        held = self.held_rows.get(step)
+        if held:
+            metrics = {key: held.get(key, value) for key, value in metrics.items()}
         self.call_each(f"log step {step}", lambda backend: backend.log(metrics, step, epoch))
 
     def log_files(self, paths: list[Path], folder: str) -> None:

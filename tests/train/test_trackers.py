@@ -146,6 +146,29 @@ def test_a_failing_tracker_warns_once_and_the_others_go_on(tmp_path, caplog, mon
     assert any("tracker mlflow could not start" in r.getMessage() for r in caplog.records)
 
 
+def test_a_row_a_killed_launch_wrote_only_to_metrics_jsonl_reaches_the_others_with_its_values(
+    tmp_path,
+):
+    """Killed between metrics.jsonl's write of step 23 and TensorBoard's: the rerun, resumed at
+    step 20, logs step 23 again with another timing; every tracker then holds jsonl's values."""
+    from pipeline.tracking.tensorboard_backend import TensorBoardBackend
+
+    first = Tracker(tmp_path, [JsonlBackend(tmp_path, None), TensorBoardBackend(tmp_path, None)])
+    for step in range(1, 23):
+        first.log({"train/loss": 1.0 / step, "perf/images_per_s": 100.0}, step, step / 20)
+    first.backends[0].log({"train/loss": 1.0 / 23, "perf/images_per_s": 257.0}, 23, 23 / 20)
+
+    rerun = Tracker(tmp_path, [JsonlBackend(tmp_path, 20), TensorBoardBackend(tmp_path, 20)])
+    for step in range(21, 25):
+        rerun.log({"train/loss": 1.0 / step, "perf/images_per_s": 199.0}, step, step / 20)
+    rerun.finish(plots=False)
+
+    expected = jsonl_values(tmp_path)
+    assert expected[("perf/images_per_s", 23)] == 257.0  # the killed launch's row stands
+    assert expected[("perf/images_per_s", 24)] == 199.0  # the rerun's own row
+    assert_same_metrics(expected, tensorboard_values(tmp_path), "tensorboard")
+
+
 def test_credentials_in_the_mlflow_uri_are_refused_before_they_reach_config_yaml():
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME"):
         load_config(None, ["log.mlflow=https://alice:secret@mlflow.example.org"])
