@@ -16,15 +16,24 @@
  * pixels at scale 1 is copied, not resized.
  *
  * The GIL is released from the first libjpeg call to the last write.
+ *
+ * decode_train_batch does a whole train batch in one call: each file read here (or given as
+ * bytes), its box and flip drawn from the sample's seed as pipeline/data/transforms.py draws them
+ * (the "train draws" section), decoded into its slot; what it cannot take goes back to Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <jpeglib.h>
 
@@ -547,11 +556,180 @@ static void resample_columns(const unsigned char *intermediate, int first_row,
         write_rgb_row(line, size, flip, out + (size_t)y * size * 3);
     }
 }
+/* ---------------------------------------------------------------- train draws */
+
+/* A train sample's crop box and flip, drawn here as pipeline/data/transforms.py draws them in
+ * Python: `random.Random(seed)` (CPython's Mersenne Twister, seeded by init_by_array with the
+ * seed's 32-bit words, low word first), then `sample_crop_box` (torchvision's
+ * RandomResizedCrop.get_params) and `random() < flip_prob`, draw for draw and in the same double
+ * arithmetic (the Makefile compiles without -ffast-math and with -ffp-contract=off, so no
+ * expression is fused or reordered; exp and log are the libm's that CPython calls). Python's
+ * functions stay the reference: tests/data/test_jpeg.py compares both over thousands of seeds,
+ * image sizes and ranges. This copy exists so that a batch is read, drawn and decoded with the
+ * GIL released (decode_train_batch). */
+
+enum { MT_N = 624, MT_M = 397 };
+
+typedef struct {
+    uint32_t state[MT_N];
+    int index;
+} Twister;
+
+static void twister_seed_word(Twister *twister, uint32_t seed) {
+    uint32_t *mt = twister->state;
+    mt[0] = seed;
+    for (int index = 1; index < MT_N; index++) {
+        mt[index] = 1812433253U * (mt[index - 1] ^ (mt[index - 1] >> 30)) + (uint32_t)index;
+    }
+    twister->index = MT_N;
+}
+
+/* CPython's random_seed for a non-negative int: init_by_array over its 32-bit words */
+static void twister_seed(Twister *twister, uint64_t seed) {
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    const int length = seed >> 32 ? 2 : 1;
+    uint32_t *mt = twister->state;
+    twister_seed_word(twister, 19650218U);
+    int row = 1, word = 0;
+    for (int count = MT_N > length ? MT_N : length; count; count--) {
+        mt[row] = (mt[row] ^ ((mt[row - 1] ^ (mt[row - 1] >> 30)) * 1664525U)) + key[word] +
+                  (uint32_t)word;
+        row++;
+        word++;
+        if (row >= MT_N) {
+            mt[0] = mt[MT_N - 1];
+            row = 1;
+        }
+        if (word >= length) {
+            word = 0;
+        }
+    }
+    for (int count = MT_N - 1; count; count--) {
+        mt[row] = (mt[row] ^ ((mt[row - 1] ^ (mt[row - 1] >> 30)) * 1566083941U)) - (uint32_t)row;
+        row++;
+        if (row >= MT_N) {
+            mt[0] = mt[MT_N - 1];
+            row = 1;
+        }
+    }
+    mt[0] = 0x80000000U;
+}
+
+static uint32_t twister_next(Twister *twister) {
+    uint32_t *mt = twister->state;
+    if (twister->index >= MT_N) {
+        static const uint32_t twist[2] = {0x0U, 0x9908b0dfU};
+        int index;
+        uint32_t bits;
+        for (index = 0; index < MT_N - MT_M; index++) {
+            bits = (mt[index] & 0x80000000U) | (mt[index + 1] & 0x7fffffffU);
+            mt[index] = mt[index + MT_M] ^ (bits >> 1) ^ twist[bits & 1U];
+        }
+        for (; index < MT_N - 1; index++) {
+            bits = (mt[index] & 0x80000000U) | (mt[index + 1] & 0x7fffffffU);
+            mt[index] = mt[index + (MT_M - MT_N)] ^ (bits >> 1) ^ twist[bits & 1U];
+        }
+        bits = (mt[MT_N - 1] & 0x80000000U) | (mt[0] & 0x7fffffffU);
+        mt[MT_N - 1] = mt[MT_M - 1] ^ (bits >> 1) ^ twist[bits & 1U];
+        twister->index = 0;
+    }
+    uint32_t value = mt[twister->index++];
+    value ^= value >> 11;
+    value ^= (value << 7) & 0x9d2c5680U;
+    value ^= (value << 15) & 0xefc60000U;
+    value ^= value >> 18;
+    return value;
+}
+
+/* random.random(): 53 bits */
+static double twister_random(Twister *twister) {
+    const uint32_t high = twister_next(twister) >> 5, low = twister_next(twister) >> 6;
+    return (high * 67108864.0 + low) * (1.0 / 9007199254740992.0);
+}
+
+/* random.uniform(low, high) */
+static double twister_uniform(Twister *twister, double low, double high) {
+    return low + (high - low) * twister_random(twister);
+}
+
+/* random.randint(0, high) for 0 <= high < 2**31: _randbelow_with_getrandbits(high + 1) */
+static int twister_below_or_equal(Twister *twister, int high) {
+    const uint32_t count = (uint32_t)high + 1;
+    int bits = 0;
+    while (bits < 32 && (count >> bits) != 0) {
+        bits++; /* count.bit_length() */
+    }
+    uint32_t value;
+    do {
+        value = twister_next(twister) >> (32 - bits); /* getrandbits(bits), bits <= 32 */
+    } while (value >= count);
+    return (int)value;
+}
+
+/* Python's round() of a float to an int: halves to even (nearbyint in the default mode) */
+static long round_half_even(double value) {
+    return (long)nearbyint(value);
+}
+
+typedef struct {
+    double scale[2], ratio[2]; /* as given: ratio[0] may exceed ratio[1], as in Python */
+    double flip_prob;
+} DrawRanges;
+
+/* transforms.sample_crop_box, then the flip: (top, left, height, width, flip) */
+static void draw_train_box(uint64_t seed, int width, int height, const DrawRanges *ranges,
+                           int box[4], int *flip) {
+    Twister twister;
+    twister_seed(&twister, seed);
+    const double area = (double)((long)height * width);
+    const double log_low = log(ranges->ratio[0]), log_high = log(ranges->ratio[1]);
+    int found = 0;
+    for (int attempt = 0; attempt < 10 && !found; attempt++) {
+        const double target_area =
+            area * twister_uniform(&twister, ranges->scale[0], ranges->scale[1]);
+        const double aspect_ratio = exp(twister_uniform(&twister, log_low, log_high));
+        const long crop_width = round_half_even(sqrt(target_area * aspect_ratio));
+        const long crop_height = round_half_even(sqrt(target_area / aspect_ratio));
+        if (0 < crop_width && crop_width <= width && 0 < crop_height && crop_height <= height) {
+            box[0] = twister_below_or_equal(&twister, height - (int)crop_height);
+            box[1] = twister_below_or_equal(&twister, width - (int)crop_width);
+            box[2] = (int)crop_height;
+            box[3] = (int)crop_width;
+            found = 1;
+        }
+    }
+    if (!found) {
+        const double in_ratio = (double)width / (double)height;
+        const double low = fmin(ranges->ratio[0], ranges->ratio[1]);
+        const double high = fmax(ranges->ratio[0], ranges->ratio[1]);
+        long crop_width = width, crop_height = height;
+        if (in_ratio < low) {
+            crop_height = round_half_even((double)crop_width / low);
+        } else if (in_ratio > high) {
+            crop_width = round_half_even((double)crop_height * high);
+        }
+        /* Python's // of these non-negative differences */
+        box[0] = (int)((height - crop_height) / 2);
+        box[1] = (int)((width - crop_width) / 2);
+        box[2] = (int)crop_height;
+        box[3] = (int)crop_width;
+    }
+    *flip = twister_random(&twister) < ranges->flip_prob;
+}
+
+struct Draw {
+    uint64_t seed;
+    DrawRanges ranges;
+};
+
 /* ---------------------------------------------------------------- decode_crop */
+
+typedef struct Draw Draw;
 
 typedef struct {
     const unsigned char *data;
     size_t length;
+    const Draw *draw; /* NULL: the box below is given; else drawn from the header's size */
     double left, top, right, bottom; /* the box, in the DCT-scaled image's pixels */
     int reduction;                   /* 1, 2, 4 or 8 */
     int size;
@@ -561,6 +739,30 @@ typedef struct {
     int decoded_columns, decoded_rows, skipped_rows;
     const char *failure; /* a static reason, or errors.message */
 } Job;
+
+/* decode_crop's box arithmetic (pipeline/data/jpeg.py) for a drawn box of the image's pixels:
+ * the DCT reduction (jpeg.dct_reduction), the draft factor (jpeg._draft_factor), the box divided
+ * by it */
+static void draw_job_box(Job *job, int image_width, int image_height) {
+    int box[4], flip;
+    draw_train_box(job->draw->seed, image_width, image_height, &job->draw->ranges, box, &flip);
+    const double top = box[0], left = box[1], height = box[2], width = box[3];
+    int reduction = 1;
+    while (reduction < 8 && width / (reduction * 2) >= job->size &&
+           height / (reduction * 2) >= job->size) {
+        reduction *= 2;
+    }
+    double factor = 1.0;
+    if (reduction > 1) {
+        factor = (double)round_half_even(image_width / ceil((double)image_width / reduction));
+    }
+    job->left = left / factor;
+    job->top = top / factor;
+    job->right = (left + width) / factor;
+    job->bottom = (top + height) / factor;
+    job->reduction = reduction;
+    job->flip = flip;
+}
 
 /* What run_job allocates. It lives in the caller's frame: a local of run_job assigned after
  * setjmp would be indeterminate after the longjmp of an error, and could not be freed. */
@@ -614,6 +816,9 @@ static int run_job(Job *job, Work *work, ErrorManager *errors) {
         job->failure = "colour space is not YCbCr, RGB or grayscale";
         jpeg_destroy_decompress(&cinfo);
         return 0;
+    }
+    if (job->draw != NULL) {
+        draw_job_box(job, (int)cinfo.image_width, (int)cinfo.image_height);
     }
     cinfo.out_color_space = JCS_EXT_RGBX; /* 4 bytes a pixel: one SIMD lane set per pixel */
     cinfo.scale_num = 1;
@@ -763,6 +968,174 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
     return Py_BuildValue("(iii)", job.decoded_columns, job.decoded_rows, job.skipped_rows);
 }
 
+/* ---------------------------------------------------------------- decode_train_batch */
+
+static _Thread_local Scratch file_scratch;
+
+/* The whole file, one open, fstat and read (as transforms._read), into this thread's kept
+ * buffer: its length, or -1 on any error (the caller's Python path reads the file again and
+ * raises what Python raises). */
+static Py_ssize_t read_file(const char *path, Scratch *kept) {
+    const int descriptor = open(path, O_RDONLY | O_CLOEXEC);
+    if (descriptor < 0) {
+        return -1;
+    }
+    struct stat status;
+    if (fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode) || status.st_size <= 0) {
+        close(descriptor);
+        return -1;
+    }
+    const size_t length = (size_t)status.st_size;
+    unsigned char *data = scratch(kept, length);
+    size_t done = 0;
+    while (data != NULL && done < length) {
+        const ssize_t got = read(descriptor, data + done, length - done);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got <= 0) {
+            break; /* an error, or shorter than fstat said: what there is */
+        }
+        done += (size_t)got;
+    }
+    close(descriptor);
+    return data == NULL || done == 0 ? -1 : (Py_ssize_t)done;
+}
+
+/* jpeg.probe's ends_with_eoi: an end-of-image marker in the last 32 bytes */
+static int ends_with_eoi(const unsigned char *data, size_t length) {
+    for (size_t index = length > 32 ? length - 32 : 0; index + 1 < length; index++) {
+        if (data[index] == 0xFF && data[index + 1] == 0xD9) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    PyObject *path; /* bytes (PyUnicode_FSConverter), or NULL */
+    Py_buffer buffer;
+    int has_buffer;
+} Source;
+
+static PyObject *decode_train_batch(PyObject *self, PyObject *args) {
+    PyObject *items;
+    Py_buffer seeds, out;
+    DrawRanges ranges;
+    int size;
+    if (!PyArg_ParseTuple(args, "Oy*(dd)(dd)diw*", &items, &seeds, &ranges.scale[0],
+                          &ranges.scale[1], &ranges.ratio[0], &ranges.ratio[1],
+                          &ranges.flip_prob, &size, &out)) {
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(items, "sources must be a sequence");
+    const Py_ssize_t count = sequence ? PySequence_Fast_GET_SIZE(sequence) : 0;
+    const size_t image_bytes = (size_t)(size > 0 ? size : 0) * (size_t)size * 3;
+    if (sequence != NULL &&
+        (size < 1 || seeds.len != count * (Py_ssize_t)sizeof(uint64_t) ||
+         out.len != count * (Py_ssize_t)image_bytes || !PyBuffer_IsContiguous(&out, 'C'))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%zd sources need %zd bytes of uint64 seeds (got %zd) and a C-contiguous "
+                     "writable out of count*size*size*3 = %zd bytes (got %zd)",
+                     count, count * (Py_ssize_t)sizeof(uint64_t), seeds.len,
+                     count * (Py_ssize_t)image_bytes, out.len);
+        Py_CLEAR(sequence);
+    }
+    Source *sources = sequence ? PyMem_Calloc((size_t)count + 1, sizeof(Source)) : NULL;
+    unsigned char *done = sources ? PyMem_Calloc((size_t)count + 1, 1) : NULL;
+    if (sequence == NULL || done == NULL) {
+        if (sequence != NULL) {
+            PyErr_NoMemory();
+        }
+        PyMem_Free(sources);
+        Py_XDECREF(sequence);
+        PyBuffer_Release(&seeds);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(sequence, index);
+        if (PyObject_CheckBuffer(item)) {
+            sources[index].has_buffer =
+                PyObject_GetBuffer(item, &sources[index].buffer, PyBUF_SIMPLE) == 0;
+        } else if (!PyUnicode_FSConverter(item, &sources[index].path)) {
+            sources[index].path = NULL; /* neither bytes nor a path: the Python path says */
+        }
+        PyErr_Clear();
+    }
+    const uint64_t *seed_values = (const uint64_t *)seeds.buf;
+    unsigned char *target = (unsigned char *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t index = 0; index < count; index++) {
+        const unsigned char *data = NULL;
+        size_t length = 0;
+        if (sources[index].path != NULL) {
+            const Py_ssize_t got = read_file(PyBytes_AS_STRING(sources[index].path), &file_scratch);
+            data = got > 0 ? file_scratch.data : NULL;
+            length = got > 0 ? (size_t)got : 0;
+        } else if (sources[index].has_buffer) {
+            data = sources[index].buffer.buf;
+            length = (size_t)sources[index].buffer.len;
+        }
+        if (data == NULL || !ends_with_eoi(data, length)) {
+            continue; /* truncated, empty, unreadable: the Python path decides, as before */
+        }
+        Draw draw = {0};
+        draw.seed = seed_values[index];
+        draw.ranges = ranges;
+        Job job = {0};
+        job.data = data;
+        job.length = length;
+        job.draw = &draw;
+        job.size = size;
+        job.out = target + (size_t)index * image_bytes;
+        ErrorManager errors;
+        Work work = {0};
+        done[index] = (unsigned char)run_job(&job, &work, &errors);
+        free_work(&work);
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *left = PyList_New(0);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        if (left != NULL && !done[index]) {
+            PyObject *position = PyLong_FromSsize_t(index);
+            if (position == NULL || PyList_Append(left, position) < 0) {
+                Py_CLEAR(left);
+            }
+            Py_XDECREF(position);
+        }
+        Py_XDECREF(sources[index].path);
+        if (sources[index].has_buffer) {
+            PyBuffer_Release(&sources[index].buffer);
+        }
+    }
+    PyMem_Free(done);
+    PyMem_Free(sources);
+    Py_DECREF(sequence);
+    PyBuffer_Release(&seeds);
+    PyBuffer_Release(&out);
+    return left;
+}
+
+static PyObject *draw_train(PyObject *self, PyObject *args) {
+    unsigned long long seed;
+    int width, height;
+    DrawRanges ranges;
+    if (!PyArg_ParseTuple(args, "Kii(dd)(dd)d", &seed, &width, &height, &ranges.scale[0],
+                          &ranges.scale[1], &ranges.ratio[0], &ranges.ratio[1],
+                          &ranges.flip_prob)) {
+        return NULL;
+    }
+    if (width < 1 || height < 1) {
+        PyErr_Format(PyExc_ValueError, "image size must be positive, got %d x %d", width,
+                     height);
+        return NULL;
+    }
+    int box[4], flip;
+    draw_train_box((uint64_t)seed, width, height, &ranges, box, &flip);
+    return Py_BuildValue("(iiiiO)", box[0], box[1], box[2], box[3], flip ? Py_True : Py_False);
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -773,6 +1146,15 @@ static PyMethodDef methods[] = {
      "decode_crop(data, out, left, top, right, bottom, reduction, size, flip) -> (decoded "
      "columns, decoded rows, skipped rows): the box (in the 1/reduction-scaled image's pixels) "
      "resized bilinearly to out [size, size, 3] uint8, mirrored if flip."},
+    {"decode_train_batch", decode_train_batch, METH_VARARGS,
+     "decode_train_batch(sources, seeds, scale, ratio, flip_prob, size, out) -> [positions "
+     "left]: each source (a path, read here, or the file's bytes) read, its crop and flip "
+     "drawn from random.Random(seeds[i]) as transforms.decode_train draws them, and decoded "
+     "into out[i]; positions it did not decode (not a JPEG, CMYK, truncated, damaged, "
+     "unreadable) are returned for the Python path. The GIL is released for the batch."},
+    {"draw_train", draw_train, METH_VARARGS,
+     "draw_train(seed, width, height, scale, ratio, flip_prob) -> (top, left, height, width, "
+     "flip): the draws of decode_train_batch, for tests."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,8 +39,10 @@ from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
     decode_train,
+    decode_train_batch,
     decode_val,
     sample_rng,
+    sample_seeds,
     train_resolution,
 )
 from pipeline.distributed import DistInfo
@@ -94,8 +96,13 @@ class FolderBatches(Dataset):
         images, labels = self.buffers.next(len(indices), self.size(epoch))
         pixels = images.numpy()  # [B, size, size, 3] uint8, decoded into slot by slot
         keys = np.asarray(indices, dtype=np.int64)
-        for position, index in enumerate(keys.tolist()):
-            self.load(index, epoch, out=pixels[position])
+        left = range(len(keys))
+        if self.split == "train":  # read, drawn and decoded in one C call; the rest one by one
+            paths = [self.paths[index] for index in keys.tolist()]
+            seeds = sample_seeds(self.seed, epoch, keys)
+            left = decode_train_batch(paths, self.aug, seeds, self.size(epoch), pixels)
+        for position in left:
+            self.load(int(keys[position]), epoch, out=pixels[position])
         labels.numpy()[:] = self.labels[keys]  # one copy, no per-sample tensor write
         return images, labels, torch.from_numpy(keys)
 

@@ -18,7 +18,9 @@ and across a change of size, decodes the very same pixels. The auto-augment ops 
 global generator; `auto_augment` runs them under a seed drawn from that same per-sample stream (as
 DALI's auto-augment choices are columns of it) and puts the generator back afterwards.
 
-The DataLoader backends (folder, wds) run `decode_train` / `decode_val` here: the crop box is
+The DataLoader backends (folder, wds) run `decode_train_batch` (train: one C call per batch,
+the same draws and bytes as `decode_train`, which takes the files it leaves) and `decode_val`
+here: the crop box is
 sampled first in original coordinates, from the header's size (the same algorithm and fallback
 as torchvision's `RandomResizedCrop.get_params`), then `jpeg.decode_crop` decodes only the MCU
 rows and columns the box spans, at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the box at
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.seeds import Purpose, stream_seed
+from core.seeds import Purpose, stream_seed, stream_seeds
 from pipeline.config import AutoAugment, DataConfig
 from pipeline.data import jpeg
 from pipeline.errors import LoaderError
@@ -262,6 +264,23 @@ def decode_train(
     return pixels
 
 
+def decode_train_batch(
+    sources: list[bytes | str], aug: Augmentation, seeds: np.ndarray, size: int, out: np.ndarray
+) -> list[int]:
+    """`decode_train(sources[i], aug, random.Random(seeds[i]), size, out=out[i])` for every i,
+    in one C call where it can (`jpeg.decode_train_batch`: the read, the draws and the ROI
+    decode of the whole batch with the GIL released, the same boxes, flips and bytes).
+
+    `seeds` are `sample_seeds` (uint64). Returns the positions left undecoded: the caller runs
+    decode_train on each (with its own error wrapping). That is every position when
+    aug.auto_augment is set, aug.roi is off or the extension did not build, and otherwise the
+    files the ROI path does not take (CMYK, not a JPEG, truncated, damaged, unreadable).
+    """
+    if aug.auto_augment != "none" or not aug.roi or not jpeg.AVAILABLE:
+        return list(range(len(sources)))
+    return jpeg.decode_train_batch(sources, seeds, aug.scale, aug.ratio, aug.flip_prob, size, out)
+
+
 def decode_val(data: bytes | str, aug: Augmentation, out: np.ndarray | None = None) -> np.ndarray:
     """JPEG bytes (or a path) → uint8 [val_crop, val_crop, 3]: short side to val_resize, center
     crop (`out` as in decode_train)."""
@@ -324,6 +343,12 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     same crops, flips and auto-augment ops. (Seeding costs ~13 µs, under 1 % of a decode.)
     """
     return random.Random(stream_seed(seed, Purpose.TRAIN_SAMPLE, epoch, index))
+
+
+def sample_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """uint64 [N]: the seed of `sample_rng(seed, epoch, indices[i])` for each i, at once
+    (`random.Random(int(seeds[i]))` is that stream)."""
+    return stream_seeds(seed, Purpose.TRAIN_SAMPLE, epoch, np.asarray(indices, dtype=np.int64))
 
 
 def collate_uint8(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,8 +26,11 @@ from pipeline.data import jpeg
 from pipeline.data.transforms import (
     Augmentation,
     decode_train,
+    decode_train_batch,
     decode_val,
     sample_crop_box,
+    sample_rng,
+    sample_seeds,
     val_geometry,
 )
 from preprocess.images import resize_image
@@ -307,6 +310,7 @@ def build_plain_extension(directory: Path):
             "-std=gnu11",
             "-fPIC",
             "-shared",
+            "-ffp-contract=off",
             "-DJPEG_ROI_PLAIN",
             "-I" + sysconfig.get_paths()["include"],
             str(SOURCE),
@@ -354,6 +358,121 @@ def test_the_plain_c_build_writes_the_same_bytes_as_the_installed_one(shard_phot
                 np.testing.assert_array_equal(outputs[0], outputs[1], f"{box} at {size} px")
                 cases += 1
     assert cases == 12 * 4 * 4
+    for seed in range(300):  # the draws are plain C in both builds: the same boxes
+        args = (seed * 7919 + 1, 341 + seed, 256 + seed % 7, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)
+        assert plain.draw_train(*args) == installed.draw_train(*args)
+
+
+# --- the batch call: read, draws and decode of a batch in C ----------------------------------
+
+DRAW_RANGES = [  # (scale, ratio, flip_prob): ImageNet's, a tight scale that often falls back,
+    ((0.08, 1.0), (3 / 4, 4 / 3), 0.5),  # ratios given high to low, degenerate, extreme
+    ((0.9, 1.0), (3 / 4, 4 / 3), 0.5),
+    ((0.25, 1.0), (4 / 3, 3 / 4), 0.3),
+    ((1.0, 1.0), (1.0, 1.0), 1.0),
+    ((0.5, 0.5), (0.1, 10.0), 0.0),
+]
+
+
+@needs_extension
+def test_the_c_draws_are_pythons_draw_for_draw():
+    """random.Random(seed) → sample_crop_box → random() < flip_prob, against the C twin over
+    seeds of one and two 32-bit words (0, 2**32 - 1, 2**32, 2**63 - 1 among them), sizes from
+    1 px to 4,000 px (1 px wide or tall: the fall-back branches) and every range above."""
+    meta = random.Random(20261206)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1]
+    fallbacks = 0
+    for case in range(12_000):
+        scale, ratio, flip_prob = DRAW_RANGES[case % len(DRAW_RANGES)]
+        width = meta.choice([1, 2, 3, 17, 256, 341, 1582, meta.randint(1, 4000)])
+        height = meta.choice([1, 5, 256, 300, 2000, meta.randint(1, 4000)])
+        seed = seeds[case] if case < len(seeds) else meta.getrandbits(meta.choice([20, 33, 63]))
+        rng = random.Random(seed)
+        box = sample_crop_box(width, height, scale, ratio, rng)
+        expected = (*box, rng.random() < flip_prob)
+        got = jpeg._jpeg.draw_train(seed, width, height, scale, ratio, flip_prob)
+        assert got == expected, f"seed {seed}, {width}x{height}, {scale}, {ratio}"
+        fallbacks += box[:2] == ((height - box[2]) // 2, (width - box[3]) // 2)
+    assert fallbacks > 500, "the fall-back branches were not reached"
+
+
+def _batch_sources(shard_photos, tmp_path) -> tuple[list, list[int]]:
+    """Paths, bytes and the oddballs in one batch: (sources, the positions the Python path must
+    take: CMYK, the PNG, a truncated JPEG, a missing file, an empty file, a non-source)."""
+    photos = list(shard_photos.items())[:8]
+    sources, left = [], []
+    for index, (name, data) in enumerate(photos):
+        if index % 2:
+            sources.append(data)
+        else:
+            path = tmp_path / name
+            path.write_bytes(data)
+            sources.append(str(path))
+    for kind in sorted(ODDBALLS):
+        if ODDBALLS[kind] is jpeg.DecodePath.FULL:
+            left.append(len(sources))
+        sources.append(oddball(kind))
+    whole = shard_photos[photos[0][0]]
+    left.append(len(sources))
+    sources.append(whole[: len(whole) * 2 // 3])  # truncated: Pillow decides (and raises)
+    left.append(len(sources))
+    sources.append(str(tmp_path / "missing.JPEG"))
+    (tmp_path / "empty.JPEG").write_bytes(b"")
+    left.append(len(sources))
+    sources.append(str(tmp_path / "empty.JPEG"))
+    left.append(len(sources))
+    sources.append(None)
+    return sources, left
+
+
+@needs_extension
+@pytest.mark.parametrize("size", [224, 128])
+def test_a_batch_is_the_bytes_of_decode_train_and_leaves_the_rest(shard_photos, tmp_path, size):
+    """Every position the batch decodes holds decode_train's very bytes for the same sample
+    seed (so every draw, resume and cross-backend test holds); the positions it leaves are
+    exactly those the ROI path does not take, and unreadable ones, untouched."""
+    aug = Augmentation()
+    sources, expected_left = _batch_sources(shard_photos, tmp_path)
+    indices = np.arange(100, 100 + len(sources))
+    seeds = sample_seeds(7, 3, indices)
+    out = np.full((len(sources), size, size, 3), 17, dtype=np.uint8)
+    left = decode_train_batch(sources, aug, seeds, size, out)
+    assert left == expected_left
+    for position, source in enumerate(sources):
+        if position in left:
+            assert (out[position] == 17).all(), f"position {position} was written"
+            continue
+        rng = sample_rng(7, 3, int(indices[position]))
+        reference = decode_train(source, aug, rng, size)
+        np.testing.assert_array_equal(out[position], reference, f"position {position}")
+
+
+@needs_extension
+def test_a_batch_leaves_everything_to_python_with_auto_augment_or_roi_off(shard_photos):
+    data = list(shard_photos.values())[:3]
+    out = np.zeros((3, 64, 64, 3), dtype=np.uint8)
+    seeds = sample_seeds(0, 0, np.arange(3))
+    for aug in (Augmentation(auto_augment="trivial"), Augmentation(roi=False)):
+        assert decode_train_batch(data, aug, seeds, 64, out) == [0, 1, 2]
+    assert not out.any()
+
+
+def test_a_batch_with_a_wrong_out_or_seeds_is_refused():
+    data = [(REPO / "tools" / "photos" / "chicago.jpg").read_bytes()] * 2
+    seeds = sample_seeds(0, 0, np.arange(2))
+    with pytest.raises(ValueError, match=r"uint8 \[2, 64, 64, 3\], got uint8 \(3, 64, 64, 3\)"):
+        decode_train_batch(data, Augmentation(), seeds, 64, np.empty((3, 64, 64, 3), np.uint8))
+    if jpeg.AVAILABLE:
+        with pytest.raises(ValueError, match="2 sources need 16 bytes of uint64 seeds"):
+            jpeg.decode_train_batch(
+                data,
+                seeds[:1],
+                (0.08, 1.0),
+                (0.75, 1.33),
+                0.5,
+                64,
+                np.empty((2, 64, 64, 3), np.uint8),
+            )
 
 
 # --- the output buffer ----------------------------------------------------------------------
@@ -413,6 +532,10 @@ decoded = jpeg.decode_crop(data, box, 160, rng.random() < 0.5, header=header)
 assert (decoded == decode_train(data, aug, random.Random(3), 160)).all()
 for _ in range(3):
     jpeg.decode_crop(data, box, 160, False, header=header)
+import numpy as np
+from pipeline.data.transforms import decode_train_batch, sample_seeds
+batch = np.zeros((2, 160, 160, 3), np.uint8)
+assert decode_train_batch([data, data], aug, sample_seeds(0, 0, [0, 1]), 160, batch) == [0, 1]
 print("full decode ok")
 """
 
