@@ -32,6 +32,7 @@ being read from the shared state at the start of every pass.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -40,7 +41,7 @@ import random
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -67,8 +68,10 @@ from pipeline.data.transforms import (
     Augmentation,
     build_auto_augment,
     decode_train,
+    decode_train_batch,
     decode_val,
     sample_rng,
+    sample_seeds,
     train_resolution,
 )
 from pipeline.distributed import DistInfo
@@ -98,6 +101,19 @@ def sample_offset(tar_path: str, sample: int) -> int:
         if first.header_offset > 0 and name_matches and header.size == first.size
         else 0
     )
+
+
+@contextlib.contextmanager
+def _sample_errors(sample: dict) -> Iterator[None]:
+    """A sample's decode or label error, raised as the loader's one line naming its shard and
+    key."""
+    try:
+        yield
+    except (KeyError, OSError, ValueError) as err:
+        url = str(sample.get("__url__"))
+        raise decode_error(
+            f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
+        ) from err
 
 
 def read_segments(segments: Iterator[Segment], source: ShardSource | None = None) -> Iterator[dict]:
@@ -133,9 +149,9 @@ def _segment_samples(segment: Segment, source: ShardSource | None) -> Iterator[d
         yield from _tar_samples(source.stream(segment.path, segment.skip, stop), url, 0, segment)
         return
     path = str(source.local_path(segment.path)) if source is not None else segment.path
-    members = _indexed_members(path, segment, source)
-    if members is not None:
-        yield from _read_indexed(path, members)
+    layouts = _indexed_members(path, segment, source)
+    if layouts is not None:
+        yield from _read_indexed(path, layouts)
         return
     offset = sample_offset(path, segment.skip) if segment.skip else 0
     stream = open(path, "rb")  # noqa: SIM115 - closed by _tar_samples
@@ -151,32 +167,53 @@ def _tar_samples(stream: BinaryIO, url: str, skip: int, segment: Segment) -> Ite
         yield from itertools.islice(group_by_keys(tar), skip, skip + segment.take)
 
 
+class _Layout(NamedTuple):
+    """Where one sample lies in its tar: one read of bytes [start, end), then each member."""
+
+    start: int  # its first member's header
+    end: int  # its last member's last byte
+    key: str
+    members: tuple[tuple[str, int, int], ...]  # (suffix lower-cased, offset from start, size)
+
+
 def _indexed_members(
     path: str, segment: Segment, source: ShardSource | None
-) -> tuple[tuple[IndexMember, ...], ...] | None:
-    """The members of the segment's samples from the shard's DALI index, or None where the
+) -> list[_Layout] | None:
+    """The layouts of the segment's samples from the shard's DALI index, or None where the
     index cannot be trusted for them."""
     try:
         index = source.index(segment.path) if source is not None else read_dali_index(Path(path))
     except (LoaderError, ManifestError, OSError, UnicodeDecodeError):
         return None
     samples = index.samples[segment.skip : segment.skip + segment.take]
-    if len(samples) != segment.take or not all(map(_plain_sample, samples)):
+    if len(samples) != segment.take:
+        return None
+    layouts = [_plain_layout(members) for members in samples]
+    if None in layouts:
         return None
     ends = (samples[0][0], samples[-1][-1]) if samples else ()
-    return samples if all(_header_matches(path, member) for member in ends) else None
+    return layouts if all(_header_matches(path, member) for member in ends) else None
 
 
-def _plain_sample(members: tuple[IndexMember, ...]) -> bool:
-    """Whether webdataset would group these members as one sample of these suffixes: named
-    (v1.2), each `key.suffix` with one key, no suffix twice, no `__meta__` file."""
+def _plain_layout(members: tuple[IndexMember, ...]) -> _Layout | None:
+    """The sample's layout, if webdataset would group these members as one sample of these
+    suffixes: named (v1.2), each `key.suffix` with one key, no suffix twice, no `__meta__`
+    file; else None."""
     names = [member.name for member in members]
     if any(name is None or name.rsplit("/", 1)[-1].startswith("__") for name in names):
-        return False
+        return None
     parts = [base_plus_ext(name) for name in names]
     suffixes = [suffix.lower() for _, suffix in parts if suffix is not None]
     keys = {key for key, _ in parts}
-    return len(keys) == 1 and None not in keys and len(set(suffixes)) == len(names)
+    if len(keys) != 1 or None in keys or len(set(suffixes)) != len(names):
+        return None
+    start = min(member.header_offset for member in members)
+    end = max(member.offset + member.size for member in members)
+    placed = tuple(
+        (suffix, member.offset - start, member.size)
+        for suffix, member in zip(suffixes, members, strict=True)
+    )
+    return _Layout(start, end, parts[0][0], placed)
 
 
 def _header_matches(path: str, member: IndexMember) -> bool:
@@ -190,24 +227,23 @@ def _header_matches(path: str, member: IndexMember) -> bool:
     return member.header_offset >= 0 and header.name == member.name and header.size == member.size
 
 
-def _read_indexed(path: str, samples: tuple[tuple[IndexMember, ...], ...]) -> Iterator[dict]:
+def _read_indexed(path: str, layouts: list[_Layout]) -> Iterator[dict]:
     """Samples as webdataset's group_by_keys builds them ({"__key__", "__url__", suffix: bytes,
-    the suffix lower-cased}), each read in one piece from its first header to its last byte."""
-    with open(path, "rb") as handle:
-        for members in samples:
-            start = min(member.header_offset for member in members)
-            end = max(member.offset + member.size for member in members)
-            handle.seek(start)
-            data = handle.read(end - start)
+    the suffix lower-cased}), each read in one pread from its first header to its last byte
+    (no seek, no buffered file: the per-sample Python is held under the GIL that loader
+    threads share)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for start, end, key, members in layouts:
+            data = os.pread(descriptor, end - start, start)
             if len(data) != end - start:
                 raise tarfile.ReadError(f"{path}: unexpected end of data")
-            key, _ = base_plus_ext(members[0].name)
             sample = {"__key__": key, "__url__": path}
-            for member in members:
-                _, suffix = base_plus_ext(member.name)
-                first = member.offset - start
-                sample[suffix.lower()] = data[first : first + member.size]
+            for suffix, first, size in members:
+                sample[suffix] = data[first : first + size]
             yield sample
+    finally:
+        os.close(descriptor)
 
 
 class ShardStream(IterableDataset):
@@ -319,30 +355,34 @@ class ShardStream(IterableDataset):
                 images, labels = self.buffers.next(len(chunk), size)
                 pixels = images.numpy()  # [B, size, size, 3] uint8
                 label_values = labels.numpy()  # written through numpy: no per-sample tensor op
-                keys = np.empty(len(chunk), dtype=np.int64)
+                keys = np.fromiter((sample["__index__"] for sample in chunk), np.int64, len(chunk))
+                left = range(len(chunk))
+                if self.split == "train":  # drawn and decoded in one C call; the rest one by one
+                    data = [sample.get("jpg") for sample in chunk]
+                    seeds = sample_seeds(self.plan.seed, epoch, keys)
+                    left = decode_train_batch(data, self.aug, seeds, size, pixels)
+                for position in left:
+                    self._decode(chunk[position], epoch, size, pixels[position])
                 for position, sample in enumerate(chunk):
-                    label_values[position] = self._decode(sample, epoch, size, pixels[position])
-                    keys[position] = sample["__index__"]
+                    label_values[position] = self._label(sample)
                 del pixels, label_values  # views of the slot: a lent slot is held by the loop only
                 yield images, labels, torch.from_numpy(keys)
                 del images, labels
 
         return batches
 
-    def _decode(self, sample: dict, epoch: int, size: int, out: np.ndarray) -> int:
-        """One raw sample decoded into `out`; returns its label."""
-        try:
+    def _decode(self, sample: dict, epoch: int, size: int, out: np.ndarray) -> None:
+        """One raw sample decoded into `out`, by the per-sample path."""
+        with _sample_errors(sample):
             if self.split == "train":
                 rng = sample_rng(self.plan.seed, epoch, sample["__index__"])
                 decode_train(sample["jpg"], self.aug, rng, size, out=out)
             else:
                 decode_val(sample["jpg"], self.aug, out=out)
+
+    def _label(self, sample: dict) -> int:
+        with _sample_errors(sample):
             return int(sample["cls"])
-        except (KeyError, OSError, ValueError) as err:
-            url = str(sample.get("__url__"))
-            raise decode_error(
-                f"{url}: sample {sample.get('__key__')!r}", err, url.rsplit("/", 1)[0]
-            ) from err
 
 
 class WdsLoader(Loader):
