@@ -27,6 +27,7 @@ tools.bench_loader counts it. The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import os
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_loader(beton, args.size, args.batch_size, args.workers)
     for _ in loader:  # warm-up epoch: numba compiles the pipeline
         pass
+    gc.freeze()  # as tools.bench_loader's process and our trainer do before their first epoch
     rounds = [time_loader(loader, args.seconds) for _ in range(args.rounds)]
     rate = max(rate for rate, _, _ in rounds)
     cpu_ms = min(cpu_ms for _, cpu_ms, _ in rounds)

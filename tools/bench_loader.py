@@ -39,6 +39,7 @@ Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import logging
@@ -259,14 +260,23 @@ def our_batches(
 
 
 def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "train"):
-    """One core's cost: `decode_train` (or `decode_val`) of each file, read from disk in a random
-    order per epoch, into one reused uint8 batch, in a plain loop of this process: no loader, no
-    threads. What every loader's CPU per image is compared with."""
+    """One core's cost: each file read from disk in a random order per epoch and decoded into
+    one reused uint8 batch, in a plain loop of this process: no loader, no threads. What every
+    loader's CPU per image is compared with. Train runs what the folder and wds backends run per
+    batch: `decode_train_batch` (one C call: read, draws, ROI decode), then `decode_train` for the
+    positions it leaves; val runs `decode_val` per file."""
     import numpy as np
 
     from pipeline.config import build_config
     from pipeline.data.files import list_class_folders
-    from pipeline.data.transforms import Augmentation, decode_train, decode_val, sample_rng
+    from pipeline.data.transforms import (
+        Augmentation,
+        decode_train,
+        decode_train_batch,
+        decode_val,
+        sample_rng,
+        sample_seeds,
+    )
 
     _, paths, labels = list_class_folders(root / "folders" / "train")
     cfg = build_config({"data": {"train_crop": size, "val_crop": size}})
@@ -276,7 +286,13 @@ def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "t
     def batches(epoch):
         order = random.Random(epoch).sample(range(len(paths)), len(paths))
         for first in range(0, len(order) - batch_size + 1, batch_size):
-            for position, index in enumerate(order[first : first + batch_size]):
+            keys = order[first : first + batch_size]
+            left = range(batch_size)
+            if split == "train":
+                seeds = sample_seeds(0, epoch, np.asarray(keys))
+                left = decode_train_batch([paths[i] for i in keys], aug, seeds, size, images)
+            for position in left:
+                index = keys[position]
                 if split == "train":
                     rng = sample_rng(0, epoch, index)
                     decode_train(paths[index], aug, rng, size, out=images[position])
@@ -336,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         loaders, servers = bench_source.source_loaders(args, root, device, scratch)
     else:
         loaders = build_loaders(args, root, device)
+    # the start-up's objects out of the cyclic collector's way, as the trainer does before its
+    # first epoch (FFCV's process, tools.bench_ffcv, freezes after its warm-up epoch too)
+    gc.freeze()
     warmup = 2 * max(1, args.workers) + 2
     rounds = measure_rounds(loaders, args.seconds, args.rounds, warmup)
     results = report_results(rounds)

@@ -16,6 +16,7 @@ resumed run does that eval, best.pt and epoch_NNN.pt first.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -325,6 +326,12 @@ class Trainer:
             state.step >= self.total_steps and not epoch_end_pending
         )
         sanity_grid = cfg.train.sanity_grid and self.resume_from is None
+        # Everything built so far (torch's modules, the model, the loaders' tables: ~10^5-10^6
+        # objects) lives to the end: out of the cyclic collector's way, a full collection no
+        # longer walks it. The wds loader's sample dicts reach the oldest generation through
+        # its shuffle buffer, and each full collection over the start-up's objects held the GIL
+        # for ~0.1 s that the loader threads wait on (0.02 CPU ms per image, 2026-12-06).
+        gc.freeze()
         self.watchdog.start()
         try:
             while not state.finished:
