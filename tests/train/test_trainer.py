@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 from train_helpers import tiny_args
 
@@ -23,6 +25,22 @@ def test_every_trainer_attribute_exists_after_init_and_training_adds_none(tiny_d
     assert trainer.train() == 0
     assert set(vars(trainer)) == attributes  # nothing appears later, so nothing probes with hasattr
     assert trainer.state.step == 3 and trainer.state.finished
+
+
+def test_the_start_up_objects_are_frozen_while_training_and_unfrozen_after(tiny_data, tmp_path):
+    trainer = build_trainer(tiny_data, tmp_path / "run", "train.max_steps=2")
+    frozen = []
+    step = trainer.train_epoch
+
+    def counting_epoch(sanity_grid):
+        frozen.append(gc.get_freeze_count())
+        return step(sanity_grid)
+
+    trainer.train_epoch = counting_epoch
+    assert gc.get_freeze_count() == 0
+    assert trainer.train() == 0
+    assert frozen and frozen[0] > 10_000, "torch, the model and the loaders are frozen"
+    assert gc.get_freeze_count() == 0, "a dropped trainer's cycles stay collectable"
 
 
 def test_a_trainer_built_on_a_finished_run_resumes_its_state_in_init(tiny_data, tmp_path):
