@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import multiprocessing
 import os
 import random
@@ -228,22 +229,31 @@ def _header_matches(path: str, member: IndexMember) -> bool:
 
 
 def _read_indexed(path: str, layouts: list[_Layout]) -> Iterator[dict]:
-    """Samples as webdataset's group_by_keys builds them ({"__key__", "__url__", suffix: bytes,
-    the suffix lower-cased}), each read in one pread from its first header to its last byte
-    (no seek, no buffered file: the per-sample Python is held under the GIL that loader
-    threads share)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for start, end, key, members in layouts:
-            data = os.pread(descriptor, end - start, start)
-            if len(data) != end - start:
-                raise tarfile.ReadError(f"{path}: unexpected end of data")
-            sample = {"__key__": key, "__url__": path}
-            for suffix, first, size in members:
-                sample[suffix] = data[first : first + size]
-            yield sample
-    finally:
-        os.close(descriptor)
+    """Samples as webdataset's group_by_keys builds them ({"__key__", "__url__", suffix: data,
+    the suffix lower-cased}), from the shard mapped into memory: no read call and no copy per
+    sample. "jpg" is a read-only memoryview of the shard's pages, handed to the decoder as it
+    is; every other member is bytes.
+
+    Why a mapping: a read() or pread() of a sample copies its ~34 KB out of the page cache,
+    cold in the CPU's caches: ~25-30 µs a sample here, 6 % of a decode (2026-12-06), where the
+    decoder reading the mapped pages overlaps those misses with its own work (as FFCV's mapped
+    .beton does). The mapping lives as long as any sample's view (a shuffle buffer's), and shards
+    are never rewritten in place (the node cache renames complete files into place), so a view
+    never sees a file change under it. A file shorter than its index says fails at once.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if max((layout.end for layout in layouts), default=0) > size:
+            raise tarfile.ReadError(f"{path}: unexpected end of data")
+        if not layouts or size == 0:
+            return
+        view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+    for start, _, key, members in layouts:
+        sample = {"__key__": key, "__url__": path}
+        for suffix, first, length in members:
+            data = view[start + first : start + first + length]
+            sample[suffix] = data if suffix == "jpg" else bytes(data)
+        yield sample
 
 
 class ShardStream(IterableDataset):
