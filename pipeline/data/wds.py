@@ -200,21 +200,36 @@ def _plain_layout(members: tuple[IndexMember, ...]) -> _Layout | None:
     """The sample's layout, if webdataset would group these members as one sample of these
     suffixes: named (v1.2), each `key.suffix` with one key, no suffix twice, no `__meta__`
     file; else None."""
-    names = [member.name for member in members]
-    if any(name is None or name.rsplit("/", 1)[-1].startswith("__") for name in names):
+    key, seen, parts = None, set(), []
+    for member in members:
+        name = member.name
+        if name is None or name.startswith("__", name.rfind("/") + 1):
+            return None
+        base, suffix = _name_parts(name)
+        if base is None or (key is not None and base != key):
+            return None
+        key, suffix = base, suffix.lower()
+        if suffix in seen:
+            return None
+        seen.add(suffix)
+        parts.append((suffix, member))
+    if key is None:
         return None
-    parts = [base_plus_ext(name) for name in names]
-    suffixes = [suffix.lower() for _, suffix in parts if suffix is not None]
-    keys = {key for key, _ in parts}
-    if len(keys) != 1 or None in keys or len(set(suffixes)) != len(names):
-        return None
-    start = min(member.header_offset for member in members)
-    end = max(member.offset + member.size for member in members)
-    placed = tuple(
-        (suffix, member.offset - start, member.size)
-        for suffix, member in zip(suffixes, members, strict=True)
-    )
-    return _Layout(start, end, parts[0][0], placed)
+    start = min(member.offset for _, member in parts) - TAR_BLOCK
+    end = max(member.offset + member.size for _, member in parts)
+    placed = tuple((suffix, member.offset - start, member.size) for suffix, member in parts)
+    return _Layout(start, end, key, placed)
+
+
+def _name_parts(name: str) -> tuple[str | None, str | None]:
+    """webdataset's `base_plus_ext(name)` (key, suffixes): cut at the first dot after the last
+    slash. String methods where that is the regex's answer (a plain name, ~4x faster); the
+    regex itself decides any other name."""
+    after_slash = name.rfind("/") + 1
+    dot = name.find(".", after_slash)
+    if dot > after_slash and "\n" not in name:
+        return name[:dot], name[dot + 1 :]
+    return base_plus_ext(name)
 
 
 def _header_matches(path: str, member: IndexMember) -> bool:
@@ -374,7 +389,11 @@ class ShardStream(IterableDataset):
                 for position in left:
                     self._decode(chunk[position], epoch, size, pixels[position])
                 for position, sample in enumerate(chunk):
-                    label_values[position] = self._label(sample)
+                    try:
+                        label_values[position] = int(sample["cls"])
+                    except (KeyError, ValueError):
+                        with _sample_errors(sample):  # the one line naming shard and key
+                            raise
                 del pixels, label_values  # views of the slot: a lent slot is held by the loop only
                 yield images, labels, torch.from_numpy(keys)
                 del images, labels
@@ -389,10 +408,6 @@ class ShardStream(IterableDataset):
                 decode_train(sample["jpg"], self.aug, rng, size, out=out)
             else:
                 decode_val(sample["jpg"], self.aug, out=out)
-
-    def _label(self, sample: dict) -> int:
-        with _sample_errors(sample):
-            return int(sample["cls"])
 
 
 class WdsLoader(Loader):

@@ -265,3 +265,41 @@ def test_an_image_that_does_not_decode_is_one_line_naming_it_even_from_a_loader_
     # where it was raised is kept aside: torch's report from a worker process, or the thread's
     where = "worker process" if kind == "processes" else "Raised in loader thread"
     assert (where in err.value.worker_report) == (workers > 0)
+
+
+@pytest.mark.parametrize(
+    ("backend", "layout"), [("folder", "tiny_folders"), ("wds", "tiny_shards")]
+)
+def test_a_train_image_that_does_not_decode_is_one_line_naming_it(
+    request, tmp_path, backend, layout
+):
+    """The batch call hands the damaged file back; the per-sample path names it."""
+    from pipeline.errors import SampleDecodeError
+
+    data = request.getfixturevalue(layout)
+    train = shutil.copytree(data["train"], tmp_path / "train")
+    source = corrupt_first_image(train, layout)
+    loader = build_loader(tiny_config(train, data["val"], backend=backend), "train", single_rank())
+    with pytest.raises(SampleDecodeError) as err:
+        list(loader)
+    assert_one_line(err, source, "cannot decode")
+
+
+def test_a_shard_label_that_is_not_a_number_is_one_line_naming_its_shard_and_key(
+    tiny_shards, tmp_path
+):
+    import tarfile
+
+    train = shutil.copytree(tiny_shards["train"], tmp_path / "train")
+    tar_path = min(train.glob("*.tar"))
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".cls"))
+    with open(tar_path, "r+b") as handle:  # same size: the index and manifest still agree
+        handle.seek(member.offset_data)
+        handle.write(b"x" * member.size)
+    loader = build_loader(
+        tiny_config(train, tiny_shards["val"], backend="wds"), "train", single_rank()
+    )
+    with pytest.raises(LoaderError) as err:
+        list(loader)
+    assert_one_line(err, str(tar_path), repr(member.name.rsplit(".", 1)[0]))

@@ -219,3 +219,35 @@ def test_an_index_that_disagrees_with_the_tar_or_has_no_names_is_not_used(tiny_s
             for s in wds.read_segments(iter([segment]))
         ]
         assert got == expected
+
+
+def test_sample_names_split_as_webdatasets_base_plus_ext():
+    """The string-method split of a member name is webdataset's regex's answer, for plain
+    names and for every odd one (hidden files, dots in folders, no dot, newlines)."""
+    from webdataset.tariterators import base_plus_ext
+
+    from pipeline.data import wds
+
+    names = [
+        "n01440764_10026.cls",
+        "n01440764_10026.jpg",
+        "train/n01440764/n01440764_10026.JPEG",
+        "a.b.c",
+        "dir.v2/key.tar.gz",
+        "dir/.hidden.jpg",
+        ".hidden",
+        "dir/noext",
+        "noext",
+        "a.b/c",
+        "key.",
+        "/abs/key.jpg",
+        "x/y\nz/k.j",
+        "key.jpg\n",
+        "a\nb/c.d",
+        "",
+        "/",
+        "dir/",
+        "__key__.json",
+    ]
+    for name in names:
+        assert wds._name_parts(name) == base_plus_ext(name), repr(name)
