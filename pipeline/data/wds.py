@@ -254,7 +254,8 @@ def _read_indexed(path: str, layouts: list[_Layout]) -> Iterator[dict]:
     decoder reading the mapped pages overlaps those misses with its own work (as FFCV's mapped
     .beton does). The mapping lives as long as any sample's view (a shuffle buffer's), and shards
     are never rewritten in place (the node cache renames complete files into place), so a view
-    never sees a file change under it. A file shorter than its index says fails at once.
+    never sees a file change under it. A file shorter than its index says fails at once. On a
+    file system that cannot map files (some FUSE mounts), each sample is one pread instead.
     """
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -262,7 +263,20 @@ def _read_indexed(path: str, layouts: list[_Layout]) -> Iterator[dict]:
             raise tarfile.ReadError(f"{path}: unexpected end of data")
         if not layouts or size == 0:
             return
-        view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        try:
+            view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):  # ENODEV and the like: read each sample instead
+            view = None
+        if view is None:
+            for start, end, key, members in layouts:
+                data = os.pread(handle.fileno(), end - start, start)
+                if len(data) != end - start:
+                    raise tarfile.ReadError(f"{path}: unexpected end of data")
+                sample = {"__key__": key, "__url__": path}
+                for suffix, first, length in members:
+                    sample[suffix] = data[first : first + length]
+                yield sample
+            return
     for start, _, key, members in layouts:
         sample = {"__key__": key, "__url__": path}
         for suffix, first, length in members:

@@ -187,6 +187,27 @@ def test_slices_read_by_the_index_are_webdatasets_samples_and_parse_no_tar_heade
             skip : skip + take
         ]
         assert [s["__index__"] for s in got] == list(range(100 + skip, 100 + skip + take))
+        assert all(isinstance(s["jpg"], memoryview) and s["jpg"].readonly for s in got)
+
+
+def test_where_a_shard_cannot_be_mapped_each_sample_is_read_and_the_same(tiny_shards, monkeypatch):
+    """Some FUSE mounts refuse mmap (ENODEV): the reader falls back to a pread a sample."""
+    import errno
+    import mmap
+
+    from pipeline.data import wds
+    from pipeline.data.plans import Segment
+
+    tar = str(tiny_shards["train"] / "imagenet-train-000002.tar")
+    expected = _tar_reader_samples(tar, 2, 6)
+
+    def no_mapping(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", no_mapping)
+    got = list(wds.read_segments(iter([Segment(tar, 2, 6)])))
+    assert [{k: v for k, v in s.items() if k != "__index__"} for s in got] == expected
+    assert all(type(s["jpg"]) is bytes for s in got)
 
 
 def test_an_index_that_disagrees_with_the_tar_or_has_no_names_is_not_used(tiny_shards, tmp_path):
