@@ -275,7 +275,6 @@ def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "t
         decode_train_batch,
         decode_val,
         sample_rng,
-        sample_seeds,
     )
 
     _, paths, labels = list_class_folders(root / "folders" / "train")
@@ -289,8 +288,8 @@ def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "t
             keys = order[first : first + batch_size]
             left = range(batch_size)
             if split == "train":
-                seeds = sample_seeds(0, epoch, np.asarray(keys))
-                left = decode_train_batch([paths[i] for i in keys], aug, seeds, size, images)
+                sources = [paths[i] for i in keys]
+                left = decode_train_batch(sources, aug, 0, epoch, np.asarray(keys), size, images)
             for position in left:
                 index = keys[position]
                 if split == "train":

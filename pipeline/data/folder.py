@@ -42,7 +42,6 @@ from pipeline.data.transforms import (
     decode_train_batch,
     decode_val,
     sample_rng,
-    sample_seeds,
     train_resolution,
 )
 from pipeline.distributed import DistInfo
@@ -99,8 +98,9 @@ class FolderBatches(Dataset):
         left = range(len(keys))
         if self.split == "train":  # read, drawn and decoded in one C call; the rest one by one
             paths = [self.paths[index] for index in keys.tolist()]
-            seeds = sample_seeds(self.seed, epoch, keys)
-            left = decode_train_batch(paths, self.aug, seeds, self.size(epoch), pixels)
+            left = decode_train_batch(
+                paths, self.aug, self.seed, epoch, keys, self.size(epoch), pixels
+            )
         for position in left:
             self.load(int(keys[position]), epoch, out=pixels[position])
         labels.numpy()[:] = self.labels[keys]  # one copy, no per-sample tensor write

@@ -265,19 +265,26 @@ def decode_train(
 
 
 def decode_train_batch(
-    sources: list[bytes | str], aug: Augmentation, seeds: np.ndarray, size: int, out: np.ndarray
+    sources: list[bytes | str],
+    aug: Augmentation,
+    seed: int,
+    epoch: int,
+    indices: np.ndarray,
+    size: int,
+    out: np.ndarray,
 ) -> list[int]:
-    """`decode_train(sources[i], aug, random.Random(seeds[i]), size, out=out[i])` for every i,
-    in one C call where it can (`jpeg.decode_train_batch`: the read, the draws and the ROI
-    decode of the whole batch with the GIL released, the same boxes, flips and bytes).
+    """`decode_train(sources[i], aug, sample_rng(seed, epoch, indices[i]), size, out=out[i])`
+    for every i, in one C call where it can (`jpeg.decode_train_batch`: the read, the draws and
+    the ROI decode of the whole batch with the GIL released, the same boxes, flips and bytes).
 
-    `seeds` are `sample_seeds` (uint64). Returns the positions left undecoded: the caller runs
-    decode_train on each (with its own error wrapping). That is every position when
+    Returns the positions left undecoded: the caller runs decode_train on each (with its own
+    error wrapping). That is every position when
     aug.auto_augment is set, aug.roi is off or the extension did not build, and otherwise the
     files the ROI path does not take (CMYK, not a JPEG, truncated, damaged, unreadable).
     """
     if aug.auto_augment != "none" or not aug.roi or not jpeg.AVAILABLE:
         return list(range(len(sources)))
+    seeds = sample_seeds(seed, epoch, indices)
     return jpeg.decode_train_batch(sources, seeds, aug.scale, aug.ratio, aug.flip_prob, size, out)
 
 

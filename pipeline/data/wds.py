@@ -72,7 +72,6 @@ from pipeline.data.transforms import (
     decode_train_batch,
     decode_val,
     sample_rng,
-    sample_seeds,
     train_resolution,
 )
 from pipeline.distributed import DistInfo
@@ -264,25 +263,21 @@ def _read_indexed(path: str, layouts: list[_Layout]) -> Iterator[dict]:
         if not layouts or size == 0:
             return
         try:
-            view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        except (OSError, ValueError):  # ENODEV and the like: read each sample instead
-            view = None
-        if view is None:
-            for start, end, key, members in layouts:
-                data = os.pread(handle.fileno(), end - start, start)
+            mapped = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):  # ENODEV and the like: one pread a sample instead
+            mapped = None
+        for start, end, key, members in layouts:
+            if mapped is not None:
+                data, base = mapped, start
+            else:
+                data, base = os.pread(handle.fileno(), end - start, start), 0
                 if len(data) != end - start:
                     raise tarfile.ReadError(f"{path}: unexpected end of data")
-                sample = {"__key__": key, "__url__": path}
-                for suffix, first, length in members:
-                    sample[suffix] = data[first : first + length]
-                yield sample
-            return
-    for start, _, key, members in layouts:
-        sample = {"__key__": key, "__url__": path}
-        for suffix, first, length in members:
-            data = view[start + first : start + first + length]
-            sample[suffix] = data if suffix == "jpg" else bytes(data)
-        yield sample
+            sample = {"__key__": key, "__url__": path}
+            for suffix, first, length in members:
+                piece = data[base + first : base + first + length]
+                sample[suffix] = piece if suffix == "jpg" else bytes(piece)
+            yield sample
 
 
 class ShardStream(IterableDataset):
@@ -398,8 +393,9 @@ class ShardStream(IterableDataset):
                 left = range(len(chunk))
                 if self.split == "train":  # drawn and decoded in one C call; the rest one by one
                     data = [sample.get("jpg") for sample in chunk]
-                    seeds = sample_seeds(self.plan.seed, epoch, keys)
-                    left = decode_train_batch(data, self.aug, seeds, size, pixels)
+                    left = decode_train_batch(
+                        data, self.aug, self.plan.seed, epoch, keys, size, pixels
+                    )
                 for position in left:
                     self._decode(chunk[position], epoch, size, pixels[position])
                 for position, sample in enumerate(chunk):

@@ -434,9 +434,8 @@ def test_a_batch_is_the_bytes_of_decode_train_and_leaves_the_rest(shard_photos, 
     aug = Augmentation()
     sources, expected_left = _batch_sources(shard_photos, tmp_path)
     indices = np.arange(100, 100 + len(sources))
-    seeds = sample_seeds(7, 3, indices)
     out = np.full((len(sources), size, size, 3), 17, dtype=np.uint8)
-    left = decode_train_batch(sources, aug, seeds, size, out)
+    left = decode_train_batch(sources, aug, 7, 3, indices, size, out)
     assert left == expected_left
     for position, source in enumerate(sources):
         if position in left:
@@ -451,9 +450,8 @@ def test_a_batch_is_the_bytes_of_decode_train_and_leaves_the_rest(shard_photos, 
 def test_a_batch_leaves_everything_to_python_with_auto_augment_or_roi_off(shard_photos):
     data = list(shard_photos.values())[:3]
     out = np.zeros((3, 64, 64, 3), dtype=np.uint8)
-    seeds = sample_seeds(0, 0, np.arange(3))
     for aug in (Augmentation(auto_augment="trivial"), Augmentation(roi=False)):
-        assert decode_train_batch(data, aug, seeds, 64, out) == [0, 1, 2]
+        assert decode_train_batch(data, aug, 0, 0, np.arange(3), 64, out) == [0, 1, 2]
     assert not out.any()
 
 
@@ -461,7 +459,9 @@ def test_a_batch_with_a_wrong_out_or_seeds_is_refused():
     data = [(REPO / "tools" / "photos" / "chicago.jpg").read_bytes()] * 2
     seeds = sample_seeds(0, 0, np.arange(2))
     with pytest.raises(ValueError, match=r"uint8 \[2, 64, 64, 3\], got uint8 \(3, 64, 64, 3\)"):
-        decode_train_batch(data, Augmentation(), seeds, 64, np.empty((3, 64, 64, 3), np.uint8))
+        decode_train_batch(
+            data, Augmentation(), 0, 0, np.arange(2), 64, np.empty((3, 64, 64, 3), np.uint8)
+        )
     if jpeg.AVAILABLE:
         with pytest.raises(ValueError, match="2 sources need 16 bytes of uint64 seeds"):
             jpeg.decode_train_batch(
@@ -533,9 +533,9 @@ assert (decoded == decode_train(data, aug, random.Random(3), 160)).all()
 for _ in range(3):
     jpeg.decode_crop(data, box, 160, False, header=header)
 import numpy as np
-from pipeline.data.transforms import decode_train_batch, sample_seeds
+from pipeline.data.transforms import decode_train_batch
 batch = np.zeros((2, 160, 160, 3), np.uint8)
-assert decode_train_batch([data, data], aug, sample_seeds(0, 0, [0, 1]), 160, batch) == [0, 1]
+assert decode_train_batch([data, data], aug, 0, 0, np.arange(2), 160, batch) == [0, 1]
 print("full decode ok")
 """
 
