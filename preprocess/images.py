@@ -23,6 +23,11 @@ Choices, and why:
   n02105855_2933.JPEG, grayscale images, and (in other datasets) RGBA/LA/P with transparency
   (composited on white) and 16-bit images (scaled to 8 bits). Each repair is named in
   `ImageInfo.repairs`.
+- A restart marker after every MCU (`core.jpegfile.with_restart_markers`, a lossless rewrite of
+  Pillow's JPEG with Huffman tables optimized for the image: ~2 % larger at 4:2:0, 12-17 % at
+  4:4:4 and gray):
+  the same pixels for every decoder, and the ROI decoder Huffman-decodes only the MCUs a crop
+  keeps (~20 % less CPU per train image). Where the extension did not build, Pillow's bytes.
 - The original's source name and size go into a JPEG comment (`PROVENANCE_PREFIX` + JSON), so
   `preprocess shard` can record the original size in each sample's .json member.
 """
@@ -37,6 +42,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from core.jpegfile import with_restart_markers
 
 # A truncated file is an error, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -247,7 +254,7 @@ def _resize_and_encode(
     info = dataclasses.replace(
         info, out_width=out_width, out_height=out_height, repairs=tuple(repairs)
     )
-    return buffer.getvalue(), info
+    return with_restart_markers(buffer.getvalue()), info
 
 
 def read_provenance(image: Image.Image) -> dict | None:

@@ -12,8 +12,11 @@ seed's baseline.
     python -m tools.bench_loader --source loopback       # wds from a URL, cold/warm (bench_source)
 
 The data: the real photos in tools/photos (or --photos DIR), each replicated as random
-80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes), as class
-folders and as WebDataset shards, built once under --cache-dir and reused.
+80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes: with a
+restart marker after every MCU, core/jpegfile.py), as class folders and as WebDataset shards,
+built once under --cache-dir and reused; and `folders-plain`, the same files rewritten without
+the markers (the same coefficients, so the same pixels), which FFCV reads and `folder-plain`
+times (a folder of JPEGs that preprocess did not write).
 
 The baseline is the seed's loader: torchvision ImageFolder + Compose([RandomResizedCrop(SIZE),
 RandomHorizontalFlip(), ToTensor(), Normalize()]) + DataLoader(shuffle=True). Ours are
@@ -31,8 +34,9 @@ in a plain loop; every other line gives its CPU per image as a multiple of it. T
 decode whole images with Pillow (data.roi_decode=false: the path before the ROI decoder).
 `--split val` times the val path.
 `ffcv` runs FFCV 1.0.2's loader (tools.bench_ffcv, in .venv-ffcv from `make bench-peers`) on the
-same class folders, one round in its own process at each turn, and every other backend's line
-gives its ratio to FFCV's; where FFCV is not built, one line says so and the rest runs.
+same images without the markers (a full decode, FFCV's, is ~5 % cheaper without them), one
+round in its own process at each turn, and every other backend's line gives its ratio to
+FFCV's; where FFCV is not built, one line says so and the rest runs.
 Figures and the machine they came from are recorded in docs/BENCHMARKS.md.
 """
 
@@ -73,6 +77,7 @@ BACKENDS = (
     "folder-processes",
     "folder-threads",
     "folder-pillow",
+    "folder-plain",
     "wds",
     "wds-processes",
     "wds-threads",
@@ -86,6 +91,7 @@ VARIANTS = {
     "processes": {"worker_kind": "processes"},
     "threads": {"worker_kind": "threads"},
     "pillow": {"roi_decode": False},  # Pillow's whole-image decode; auto picks processes
+    "plain": {},  # folders-plain: the files without restart markers (whole-file ROI path)
 }
 FFCV_PYTHON = Path(".venv-ffcv") / "bin" / "python"  # built by `make bench-peers`
 FFCV_RESULT = "ffcv-result "  # tools.bench_ffcv's machine-readable line
@@ -107,14 +113,17 @@ def val_shards(root: Path) -> Path:
 def build_dataset(
     photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0
 ) -> Path:
-    """cache_dir/images-N/{folders/train, shards/train}: 256 px JPEGs from the photos; reused if
-    complete."""
+    """cache_dir/images-N-rstI/{folders/train, folders-plain/train, shards/train}: 256 px JPEGs
+    from the photos (I: their restart interval, 0 where core._jpegtran did not build); reused
+    if complete."""
     from PIL import Image
 
+    from core import jpegfile
     from preprocess.cli import main as preprocess_main
     from preprocess.images import resize_image
 
-    root = cache_dir / f"images-{num_images}"
+    interval = jpegfile.RESTART_INTERVAL if jpegfile.AVAILABLE else 0
+    root = cache_dir / f"images-{num_images}-rst{interval}"
     done = root / "complete.json"
     if done.is_file():
         return root
@@ -123,6 +132,7 @@ def build_dataset(
         raise SystemExit(f"no JPEG photos in {photos}: pass --photos DIR")
     rng = random.Random(seed)
     folders = root / "folders" / "train"
+    plain = root / "folders-plain" / "train"
     decoded = [Image.open(path).convert("RGB") for path in sources]
     for index in range(num_images):
         image = decoded[index % len(decoded)]
@@ -134,9 +144,10 @@ def build_dataset(
         buffer = io.BytesIO()
         crop.save(buffer, format="JPEG", quality=95)
         data, _ = resize_image(buffer.getvalue(), 256)
-        folder = folders / f"n{index % num_classes:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"bench_{index:07d}.JPEG").write_bytes(data)
+        for top, layout in ((folders, data), (plain, jpegfile.with_restart_markers(data, 0))):
+            folder = top / f"n{index % num_classes:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"bench_{index:07d}.JPEG").write_bytes(layout)
     status = preprocess_main(
         [
             "shard",
@@ -232,6 +243,7 @@ def our_batches(
     else:
         overrides = VARIANTS[variant]
     layout = "shards" if data_backend == "wds" else "folders"
+    layout += "-plain" if variant == "plain" else ""
     val_dir = val_shards(root) if layout == "shards" and split == "val" else root / layout / "train"
     cfg = build_config(
         {
@@ -304,7 +316,7 @@ def decode_batches(root: Path, batch_size: int, size: int = 224, split: str = "t
 
 def ffcv_round(root: Path, batch_size: int, workers: int, size: int):
     """A function of the seconds running one round of FFCV's loader (tools.bench_ffcv, in FFCV's
-    own venv, on the same class folders): (images/s, CPU ms per image)."""
+    own venv, on the same images without restart markers): (images/s, CPU ms per image)."""
 
     def measure(seconds: float) -> tuple[float, float]:
         command = [
@@ -312,7 +324,7 @@ def ffcv_round(root: Path, batch_size: int, workers: int, size: int):
             "-m",
             "tools.bench_ffcv",
             "--folders",
-            str(root / "folders" / "train"),
+            str(root / "folders-plain" / "train"),
             *("--size", str(size), "--batch-size", str(batch_size)),
             *("--workers", str(workers), "--seconds", str(seconds), "--rounds", "1"),
         ]

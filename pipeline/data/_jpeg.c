@@ -9,6 +9,9 @@
  *                        the rows below it are never read (jpeg_abort_decompress);
  *   scale_denom          DCT scaling by 1/2, 1/4, 1/8, chosen by the caller with the same rule as
  *                        Pillow's draft() in pipeline/data/transforms.py.
+ * A file with a restart marker after every MCU (what preprocess writes) goes further: only the
+ * MCUs of the box's rows and columns are handed to libjpeg, as a JPEG of their own, so not even
+ * the Huffman decoding of the rest is done ("restart windows" below).
  * The resize is Pillow's: the same filter (triangle, support scaled by the downscale factor), the
  * same coefficients and bounds (Resample.c precompute_coeffs), horizontal pass first into an
  * 8-bit image, then the vertical pass. It differs only in arithmetic (pillow-simd's 16-bit
@@ -737,6 +740,7 @@ typedef struct {
     unsigned char *out; /* [size, size, 3] */
     /* filled by the decode */
     int decoded_columns, decoded_rows, skipped_rows;
+    int windowed; /* 1: only the box's MCUs were decoded (a restart window) */
     const char *failure; /* a static reason, or errors.message */
 } Job;
 
@@ -799,6 +803,162 @@ static unsigned char *scratch(Scratch *kept, size_t bytes) {
     return kept->data;
 }
 
+/* ---------------------------------------------------------------- restart windows */
+
+/* A file with a restart marker after every MCU (DRI = 1, what preprocess writes: core/jpegfile.py)
+ * has every MCU byte-aligned in the scan, with DC predictions that start from zero: the MCUs of a
+ * window can be cut out and given to libjpeg as a JPEG of their own. Its headers are the file's,
+ * the frame's size the window's, the MCUs those of the window's rows and columns with their
+ * restart markers numbered afresh. libjpeg then Huffman-decodes only the window's MCUs, where
+ * jpeg_crop_scanline and jpeg_skip_scanlines still decode every MCU of every row above the box's
+ * bottom (a baseline scan cannot skip one without decoding it). The IDCT of each block, the
+ * upsampling inside the window and the colour conversion are the same arithmetic on the same
+ * coefficients, so the window's pixels are the full decode's wherever an upsampling neighbour
+ * is inside the window: run_job takes one pixel of margin each side, as jpeg_crop_scanline's
+ * path does, and tests/data/test_jpeg.py holds the two paths to the same bytes. */
+
+typedef struct {
+    int x, y;          /* the window's origin, in output (DCT-scaled) pixels */
+    size_t length;     /* of the window's JPEG in `data`; 0: no window (the whole-file path) */
+    unsigned char *data;
+} Window;
+
+static _Thread_local Scratch window_scratch;
+
+static inline unsigned read_be16(const unsigned char *bytes) {
+    return ((unsigned)bytes[0] << 8) | bytes[1];
+}
+
+/* The window of MCU columns [c0, c1) and rows [r0, r1) of `data` (DRI = 1, one interleaved
+ * scan) as a JPEG in `out` (at least length + 2 bytes); returns its length, or 0 where the file
+ * is not as its header says (a marker out of sequence, too few MCUs): run_job then decodes the
+ * file itself, and libjpeg's errors say what is wrong. */
+static size_t cut_window(const unsigned char *data, size_t length, int mcu_width, int mcu_height,
+                         int c0, int c1, int r0, int r1, unsigned char *out) {
+    size_t at = 2, frame = 0, scan = 0;
+    if (length < 4 || data[0] != 0xFF || data[1] != 0xD8) {
+        return 0;
+    }
+    while (scan == 0) { /* the markers up to the scan's first byte */
+        while (at < length && data[at] == 0xFF && at + 1 < length && data[at + 1] == 0xFF) {
+            at++; /* fill bytes */
+        }
+        if (at + 4 > length || data[at] != 0xFF) {
+            return 0;
+        }
+        const unsigned marker = data[at + 1];
+        const size_t end = at + 2 + read_be16(data + at + 2);
+        if (end > length) {
+            return 0;
+        }
+        if (marker == 0xC0 || marker == 0xC1) {
+            frame = at;
+        } else if (marker >= 0xC2 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
+                   marker != 0xCC) {
+            return 0; /* progressive, lossless, arithmetic */
+        } else if (marker == 0xDA) {
+            scan = end;
+        }
+        at = end;
+    }
+    if (frame == 0 || frame + 9 > scan) {
+        return 0;
+    }
+    const unsigned height = read_be16(data + frame + 5), width = read_be16(data + frame + 7);
+    const int per_row = (int)((width + mcu_width - 1) / mcu_width);
+    const int rows = (int)((height + mcu_height - 1) / mcu_height);
+    if (c1 > per_row || r1 > rows || c0 >= c1 || r0 >= r1) {
+        return 0;
+    }
+    memcpy(out, data, scan);
+    const unsigned window_width = (unsigned)(c1 == per_row ? (int)width - c0 * mcu_width
+                                                           : (c1 - c0) * mcu_width);
+    const unsigned window_height = (unsigned)(r1 == rows ? (int)height - r0 * mcu_height
+                                                         : (r1 - r0) * mcu_height);
+    out[frame + 5] = (unsigned char)(window_height >> 8);
+    out[frame + 6] = (unsigned char)window_height;
+    out[frame + 7] = (unsigned char)(window_width >> 8);
+    out[frame + 8] = (unsigned char)window_width;
+    size_t written = scan;
+    long mcu = 0, kept = 0;
+    const long first = (long)r0 * per_row + c0, last = (long)(r1 - 1) * per_row + c1 - 1;
+    size_t start = scan; /* of MCU number `mcu` */
+    at = scan;
+    while (mcu <= last) {
+        /* the end of MCU `mcu`: the next marker that is not a stuffed 0xFF 0x00 */
+        const unsigned char *found = memchr(data + at, 0xFF, length - at);
+        if (found == NULL) {
+            return 0;
+        }
+        size_t marker = (size_t)(found - data);
+        size_t next = marker + 1;
+        while (next < length && data[next] == 0xFF) {
+            next++; /* fill bytes before a marker */
+        }
+        if (next >= length) {
+            return 0;
+        }
+        if (data[next] == 0x00) {
+            at = next + 1;
+            continue;
+        }
+        const int restart = data[next] >= 0xD0 && data[next] <= 0xD7;
+        if (restart ? data[next] != 0xD0 + (mcu & 7) : (data[next] != 0xD9 || mcu != last)) {
+            return 0; /* out of sequence, or the scan ends early */
+        }
+        const long row = mcu / per_row, column = mcu % per_row;
+        if (mcu >= first && row >= r0 && column >= c0 && column < c1) {
+            if (kept > 0) {
+                out[written++] = 0xFF;
+                out[written++] = (unsigned char)(0xD0 + ((kept - 1) & 7));
+            }
+            memcpy(out + written, data + start, marker - start);
+            written += marker - start;
+            kept++;
+        }
+        mcu++;
+        start = at = next + 1;
+    }
+    out[written++] = 0xFF;
+    out[written++] = 0xD9;
+    return written;
+}
+
+/* The window of MCUs that holds output columns [x0, x1) and rows [y0, y1) (`cinfo` after
+ * jpeg_read_header and jpeg_calc_output_dimensions), cut from job->data; window->length 0 where
+ * the file has no restart marker after each MCU or the cut fails. */
+static void find_window(struct jpeg_decompress_struct *cinfo, const Job *job, int x0, int x1,
+                        int y0, int y1, Window *window) {
+    window->length = 0;
+    if (cinfo->restart_interval != 1 || cinfo->progressive_mode ||
+        cinfo->comps_in_scan != cinfo->num_components) {
+        return;
+    }
+    /* an MCU: one block of a lone component, else max_h x max_v blocks */
+    const int blocks_h = cinfo->comps_in_scan == 1 ? 1 : cinfo->max_h_samp_factor;
+    const int blocks_v = cinfo->comps_in_scan == 1 ? 1 : cinfo->max_v_samp_factor;
+    const int mcu_width = 8 * blocks_h, mcu_height = 8 * blocks_v;
+    const int out_width = mcu_width / job->reduction, out_height = mcu_height / job->reduction;
+    const int c0 = x0 / out_width, c1 = (x1 + out_width - 1) / out_width;
+    const int r0 = y0 / out_height, r1 = (y1 + out_height - 1) / out_height;
+    unsigned char *out = scratch(&window_scratch, job->length + 2);
+    window->length = out == NULL ? 0
+                                 : cut_window(job->data, job->length, mcu_width, mcu_height, c0,
+                                              c1, r0, r1, out);
+    window->data = out;
+    window->x = c0 * out_width;
+    window->y = r0 * out_height;
+}
+
+/* the decode's settings, the same for a file and for its window */
+static void set_output(struct jpeg_decompress_struct *cinfo, int reduction) {
+    cinfo->out_color_space = JCS_EXT_RGBX; /* 4 bytes a pixel: one SIMD lane set per pixel */
+    cinfo->scale_num = 1;
+    cinfo->scale_denom = (unsigned int)reduction;
+    cinfo->dct_method = JDCT_ISLOW;    /* Pillow's default */
+    cinfo->do_fancy_upsampling = TRUE; /* Pillow's default */
+}
+
 static int run_job(Job *job, Work *work, ErrorManager *errors) {
     struct jpeg_decompress_struct cinfo;
     Coefficients *const horizontal = &work->horizontal, *const vertical = &work->vertical;
@@ -820,12 +980,8 @@ static int run_job(Job *job, Work *work, ErrorManager *errors) {
     if (job->draw != NULL) {
         draw_job_box(job, (int)cinfo.image_width, (int)cinfo.image_height);
     }
-    cinfo.out_color_space = JCS_EXT_RGBX; /* 4 bytes a pixel: one SIMD lane set per pixel */
-    cinfo.scale_num = 1;
-    cinfo.scale_denom = (unsigned int)job->reduction;
-    cinfo.dct_method = JDCT_ISLOW;    /* Pillow's default */
-    cinfo.do_fancy_upsampling = TRUE; /* Pillow's default */
-    jpeg_start_decompress(&cinfo);
+    set_output(&cinfo, job->reduction);
+    jpeg_calc_output_dimensions(&cinfo);
     const int width = (int)cinfo.output_width, height = (int)cinfo.output_height;
     if (!compute_coefficients(width, job->left, job->right, job->size, horizontal) ||
         !compute_coefficients(height, job->top, job->bottom, job->size, vertical)) {
@@ -848,19 +1004,41 @@ static int run_job(Job *job, Work *work, ErrorManager *errors) {
         return 0;
     }
     /* one pixel of margin each side, so the window's edge pixels are upsampled from real
-     * neighbours, not from the ROI's replicated edge; libjpeg-turbo widens to iMCU columns */
-    JDIMENSION crop_offset = (JDIMENSION)(column_first > 0 ? column_first - 1 : 0);
-    JDIMENSION crop_width =
-        (JDIMENSION)((column_last < width ? column_last + 1 : width) - (int)crop_offset);
-    if (crop_offset > 0 || (int)crop_width < width) {
-        jpeg_crop_scanline(&cinfo, &crop_offset, &crop_width);
+     * neighbours, not from the decoded region's replicated edge */
+    const int margin_left = column_first > 0 ? column_first - 1 : 0;
+    const int margin_right = column_last < width ? column_last + 1 : width;
+    const int margin_top = row_first > 0 ? row_first - 1 : 0;
+    const int margin_bottom = row_last < height ? row_last + 1 : height;
+    Window window;
+    find_window(&cinfo, job, margin_left, margin_right, margin_top, margin_bottom, &window);
+    JDIMENSION crop_offset, crop_width;
+    int line_shift = 0; /* the output row of the decoder's row 0 */
+    if (window.length > 0) {
+        /* the window's own JPEG: its row 0 and column 0 are the file's window.y and window.x */
+        jpeg_abort_decompress(&cinfo);
+        jpeg_mem_src(&cinfo, window.data, (unsigned long)window.length);
+        jpeg_read_header(&cinfo, TRUE);
+        set_output(&cinfo, job->reduction);
+        jpeg_start_decompress(&cinfo);
+        crop_offset = (JDIMENSION)window.x;
+        crop_width = cinfo.output_width;
+        line_shift = window.y;
+        job->windowed = 1;
+    } else {
+        /* libjpeg-turbo widens the columns to whole iMCU columns */
+        jpeg_start_decompress(&cinfo);
+        crop_offset = (JDIMENSION)margin_left;
+        crop_width = (JDIMENSION)(margin_right - margin_left);
+        if (crop_offset > 0 || (int)crop_width < width) {
+            jpeg_crop_scanline(&cinfo, &crop_offset, &crop_width);
+        }
     }
     job->decoded_columns = (int)crop_width;
-    const int skip = row_first > 0 ? row_first - 1 : 0;
+    const int skip = margin_top - line_shift;
     if (skip > 0) {
         jpeg_skip_scanlines(&cinfo, (JDIMENSION)skip);
     }
-    job->skipped_rows = skip;
+    job->skipped_rows = margin_top;
     /* a box of whole pixels at scale 1 (the val centre crop of a 256 px image): each output
      * pixel is one decoded pixel, so the decoded rows go straight to `out`, with no resize */
     int copy = horizontal->widest == 1 && vertical->widest == 1;
@@ -888,8 +1066,8 @@ static int run_job(Job *job, Work *work, ErrorManager *errors) {
                row_stride - (size_t)crop_width * 4);
     }
     int held = 0; /* decoded rows in work->row, waiting for the horizontal pass */
-    while ((int)cinfo.output_scanline < row_last) {
-        const int line = (int)cinfo.output_scanline;
+    while ((int)cinfo.output_scanline + line_shift < row_last) {
+        const int line = (int)cinfo.output_scanline + line_shift;
         JSAMPROW rows[1] = {work->row + (size_t)held * row_stride};
         if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) {
             job->failure = "the decoder returned no row";
@@ -912,7 +1090,7 @@ static int run_job(Job *job, Work *work, ErrorManager *errors) {
             held = 0;
         }
     }
-    job->decoded_rows = row_last - skip;
+    job->decoded_rows = row_last - margin_top;
     /* the rows below the box are never decoded: destroy (an abort), never finish */
     jpeg_destroy_decompress(&cinfo);
     if (errors->warnings) { /* out may be half written: the caller decodes again with Pillow */
@@ -965,7 +1143,8 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
         PyErr_SetString(JpegError, job.failure ? job.failure : "decode failed");
         return NULL;
     }
-    return Py_BuildValue("(iii)", job.decoded_columns, job.decoded_rows, job.skipped_rows);
+    return Py_BuildValue("(iiiO)", job.decoded_columns, job.decoded_rows, job.skipped_rows,
+                         job.windowed ? Py_True : Py_False);
 }
 
 /* ---------------------------------------------------------------- decode_train_batch */
@@ -1144,7 +1323,8 @@ static PyMethodDef methods[] = {
      "header only."},
     {"decode_crop", decode_crop, METH_VARARGS,
      "decode_crop(data, out, left, top, right, bottom, reduction, size, flip) -> (decoded "
-     "columns, decoded rows, skipped rows): the box (in the 1/reduction-scaled image's pixels) "
+     "columns, decoded rows, skipped rows, windowed): the box (in the 1/reduction-scaled "
+     "image's pixels) "
      "resized bilinearly to out [size, size, 3] uint8, mirrored if flip."},
     {"decode_train_batch", decode_train_batch, METH_VARARGS,
      "decode_train_batch(sources, seeds, scale, ratio, flip_prob, size, out) -> [positions "

@@ -15,9 +15,12 @@ place: a slice of a batch buffer needs no allocation).
 Two paths (`decode_path` says which a file takes, and why):
   * ROI, the C extension `pipeline/data/_jpeg.c`: `jpeg_crop_scanline` decodes only the MCU
     columns that the box spans, `jpeg_skip_scanlines` skips the rows above it without an IDCT,
-    and the rows below it are never read. Baseline and progressive JPEGs, YCbCr, RGB and
-    grayscale, every chroma subsampling (4:4:4, 4:2:2, 4:2:0, 4:1:1, 4:4:0, odd sizes).
-    It releases the GIL.
+    and the rows below it are never read. A file with a restart marker after every MCU (what
+    preprocess writes: core/jpegfile.py) goes further: only the MCUs of the box's rows and
+    columns reach libjpeg, cut out as a JPEG of their own, so the rest is not even
+    Huffman-decoded; the pixels are the same to the byte. Baseline and progressive JPEGs,
+    YCbCr, RGB and grayscale, every chroma subsampling (4:4:4, 4:2:2, 4:2:0, 4:1:1, 4:4:0, odd
+    sizes). It releases the GIL.
   * FULL, Pillow: CMYK and YCCK JPEGs (Pillow's own CMYK conversion and Adobe inversion are the
     reference), anything that is not a JPEG (the PNG named .JPEG in ImageNet), a file that
     libjpeg flags as damaged (Pillow decides what it gives, as today), and every file when the
@@ -195,26 +198,36 @@ def decode_crop(
         raise ValueError(f"crop box {tuple(box)} is empty: height and width must be > 0")
     path, _ = decode_path(header)
     if roi and path is DecodePath.ROI:
-        reduction = dct_reduction(width, height, size)
-        factor = _draft_factor(header.width, reduction)
         try:
-            _jpeg.decode_crop(
-                data,
-                out,
-                left / factor,
-                top / factor,
-                (left + width) / factor,
-                (top + height) / factor,
-                reduction,
-                size,
-                flip,
-            )
+            _decode_roi(data, header, (top, left, height, width), size, flip, out)
             return out
         except _jpeg.JpegError as err:
             # damaged data: Pillow decides, as the full decode always did (it may raise)
             logger.debug("ROI decode failed (%s): decoding with Pillow", err)
     decode_full(data, (top, left, height, width), size, flip, out)
     return out
+
+
+def _decode_roi(
+    data: bytes, header: ImageHeader, box: tuple[float, ...], size: int, flip: bool, out
+) -> tuple[int, int, int, bool]:
+    """The ROI path's call for `box` (top, left, height, width) into `out`: (decoded columns,
+    decoded rows, rows above not decoded, whether only a restart window's MCUs were decoded).
+    Raises _jpeg.JpegError where libjpeg finds the data damaged."""
+    top, left, height, width = box
+    reduction = dct_reduction(width, height, size)
+    factor = _draft_factor(header.width, reduction)
+    return _jpeg.decode_crop(
+        data,
+        out,
+        left / factor,
+        top / factor,
+        (left + width) / factor,
+        (top + height) / factor,
+        reduction,
+        size,
+        flip,
+    )
 
 
 def decode_train_batch(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import jpegfile
+from core.jpegfile import RESTART_INTERVAL, restart_interval, with_restart_markers
 from pipeline.data import jpeg
 from pipeline.data.transforms import (
     Augmentation,
@@ -285,6 +288,82 @@ def test_a_truncated_jpeg_fails_as_decode_train_does():
     with pytest.raises(OSError) as ours:
         jpeg.decode_crop(data, (0, 0, 300, 300), 224, False)
     assert type(ours.value) is type(reference.value)
+
+
+# --- restart windows: a marker after every MCU, only the box's MCUs decoded ---------------
+
+
+def roi(data: bytes, box, size: int, flip: bool) -> tuple[np.ndarray, bool]:
+    """The ROI path's pixels for `box`, and whether it decoded only a restart window."""
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    *_, windowed = jpeg._decode_roi(data, jpeg.probe(data), box, size, flip, out)
+    return out, windowed
+
+
+def window_boxes(data: bytes, count: int, seed: int):
+    """Train boxes down to 2 % of the image (DCT-scaled at small sizes), and the val box."""
+    header = jpeg.probe(data)
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield sample_crop_box(header.width, header.height, (0.02, 1.0), (0.5, 2.0), rng)
+    yield jpeg.box_from_corners(*val_geometry(header.width, header.height, 256, 224))
+
+
+@needs_extension
+@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
+def test_a_restart_window_gives_the_whole_file_paths_very_bytes(shard_photos):
+    """preprocess's files (a marker after every MCU) decode only the box's MCUs, to the same
+    bytes as the same coefficients without markers, where every row above the box's bottom is
+    Huffman-decoded; at every DCT scale (sizes 32-224 from 256 px photos), flipped or not."""
+    checked = 0
+    for name, data in shard_photos.items():
+        assert restart_interval(data) == RESTART_INTERVAL, name
+        plain = with_restart_markers(data, 0)
+        for size in (224, 128, 64, 32):
+            for index, box in enumerate(window_boxes(data, 3, seed=size)):
+                flip = index % 2 == 1
+                windowed, cut = roi(data, box, size, flip)
+                whole, not_cut = roi(plain, box, size, flip)
+                assert cut and not not_cut, f"{name} {box}"
+                np.testing.assert_array_equal(windowed, whole, err_msg=f"{name} {box} at {size}")
+                checked += 1
+    assert checked == len(PHOTOS) * 4 * 4
+
+
+@needs_extension
+@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
+@pytest.mark.parametrize(
+    "kind", sorted(kind for kind, path in ODDBALLS.items() if path.name == "ROI")
+)
+def test_each_oddball_rewritten_with_markers_decodes_by_window_to_the_same_bytes(kind):
+    """Grayscale, 4:4:4, 4:2:2, 4:1:1, 4:4:0, odd sizes, RGB (and progressive files, which the
+    rewrite makes baseline): each MCU shape cut out and decoded as the whole file decodes it."""
+    marked = with_restart_markers(oddball(kind))
+    plain = with_restart_markers(marked, 0)
+    for size in (224, 96, 40):
+        for index, box in enumerate(window_boxes(marked, 4, seed=size)):
+            windowed, cut = roi(marked, box, size, index % 2 == 0)
+            whole, not_cut = roi(plain, box, size, index % 2 == 0)
+            assert cut and not not_cut
+            np.testing.assert_array_equal(windowed, whole, err_msg=f"{kind} {box} at {size}")
+
+
+@needs_extension
+@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
+def test_markers_out_of_sequence_fall_back_to_the_whole_file_and_pillow_decides(shard_photos):
+    """A damaged scan is never cut into a window that hides the damage: the whole-file path
+    runs, libjpeg flags the marker, and Pillow's decode is what the sample gets, as before."""
+    data = bytearray(next(iter(shard_photos.values())))
+    scan = data.index(b"\xff\xda")
+    third = [m.start() for m in re.finditer(rb"\xff[\xd0-\xd7]", bytes(data[scan:]))][2]
+    data[scan + third + 1] = 0xD0 + (data[scan + third + 1] - 0xD0 + 3) % 8
+    data = bytes(data)
+    box = (40.0, 30.0, 150.0, 160.0)
+    with pytest.raises(jpeg._jpeg.JpegError, match="(?i)corrupt|marker"):
+        roi(data, box, 128, False)
+    np.testing.assert_array_equal(
+        jpeg.decode_crop(data, box, 128, False), pillow(data, box, 128, False)
+    )
 
 
 # --- the AVX2 build against the plain-C one -----------------------------------------------
