@@ -16,7 +16,7 @@ uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 	  || $(PYTHON) -m pip install --quiet uv
 
-$(STAMP): pyproject.toml uv.lock pipeline/data/_jpeg.c core/_jpegtran.c | uv
+$(STAMP): pyproject.toml uv.lock pipeline/data/_jpeg.c | uv
 	CC="$(SIMD_CC)" $(UV) sync --frozen --extra dev
 	@touch $@
 

@@ -14,7 +14,7 @@ seed's baseline.
 The data: the real photos in tools/photos (or --photos DIR), each replicated as random
 80–100 % crops resized to 256 px on the short side (what `preprocess prepare` makes: with a
 restart marker after every MCU, core/jpegfile.py), as class folders and as WebDataset shards,
-built once under --cache-dir and reused; and `folders-plain`, the same files rewritten without
+built once under --cache-dir and reused; and `folders-plain`, the same images encoded without
 the markers (the same coefficients, so the same pixels), which FFCV reads and `folder-plain`
 times (a folder of JPEGs that preprocess did not write).
 
@@ -114,16 +114,15 @@ def build_dataset(
     photos: Path, cache_dir: Path, num_images: int, num_classes: int = 16, seed: int = 0
 ) -> Path:
     """cache_dir/images-N-rstI/{folders/train, folders-plain/train, shards/train}: 256 px JPEGs
-    from the photos (I: their restart interval, 0 where core._jpegtran did not build); reused
-    if complete."""
+    from the photos (I: preprocess's restart interval; folders-plain: the same images encoded
+    without the markers); reused if complete."""
     from PIL import Image
 
-    from core import jpegfile
+    from core.jpegfile import RESTART_INTERVAL
     from preprocess.cli import main as preprocess_main
     from preprocess.images import resize_image
 
-    interval = jpegfile.RESTART_INTERVAL if jpegfile.AVAILABLE else 0
-    root = cache_dir / f"images-{num_images}-rst{interval}"
+    root = cache_dir / f"images-{num_images}-rst{RESTART_INTERVAL}"
     done = root / "complete.json"
     if done.is_file():
         return root
@@ -144,7 +143,8 @@ def build_dataset(
         buffer = io.BytesIO()
         crop.save(buffer, format="JPEG", quality=95)
         data, _ = resize_image(buffer.getvalue(), 256)
-        for top, layout in ((folders, data), (plain, jpegfile.with_restart_markers(data, 0))):
+        without, _ = resize_image(buffer.getvalue(), 256, restart_interval=0)
+        for top, layout in ((folders, data), (plain, without)):
             folder = top / f"n{index % num_classes:08d}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"bench_{index:07d}.JPEG").write_bytes(layout)

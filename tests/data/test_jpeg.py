@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import jpegfile
-from core.jpegfile import RESTART_INTERVAL, restart_interval, with_restart_markers
+from core.jpegfile import RESTART_INTERVAL, restart_interval
 from pipeline.data import jpeg
 from pipeline.data.transforms import (
     Augmentation,
@@ -222,31 +221,32 @@ def _photo_crop(size: tuple[int, int]) -> Image.Image:
         return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
-def _save(image: Image.Image, **options) -> bytes:
+def _save(image: Image.Image, restart: int, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90, **options)
+    image.save(buffer, format="JPEG", quality=90, restart_marker_blocks=restart, **options)
     return buffer.getvalue()
 
 
-def oddball(kind: str) -> bytes:
-    """Real encoders' output for each odd kind (Pillow here; cjpeg/jpegtran files committed)."""
+def oddball(kind: str, restart: int = 0) -> bytes:
+    """Real encoders' output for each odd kind (Pillow here; cjpeg/jpegtran files committed),
+    with a restart marker after every `restart` MCUs (0 or 1)."""
     if kind == "progressive":
-        return _save(_photo_crop((341, 256)), progressive=True)
+        return _save(_photo_crop((341, 256)), restart, progressive=True)
     if kind == "grayscale":
-        return _save(_photo_crop((341, 256)).convert("L"))
+        return _save(_photo_crop((341, 256)).convert("L"), restart)
     if kind == "cmyk":
-        return _save(_photo_crop((341, 256)).convert("CMYK"))
+        return _save(_photo_crop((341, 256)).convert("CMYK"), restart)
     if kind == "4:4:4":
-        return _save(_photo_crop((300, 256)), subsampling=0)
+        return _save(_photo_crop((300, 256)), restart, subsampling=0)
     if kind == "4:2:2":
-        return _save(_photo_crop((300, 256)), subsampling=1)
+        return _save(_photo_crop((300, 256)), restart, subsampling=1)
     if kind == "4:2:0-odd-size":
-        return _save(_photo_crop((257, 255)), subsampling=2)
+        return _save(_photo_crop((257, 255)), restart, subsampling=2)
     if kind == "png-as-jpeg":
         buffer = io.BytesIO()
         _photo_crop((300, 256)).save(buffer, format="PNG")
         return buffer.getvalue()
-    return (ODD_FIXTURES / f"{kind}.jpg").read_bytes()
+    return (ODD_FIXTURES / f"{kind}{'-rst1' if restart else ''}.jpg").read_bytes()
 
 
 # kind → the path it must take where the extension is built
@@ -309,16 +309,23 @@ def window_boxes(data: bytes, count: int, seed: int):
     yield jpeg.box_from_corners(*val_geometry(header.width, header.height, 256, 224))
 
 
+@pytest.fixture(scope="session")
+def plain_photos() -> dict[str, bytes]:
+    """shard_photos encoded without restart markers: the same coefficients, the same pixels."""
+    return {
+        path.name: resize_image(path.read_bytes(), 256, restart_interval=0)[0] for path in PHOTOS
+    }
+
+
 @needs_extension
-@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
-def test_a_restart_window_gives_the_whole_file_paths_very_bytes(shard_photos):
+def test_a_restart_window_gives_the_whole_file_paths_very_bytes(shard_photos, plain_photos):
     """preprocess's files (a marker after every MCU) decode only the box's MCUs, to the same
     bytes as the same coefficients without markers, where every row above the box's bottom is
     Huffman-decoded; at every DCT scale (sizes 32-224 from 256 px photos), flipped or not."""
     checked = 0
     for name, data in shard_photos.items():
-        assert restart_interval(data) == RESTART_INTERVAL, name
-        plain = with_restart_markers(data, 0)
+        plain = plain_photos[name]
+        assert restart_interval(data) == RESTART_INTERVAL and restart_interval(plain) == 0, name
         for size in (224, 128, 64, 32):
             for index, box in enumerate(window_boxes(data, 3, seed=size)):
                 flip = index % 2 == 1
@@ -331,25 +338,25 @@ def test_a_restart_window_gives_the_whole_file_paths_very_bytes(shard_photos):
 
 
 @needs_extension
-@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
 @pytest.mark.parametrize(
     "kind", sorted(kind for kind, path in ODDBALLS.items() if path.name == "ROI")
 )
-def test_each_oddball_rewritten_with_markers_decodes_by_window_to_the_same_bytes(kind):
-    """Grayscale, 4:4:4, 4:2:2, 4:1:1, 4:4:0, odd sizes, RGB (and progressive files, which the
-    rewrite makes baseline): each MCU shape cut out and decoded as the whole file decodes it."""
-    marked = with_restart_markers(oddball(kind))
-    plain = with_restart_markers(marked, 0)
+def test_each_oddball_with_markers_decodes_to_the_bytes_of_the_one_without(kind):
+    """Grayscale, 4:4:4, 4:2:2, 4:1:1, 4:4:0, odd sizes, RGB: each MCU shape cut out and decoded
+    as the whole file decodes it. Progressive files with markers take the whole-file path (their
+    scans are not one MCU sequence), to the same bytes."""
+    marked, plain = oddball(kind, restart=1), oddball(kind)
+    assert restart_interval(marked) == 1 and restart_interval(plain) == 0
+    progressive = jpeg.probe(marked).progressive
     for size in (224, 96, 40):
         for index, box in enumerate(window_boxes(marked, 4, seed=size)):
             windowed, cut = roi(marked, box, size, index % 2 == 0)
             whole, not_cut = roi(plain, box, size, index % 2 == 0)
-            assert cut and not not_cut
+            assert cut is not progressive and not not_cut, kind
             np.testing.assert_array_equal(windowed, whole, err_msg=f"{kind} {box} at {size}")
 
 
 @needs_extension
-@pytest.mark.skipif(not jpegfile.AVAILABLE, reason="core._jpegtran did not build here")
 def test_markers_out_of_sequence_fall_back_to_the_whole_file_and_pillow_decides(shard_photos):
     """A damaged scan is never cut into a window that hides the damage: the whole-file path
     runs, libjpeg flags the marker, and Pillow's decode is what the sample gets, as before."""

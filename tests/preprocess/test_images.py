@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from imagefixtures import LARGE_PHOTO, TYPICAL_PHOTO, generated_jpeg
 from PIL import Image
 from rawfixtures import make_oddball
 
-from preprocess.images import BadImage, decode_image, read_provenance, resize_image, target_size
+from core.jpegfile import RESTART_INTERVAL, restart_interval
+from preprocess.images import (
+    BadImage,
+    decode_image,
+    read_provenance,
+    resize_image,
+    resize_pixels,
+    target_size,
+)
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -139,3 +148,21 @@ def test_target_size_keeps_aspect_and_puts_the_short_side_on_target():
 def test_output_is_deterministic():
     data = TYPICAL_PHOTO.read_bytes()
     assert resize_image(data, 256)[0] == resize_image(data, 256)[0]
+
+
+def test_outputs_carry_a_restart_marker_after_every_mcu_and_the_same_pixels():
+    """The ROI decoder's layout (core.jpegfile): every MCU of the scan followed by RSTn, the
+    pixels those of the same encode without markers, the provenance kept, a few bytes a MCU."""
+    data = TYPICAL_PHOTO.read_bytes()
+    marked, info = resize_image(data, 256, source="n01440764_10026.JPEG")
+    plain, _ = resize_image(data, 256, source="n01440764_10026.JPEG", restart_interval=0)
+    assert restart_interval(marked) == RESTART_INTERVAL == 1 and restart_interval(plain) == 0
+    mcus = -(-info.out_width // 16) * -(-info.out_height // 16)  # 4:2:0
+    scan = marked.index(b"\xff\xda")
+    assert len(re.findall(rb"\xff[\xd0-\xd7]", marked[scan:])) == mcus - 1
+    np.testing.assert_array_equal(np.asarray(decoded(marked)), np.asarray(decoded(plain)))
+    assert read_provenance(decoded(marked)) == read_provenance(decoded(plain))
+    # 2 bytes of marker and the padding to a byte, 3.7 bytes a MCU on tools/photos
+    assert 2 * mcus < len(marked) - len(plain) < 6 * mcus, (len(marked), len(plain), mcus)
+    pixels = np.asarray(decoded(plain))[:32, :32]
+    assert restart_interval(resize_pixels(pixels, 32)[0]) == RESTART_INTERVAL
