@@ -12,6 +12,10 @@ a seeded sample of image files), after asking the kernel to drop them from the p
 (posix_fadvise DONTNEED), so a dataset written a minute ago still reads at disk speed. MB/s and
 files/s are summed over the ranks of a node, which read at the same time, as training does.
 
+The JPEGs: rank 0 reads the headers of up to 32 train files and says whether they carry a restart
+marker after every MCU (what preprocess writes, core/jpegfile.py), which lets the ROI decoder
+decode only each crop's MCUs.
+
 Decoding: the real `build_loader(..., "train", ...)` of each backend (the configured one, and
 folder / wds / dali cpu / dali mixed where the data and the machine have them), at the configured
 batch size per rank and data.num_workers, iterated to the training device for a fixed time after
@@ -24,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import os
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from core.cputime import process_tree_cpu_seconds
+from core.jpegfile import RESTART_INTERVAL, restart_interval
 from core.remote import is_remote, scrub
 from core.shard_format import MANIFEST_NAME
 from pipeline.config import Config, DataConfig, replace
@@ -296,11 +303,40 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
         read = measure_read(train_dir, layout, dist, budget)
         read["bytes_per_image"] = bytes_per_image(train_dir, layout, read)
         result["read"] = read
+        result["restart_markers"] = sample_restart_markers(train_dir, layout)
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["read_error"] = describe_error(err)
     for candidate in list_candidates(cfg, dist, layouts):
         result["decode"][candidate.label] = decode_entry(cfg, dist, candidate, budget)
     return result
+
+
+RESTART_SAMPLE = 32  # train JPEGs whose headers the restart-marker check reads
+HEADER_BYTES = 1 << 20  # read of each: a JPEG's markers before its scan (EXIF is < 64 KB)
+
+
+def sample_restart_markers(train_dir: Path, layout: str) -> dict[str, int]:
+    """Of up to RESTART_SAMPLE train JPEGs (spread over the class folders, or the first shard's
+    first samples), how many were read and how many have a restart marker after every MCU
+    (core/jpegfile.py): the files whose crops the ROI decoder cuts out MCU by MCU."""
+    headers = list(itertools.islice(jpeg_headers(train_dir, layout), RESTART_SAMPLE))
+    marked = sum(restart_interval(header) == RESTART_INTERVAL for header in headers)
+    return {"sampled": len(headers), "marked": marked}
+
+
+def jpeg_headers(train_dir: Path, layout: str):
+    """The first HEADER_BYTES of train JPEGs, in a fixed order."""
+    if layout == "shards":
+        for shard in sorted(train_dir.glob("*.tar"))[:1]:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg")):
+                        yield tar.extractfile(member).read(HEADER_BYTES)
+        return
+    _, paths, _ = list_class_folders(train_dir)
+    for path in paths[:: max(1, len(paths) // RESTART_SAMPLE)]:
+        with open(path, "rb") as file:
+            yield file.read(HEADER_BYTES)
 
 
 def decode_entry(cfg: Config, dist: DistInfo, candidate, budget) -> dict[str, Any]:
@@ -371,7 +407,7 @@ def summarize_data(
     read_check, read_summary = summarize_read(cfg, per_rank, ranks_per_node)
     if read_summary is not None:
         summary["read"] = read_summary
-    checks = [read_check, check_roi_decoder()]
+    checks = [read_check, check_roi_decoder(), check_restart_markers(main.get("restart_markers"))]
     for label, entry in main["decode"].items():
         entries = [r["decode"].get(label, {"error": "not measured"}) for r in per_rank]
         decode_check, decode_summary = summarize_decode(cfg, label, entry, entries)
@@ -487,6 +523,33 @@ def check_roi_decoder() -> Check:
         "warn",
         f"not built ({jpeg.UNAVAILABLE_REASON}): folder and wds decode whole images with Pillow; "
         "`make setup` builds it where libjpeg-dev and a C compiler are installed",
+    )
+
+
+def check_restart_markers(sample: dict[str, int] | None) -> Check:
+    """Whether the train JPEGs let the ROI decoder decode only each crop's MCUs: a restart
+    marker after every MCU, as `preprocess` writes them (core/jpegfile.py)."""
+    name = "JPEG restart markers"
+    if not sample or not sample["sampled"]:
+        return Check("data", name, "skip", "no local train JPEGs to sample")
+    sampled, marked = sample["sampled"], sample["marked"]
+    if marked == sampled:
+        return Check(
+            "data",
+            name,
+            "ok",
+            f"after every MCU in all {sampled} sampled files: folder and wds decode only each "
+            "crop's MCUs",
+            dict(sample),
+        )
+    return Check(
+        "data",
+        name,
+        "warn",
+        f"{sampled - marked} of {sampled} sampled files lack a restart marker after every MCU: "
+        "folder and wds Huffman-decode whole rows of them (~20 % more CPU per train image); "
+        "`python -m preprocess prepare` writes them with one",
+        dict(sample),
     )
 
 

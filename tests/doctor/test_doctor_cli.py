@@ -102,6 +102,9 @@ def test_one_rank_measures_the_configured_and_the_other_backends_with_real_numbe
         assert data[label]["values"]["images_per_s_per_rank"][0] > 0
         assert data[label]["values"]["cpu_ms_per_image_per_rank"][0] > 0
     assert data["ROI JPEG decoder"]["status"] in ("ok", "warn")
+    # the fixture's JPEGs are Pillow's plain ones, not preprocess's: no restart markers
+    markers = data["JPEG restart markers"]
+    assert markers["status"] == "warn" and markers["values"] == {"sampled": 32, "marked": 0}
     assert set(data["cores to feed the step"]["values"]["cores_per_rank"]) >= {"folder", "wds"}
     model = checks_of(report, "model")["step"]["values"]
     assert model["images_per_s_per_rank"][0] > 0 and model["peak_memory_gb"] > 0

@@ -4,12 +4,19 @@ driver and pillow-simd rules, and where the data's other form is found."""
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import load_config
-from pipeline.doctor.data import check_feeding_cores, check_roi_decoder, find_layouts
+from pipeline.doctor.data import (
+    check_feeding_cores,
+    check_restart_markers,
+    check_roi_decoder,
+    find_layouts,
+    sample_restart_markers,
+)
 from pipeline.doctor.environment import check_pillow, check_torch_and_driver
 from pipeline.doctor.probes import VEX256
 from pipeline.doctor.verdict import Inputs, decide, recommend_comm_hook
@@ -216,3 +223,42 @@ def test_the_roi_decoder_check_says_whether_it_is_built(monkeypatch):
     monkeypatch.setattr(jpeg, "UNAVAILABLE_REASON", "no libjpeg-dev")
     check = check_roi_decoder()
     assert check.status == "warn" and "no libjpeg-dev" in check.summary
+
+
+def write_jpeg(path: Path, restart: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 24), (200, 30, 90)).save(buffer, "JPEG", restart_marker_blocks=restart)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_the_restart_marker_check_counts_marked_files_in_folders_and_shards(tmp_path):
+    """Headers read from class folders (spread over the classes) and from the first shard's
+    JPEG members; ok only when every sampled file has a marker after every MCU."""
+    import tarfile
+
+    folders = tmp_path / "folders"
+    for index in range(40):  # 20 per class: the second class's files have no markers
+        write_jpeg(folders / f"n{index // 20:08d}" / f"{index:03d}.JPEG", 1 if index < 20 else 0)
+    sample = sample_restart_markers(folders, "folders")
+    assert sample["sampled"] == 32 and 0 < sample["marked"] < 32, sample
+    check = check_restart_markers(sample)
+    assert check.status == "warn" and f"{32 - sample['marked']} of 32" in check.summary
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "imagenet-train-000000.tar", "w") as tar:
+        for index in range(3):
+            for suffix, data in ((".jpg", write_jpeg(tmp_path / "x.jpg", 1)), (".cls", b"7")):
+                info = tarfile.TarInfo(f"{index:06d}{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert sample_restart_markers(shards, "shards") == {"sampled": 3, "marked": 3}
+    assert check_restart_markers({"sampled": 3, "marked": 3}).status == "ok"
+    assert check_restart_markers({"sampled": 0, "marked": 0}).status == "skip"
+    assert check_restart_markers(None).status == "skip"
