@@ -829,12 +829,19 @@ static inline unsigned read_be16(const unsigned char *bytes) {
     return ((unsigned)bytes[0] << 8) | bytes[1];
 }
 
+/* A sequential Huffman-coded file's MCU grid, from libjpeg's reading of its header */
+typedef struct {
+    int width, height;            /* the image's, pixels */
+    int mcu_width, mcu_height;    /* pixels */
+    int per_row, rows;            /* MCUs */
+} McuGrid;
+
 /* The window of MCU columns [c0, c1) and rows [r0, r1) of `data` (DRI = 1, one interleaved
- * scan) as a JPEG in `out` (at least length + 2 bytes); returns its length, or 0 where the file
- * is not as its header says (a marker out of sequence, too few MCUs): run_job then decodes the
- * file itself, and libjpeg's errors say what is wrong. */
-static size_t cut_window(const unsigned char *data, size_t length, int mcu_width, int mcu_height,
-                         int c0, int c1, int r0, int r1, unsigned char *out) {
+ * scan, `grid`) as a JPEG in `out` (at least length + 2 bytes); returns its length, or 0 where
+ * the file is not as its header says (a marker out of sequence, too few MCUs): run_job then
+ * decodes the file itself, and libjpeg's errors say what is wrong. */
+static size_t cut_window(const unsigned char *data, size_t length, const McuGrid *grid, int c0,
+                         int c1, int r0, int r1, unsigned char *out) {
     size_t at = 2, frame = 0, scan = 0;
     if (length < 4 || data[0] != 0xFF || data[1] != 0xD8) {
         return 0;
@@ -851,11 +858,8 @@ static size_t cut_window(const unsigned char *data, size_t length, int mcu_width
         if (end > length) {
             return 0;
         }
-        if (marker == 0xC0 || marker == 0xC1) {
+        if (marker == 0xC0 || marker == 0xC1) { /* the frame: baseline or extended Huffman */
             frame = at;
-        } else if (marker >= 0xC2 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
-                   marker != 0xCC) {
-            return 0; /* progressive, lossless, arithmetic */
         } else if (marker == 0xDA) {
             scan = end;
         }
@@ -864,17 +868,17 @@ static size_t cut_window(const unsigned char *data, size_t length, int mcu_width
     if (frame == 0 || frame + 9 > scan) {
         return 0;
     }
-    const unsigned height = read_be16(data + frame + 5), width = read_be16(data + frame + 7);
-    const int per_row = (int)((width + mcu_width - 1) / mcu_width);
-    const int rows = (int)((height + mcu_height - 1) / mcu_height);
-    if (c1 > per_row || r1 > rows || c0 >= c1 || r0 >= r1) {
+    const int per_row = grid->per_row;
+    if (c1 > per_row || r1 > grid->rows || c0 >= c1 || r0 >= r1) {
         return 0;
     }
     memcpy(out, data, scan);
-    const unsigned window_width = (unsigned)(c1 == per_row ? (int)width - c0 * mcu_width
-                                                           : (c1 - c0) * mcu_width);
-    const unsigned window_height = (unsigned)(r1 == rows ? (int)height - r0 * mcu_height
-                                                         : (r1 - r0) * mcu_height);
+    const unsigned window_width =
+        (unsigned)(c1 == per_row ? grid->width - c0 * grid->mcu_width
+                                 : (c1 - c0) * grid->mcu_width);
+    const unsigned window_height =
+        (unsigned)(r1 == grid->rows ? grid->height - r0 * grid->mcu_height
+                                    : (r1 - r0) * grid->mcu_height);
     out[frame + 5] = (unsigned char)(window_height >> 8);
     out[frame + 6] = (unsigned char)window_height;
     out[frame + 7] = (unsigned char)(window_width >> 8);
@@ -930,21 +934,25 @@ static size_t cut_window(const unsigned char *data, size_t length, int mcu_width
 static void find_window(struct jpeg_decompress_struct *cinfo, const Job *job, int x0, int x1,
                         int y0, int y1, Window *window) {
     window->length = 0;
-    if (cinfo->restart_interval != 1 || cinfo->progressive_mode ||
+    if (cinfo->restart_interval != 1 || cinfo->progressive_mode || cinfo->arith_code ||
         cinfo->comps_in_scan != cinfo->num_components) {
         return;
     }
     /* an MCU: one block of a lone component, else max_h x max_v blocks */
-    const int blocks_h = cinfo->comps_in_scan == 1 ? 1 : cinfo->max_h_samp_factor;
-    const int blocks_v = cinfo->comps_in_scan == 1 ? 1 : cinfo->max_v_samp_factor;
-    const int mcu_width = 8 * blocks_h, mcu_height = 8 * blocks_v;
-    const int out_width = mcu_width / job->reduction, out_height = mcu_height / job->reduction;
+    McuGrid grid;
+    grid.width = (int)cinfo->image_width;
+    grid.height = (int)cinfo->image_height;
+    grid.mcu_width = 8 * (cinfo->comps_in_scan == 1 ? 1 : cinfo->max_h_samp_factor);
+    grid.mcu_height = 8 * (cinfo->comps_in_scan == 1 ? 1 : cinfo->max_v_samp_factor);
+    grid.per_row = (grid.width + grid.mcu_width - 1) / grid.mcu_width;
+    grid.rows = (grid.height + grid.mcu_height - 1) / grid.mcu_height;
+    const int out_width = grid.mcu_width / job->reduction;
+    const int out_height = grid.mcu_height / job->reduction;
     const int c0 = x0 / out_width, c1 = (x1 + out_width - 1) / out_width;
     const int r0 = y0 / out_height, r1 = (y1 + out_height - 1) / out_height;
     unsigned char *out = scratch(&window_scratch, job->length + 2);
-    window->length = out == NULL ? 0
-                                 : cut_window(job->data, job->length, mcu_width, mcu_height, c0,
-                                              c1, r0, r1, out);
+    window->length =
+        out == NULL ? 0 : cut_window(job->data, job->length, &grid, c0, c1, r0, r1, out);
     window->data = out;
     window->x = c0 * out_width;
     window->y = r0 * out_height;
@@ -1324,8 +1332,7 @@ static PyMethodDef methods[] = {
     {"decode_crop", decode_crop, METH_VARARGS,
      "decode_crop(data, out, left, top, right, bottom, reduction, size, flip) -> (decoded "
      "columns, decoded rows, skipped rows, windowed): the box (in the 1/reduction-scaled "
-     "image's pixels) "
-     "resized bilinearly to out [size, size, 3] uint8, mirrored if flip."},
+     "image's pixels) resized bilinearly to out [size, size, 3] uint8, mirrored if flip."},
     {"decode_train_batch", decode_train_batch, METH_VARARGS,
      "decode_train_batch(sources, seeds, scale, ratio, flip_prob, size, out) -> [positions "
      "left]: each source (a path, read here, or the file's bytes) read, its crop and flip "

@@ -12,9 +12,9 @@ a seeded sample of image files), after asking the kernel to drop them from the p
 (posix_fadvise DONTNEED), so a dataset written a minute ago still reads at disk speed. MB/s and
 files/s are summed over the ranks of a node, which read at the same time, as training does.
 
-The JPEGs: rank 0 reads the headers of up to 32 train files and says whether they carry a restart
-marker after every MCU (what preprocess writes, core/jpegfile.py), which lets the ROI decoder
-decode only each crop's MCUs.
+The JPEGs: the headers of up to 32 of the files just read (or of the first shard's samples) say
+whether they carry a restart marker after every MCU (what preprocess writes, core/jpegfile.py),
+which lets the ROI decoder decode only each crop's MCUs.
 
 Decoding: the real `build_loader(..., "train", ...)` of each backend (the configured one, and
 folder / wds / dali cpu / dali mixed where the data and the machine have them), at the configured
@@ -163,9 +163,9 @@ def files_to_read(directory: Path, layout: str, dist: DistInfo, budget) -> list[
     return [paths[index] for index in order[dist.rank :: dist.world_size]]
 
 
-def measure_read(directory: Path, layout: str, dist: DistInfo, budget) -> dict[str, Any]:
-    """(bytes, files, seconds) of reading this rank's share cold, within the budget."""
-    paths = files_to_read(directory, layout, dist, budget)
+def measure_read(paths: list[str], layout: str, budget) -> dict[str, Any]:
+    """(bytes, files, seconds) of reading this rank's share (`files_to_read`) cold, within the
+    budget."""
     for path in paths:
         drop_from_page_cache(path)
     total = files = 0
@@ -300,10 +300,11 @@ def measure_data(cfg: Config, dist: DistInfo, budget) -> dict[str, Any]:
     try:
         resolve_classes(cfg)
         layout = "shards" if (train_dir / MANIFEST_NAME).is_file() else "folders"
-        read = measure_read(train_dir, layout, dist, budget)
+        paths = files_to_read(train_dir, layout, dist, budget)
+        read = measure_read(paths, layout, budget)
         read["bytes_per_image"] = bytes_per_image(train_dir, layout, read)
         result["read"] = read
-        result["restart_markers"] = sample_restart_markers(train_dir, layout)
+        result["restart_markers"] = sample_restart_markers(paths, layout)
     except Exception as err:  # noqa: BLE001 - reported as the check's one line
         result["read_error"] = describe_error(err)
     for candidate in list_candidates(cfg, dist, layouts):
@@ -315,28 +316,27 @@ RESTART_SAMPLE = 32  # train JPEGs whose headers the restart-marker check reads
 HEADER_BYTES = 1 << 20  # read of each: a JPEG's markers before its scan (EXIF is < 64 KB)
 
 
-def sample_restart_markers(train_dir: Path, layout: str) -> dict[str, int]:
-    """Of up to RESTART_SAMPLE train JPEGs (spread over the class folders, or the first shard's
-    first samples), how many were read and how many have a restart marker after every MCU
-    (core/jpegfile.py): the files whose crops the ROI decoder cuts out MCU by MCU."""
-    headers = list(itertools.islice(jpeg_headers(train_dir, layout), RESTART_SAMPLE))
+def sample_restart_markers(paths: list[str], layout: str) -> dict[str, int]:
+    """Of up to RESTART_SAMPLE train JPEGs (the first of the files just read, or the first
+    shard's first samples), how many were read and how many have a restart marker after every
+    MCU (core/jpegfile.py): the files whose crops the ROI decoder cuts out MCU by MCU."""
+    headers = list(itertools.islice(jpeg_headers(paths, layout), RESTART_SAMPLE))
     marked = sum(restart_interval(header) == RESTART_INTERVAL for header in headers)
     return {"sampled": len(headers), "marked": marked}
 
 
-def jpeg_headers(train_dir: Path, layout: str):
-    """The first HEADER_BYTES of train JPEGs, in a fixed order."""
-    if layout == "shards":
-        for shard in sorted(train_dir.glob("*.tar"))[:1]:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg")):
-                        yield tar.extractfile(member).read(HEADER_BYTES)
+def jpeg_headers(paths: list[str], layout: str):
+    """The first HEADER_BYTES of each JPEG in `paths` (image files, or shards' .jpg members)."""
+    if layout != "shards":
+        for path in paths:
+            with open(path, "rb") as file:
+                yield file.read(HEADER_BYTES)
         return
-    _, paths, _ = list_class_folders(train_dir)
-    for path in paths[:: max(1, len(paths) // RESTART_SAMPLE)]:
-        with open(path, "rb") as file:
-            yield file.read(HEADER_BYTES)
+    for shard in paths:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg")):
+                    yield tar.extractfile(member).read(HEADER_BYTES)
 
 
 def decode_entry(cfg: Config, dist: DistInfo, candidate, budget) -> dict[str, Any]:
